@@ -1,0 +1,245 @@
+"""Kraken v1 frames in, books out: the one entry point the recorder, replay and verify share.
+
+``BookFeed.on_message`` takes a decoded v1 frame (a ``list`` for book data, a ``dict`` for control
+messages) and its receive time, routes it to the book of its (pair, channel name), checks the
+checksum, and says what happened as an ``Outcome``. It knows nothing of files or sockets.
+
+Rules it adds on top of ``Book`` (``shared/kraken/README.md`` sections 1 and 2):
+
+- books are keyed by (pair, channel name), never by channel id, which changes between sessions;
+- a ``systemStatus`` with a new ``connectionID`` means a new connection: every book is void until
+  its new snapshot, and updates before that snapshot are dropped (counted, not applied);
+- a ``subscriptionStatus`` of ``subscribed`` or ``unsubscribed`` voids that pair's book the same way;
+- frames of other channels (ticker, trade, ...) are counted and skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from kbook.book import Book, Level
+from kbook.errors import FrameError
+
+
+class Outcome(IntEnum):
+    """What one frame did."""
+
+    CONTROL = 0
+    """A control message (status, heartbeat, subscription ack, pong, error)."""
+    SNAPSHOT = 1
+    """A snapshot replaced a book; the book is valid."""
+    UPDATE_OK = 2
+    """An update was applied and its checksum verified."""
+    CHECKSUM_FAILED = 3
+    """An update was applied and its checksum did not match: the book is invalid."""
+    DROPPED = 4
+    """An update for a book that has no valid snapshot (before one, or after a failure)."""
+    OTHER_CHANNEL = 5
+    """Data of another channel (ticker, trade, ...): skipped."""
+    MALFORMED = 6
+    """JSON that is not a well-formed Kraken v1 frame."""
+    UNVERIFIED = 7
+    """An update applied without a checksum to check (not seen on Kraken's wire)."""
+
+
+@dataclass(slots=True)
+class PairStats:
+    """Counts for one pair, as ``kbook verify`` reports them."""
+
+    frames: int = 0
+    snapshots: int = 0
+    checkpoints: int = 0
+    updates: int = 0
+    checksums_ok: int = 0
+    checksums_failed: int = 0
+    dropped: int = 0
+    malformed: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+    invalid_ns: int = 0
+    invalid_since: int | None = None
+
+    def touch(self, recv_ns: int) -> None:
+        if self.first_ns is None:
+            self.first_ns = recv_ns
+        self.last_ns = recv_ns
+
+    def become_invalid(self, recv_ns: int) -> None:
+        if self.invalid_since is None:
+            self.invalid_since = recv_ns
+
+    def become_valid(self, recv_ns: int) -> None:
+        if self.invalid_since is not None:
+            self.invalid_ns += max(0, recv_ns - self.invalid_since)
+            self.invalid_since = None
+
+
+def channel_depth(channel: str) -> int:
+    """The depth in a channel name: ``"book-100"`` -> 100."""
+    try:
+        depth = int(channel[5:])
+    except ValueError:
+        depth = 0
+    if not channel.startswith("book-") or depth < 1:
+        raise FrameError(f"channel name {channel!r} is not book-N")
+    return depth
+
+
+@dataclass
+class BookFeed:
+    """Books of every (pair, channel) in a stream, with their counts."""
+
+    books: dict[tuple[str, str], Book] = field(default_factory=dict)
+    stats: dict[str, PairStats] = field(default_factory=dict)
+    other_channel_frames: int = 0
+    malformed_frames: int = 0
+    connection_id: int | None = None
+    last_key: tuple[str, str] | None = None
+    """(pair, channel) of the book the last frame touched, for samplers that follow one book."""
+
+    def pair_stats(self, pair: str) -> PairStats:
+        stats = self.stats.get(pair)
+        if stats is None:
+            stats = self.stats[pair] = PairStats()
+        return stats
+
+    def on_message(self, msg: Any, recv_ns: int) -> Outcome:
+        """Apply one decoded v1 frame received at ``recv_ns`` (integer ns, UTC)."""
+        if type(msg) is list:
+            return self._on_data(msg, recv_ns)
+        if type(msg) is dict:
+            self._on_control(msg, recv_ns)
+            return Outcome.CONTROL
+        self.malformed_frames += 1
+        return Outcome.MALFORMED
+
+    def restore(
+        self, pair: str, channel: str, asks: list[Level], bids: list[Level], recv_ns: int
+    ) -> Book:
+        """Start a book from a recorder checkpoint (a validated book written at rotation)."""
+        book = self.books.get((pair, channel))
+        if book is None:
+            book = self.books[(pair, channel)] = Book(channel_depth(channel))
+        book.apply_snapshot(asks, bids)
+        stats = self.pair_stats(pair)
+        stats.touch(recv_ns)
+        stats.checkpoints += 1
+        stats.become_valid(recv_ns)
+        self.last_key = (pair, channel)
+        return book
+
+    def connection_lost(self, recv_ns: int) -> None:
+        """Void every book: after a reconnect only a new snapshot makes a book valid again."""
+        for (pair, _channel), book in self.books.items():
+            if book.valid:
+                book.invalidate()
+                self.pair_stats(pair).become_invalid(recv_ns)
+        self.connection_id = None
+
+    def void(self, pair: str, recv_ns: int) -> None:
+        """Void every book of ``pair`` (resubscribe, unsubscribe)."""
+        for (book_pair, _channel), book in self.books.items():
+            if book_pair == pair and book.valid:
+                book.invalidate()
+                self.pair_stats(pair).become_invalid(recv_ns)
+
+    def on_meta(self, meta: dict[str, Any], recv_ns: int) -> None:
+        """Apply a recorder event from a segment (see ``kbook.segment``).
+
+        A ``checkpoint`` restores the book the recorder had validated; ``connect`` and
+        ``disconnect`` void every book until new snapshots arrive. Other events change nothing.
+        """
+        kind = meta.get("type")
+        if kind == "checkpoint":
+            try:
+                self.restore(meta["pair"], meta["channel"], meta["asks"], meta["bids"], recv_ns)
+            except (FrameError, KeyError, TypeError, ValueError, IndexError):
+                self.malformed_frames += 1
+        elif kind in ("connect", "disconnect"):
+            self.connection_lost(recv_ns)
+
+    def finish(self) -> None:
+        """Close open invalid spans at each pair's last frame, for reporting."""
+        for stats in self.stats.values():
+            if stats.invalid_since is not None and stats.last_ns is not None:
+                stats.become_valid(stats.last_ns)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _on_control(self, msg: dict[str, Any], recv_ns: int) -> None:
+        event = msg.get("event")
+        if event == "systemStatus":
+            connection_id = msg.get("connectionID")
+            if connection_id != self.connection_id:
+                if self.connection_id is not None or self.books:
+                    self.connection_lost(recv_ns)
+                self.connection_id = connection_id
+        elif event == "subscriptionStatus":
+            status = msg.get("status")
+            pair = msg.get("pair")
+            if status in ("subscribed", "unsubscribed") and isinstance(pair, str):
+                self.void(pair, recv_ns)
+
+    def _on_data(self, msg: list[Any], recv_ns: int) -> Outcome:
+        if len(msg) < 4:
+            self.malformed_frames += 1
+            return Outcome.MALFORMED
+        channel, pair = msg[-2], msg[-1]
+        if type(channel) is not str or type(pair) is not str:
+            self.malformed_frames += 1
+            return Outcome.MALFORMED
+        if not channel.startswith("book-"):
+            self.other_channel_frames += 1
+            return Outcome.OTHER_CHANNEL
+        stats = self.stats.get(pair) or self.pair_stats(pair)
+        stats.frames += 1
+        stats.touch(recv_ns)
+        key = (pair, channel)
+        book = self.books.get(key)
+        try:
+            first = msg[1]
+            if "as" in first or "bs" in first:
+                if book is None:
+                    book = self.books[key] = Book(channel_depth(channel))
+                book.apply_snapshot(first.get("as", ()), first.get("bs", ()))
+                stats.snapshots += 1
+                stats.become_valid(recv_ns)
+                self.last_key = key
+                return Outcome.SNAPSHOT
+            stats.updates += 1
+            if book is None or not book.valid:
+                stats.dropped += 1
+                return Outcome.DROPPED
+            self.last_key = key
+            if len(msg) == 4:
+                book.apply_update(first.get("a", ()), first.get("b", ()))
+            else:
+                book.apply_levels(_levels_in_order(msg[1:-2]))
+            checksum = msg[-3].get("c")
+            if checksum is None:
+                return Outcome.UNVERIFIED
+            if book.verify(int(checksum)):
+                stats.checksums_ok += 1
+                return Outcome.UPDATE_OK
+            stats.checksums_failed += 1
+            stats.become_invalid(recv_ns)
+            return Outcome.CHECKSUM_FAILED
+        except (FrameError, AttributeError, IndexError, KeyError, TypeError, ValueError):
+            stats.malformed += 1
+            self.malformed_frames += 1
+            if book is not None and book.valid:
+                # A half-applied message leaves the book in an unknown state.
+                book.invalidate()
+                stats.become_invalid(recv_ns)
+            return Outcome.MALFORMED
+
+
+def _levels_in_order(payloads: list[dict[str, Any]]) -> list[tuple[bool, Level]]:
+    """(is_bid, level) for every level of a multi-dict update: dicts in order, ``a`` then ``b``."""
+    changes: list[tuple[bool, Level]] = []
+    for payload in payloads:
+        changes.extend((False, level) for level in payload.get("a", ()))
+        changes.extend((True, level) for level in payload.get("b", ()))
+    return changes

@@ -1,0 +1,332 @@
+"""The segment file format: the contract between the recorder and replay.
+
+A segment is a zstd-compressed file of JSON lines whose name ends ``.jsonl.zst`` (``.partial``
+appended while its writer is open). Each line is one object:
+
+- ``{"recv_ns": N, "seq": S, "msg": <frame>}``: one frame as received, its text copied byte for byte
+  (Kraken's checksum depends on the exact digits, so it is never parsed and re-serialised);
+- ``{"recv_ns": N, "seq": S, "raw": "<text>"}``: a text frame that is not JSON or holds a newline;
+- ``{"recv_ns": N, "seq": S, "meta": {"type": ..., ...}}``: the recorder's own events.
+
+``recv_ns`` is the wall-clock receive time, integer nanoseconds since the Unix epoch (UTC). ``seq``
+numbers the frames of one recorder run (0, 1, 2, ...; a frame copied into several pairs' segments
+keeps its number) and never goes back, whatever the wall clock does; meta lines may omit it.
+Readers ignore keys they do not know, and need nothing but ``msg`` lines.
+
+Meta types the recorder writes (``meta.type``): ``session_start`` (kbook version, api, arguments),
+``connect``, ``subscribe`` (the request sent), ``disconnect`` (with ``reason``), ``resubscribe``,
+``checksum_mismatch``, ``alias`` (pair retried under Kraken's other name), ``checkpoint``,
+``segment_end``. A ``checkpoint`` holds a validated book so that a segment can be replayed on its
+own: ``{"type": "checkpoint", "pair": <wire pair>, "channel": "book-N", "asks": [[price, volume],
+...], "bids": [[price, volume], ...], "checksum": <int>}`` with the strings exactly as received.
+Readers void every book at ``connect`` and ``disconnect``.
+
+The writer ends a zstd frame at every ``flush`` (the recorder flushes at least once a second), so a
+file cut short by ``kill -9`` holds a run of complete frames plus at most one torn one: the reader
+yields every complete line and reports the torn tail, naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+import zstandard
+
+from kbook.errors import InputError, OutputError, SegmentError
+
+SUFFIX = ".jsonl.zst"
+PARTIAL_SUFFIX = ".partial"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_SKIPPABLE_MAGIC_HIGH = b"\x2a\x4d\x18"
+_READ_CHUNK = 1 << 20
+
+
+# -- encoding lines -------------------------------------------------------------------------------
+
+
+def is_json_text(text: str) -> bool:
+    """True when ``text`` parses as JSON and holds no newline, so it can stand as ``msg``."""
+    if "\n" in text:
+        return False
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def frame_line(recv_ns: int, seq: int, text: str, is_json: bool) -> bytes:
+    """One segment line for a received text frame; ``is_json`` as from ``is_json_text``."""
+    head = b'{"recv_ns":%d,"seq":%d,' % (recv_ns, seq)
+    if is_json:
+        return head + b'"msg":' + text.encode("utf-8") + b"}\n"
+    return head + b'"raw":' + orjson.dumps(text) + b"}\n"
+
+
+def meta_line(recv_ns: int, meta: dict[str, Any], seq: int | None = None) -> bytes:
+    """One segment line for a recorder event; ``meta`` must have a ``type``."""
+    if "type" not in meta:
+        raise ValueError("a meta record needs a 'type'")
+    record: dict[str, Any] = {"recv_ns": recv_ns}
+    if seq is not None:
+        record["seq"] = seq
+    record["meta"] = meta
+    return orjson.dumps(record) + b"\n"
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+class SegmentWriter:
+    """Writes one segment: created as ``<path>.partial``, renamed to ``path`` when closed.
+
+    The ``.partial`` file is created exclusively, so an existing file (finished or left by a killed
+    run) is never overwritten or reopened. Lifecycle: open on construction, ``close`` once; writing
+    after close raises. Any OS error (disk full, folder gone) is raised as ``OutputError`` naming
+    the file; whatever was flushed before stays readable.
+    """
+
+    def __init__(self, path: Path, level: int = 3) -> None:
+        if not path.name.endswith(SUFFIX):
+            raise ValueError(f"a segment name must end with {SUFFIX}: {path}")
+        self.path = path
+        self.partial_path = path.with_name(path.name + PARTIAL_SUFFIX)
+        if path.exists():
+            raise OutputError(f"{path}: segment exists already; kbook never overwrites a segment")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: BinaryIO | None = open(self.partial_path, "xb")  # noqa: SIM115
+        except FileExistsError as exc:
+            raise OutputError(
+                f"{self.partial_path}: exists already; kbook never reopens a segment"
+            ) from exc
+        except OSError as exc:
+            raise OutputError(
+                f"{self.partial_path}: cannot create segment: {exc.strerror}"
+            ) from exc
+        self._compressor = zstandard.ZstdCompressor(level=level)
+        self._stream = self._compressor.stream_writer(self._file, closefd=False)
+        self.lines = 0
+        self.bytes_in = 0
+        self.pending = 0
+        """Lines written since the last flush."""
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
+
+    @property
+    def bytes_out(self) -> int:
+        """Compressed bytes in the file so far (flushed frames only)."""
+        return self._file.tell() if self._file is not None else self.path.stat().st_size
+
+    def write(self, line: bytes) -> None:
+        """Append one encoded line (from ``frame_line`` or ``meta_line``)."""
+        if self._file is None:
+            raise ValueError(f"{self.path}: segment writer is closed")
+        try:
+            self._stream.write(line)
+        except OSError as exc:
+            raise OutputError(f"{self.partial_path}: write failed: {exc.strerror}") from exc
+        self.lines += 1
+        self.pending += 1
+        self.bytes_in += len(line)
+
+    def flush(self, fsync: bool = True) -> None:
+        """End the current zstd frame and push it to disk, so a reader sees every line so far."""
+        if self._file is None:
+            raise ValueError(f"{self.path}: segment writer is closed")
+        try:
+            self._stream.flush(zstandard.FLUSH_FRAME)
+            self._file.flush()
+            if fsync:
+                os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise OutputError(f"{self.partial_path}: write failed: {exc.strerror}") from exc
+        self.pending = 0
+
+    def close(self) -> Path:
+        """Flush, close and give the segment its final name; returns that name."""
+        if self._file is None:
+            return self.path
+        try:
+            self.flush()
+        finally:
+            self._file.close()
+            self._file = None
+        try:
+            os.rename(self.partial_path, self.path)
+        except OSError as exc:
+            raise OutputError(f"{self.partial_path}: cannot rename to {self.path.name}") from exc
+        return self.path
+
+    def __enter__(self) -> SegmentWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def write_segment(path: Path, lines: Iterable[bytes], level: int = 3) -> Path:
+    """Write a whole segment from encoded lines (tests, tools, converters)."""
+    with SegmentWriter(path, level=level) as writer:
+        for line in lines:
+            writer.write(line)
+    return path
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something a reader could not use, with where it was."""
+
+    path: Path
+    line: int
+    """1-based line number; 0 for a problem with the file as a whole."""
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else str(self.path)
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class SegmentReader:
+    """Iterates the decoded lines (dicts) of one segment, collecting problems instead of failing.
+
+    A torn zstd tail, a cut last line, a line that is not JSON or not an object: each becomes a
+    ``Problem`` in ``problems``; every good line around them is still yielded. A file that is not
+    zstd at all, or is empty, raises ``SegmentError`` naming it before anything is yielded.
+    """
+
+    path: Path
+    problems: list[Problem] = field(default_factory=list)
+    lines_read: int = 0
+
+    def __post_init__(self) -> None:
+        check_segment_file(self.path)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        loads = orjson.loads
+        for number, line in self.raw_lines():
+            try:
+                record = loads(line)
+            except orjson.JSONDecodeError:
+                self.problems.append(Problem(self.path, number, "line is not JSON"))
+                continue
+            if type(record) is not dict:
+                self.problems.append(Problem(self.path, number, "line is not a JSON object"))
+                continue
+            yield record
+
+    def raw_lines(self) -> Iterator[tuple[int, bytes]]:
+        """``(line number, line bytes without newline)`` for every complete line."""
+        number = 0
+        tail = b""
+        for chunk in self._decompressed_chunks():
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            for line in lines:
+                number += 1
+                self.lines_read += 1
+                if line:
+                    yield number, line
+        if tail:
+            self.problems.append(
+                Problem(self.path, number + 1, f"last line cut short ({len(tail)} bytes dropped)")
+            )
+
+    def _decompressed_chunks(self) -> Iterator[bytes]:
+        """Decompress frame by frame, so that a torn last frame is noticed and reported."""
+        context = zstandard.ZstdDecompressor()
+        frame = context.decompressobj()
+        in_frame = False
+        offset = 0
+        with open(self.path, "rb") as fh:
+            while data := fh.read(_READ_CHUNK):
+                while data:
+                    try:
+                        out = frame.decompress(data)
+                    except zstandard.ZstdError as exc:
+                        self.problems.append(
+                            Problem(self.path, 0, f"corrupt zstd data near byte {offset}: {exc}")
+                        )
+                        return
+                    in_frame = True
+                    if out:
+                        yield out
+                    if frame.eof:
+                        consumed = len(data) - len(frame.unused_data)
+                        offset += consumed
+                        data = frame.unused_data
+                        frame = context.decompressobj()
+                        in_frame = False
+                    else:
+                        offset += len(data)
+                        data = b""
+        if in_frame:
+            self.problems.append(
+                Problem(self.path, 0, f"torn zstd frame at the end (file cut at byte {offset})")
+            )
+
+
+def check_segment_file(path: Path) -> None:
+    """Raise ``InputError``/``SegmentError`` unless ``path`` is a file that starts like zstd."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise SegmentError(f"{path}: cannot read: {exc.strerror}") from exc
+    if not head:
+        raise SegmentError(f"{path}: empty file, not a segment")
+    if head != ZSTD_MAGIC and not (head[1:] == _SKIPPABLE_MAGIC_HIGH and head[0] & 0xF0 == 0x50):
+        raise SegmentError(f"{path}: not a zstd segment (kbook segments are .jsonl.zst files)")
+
+
+def is_segment_name(path: Path) -> bool:
+    return path.name.endswith(SUFFIX) or path.name.endswith(SUFFIX + PARTIAL_SUFFIX)
+
+
+def first_recv_ns(path: Path) -> int | None:
+    """The receive time of the first line of a segment, or None when it has none."""
+    reader = SegmentReader(path)
+    for record in reader:
+        recv_ns = record.get("recv_ns")
+        if isinstance(recv_ns, int):
+            return recv_ns
+    return None
+
+
+def find_segments(paths: Iterable[Path]) -> list[Path]:
+    """Segment files named by ``paths`` (files, or folders searched recursively), in time order.
+
+    Order is by each file's first receive time, then by name; unfinished ``.partial`` segments
+    count too. A named file is taken whatever its name (and checked to be a segment); a missing
+    path or a folder without segments is an ``InputError`` naming it.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and is_segment_name(p))
+            if not inside:
+                raise InputError(f"{path}: no segments (*{SUFFIX}) in this folder")
+            found.extend(inside)
+        elif path.exists():
+            check_segment_file(path)
+            found.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    unique = list(dict.fromkeys(found))
+    starts = {path: first_recv_ns(path) for path in unique}
+    return sorted(unique, key=lambda p: (starts[p] is None, starts[p] or 0, p.name))
