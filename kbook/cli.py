@@ -105,7 +105,8 @@ def verify(
 def main() -> None:
     """Console entry point: run the app, mapping kbook's errors to one-line messages."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns the code of a ``typer.Exit`` instead of exiting.
+        result = app(standalone_mode=False)
     except KbookError as exc:
         if os.environ.get("KBOOK_DEBUG"):
             raise
@@ -125,3 +126,4 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(result if isinstance(result, int) else 0)

@@ -200,6 +200,8 @@ class BookFeed:
         book = self.books.get(key)
         try:
             first = msg[1]
+            if type(first) is not dict:
+                raise FrameError("book payload is not an object")
             if "as" in first or "bs" in first:
                 if book is None:
                     book = self.books[key] = Book(channel_depth(channel))

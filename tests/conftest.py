@@ -1,0 +1,37 @@
+"""Shared fixtures: the real Kraken captures in ../shared/kraken/captures, as kbook segments."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kbook.captures import capture_to_segment
+
+CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "kraken" / "captures"
+V1_CAPTURES = {
+    "KRAKEN.ws.50.0": 4269,
+    "orderbook-v1.json": 979,
+    "XDG-USD_book-10.jsonl": 14,
+    "LUNA-EUR_book-10.jsonl": 1,
+    "GST-EUR_book-10.jsonl": 1,
+}
+"""Each v1 capture with its number of book updates."""
+
+
+@pytest.fixture(scope="session")
+def captures_dir() -> Path:
+    if not CAPTURES.is_dir():
+        pytest.fail(f"{CAPTURES}: the shared captures must sit beside the repository")
+    return CAPTURES
+
+
+@pytest.fixture
+def capture_segment(captures_dir: Path, tmp_path: Path) -> Callable[[str], Path]:
+    """Factory: the named capture written as a bare segment in ``tmp_path``."""
+
+    def make(name: str) -> Path:
+        return capture_to_segment(captures_dir / name, tmp_path / f"{name}.jsonl.zst")
+
+    return make
