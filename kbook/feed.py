@@ -98,6 +98,10 @@ class BookFeed:
     connection_id: int | None = None
     last_key: tuple[str, str] | None = None
     """(pair, channel) of the book the last frame touched, for samplers that follow one book."""
+    adopt_connection: bool = False
+    """Set by a checkpoint: the connection is the recorder's current one, whose id this feed has
+    not seen; the next ``systemStatus`` names it rather than starting a new connection (a new
+    connection in a recorder's segment is announced by a ``connect`` meta line first)."""
 
     def pair_stats(self, pair: str) -> PairStats:
         stats = self.stats.get(pair)
@@ -123,6 +127,8 @@ class BookFeed:
         if book is None:
             book = self.books[(pair, channel)] = Book(channel_depth(channel))
         book.apply_snapshot(asks, bids)
+        if self.connection_id is None:
+            self.adopt_connection = True
         stats = self.pair_stats(pair)
         stats.touch(recv_ns)
         stats.checkpoints += 1
@@ -137,6 +143,7 @@ class BookFeed:
                 book.invalidate()
                 self.pair_stats(pair).become_invalid(recv_ns)
         self.connection_id = None
+        self.adopt_connection = False
 
     def void(self, pair: str, recv_ns: int) -> None:
         """Void every book of ``pair`` (resubscribe, unsubscribe)."""
@@ -173,7 +180,9 @@ class BookFeed:
         if event == "systemStatus":
             connection_id = msg.get("connectionID")
             if connection_id != self.connection_id:
-                if self.connection_id is not None or self.books:
+                if self.adopt_connection:
+                    self.adopt_connection = False
+                elif self.connection_id is not None or self.books:
                     self.connection_lost(recv_ns)
                 self.connection_id = connection_id
         elif event == "subscriptionStatus":

@@ -43,7 +43,9 @@ SUFFIX = ".jsonl.zst"
 PARTIAL_SUFFIX = ".partial"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_MAGIC_HIGH = b"\x2a\x4d\x18"
-_READ_CHUNK = 1 << 20
+_READ_CHUNK = 1 << 16
+"""Compressed bytes per read: small, because each read is decompressed whole (Kraken text
+inflates 5-20x) and split into lines at once, so this bounds the reader's memory."""
 
 
 # -- encoding lines -------------------------------------------------------------------------------
@@ -154,11 +156,18 @@ class SegmentWriter:
         """Flush, close and give the segment its final name; returns that name."""
         if self._file is None:
             return self.path
+        error: OutputError | None = None
         try:
             self.flush()
-        finally:
-            self._file.close()
-            self._file = None
+        except OutputError as exc:
+            error = exc
+        file, self._file = self._file, None
+        try:
+            file.close()  # after a failed flush this fails again (data still buffered)
+        except OSError as exc:
+            error = error or OutputError(f"{self.partial_path}: write failed: {exc.strerror}")
+        if error is not None:
+            raise error
         try:
             os.rename(self.partial_path, self.path)
         except OSError as exc:

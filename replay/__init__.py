@@ -1,0 +1,31 @@
+"""Replay recorded Kraken book segments into order book snapshots on a time grid.
+
+Stages, one module each: ``survey`` (a fast first pass over segments) -> ``plan`` (independent
+streams, option checks) -> ``engine`` (segments through ``kbook.feed.BookFeed``) -> ``sampler``
+(the time grid; its docstring states the snapshot semantics exactly) -> ``columns`` (row buffers,
+schema) -> ``parquet`` (the dataset, written atomically). ``api`` is what notebooks and
+``kbook replay`` call::
+
+    import replay
+    table = replay.replay_table("data/raw", every="1s", levels=10)
+    summary = replay.replay_to_dataset("data/raw", "data/snapshots", every="100ms")
+    table = replay.read_snapshots("data/snapshots", pair="BTC/USD", start="2026-11-21")
+"""
+
+from replay.api import ReplaySummary, read_snapshots, replay_table, replay_to_dataset
+from replay.columns import file_schema, level_names, table_schema
+from replay.options import ReplayOptions, make_options
+from replay.sampler import PairSummary
+
+__all__ = [
+    "PairSummary",
+    "ReplayOptions",
+    "ReplaySummary",
+    "file_schema",
+    "level_names",
+    "make_options",
+    "read_snapshots",
+    "replay_table",
+    "replay_to_dataset",
+    "table_schema",
+]

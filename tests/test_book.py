@@ -244,3 +244,24 @@ def test_builder_matches_naive_model(
         naive.apply(asks, bids)
         assert (book.top_asks(1000), book.top_bids(1000)) == naive.top()
         assert book.checksum() == naive.checksum()
+
+
+def test_checkpoint_then_status_change_keeps_the_book() -> None:
+    """A segment starting from a checkpoint has not seen its connection's id: a later
+    ``systemStatus`` of the same connection (a status change) must not void the book."""
+    feed = BookFeed()
+    feed.on_meta(
+        {
+            "type": "checkpoint",
+            "pair": "XBT/USD",
+            "channel": "book-10",
+            "asks": [level("10.0")],
+            "bids": [level("9.0")],
+        },
+        1,
+    )
+    status = '{"connectionID":%d,"event":"systemStatus","status":"%s","version":"1.9.1"}'
+    feed_frames(feed, [status % (7, "maintenance")])
+    assert feed.books[("XBT/USD", "book-10")].valid
+    feed_frames(feed, [status % (8, "online")])
+    assert not feed.books[("XBT/USD", "book-10")].valid

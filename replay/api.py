@@ -1,0 +1,336 @@
+"""The notebook API, which ``kbook replay`` calls too.
+
+    import replay
+    table = replay.replay_table(["data/raw"], every="1s", levels=10)      # pyarrow.Table
+    summary = replay.replay_to_dataset(["data/raw"], "data/snapshots", every="100ms")
+    table = replay.read_snapshots("data/snapshots", pair="BTC/USD", start="2026-11-21T10:00")
+
+Work is split into streams (``replay.plan``); with ``workers > 1`` the survey of segments and the
+streams run on a process pool, and the output is the same as with one worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from kbook import __version__
+from kbook.errors import InputError, UsageError
+from kbook.pairs import file_name
+from kbook.segment import Problem, find_segments
+from replay.columns import TIMESTAMP, table_schema
+from replay.engine import StreamResult, merge_results, replay_stream
+from replay.options import (
+    DurationLike,
+    ReplayOptions,
+    TimeLike,
+    day_of,
+    format_ns,
+    make_options,
+    parse_pairs,
+    to_ns,
+)
+from replay.parquet import (
+    DatasetWriter,
+    check_output,
+    discard,
+    publish,
+    temporary_folder,
+    write_manifest,
+)
+from replay.plan import Stream, plan_streams
+from replay.sampler import PairSummary
+from replay.survey import SegmentInfo, survey_segment
+
+PathsLike = Iterable[str | Path] | str | Path
+Tick = Callable[[int], None]
+ProgressCallback = Callable[[int, int], None]
+"""``progress(done_bytes, total_bytes)`` of compressed segment data."""
+
+_POOL_SURVEY_BYTES = 32 << 20
+"""Below this much input, surveying in worker processes costs more than it saves."""
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did: rows and invalid spans per pair, problems met, where it went."""
+
+    options: ReplayOptions
+    segments: list[Path]
+    result: StreamResult
+    out: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def pairs(self) -> dict[str, PairSummary]:
+        return self.result.pairs
+
+    @property
+    def problems(self) -> list[Problem]:
+        return self.result.problems
+
+    @property
+    def rows(self) -> int:
+        return sum(summary.rows for summary in self.pairs.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data (the dataset's manifest)."""
+        options = self.options
+        return {
+            "kbook_version": __version__,
+            "every_ns": options.every_ns,
+            "levels": options.levels,
+            "start": format_ns(options.start_ns) if options.start_ns is not None else None,
+            "end": format_ns(options.end_ns) if options.end_ns is not None else None,
+            "segments": len(self.segments),
+            "segments_read": self.result.segments_read,
+            "pairs": {
+                pair: {
+                    "channel": s.channel,
+                    "rows": s.rows,
+                    "valid_rows": s.valid_rows,
+                    "first": format_ns(s.first_ts),
+                    "last": format_ns(s.last_ts),
+                    "frames": s.frames,
+                    "checksum_failures": s.checksum_failures,
+                    "invalid_spans": [[format_ns(a), format_ns(b)] for a, b in s.invalid_spans],
+                }
+                for pair, s in self.pairs.items()
+            },
+            "problems": [str(problem) for problem in self.problems],
+        }
+
+
+def replay_table(
+    paths: PathsLike,
+    every: DurationLike = "1s",
+    levels: int = 10,
+    pairs: Iterable[str] | str | None = None,
+    start: TimeLike = None,
+    end: TimeLike = None,
+    workers: int | None = 1,
+) -> pa.Table:
+    """Replay segments into one in-memory ``pyarrow.Table`` (sorted by pair, then ``ts``)."""
+    options = make_options(every, levels, pairs, start, end, workers)
+    tables: dict[str, list[pa.Table]] = {}
+
+    def run(stream: Stream, pool: Executor | None, tick: Tick | None) -> Any:
+        if pool is None:
+            return _stream_to_tables(stream, options, tick)
+        return pool.submit(_stream_to_tables, stream, options)
+
+    infos, outcomes = _replay(paths, options, run, None)
+    results = []
+    for result, batches in outcomes:
+        results.append(result)
+        tables.update(batches)
+    _require_rows(merge_results(results), options, infos)
+    schema = table_schema(options.levels)
+    parts = []
+    for pair in sorted(tables):
+        for batch in tables[pair]:
+            column = pa.repeat(pa.scalar(pair, pa.string()), batch.num_rows)
+            parts.append(batch.add_column(1, schema.field("pair"), column))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def replay_to_dataset(
+    paths: PathsLike,
+    out: str | Path,
+    every: DurationLike = "1s",
+    levels: int = 10,
+    pairs: Iterable[str] | str | None = None,
+    start: TimeLike = None,
+    end: TimeLike = None,
+    force: bool = False,
+    workers: int | None = 1,
+    progress: ProgressCallback | None = None,
+) -> ReplaySummary:
+    """Replay segments into a Parquet dataset at ``out``, atomically (see ``replay.parquet``)."""
+    began = time.monotonic()
+    options = make_options(every, levels, pairs, start, end, workers)
+    out = Path(out)
+    check_output(out, force)
+    folder: Path | None = None
+    done = False
+    try:
+
+        def run(stream: Stream, pool: Executor | None, tick: Tick | None) -> Any:
+            nonlocal folder
+            if folder is None:
+                folder = temporary_folder(out)
+            if pool is None:
+                return _stream_to_folder(stream, options, folder, tick)
+            return pool.submit(_stream_to_folder, stream, options, folder)
+
+        infos, outcomes = _replay(paths, options, run, progress)
+        result = merge_results([outcome[0] for outcome in outcomes])
+        _require_rows(result, options, infos)
+        segments = [info.path for info in infos]
+        assert folder is not None
+        files = sorted(path for outcome in outcomes for path in outcome[1])
+        summary = ReplaySummary(options, segments, result, out, files)
+        summary.seconds = time.monotonic() - began
+        write_manifest(folder, summary.to_json())
+        publish(folder, out, force)
+        done = True
+        summary.files = [out / path.relative_to(folder) for path in files]
+        return summary
+    finally:
+        if folder is not None and not done:
+            discard(folder)
+
+
+def read_snapshots(
+    out: str | Path,
+    pair: Iterable[str] | str | None = None,
+    start: TimeLike = None,
+    end: TimeLike = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """Load part of a snapshot dataset; only the partitions and row groups needed are read.
+
+    ``pair`` takes either spelling; the returned ``pair`` column holds common names (``BTC/USD``),
+    as ``replay_table`` does. ``start`` is inclusive, ``end`` exclusive.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        raise InputError(f"{out}: no such snapshot dataset")
+    partitioning = ds.partitioning(
+        pa.schema([("pair", pa.string()), ("date", pa.string())]), flavor="hive"
+    )
+    dataset = ds.dataset(out, format="parquet", partitioning=partitioning)
+    condition = None
+    names = parse_pairs(pair)
+    if names is not None:
+        condition = _and(condition, ds.field("pair").isin([file_name(name) for name in names]))
+    start_ns, end_ns = to_ns(start, "start"), to_ns(end, "end")
+    if start_ns is not None:
+        condition = _and(condition, ds.field("date") >= day_of(start_ns))
+        condition = _and(condition, ds.field("ts") >= pa.scalar(start_ns, TIMESTAMP))
+    if end_ns is not None:
+        condition = _and(condition, ds.field("date") <= day_of(end_ns - 1))
+        condition = _and(condition, ds.field("ts") < pa.scalar(end_ns, TIMESTAMP))
+    wanted = None if columns is None else list(dict.fromkeys(["ts", "pair", *columns]))
+    table = dataset.to_table(filter=condition, columns=wanted)
+    common = pc.replace_substring(
+        table.column("pair").cast(pa.string()), "-", "/", max_replacements=1
+    )
+    pair_field = pa.field("pair", pa.string(), nullable=False)
+    table = table.set_column(table.schema.get_field_index("pair"), pair_field, common)
+    order = [name for name in table_schema_names(table) if name != "date"]
+    return table.select(order).sort_by([("pair", "ascending"), ("ts", "ascending")])
+
+
+def table_schema_names(table: pa.Table) -> list[str]:
+    """``ts, pair`` first, then the file columns in their stored order."""
+    rest = [name for name in table.column_names if name not in ("ts", "pair")]
+    return ["ts", "pair", *rest]
+
+
+# -- internals ------------------------------------------------------------------------------------
+
+
+def _replay(
+    paths: PathsLike,
+    options: ReplayOptions,
+    run: Callable[[Stream, Executor | None, Tick | None], Any],
+    progress: ProgressCallback | None,
+) -> tuple[list[SegmentInfo], list[Any]]:
+    """Find, survey and plan, then run every stream (on a pool when it pays); outcomes in order."""
+    segments = find_segments(_as_paths(paths))
+    total = sum(path.stat().st_size for path in segments)
+    use_pool = options.workers > 1 and len(segments) > 1
+    context = multiprocessing.get_context("spawn")
+    pool_cm = (
+        ProcessPoolExecutor(max_workers=options.workers, mp_context=context)
+        if use_pool
+        else nullcontext()
+    )
+    with pool_cm as pool:
+        infos = _survey(segments, pool if total >= _POOL_SURVEY_BYTES else None)
+        streams = plan_streams(infos, options)
+        if progress is not None:
+            progress(0, total)
+        done = total - sum(stream.size for stream in streams)
+
+        def tick(size: int) -> None:
+            nonlocal done
+            done += size
+            if progress is not None:
+                progress(done, total)
+
+        if pool is None or len(streams) < 2:
+            return infos, [run(stream, None, tick) for stream in streams]
+        futures = {run(stream, pool, None): index for index, stream in enumerate(streams)}
+        outcomes_by_index: dict[int, Any] = {}
+        for future in as_completed(futures):
+            index = futures[future]
+            outcomes_by_index[index] = future.result()
+            tick(streams[index].size)
+        return infos, [outcomes_by_index[i] for i in range(len(streams))]
+
+
+def _survey(segments: list[Path], pool: Executor | None) -> list[SegmentInfo]:
+    if pool is None:
+        return [survey_segment(path) for path in segments]
+    return list(pool.map(survey_segment, segments, chunksize=4))
+
+
+def _stream_to_folder(
+    stream: Stream, options: ReplayOptions, folder: Path, tick: Tick | None = None
+) -> tuple[StreamResult, list[Path]]:
+    """Worker: replay one stream into its pairs' partitions under ``folder``."""
+    writer = DatasetWriter(folder, options.levels)
+    try:
+        result = replay_stream(stream, options, writer.sink, tick)
+    finally:
+        writer.close()
+    return result, writer.files
+
+
+def _stream_to_tables(
+    stream: Stream, options: ReplayOptions, tick: Tick | None = None
+) -> tuple[StreamResult, dict[str, list[pa.Table]]]:
+    """Worker: replay one stream into in-memory batches per pair."""
+    batches: dict[str, list[pa.Table]] = {}
+
+    def sinks(pair: str) -> Callable[[pa.Table], None]:
+        return batches.setdefault(pair, []).append
+
+    return replay_stream(stream, options, sinks, tick), batches
+
+
+def _require_rows(result: StreamResult, options: ReplayOptions, infos: list[SegmentInfo]) -> None:
+    """An empty result is a mistake (usually --start/--end outside the recording): say so."""
+    if any(summary.rows for summary in result.pairs.values()):
+        return
+    starts = [info.first_ns for info in infos if info.first_ns is not None]
+    recorded = f"segments start from {format_ns(min(starts))} to {format_ns(max(starts))}"
+    if options.start_ns is None and options.end_ns is None:
+        raise UsageError(f"no snapshot rows: no grid time falls within the books ({recorded})")
+    raise UsageError(
+        f"no snapshot rows between {format_ns(options.start_ns)} and "
+        f"{format_ns(options.end_ns)}; {len(infos)} {recorded}"
+    )
+
+
+def _and(condition: ds.Expression | None, more: ds.Expression) -> ds.Expression:
+    return more if condition is None else condition & more
+
+
+def _as_paths(paths: PathsLike) -> list[Path]:
+    if isinstance(paths, str | Path):
+        return [Path(paths)]
+    return [Path(path) for path in paths]

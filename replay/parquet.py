@@ -1,0 +1,152 @@
+"""The snapshot dataset on disk: hive-partitioned Parquet, written whole or not at all.
+
+Layout under ``--out``::
+
+    pair=BTC-USD/date=2026-11-21/part-0.parquet
+    _kbook_replay.json            what produced it (options, kbook version, rows per pair)
+
+One file per pair and UTC day, zstd-compressed, dictionary encoding off (faster and smaller for
+float columns), row groups of up to 64k rows (fewer for very deep books). ``pair`` and ``date``
+are stored only in the folder names: pandas refuses a dataset whose files also hold a column
+named like a partition, so the files hold ``ts, valid, levels..., extras`` and every reader adds
+``pair`` (as ``BTC-USD``) and ``date`` from the path.
+
+Atomicity: everything is written into a hidden sibling folder (``.<out>.tmp-*``) and renamed to
+``--out`` once complete, so a crash or an error leaves either the old dataset or the new one,
+never a mix. Replacing an existing dataset needs ``force`` and is refused for a folder that does
+not look like one (so ``--out ~`` cannot delete a home folder).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kbook.errors import OutputError
+from kbook.pairs import file_name
+from replay.columns import file_schema
+from replay.options import day_of
+
+MANIFEST = "_kbook_replay.json"
+
+
+class DatasetWriter:
+    """Writes each pair's row batches (one UTC day per batch) to its partition files."""
+
+    def __init__(self, root: Path, levels: int) -> None:
+        self.root = root
+        self.schema = file_schema(levels)
+        self.files: list[Path] = []
+        self._open: dict[str, tuple[str, pq.ParquetWriter]] = {}
+
+    def sink(self, pair: str) -> Callable[[pa.Table], None]:
+        """Where ``pair``'s batches go (batches arrive in time order, never spanning a day)."""
+        return lambda table: self.write(pair, table)
+
+    def write(self, pair: str, table: pa.Table) -> None:
+        day = day_of(table.column("ts")[0].value)
+        current = self._open.get(pair)
+        if current is None or current[0] != day:
+            if current is not None:
+                current[1].close()
+            current = self._open[pair] = (day, self._writer(pair, day))
+        try:
+            current[1].write_table(table, row_group_size=table.num_rows)
+        except OSError as exc:
+            raise OutputError(f"{self.root}: cannot write snapshots: {exc}") from exc
+
+    def close(self) -> None:
+        for _day, writer in self._open.values():
+            writer.close()
+        self._open.clear()
+
+    def _writer(self, pair: str, day: str) -> pq.ParquetWriter:
+        folder = self.root / f"pair={file_name(pair)}" / f"date={day}"
+        number = 0
+        while (folder / f"part-{number}.parquet").exists():
+            number += 1
+        path = folder / f"part-{number}.parquet"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            writer = pq.ParquetWriter(
+                path,
+                self.schema,
+                compression="zstd",
+                use_dictionary=False,
+                write_statistics=True,
+            )
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create: {exc}") from exc
+        self.files.append(path)
+        return writer
+
+
+# -- the whole dataset, atomically -----------------------------------------------------------------
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse before any work when ``out`` exists (unless ``force``) or is not a dataset."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    if not force:
+        raise OutputError(f"{out}: exists already; pass --force to replace it")
+    if not looks_like_dataset(out):
+        raise OutputError(
+            f"{out}: is not a kbook snapshot dataset (no {MANIFEST}); not replacing it"
+        )
+
+
+def looks_like_dataset(folder: Path) -> bool:
+    """True for a folder kbook wrote: a manifest, or nothing but ``pair=`` partitions."""
+    entries = list(folder.iterdir())
+    return (folder / MANIFEST).is_file() or all(
+        entry.is_dir() and entry.name.startswith("pair=") for entry in entries
+    )
+
+
+def temporary_folder(out: Path) -> Path:
+    """A fresh hidden folder beside ``out`` (same file system, so the final rename is atomic)."""
+    folder = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create: {exc.strerror}") from exc
+    return folder
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    (folder / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+
+
+def publish(folder: Path, out: Path, force: bool) -> None:
+    """Move the finished ``folder`` to ``out``, replacing an old dataset only with ``force``."""
+    check_output(out, force)
+    old: Path | None = None
+    try:
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+        os.rename(folder, out)
+    except OSError as exc:
+        if old is not None and not out.exists():
+            os.rename(old, out)
+        raise OutputError(f"{out}: cannot move the new dataset in place: {exc.strerror}") from exc
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def discard(folder: Path) -> None:
+    """Remove an unfinished dataset folder."""
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,142 @@
+"""``kbook replay``: a thin CLI; bad input is one line on stderr, a non-zero exit, and no output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from replay_support import SynthMarket, write_frames
+
+from kbook.cli import main
+
+KBOOK = Path(sys.executable).with_name("kbook")
+
+
+def run_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[object, str, str]:
+    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["kbook", "replay", "--workers", "1", *args])
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def segment(tmp_path: Path) -> Path:
+    market = SynthMarket("XBT/USD", depth=10, seed=9)
+    return write_frames(
+        tmp_path / "raw" / "s.jsonl.zst", market.frames(50, 1_763_683_200_000_000_000, 10**8)
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pair", "ETH/USD"], "pair ETH/USD not found in the segments; recorded: BTC/USD"),
+        (["--pair", "nonsense"], "pair 'nonsense' is not BASE/QUOTE"),
+        (["--start", "2030-01-01", "--end", "2030-01-02"], "no snapshot rows between 2030-01-01"),
+        (["--start", "2030-01-02", "--end", "2030-01-01"], "empty time range"),
+        (["--start", "yesterday"], "--start 'yesterday' is not an ISO date/time"),
+        (["--every", "0"], "duration '0' is not a number with a unit"),
+        (["--every", "0s"], "--every must be positive"),
+        (["--every", "-1s"], "--every must be positive"),
+        (["--levels", "11"], "--levels 11 is deeper than the recorded book of BTC/USD (book-10)"),
+        (["--levels", "0"], "--levels must be a positive whole number"),
+    ],
+)
+def test_bad_options_fail_in_one_line_and_write_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    segment: Path,
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "snaps"
+    code, _stdout, err = run_main(monkeypatch, capsys, str(segment), "--out", str(out), *args)
+    assert code == 2
+    assert err.startswith("kbook: error: ")
+    assert err.count("\n") == 1
+    assert message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_unreadable_segment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.jsonl.zst"
+    bad.write_text('{"recv_ns": 1, "msg": []}\n')
+    code, _, err = run_main(monkeypatch, capsys, str(bad), "--out", str(tmp_path / "snaps"))
+    assert (code, err) == (
+        2,
+        f"kbook: error: {bad}: not a zstd segment (kbook segments are .jsonl.zst files)\n",
+    )
+    assert not (tmp_path / "snaps").exists()
+
+
+def test_missing_default_folder(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(monkeypatch, capsys)
+    assert (code, err) == (2, "kbook: error: data/raw: no such file or folder\n")
+
+
+def test_existing_output_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    segment: Path,
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "snaps"
+    assert run_main(monkeypatch, capsys, str(segment), "--out", str(out))[0] == 0
+    code, _, err = run_main(monkeypatch, capsys, str(segment), "--out", str(out))
+    assert (code, err) == (2, f"kbook: error: {out}: exists already; pass --force to replace it\n")
+    code, stdout, _ = run_main(monkeypatch, capsys, str(segment), "--out", str(out), "--force")
+    assert code == 0
+    assert "BTC/USD" in stdout
+
+
+def test_command_end_to_end(segment: Path, tmp_path: Path) -> None:
+    out = tmp_path / "snaps"
+    done = subprocess.run(
+        [
+            str(KBOOK),
+            "replay",
+            str(segment.parent),
+            "--pair",
+            "BTC/USD",
+            "--every",
+            "1s",
+            "--levels",
+            "3",
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wrote 5 rows in 1 file(s)" in done.stdout
+    assert (out / "pair=BTC-USD" / "date=2025-11-21" / "part-0.parquet").is_file()
+
+
+def test_replay_has_help() -> None:
+    done = subprocess.run(
+        [str(KBOOK), "replay", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0
+    for option in ("--pair", "--start", "--end", "--every", "--levels", "--out", "--force"):
+        assert option in done.stdout

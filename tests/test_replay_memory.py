@@ -1,0 +1,50 @@
+"""Replaying into a dataset keeps memory flat in the input size: rows go to Parquet in row groups.
+
+Measured as the peak RSS of a child process (Arrow's own allocations included), replaying N and
+10 N frames; the first N already exceeds every fixed-size read buffer, so what is left to grow
+would be a leak of rows or frames.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from replay_support import cheap_frames
+
+from kbook.segment import write_segment
+
+MS = 1_000_000
+CHILD = """
+import resource, sys
+import replay
+summary = replay.replay_to_dataset(sys.argv[1], sys.argv[2], every="1ms", levels=10, workers=1)
+print(summary.rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def replay_in_child(segment: Path, out: Path) -> tuple[int, int]:
+    """(rows written, peak RSS in KiB) of a replay in a fresh interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(segment), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows, rss = done.stdout.split()
+    return int(rows), int(rss)
+
+
+def test_peak_memory_does_not_grow_with_the_input(tmp_path: Path) -> None:
+    peaks = []
+    for frames in (15_000, 150_000):
+        segment = write_segment(
+            tmp_path / f"{frames}.jsonl.zst", cheap_frames(frames, 1_763_683_200_000 * MS, MS)
+        )
+        rows, rss = replay_in_child(segment, tmp_path / f"out-{frames}")
+        assert rows == frames
+        peaks.append(rss)
+    small, large = peaks
+    assert large < small + 40_000, f"peak RSS {small} KiB for 15k frames, {large} KiB for 150k"
