@@ -102,6 +102,234 @@ def verify(
     raise typer.Exit(1 if report.checksums_failed else 0)
 
 
+@app.command()
+def record(
+    pairs: Annotated[
+        list[str], typer.Argument(help="Pairs to record, e.g. BTC/USD ETH/USD (one connection).")
+    ],
+    depth: Annotated[
+        int, typer.Option(help="Book depth: 10, 25, 100, 500 or 1000 levels per side.")
+    ] = 10,
+    out: Annotated[
+        Path, typer.Option(help="Output folder; segments go to OUT/raw/PAIR/DATE/.")
+    ] = Path("data"),
+    url: Annotated[str, typer.Option(help="Kraken WebSocket v1 address.")] = "wss://ws.kraken.com",
+    duration: Annotated[
+        str | None, typer.Option(help="Stop cleanly after this long (e.g. 55m, 1h, 7d).")
+    ] = None,
+    rotate: Annotated[
+        str, typer.Option(help="Start a new segment every period, on UTC boundaries.")
+    ] = "1h",
+    max_segment_mb: Annotated[
+        float | None, typer.Option(help="Also start a new segment at this compressed size (MB).")
+    ] = None,
+    retries: Annotated[
+        int,
+        typer.Option(help="Failed connection attempts in a row before giving up (0: never)."),
+    ] = 30,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No status lines; warnings only.")
+    ] = False,
+) -> None:
+    """Record the order book of PAIRS into zstd segments until stopped (SIGINT/SIGTERM: exit 0)."""
+    from kbook.units import parse_duration
+    from recorder import RecordConfig, Recorder, stop_on_signals
+    from recorder.status import human_bytes
+
+    config = RecordConfig(
+        pairs=tuple(pairs),
+        depth=depth,
+        out=out,
+        url=url,
+        duration_ns=parse_duration(duration) if duration is not None else None,
+        rotate_ns=parse_duration(rotate),
+        max_segment_bytes=round(max_segment_mb * 1_000_000) if max_segment_mb else None,
+        connect_retries=retries or None,
+        quiet=quiet,
+        arguments=tuple(sys.argv[1:]),
+    )
+    recorder = Recorder(config)
+    with stop_on_signals(recorder):
+        summary = recorder.run()
+    if not quiet:
+        typer.echo(
+            f"kbook record: stopped ({summary.stop_reason}): {summary.frames} frames, "
+            f"{len(summary.segments)} segment(s), {human_bytes(summary.bytes_written)}, "
+            f"{summary.reconnects} reconnect(s)",
+            err=True,
+        )
+
+
+@app.command()
+def replay(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Segment files, or folders searched for *.jsonl.zst [default: data/raw]."
+        ),
+    ] = None,
+    pair: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pair", help="Pair to replay, BTC/USD or XBT/USD; repeat it. [default: all]"
+        ),
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="First row time, ISO 8601 (naive = UTC), inclusive.")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="Rows stop before this time (exclusive).")] = None,
+    every: Annotated[str, typer.Option(help="Grid interval: 100ms, 1s, 5s, 1m, 1h, ...")] = "1s",
+    levels: Annotated[
+        int, typer.Option(help="Levels per side in each row, up to the recorded depth.")
+    ] = 10,
+    out: Annotated[Path, typer.Option(help="Dataset folder to create.")] = Path("data/snapshots"),
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing dataset at --out.")
+    ] = False,
+    workers: Annotated[int, typer.Option(help="Worker processes; 0 means every core.")] = 0,
+) -> None:
+    """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
+    from replay.api import replay_to_dataset
+    from replay.report import print_summary, progress_bar
+
+    with progress_bar(enabled=sys.stderr.isatty()) as progress:
+        summary = replay_to_dataset(
+            paths or [Path("data/raw")],
+            out,
+            every=every,
+            levels=levels,
+            pairs=pair or None,
+            start=start,
+            end=end,
+            force=force,
+            workers=workers,
+            progress=progress,
+        )
+    print_summary(summary)
+    for problem in summary.problems:
+        typer.echo(f"kbook: warning: {problem}", err=True)
+
+
+@app.command()
+def simulate(
+    port: Annotated[
+        int, typer.Option(help="TCP port to listen on (127.0.0.1); 0 picks a free one.")
+    ] = 8765,
+    pairs: Annotated[
+        str, typer.Option(help="Comma-separated pairs to serve, e.g. XBT/USD,ETH/USD.")
+    ] = "XBT/USD,ETH/USD,XDG/USD,SOL/USD",
+    rate: Annotated[
+        float, typer.Option(help="Book updates per second per connection; 0: as fast as possible.")
+    ] = 200.0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed: the same seed sends the same frames.")
+    ] = 7,
+    duration: Annotated[
+        str | None, typer.Option(help="Stop after this long (e.g. 30s, 2m); default: until Ctrl+C.")
+    ] = None,
+    btc: Annotated[
+        str, typer.Option(help="Answer to BTC/USD (and DOGE/...): echo-xbt, echo-btc or reject.")
+    ] = "echo-xbt",
+    idle_timeout: Annotated[
+        str, typer.Option(help="Close a connection the client said nothing on for this long.")
+    ] = "60s",
+    heartbeat: Annotated[
+        float, typer.Option(help="Seconds between heartbeats on a subscribed connection.")
+    ] = 1.0,
+    capture: Annotated[
+        Path | None,
+        typer.Option("--from", help="Play back this kbook segment or capture file instead."),
+    ] = None,
+    speed: Annotated[
+        float, typer.Option(help="Playback speed factor for --from; 0: as fast as possible.")
+    ] = 1.0,
+    drop_after: Annotated[
+        int | None, typer.Option(min=0, help="Cut TCP (no close frame) after N book frames.")
+    ] = None,
+    stall_after: Annotated[
+        int | None, typer.Option(min=0, help="Send nothing at all after N book frames.")
+    ] = None,
+    stall_seconds: Annotated[
+        float | None, typer.Option(min=0, help="How long a stall lasts; default: forever.")
+    ] = None,
+    bad_checksum_at: Annotated[
+        int | None, typer.Option(min=1, help="The N-th update carries a wrong checksum.")
+    ] = None,
+    non_json_after: Annotated[
+        int | None, typer.Option(min=0, help="Send a frame that is not JSON after N book frames.")
+    ] = None,
+    maintenance_after: Annotated[
+        int | None,
+        typer.Option(min=0, help="Send systemStatus maintenance and close after N book frames."),
+    ] = None,
+    rate_limit_subscribes: Annotated[
+        int, typer.Option(min=0, help="Answer the first N subscribes with 'Exceeded msg rate'.")
+    ] = 0,
+    refuse_connections: Annotated[
+        int, typer.Option(min=0, help="Refuse the first N connection attempts with HTTP 503.")
+    ] = 0,
+    repeat_faults: Annotated[
+        bool, typer.Option(help="Apply the per-connection faults to every connection, not one.")
+    ] = False,
+) -> None:
+    """Serve a simulated Kraken v1 book feed on 127.0.0.1; prints its ws:// URL first."""
+    import math
+
+    from kbook.errors import UsageError
+    from kbook.sim.config import SimulatorConfig
+    from kbook.sim.faults import FaultPlan
+    from kbook.sim.run import run
+    from kbook.units import parse_duration
+
+    duration_s = parse_duration(duration) / 1e9 if duration is not None else None
+    if duration_s is not None and duration_s <= 0:
+        raise UsageError(f"--duration {duration} must be positive")
+    idle_s = float(idle_timeout) if _is_number(idle_timeout) else parse_duration(idle_timeout) / 1e9
+    config = SimulatorConfig(
+        pairs=tuple(p for p in pairs.split(",") if p.strip()),
+        rate=rate,
+        seed=seed,
+        heartbeat_interval=heartbeat,
+        idle_timeout=idle_s,
+        btc=btc,
+        capture=capture,
+        speed=math.inf if speed == 0 else speed,
+        port=port,
+        record=False,
+    )
+    plan = FaultPlan(
+        drop_after=drop_after,
+        stall_after=stall_after,
+        stall_seconds=stall_seconds,
+        bad_checksum_at=bad_checksum_at,
+        non_json_after=non_json_after,
+        maintenance_after=maintenance_after,
+        rate_limit_subscribes=rate_limit_subscribes,
+        refuse_connections=refuse_connections,
+        repeat=repeat_faults,
+    )
+
+    def announce(url: str) -> None:
+        sys.stdout.write(url + "\n")
+        sys.stdout.flush()
+
+    summary = run(config, plan, duration_s, announce)
+    typer.echo(
+        f"kbook simulate: stopped after {summary.seconds:.1f} s: {summary.connections} "
+        f"connection(s), {summary.refused} refused, {summary.frames} frames sent",
+        err=True,
+    )
+
+
+def _is_number(text: str) -> bool:
+    """True for a bare number of seconds such as ``60`` or ``0.5``."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main() -> None:
     """Console entry point: run the app, mapping kbook's errors to one-line messages."""
     try:
@@ -119,11 +347,10 @@ def main() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors (typer >= 0.29 vendors click: no `click`)
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         raise
     sys.exit(result if isinstance(result, int) else 0)

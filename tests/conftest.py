@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from kbook.captures import capture_to_segment
+from kbook.sim import Simulator
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "kraken" / "captures"
 V1_CAPTURES = {
@@ -35,3 +36,10 @@ def capture_segment(captures_dir: Path, tmp_path: Path) -> Callable[[str], Path]
         return capture_to_segment(captures_dir / name, tmp_path / f"{name}.jsonl.zst")
 
     return make
+
+
+@pytest.fixture
+def simulator() -> Iterator[Simulator]:
+    """A started Kraken v1 simulator (default ``SimulatorConfig``) on 127.0.0.1, a free port."""
+    with Simulator() as sim:
+        yield sim

@@ -1,0 +1,48 @@
+"""A Kraken WebSocket v1 ``book`` simulator: a real server for tests and for ``kbook simulate``.
+
+    from kbook.sim import Simulator, SimulatorConfig
+    with Simulator(SimulatorConfig(pairs=("XBT/USD",), rate=1000)) as sim:
+        ...  # connect to sim.url; arm sim.faults; inspect sim.sent; sim.wait_for(...)
+
+Layers, no I/O at the bottom: ``market`` (a seeded exchange book that emits v1 frames with correct
+checksums), ``protocol`` (control frames and subscribe decisions, worded as Kraken words them),
+``playback`` (recorded frames to serve again), ``faults`` (what can go wrong, on demand),
+``config``, ``server`` (the ``websockets`` server, asyncio) and ``simulator`` (``Simulator``: the
+server in a background thread). ``run`` is ``kbook simulate`` as a library call.
+
+BTC/USD handling (``SimulatorConfig.btc``, ``kbook simulate --btc``). Kraken v1 data frames name
+pairs by their ``wsname`` (``XBT/USD``, ``XDG/USD``), but Kraken's v1 pages show ``BTC/USD`` and no
+capture shows what v1 answers to it (``shared/kraken/README.md`` section 1). A client must cope with
+all three answers, so the simulator offers each:
+
+- ``echo-xbt`` (default, what the wsname implies): ``BTC/USD`` is accepted and every frame,
+  subscriptionStatus included, says ``XBT/USD``;
+- ``echo-btc``: ``BTC/USD`` is accepted and echoed as ``BTC/USD`` in every frame;
+- ``reject``: ``BTC/USD`` gets ``Currency pair not supported BTC/USD``; the client must retry
+  with ``XBT/USD``.
+
+``DOGE``/``XDG`` behave the same way. ``XBT/USD`` itself is always accepted and echoed as is; both
+spellings share one market, and subscribing to both is ``Already subscribed``. In playback the
+frames keep the recorded pair name, so both echo modes answer with the recorded spelling.
+"""
+
+from kbook.sim.config import KINDS, SentFrame, SimulatorConfig
+from kbook.sim.faults import Fault, Faults
+from kbook.sim.market import DEPTHS, Market, PairSpec, spec_for
+from kbook.sim.playback import Capture, load_capture
+from kbook.sim.simulator import Simulator
+
+__all__ = [
+    "DEPTHS",
+    "KINDS",
+    "Capture",
+    "Fault",
+    "Faults",
+    "Market",
+    "PairSpec",
+    "SentFrame",
+    "Simulator",
+    "SimulatorConfig",
+    "load_capture",
+    "spec_for",
+]
