@@ -134,7 +134,7 @@ def record(
     """Record the order book of PAIRS into zstd segments until stopped (SIGINT/SIGTERM: exit 0)."""
     from kbook.units import parse_duration
     from recorder import RecordConfig, Recorder, stop_on_signals
-    from recorder.status import human_bytes
+    from recorder.status import human_bytes, utc_stamp
 
     config = RecordConfig(
         pairs=tuple(pairs),
@@ -143,7 +143,7 @@ def record(
         url=url,
         duration_ns=parse_duration(duration) if duration is not None else None,
         rotate_ns=parse_duration(rotate),
-        max_segment_bytes=round(max_segment_mb * 1_000_000) if max_segment_mb else None,
+        max_segment_bytes=round(max_segment_mb * 1e6) if max_segment_mb is not None else None,
         connect_retries=retries or None,
         quiet=quiet,
         arguments=tuple(sys.argv[1:]),
@@ -153,7 +153,8 @@ def record(
         summary = recorder.run()
     if not quiet:
         typer.echo(
-            f"kbook record: stopped ({summary.stop_reason}): {summary.frames} frames, "
+            f"{utc_stamp(summary.ended_ns)} kbook record: stopped ({summary.stop_reason}): "
+            f"{summary.frames} frames, "
             f"{len(summary.segments)} segment(s), {human_bytes(summary.bytes_written)}, "
             f"{summary.reconnects} reconnect(s)",
             err=True,
@@ -328,6 +329,84 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option(help="Folder for the demo's segments, snapshots and picture.")
+    ] = Path("data/demo"),
+    seconds: Annotated[float, typer.Option(help="How long to record.")] = 15.0,
+) -> None:
+    """Simulate Kraken on loopback, record ~15 s, verify, replay to Parquet, plot: no internet."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kbook.demo import run_demo
+    from replay import read_snapshots
+
+    console = Console(soft_wrap=True)
+    result = run_demo(out, seconds=seconds, say=console.print)
+    table = read_snapshots(result.snapshots, pair="BTC/USD").slice(0, 5)
+    shown = Table(title="the first BTC/USD snapshot rows (10 levels per side in the files)")
+    for column in ("ts", "valid", "bid_px_0", "bid_sz_0", "ask_px_0", "ask_sz_0"):
+        shown.add_column(column, justify="right")
+    for row in table.to_pylist():
+        shown.add_row(
+            row["ts"].strftime("%H:%M:%S"),
+            str(row["valid"]),
+            *(
+                f"{row[c]:.5f}" if row[c] is not None else "-"
+                for c in ("bid_px_0", "bid_sz_0", "ask_px_0", "ask_sz_0")
+            ),
+        )
+    console.print(shown)
+    console.print("Load them in Python:")
+    console.print(
+        f'    import pandas as pd; df = pd.read_parquet("{result.snapshots}")', highlight=False
+    )
+    console.print(
+        f"Next: kbook verify {result.raw}   |   kbook replay {result.raw} --every 100ms "
+        f"--out {out / 'snapshots-100ms'}",
+        highlight=False,
+    )
+
+
+@app.command()
+def plot(
+    snapshots: Annotated[Path, typer.Argument(help="A dataset written by kbook replay.")],
+    pair: Annotated[
+        str | None, typer.Option(help="Pair to draw, e.g. BTC/USD [default: the only one].")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="From this time, ISO 8601 (naive = UTC).")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="Until this time (exclusive).")] = None,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("book.png"),
+) -> None:
+    """Draw mid, spread and a depth heatmap of a replayed period, invalid spans shaded."""
+    from kbook.errors import InputError, UsageError
+    from kbook.pairs import common_name, parse_pair
+    from kbook.plot import plot_book, require_matplotlib
+    from replay import read_snapshots
+
+    require_matplotlib()
+    if not snapshots.is_dir():
+        raise InputError(
+            f"{snapshots}: no such snapshot dataset (a folder written by kbook replay)"
+        )
+    if pair is None:
+        found = sorted(p.name.removeprefix("pair=") for p in snapshots.glob("pair=*"))
+        if len(found) != 1:
+            choices = ", ".join(name.replace("-", "/") for name in found) or "none"
+            raise UsageError(f"name the pair to draw with --pair (found: {choices})")
+        pair = found[0]
+    name = common_name(parse_pair(pair))
+    table = read_snapshots(snapshots, pair=name, start=start, end=end)
+    if table.num_rows == 0:
+        raise InputError(f"{snapshots}: no rows for {name} in that time range")
+    written = plot_book(table, name, out)
+    typer.echo(f"kbook plot: {table.num_rows} rows of {name} drawn to {written}")
 
 
 def main() -> None:

@@ -1,0 +1,13 @@
+"""``kbook record``: record Kraken's v1 order book feed losslessly into per-pair segments.
+
+Library first: ``Recorder(RecordConfig(pairs=("BTC/USD",), depth=100)).run()`` returns a
+``RecordSummary``; ``Recorder.stop()`` ends it cleanly from another thread. One module per stage:
+``connection`` (the WebSocket session), ``subscriptions`` (what to request, no I/O),
+``segments`` (files, rotation, checkpoints), ``lock``, ``status``, ``signals``, ``record``.
+"""
+
+from recorder.config import DEPTHS, RecordConfig, RecordSummary
+from recorder.record import Recorder
+from recorder.signals import stop_on_signals
+
+__all__ = ["DEPTHS", "RecordConfig", "RecordSummary", "Recorder", "stop_on_signals"]

@@ -1,0 +1,254 @@
+"""Per-pair streams of segments: naming, rotation, checkpoints, flushing.
+
+Layout: ``<out>/raw/BTC-USD/2026-11-21/BTC-USD.20261121T000000Z.jsonl.zst``, the time being the
+segment's start in UTC. Time rotation is aligned to UTC boundaries (``--rotate 1h`` starts a segment
+on every hour); size rotation starts one when the compressed file reaches the limit (checked on the
+bytes already in the file, so a segment may pass the limit by up to one flush interval of data).
+
+Every segment stands on its own: a rotated segment's first lines are ``checkpoint`` meta lines of
+the pair's books that were valid at that moment, so replay needs no earlier file. Rotation happens
+between two frames in the single recorder thread, so no frame is lost or written twice.
+
+A name is never reused: ``SegmentWriter`` creates ``<name>.partial`` exclusively, and when the name
+for that second is taken (a restart, or several size rotations in one second) a counter is added:
+``BTC-USD.20261121T000000Z-1.jsonl.zst``.
+
+A stream starts *pending*: its lines are held in memory until the pair is subscribed, so a pair
+Kraken refuses leaves no files behind. Held lines are written as soon as the stream commits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kbook.errors import OutputError
+from kbook.pairs import file_name
+from kbook.segment import PARTIAL_SUFFIX, SUFFIX, SegmentWriter, meta_line
+
+SECOND = 1_000_000_000
+MAX_HELD_LINES = 10_000
+"""A pending stream that holds more than this commits anyway: memory is not storage."""
+
+CheckpointSource = Callable[[str], list[dict[str, Any]]]
+"""Given a user pair, the ``checkpoint`` meta records of its books that are valid now."""
+
+
+def segment_path(root: Path, pair: str, start_ns: int, counter: int = 0) -> Path:
+    """Where the segment of ``pair`` starting at ``start_ns`` goes (``counter`` > 0 de-duplicates)."""
+    moment = datetime.fromtimestamp(start_ns // SECOND, tz=UTC)
+    name = file_name(pair)
+    stamp = moment.strftime("%Y%m%dT%H%M%SZ") + (f"-{counter}" if counter else "")
+    return root / "raw" / name / moment.strftime("%Y-%m-%d") / f"{name}.{stamp}{SUFFIX}"
+
+
+def open_unique(root: Path, pair: str, start_ns: int) -> SegmentWriter:
+    """A writer on the first free name for this start; never touches an existing file."""
+    for counter in range(10_000):
+        path = segment_path(root, pair, start_ns, counter)
+        partial = path.with_name(path.name + PARTIAL_SUFFIX)
+        if path.exists() or partial.exists():
+            continue
+        try:
+            writer = SegmentWriter(path)
+        except OutputError:
+            if path.exists() or partial.exists():
+                continue  # lost a race with another writer: take the next name
+            raise
+        _sync_folder(path.parent)
+        return writer
+    raise OutputError(f"{segment_path(root, pair, start_ns)}: no free segment name for this second")
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder so a new file's name survives a power cut, not just ``kill -9``."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class SegmentStream:
+    """The successive segments of one pair; at most one open at a time."""
+
+    def __init__(
+        self,
+        root: Path,
+        pair: str,
+        rotate_ns: int,
+        max_bytes: int | None,
+        checkpoints: CheckpointSource,
+    ) -> None:
+        self.root = root
+        self.pair = pair
+        self.rotate_ns = rotate_ns
+        self.max_bytes = max_bytes
+        self.checkpoints = checkpoints
+        self.writer: SegmentWriter | None = None
+        self.boundary_ns = 0
+        self._head_lines = 0
+        self.held: list[tuple[int, bytes]] = []
+        self.committed = False
+        self.closed = False
+        self.finished: list[Path] = []
+        """Final paths of the segments closed so far."""
+        self.bytes_closed = 0
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def write(self, now_ns: int, line: bytes) -> None:
+        """Append a line, rotating first when the segment's time or size is up."""
+        if self.closed:
+            return
+        if not self.committed:
+            self.held.append((now_ns, line))
+            if len(self.held) > MAX_HELD_LINES:
+                self.commit()
+            return
+        self.rotate_if_due(now_ns)
+        assert self.writer is not None
+        self.writer.write(line)
+
+    def commit(self) -> None:
+        """Start writing to disk: open the first segment and write the held lines."""
+        if self.committed or self.closed:
+            return
+        self.committed = True
+        held, self.held = self.held, []
+        start_ns = held[0][0] if held else time.time_ns()
+        self._open(start_ns, [])
+        assert self.writer is not None
+        for _, line in held:
+            self.writer.write(line)
+
+    def rotate_if_due(self, now_ns: int) -> None:
+        """Rotate when ``now_ns`` has passed the next UTC boundary or the file is full."""
+        if self.writer is None:
+            return
+        if now_ns >= self.boundary_ns:
+            self.rotate(now_ns, now_ns - now_ns % self.rotate_ns, "rotate")
+        elif (
+            self.max_bytes is not None
+            and self.writer.bytes_out >= self.max_bytes
+            and self.writer.lines > self._head_lines
+        ):
+            # Only once something follows the checkpoints: a limit smaller than a checkpoint
+            # must not make every segment hold nothing else.
+            self.rotate(now_ns, now_ns, "size")
+
+    def rotate(self, now_ns: int, start_ns: int, reason: str) -> None:
+        """Close the current segment and open the next, which starts with checkpoints."""
+        first = [meta_line(now_ns, record) for record in self.checkpoints(self.pair)]
+        self._close_writer(now_ns, reason)
+        self._open(start_ns, first)
+        assert self.writer is not None
+        self.writer.flush()
+
+    def flush(self) -> None:
+        """End a zstd frame and fsync, if anything was written since the last flush."""
+        if self.writer is not None and self.writer.pending:
+            self.writer.flush()
+
+    def close(self, now_ns: int, reason: str) -> None:
+        """Close for good: write ``segment_end``, flush, rename; held lines are dropped."""
+        if self.closed:
+            return
+        self.closed = True
+        self.held = []
+        self._close_writer(now_ns, reason)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @property
+    def current(self) -> Path | None:
+        return self.writer.partial_path if self.writer is not None else None
+
+    @property
+    def bytes_written(self) -> int:
+        """Compressed bytes in this pair's files so far."""
+        return self.bytes_closed + (self.writer.bytes_out if self.writer is not None else 0)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _open(self, start_ns: int, first_lines: Iterable[bytes]) -> None:
+        self.writer = open_unique(self.root, self.pair, start_ns)
+        self.boundary_ns = (start_ns // self.rotate_ns + 1) * self.rotate_ns
+        for line in first_lines:
+            self.writer.write(line)
+        self._head_lines = self.writer.lines
+
+    def _close_writer(self, now_ns: int, reason: str) -> None:
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return
+        try:
+            writer.write(meta_line(now_ns, {"type": "segment_end", "reason": reason}))
+            writer.close()
+        finally:
+            if writer.closed and writer.path.exists():
+                self.finished.append(writer.path)
+                self.bytes_closed += writer.path.stat().st_size
+
+
+class SegmentStreams:
+    """Every pair's stream, with routing helpers and the flush timer."""
+
+    def __init__(
+        self,
+        root: Path,
+        pairs: Iterable[str],
+        rotate_ns: int,
+        max_bytes: int | None,
+        checkpoints: CheckpointSource,
+    ) -> None:
+        self.streams = {
+            pair: SegmentStream(root, pair, rotate_ns, max_bytes, checkpoints) for pair in pairs
+        }
+
+    def write(self, now_ns: int, line: bytes, pairs: Iterable[str] | None = None) -> None:
+        """Write ``line`` to the streams of ``pairs`` (None: every open stream)."""
+        targets = self.streams if pairs is None else pairs
+        for pair in targets:
+            stream = self.streams.get(pair)
+            if stream is not None:
+                stream.write(now_ns, line)
+
+    def rotate_if_due(self, now_ns: int) -> None:
+        for stream in self.streams.values():
+            stream.rotate_if_due(now_ns)
+
+    def flush(self) -> None:
+        for stream in self.streams.values():
+            stream.flush()
+
+    def close(self, now_ns: int, reason: str) -> None:
+        """Close every stream; on a disk error, still try the others, then raise the first."""
+        first_error: OutputError | None = None
+        for stream in self.streams.values():
+            try:
+                stream.close(now_ns, reason)
+            except OutputError as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(stream.bytes_written for stream in self.streams.values())
+
+    @property
+    def finished(self) -> list[Path]:
+        return [path for stream in self.streams.values() for path in stream.finished]
+
+    def current(self) -> list[Path]:
+        return [s.current for s in self.streams.values() if s.current is not None]

@@ -1,0 +1,277 @@
+"""Which pairs are subscribed, under which name, and what to send next: a state machine, no I/O.
+
+Kraken v1 quirks it handles (``shared/kraken/README.md`` sections 1 and 4):
+
+- ``BTC/USD`` may be echoed as ``BTC/USD`` or ``XBT/USD``, or refused; a refused pair is retried
+  once under its other v1 spelling (``kbook.pairs.v1_alias``) and the retry is logged as an
+  ``alias`` meta line. Every spelling routes to the stream of the pair the user asked for.
+- After a checksum mismatch the pair is unsubscribed, then subscribed again once the unsubscribe is
+  answered, to get a fresh snapshot (a bare re-subscribe is refused as ``Already subscribed``).
+  This happens once per desync and never more often than ``resubscribe_interval_ns`` per pair:
+  resubscribe storms trip ``Exceeded msg rate``.
+- ``Exceeded msg rate`` (an ``error`` event) refused the requests in flight: they are sent again
+  after ``rate_limit_delay_ns``. A request that gets no answer at all is sent again after
+  ``subscribe_timeout_ns``.
+
+Each method returns ``Action`` values that the recorder carries out: requests to send, meta lines
+to write, warnings to print. Times are ``time.monotonic_ns()`` values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from kbook.pairs import common_name, v1_alias
+
+SECOND = 1_000_000_000
+
+
+class State(Enum):
+    PENDING = "pending"
+    """Not requested on this connection yet (or waiting out a rate limit)."""
+    SENT = "sent"
+    """Subscribe sent, no answer yet."""
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBING = "unsubscribing"
+    """Resync: unsubscribe sent; subscribe follows its answer."""
+    FAILED = "failed"
+    """Refused under every name: given up for this run."""
+
+
+@dataclass
+class Action:
+    """Something to do: send a request, write a meta line, print a warning or a note."""
+
+    send: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = None
+    targets: tuple[str, ...] | None = None
+    """The user pairs whose streams get ``meta``; None for every stream."""
+    warning: str | None = None
+    """Printed even when quiet: something the user must fix."""
+    note: str | None = None
+    """Printed unless quiet: something worth knowing."""
+
+
+@dataclass
+class PairSubscription:
+    """One pair the user asked for, and where its subscription stands."""
+
+    pair: str
+    names: tuple[str, ...]
+    """Spellings to try, in order: as asked, then Kraken's other v1 name."""
+    name_index: int = 0
+    state: State = State.PENDING
+    wire: str | None = None
+    """The name Kraken's frames carry, from its ``subscribed`` answer."""
+    sent_ns: int = 0
+    retry_at_ns: int = 0
+    resync_at_ns: int | None = None
+    last_resync_ns: int | None = None
+    error: str | None = None
+    subscribed_once: bool = False
+
+    @property
+    def name(self) -> str:
+        """The spelling currently used in requests."""
+        return self.names[self.name_index]
+
+
+def spellings(pair: str) -> tuple[str, ...]:
+    """Every v1 spelling of ``pair``, the user's first: ``BTC/USD`` -> (``BTC/USD``, ``XBT/USD``)."""
+    names = [pair, v1_alias(pair), common_name(pair)]
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
+@dataclass
+class Subscriptions:
+    """The subscriptions of one recorder run, across connections."""
+
+    pairs: tuple[str, ...]
+    depth: int
+    subscribe_timeout_ns: int = 10 * SECOND
+    resubscribe_interval_ns: int = 5 * SECOND
+    rate_limit_delay_ns: int = 5 * SECOND
+    subs: dict[str, PairSubscription] = field(init=False)
+    route: dict[str, str] = field(init=False)
+    """Any spelling Kraken may use -> the user's pair."""
+    _reqid: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.subs = {pair: PairSubscription(pair, spellings(pair)) for pair in self.pairs}
+        self.route = {name: sub.pair for sub in self.subs.values() for name in sub.names}
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def pair_for(self, name: Any) -> str | None:
+        """The user's pair that a frame's pair name belongs to, or None."""
+        return self.route.get(name) if isinstance(name, str) else None
+
+    @property
+    def all_failed(self) -> bool:
+        return all(sub.state is State.FAILED for sub in self.subs.values())
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Pairs given up on, with Kraken's reason."""
+        return {p: s.error or "refused" for p, s in self.subs.items() if s.state is State.FAILED}
+
+    @property
+    def subscribed_once(self) -> tuple[str, ...]:
+        return tuple(pair for pair, sub in self.subs.items() if sub.subscribed_once)
+
+    # -- connection life ------------------------------------------------------------------------
+
+    def on_connect(self, now_ns: int) -> list[Action]:
+        """A new connection: subscribe every pair not given up, in one request."""
+        live = [sub for sub in self.subs.values() if sub.state is not State.FAILED]
+        for sub in live:
+            sub.state = State.PENDING
+            sub.retry_at_ns = now_ns
+            sub.resync_at_ns = None
+        return self._subscribe(live, now_ns)
+
+    def on_disconnect(self) -> None:
+        for sub in self.subs.values():
+            if sub.state is not State.FAILED:
+                sub.state = State.PENDING
+                sub.resync_at_ns = None
+
+    # -- Kraken's answers -----------------------------------------------------------------------
+
+    def on_control(self, msg: dict[str, Any], now_ns: int) -> list[Action]:
+        """Apply a control frame (``subscriptionStatus``, ``error``); others change nothing."""
+        event = msg.get("event")
+        if event == "subscriptionStatus":
+            return self._on_status(msg, now_ns)
+        if event == "error" or "Error" in msg:
+            return self._on_error(msg, now_ns)
+        return []
+
+    def on_checksum_failed(self, pair_name: str, now_ns: int) -> None:
+        """Schedule a resync of the pair of ``pair_name``, paced."""
+        pair = self.pair_for(pair_name)
+        if pair is None:
+            return
+        self._schedule_resync(self.subs[pair], now_ns)
+
+    def tick(self, now_ns: int) -> list[Action]:
+        """Requests that are due: resyncs, retries after a rate limit or a lost answer."""
+        actions: list[Action] = []
+        for sub in self.subs.values():
+            if sub.state is State.SUBSCRIBED and sub.resync_at_ns is not None:
+                if now_ns >= sub.resync_at_ns:
+                    actions += self._unsubscribe(sub, now_ns)
+            elif (
+                sub.state is State.UNSUBSCRIBING
+                and now_ns - sub.sent_ns >= self.subscribe_timeout_ns
+            ):
+                actions += self._subscribe([sub], now_ns)
+        due = [
+            sub
+            for sub in self.subs.values()
+            if (sub.state is State.PENDING and now_ns >= sub.retry_at_ns)
+            or (sub.state is State.SENT and now_ns - sub.sent_ns >= self.subscribe_timeout_ns)
+        ]
+        if due:
+            actions += self._subscribe(due, now_ns)
+        return actions
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _on_status(self, msg: dict[str, Any], now_ns: int) -> list[Action]:
+        name = msg.get("pair")
+        pair = self.pair_for(name)
+        if pair is None:
+            return []
+        sub = self.subs[pair]
+        status = msg.get("status")
+        if status == "subscribed":
+            sub.state = State.SUBSCRIBED
+            sub.wire = name
+            sub.subscribed_once = True
+            sub.error = None
+            return []
+        if status == "unsubscribed":
+            return self._subscribe([sub], now_ns) if sub.state is State.UNSUBSCRIBING else []
+        if status == "error":
+            return self._on_refused(sub, str(msg.get("errorMessage", "refused")), now_ns)
+        return []
+
+    def _on_refused(self, sub: PairSubscription, reason: str, now_ns: int) -> list[Action]:
+        if sub.state is State.UNSUBSCRIBING:
+            # "Subscription Not Found": nothing to unsubscribe, so subscribe at once.
+            return self._subscribe([sub], now_ns)
+        if "already subscribed" in reason.lower():
+            # Kraken still streams this pair but sends no new snapshot: force one.
+            sub.state = State.SUBSCRIBED
+            self._schedule_resync(sub, now_ns)
+            return []
+        if sub.state is not State.SENT:
+            return []
+        if sub.name_index + 1 < len(sub.names):
+            tried = sub.name
+            sub.name_index += 1
+            alias = {"type": "alias", "pair": sub.pair, "tried": tried, "alias": sub.name}
+            alias["reason"] = reason
+            note = f"{sub.pair}: Kraken refused {tried} ({reason}); retrying as {sub.name}"
+            return [Action(meta=alias, targets=(sub.pair,), note=note)] + self._subscribe(
+                [sub], now_ns
+            )
+        sub.state = State.FAILED
+        sub.error = reason
+        meta = {"type": "subscribe_error", "pair": sub.pair, "tried": list(sub.names)}
+        meta["reason"] = reason
+        warning = f"{sub.pair}: cannot subscribe: {reason}"
+        return [Action(meta=meta, targets=None, warning=warning)]
+
+    def _on_error(self, msg: dict[str, Any], now_ns: int) -> list[Action]:
+        """``Exceeded msg rate`` and the like: whatever was in flight was not done."""
+        retry_at = now_ns + self.rate_limit_delay_ns
+        for sub in self.subs.values():
+            if sub.state is State.SENT:
+                sub.state = State.PENDING
+                sub.retry_at_ns = retry_at
+            elif sub.state is State.UNSUBSCRIBING:
+                sub.state = State.SUBSCRIBED
+                sub.resync_at_ns = retry_at
+        return []
+
+    def _schedule_resync(self, sub: PairSubscription, now_ns: int) -> None:
+        if sub.state is not State.SUBSCRIBED or sub.resync_at_ns is not None:
+            return  # one resync per desync: one is already under way or planned
+        earliest = (sub.last_resync_ns or 0) + self.resubscribe_interval_ns
+        sub.resync_at_ns = now_ns if sub.last_resync_ns is None else max(now_ns, earliest)
+
+    def _next_reqid(self) -> int:
+        self._reqid += 1
+        return self._reqid
+
+    def _request(self, event: str, names: list[str]) -> dict[str, Any]:
+        return {
+            "event": event,
+            "pair": names,
+            "subscription": {"name": "book", "depth": self.depth},
+            "reqid": self._next_reqid(),
+        }
+
+    def _subscribe(self, subs: list[PairSubscription], now_ns: int) -> list[Action]:
+        if not subs:
+            return []
+        request = self._request("subscribe", [sub.name for sub in subs])
+        for sub in subs:
+            sub.state = State.SENT
+            sub.sent_ns = now_ns
+            sub.resync_at_ns = None
+        meta = {"type": "subscribe", "request": request}
+        return [Action(send=request, meta=meta, targets=tuple(sub.pair for sub in subs))]
+
+    def _unsubscribe(self, sub: PairSubscription, now_ns: int) -> list[Action]:
+        request = self._request("unsubscribe", [sub.name])
+        sub.state = State.UNSUBSCRIBING
+        sub.sent_ns = now_ns
+        sub.last_resync_ns = now_ns
+        sub.resync_at_ns = None
+        meta = {"type": "resubscribe", "pair": sub.pair, "name": sub.name, "request": request}
+        return [Action(send=request, meta=meta, targets=(sub.pair,))]
