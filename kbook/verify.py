@@ -1,6 +1,12 @@
 """``kbook verify``: feed segments through the book builder and count every checksum.
 
 The library call is ``verify_paths``; the CLI only prints its ``VerifyReport``.
+
+Segments are read as *streams*: the recorder names every segment of a pair ``PAIR.START...``, so
+files are grouped by the part of their name before the first dot, and each stream goes through
+a feed of its own, in time order. Control frames and connect/disconnect lines are copied into
+every pair's stream, so reading pair A's files after pair B's through one feed would let A's
+reconnect void B's book at the wrong moment. Counts of a pair found in several streams add up.
 """
 
 from __future__ import annotations
@@ -65,25 +71,71 @@ class VerifyReport:
         }
 
 
+def stream_name(path: Path) -> str:
+    """The stream a segment belongs to: its name up to the first dot (``BTC-USD``)."""
+    return path.name.split(".", 1)[0]
+
+
 def verify_paths(paths: Iterable[Path]) -> VerifyReport:
-    """Verify every book frame in the segments under ``paths``, read in time order."""
+    """Verify every book frame in the segments under ``paths``, each stream in time order."""
     files = find_segments(paths)
-    feed = BookFeed()
-    report = VerifyReport(files=files, feed=feed)
+    streams: dict[str, list[Path]] = {}
     for path in files:
-        reader = SegmentReader(path)
-        for record in reader:
-            recv_ns = record.get("recv_ns")
-            if type(recv_ns) is not int:
-                continue
-            if "msg" in record:
-                feed.on_message(record["msg"], recv_ns)
-            elif "meta" in record:
-                meta = record["meta"]
-                if type(meta) is dict:
-                    feed.on_meta(meta, recv_ns)
-            elif "raw" in record:
-                report.raw_frames += 1
-        report.problems.extend(reader.problems)
-    feed.finish()
+        streams.setdefault(stream_name(path), []).append(path)
+    total = BookFeed()
+    report = VerifyReport(files=files, feed=total)
+    for stream_files in streams.values():
+        feed = BookFeed()
+        for path in stream_files:
+            _verify_file(path, feed, report)
+        feed.finish()
+        _add_counts(total, feed)
     return report
+
+
+def _verify_file(path: Path, feed: BookFeed, report: VerifyReport) -> None:
+    reader = SegmentReader(path)
+    for record in reader:
+        recv_ns = record.get("recv_ns")
+        if type(recv_ns) is not int:
+            continue
+        if "msg" in record:
+            feed.on_message(record["msg"], recv_ns)
+        elif "meta" in record:
+            meta = record["meta"]
+            if type(meta) is dict:
+                feed.on_meta(meta, recv_ns)
+        elif "raw" in record:
+            report.raw_frames += 1
+    report.problems.extend(reader.problems)
+
+
+def _add_counts(total: BookFeed, feed: BookFeed) -> None:
+    """Add one stream's counts into the report's totals."""
+    total.other_channel_frames += feed.other_channel_frames
+    total.malformed_frames += feed.malformed_frames
+    for pair, stats in feed.stats.items():
+        into = total.pair_stats(pair)
+        for name in _SUMMED:
+            setattr(into, name, getattr(into, name) + getattr(stats, name))
+        if stats.first_ns is not None:
+            into.first_ns = (
+                stats.first_ns if into.first_ns is None else min(into.first_ns, stats.first_ns)
+            )
+        if stats.last_ns is not None:
+            into.last_ns = (
+                stats.last_ns if into.last_ns is None else max(into.last_ns, stats.last_ns)
+            )
+
+
+_SUMMED = (
+    "frames",
+    "snapshots",
+    "checkpoints",
+    "updates",
+    "checksums_ok",
+    "checksums_failed",
+    "dropped",
+    "malformed",
+    "invalid_ns",
+)

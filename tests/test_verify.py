@@ -167,3 +167,25 @@ def test_truncated_tail_and_bad_line_are_reported_not_fatal(
 def test_help_and_version() -> None:
     assert kbook("--version").stdout.startswith("kbook ")
     assert "verify" in kbook("--help").stdout
+
+
+def test_one_pairs_reconnect_does_not_void_another_pairs_book(tmp_path: Path) -> None:
+    """Recorder layout: each pair's stream carries its own copy of connect/disconnect lines."""
+    from kbook.segment import meta_line
+
+    snap = '[1,{"as":[["10.0","1.0","1"]],"bs":[["9.0","1.0","1"]]},"book-10","%s"]'
+    for pair, name in (("XBT/USD", "BTC-USD"), ("ETH/USD", "ETH-USD")):
+        lines = [
+            meta_line(0, {"type": "connect"}),
+            frame_line(1, 0, snap % pair, True),
+            meta_line(5_000_000_000, {"type": "disconnect", "reason": "x"}),
+            meta_line(5_000_000_001, {"type": "connect"}),
+            frame_line(5_100_000_000, 1, snap % pair, True),
+            frame_line(9_000_000_000, 2, '{"event":"heartbeat"}', True),
+        ]
+        write_segment(tmp_path / f"{name}.20261121T000000Z.jsonl.zst", lines)
+    code, report = verify_json(tmp_path)
+    assert code == 0
+    for pair in ("XBT/USD", "ETH/USD"):
+        assert report["pairs"][pair]["snapshots"] == 2
+        assert report["pairs"][pair]["invalid_ns"] == 100_000_000
