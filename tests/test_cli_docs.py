@@ -1,0 +1,58 @@
+"""Every command documents itself and is documented in the README; the quickstart is what CI runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from kbook.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+COMMANDS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+
+
+def test_there_are_commands() -> None:
+    assert {"record", "replay", "verify", "simulate", "demo", "plot"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_command_has_help_and_readme_entry(name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kbook", name, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+    assert command.help, f"kbook {name} has no docstring"
+    for param in command.params:
+        if (
+            param.name != "help"
+            and getattr(param, "help", None) is None
+            and param.param_type_name == "option"
+        ):
+            pytest.fail(f"kbook {name} option {param.name} has no help text")
+    assert f"kbook {name}" in README, f"kbook {name} is not in the README"
+
+
+def test_readme_opens_with_the_two_quickstart_commands() -> None:
+    block = re.search(r"```sh\n(.*?)```", README, re.S)
+    assert block is not None
+    lines = block.group(1).strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("python3 -m venv .venv")
+    assert lines[0].endswith("kbook demo")
+    assert lines[1].startswith("python3 -m venv .venv")
+    assert lines[1].endswith("pytest -q")
+    # .ci/run runs the first README line that calls .venv/bin/pytest: it must be this one.
+    assert "grep -m1 '\\.venv/bin/pytest' README.md" in (ROOT / ".ci" / "run").read_text()
+    first = next(line for line in README.splitlines() if ".venv/bin/pytest" in line)
+    assert first == lines[1]
