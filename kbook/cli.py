@@ -409,6 +409,51 @@ def plot(
     typer.echo(f"kbook plot: {table.num_rows} rows of {name} drawn to {written}")
 
 
+@app.command()
+def watch(
+    pair: Annotated[str, typer.Argument(help="Pair to watch, e.g. BTC/USD or XBT/USD.")],
+    depth: Annotated[
+        int | None,
+        typer.Option(
+            help="Book depth to subscribe: 10, 25, 100, 500 or 1000 [default: 10]; "
+            "with --from, the recorded depth to show [default: the one recorded]."
+        ),
+    ] = None,
+    levels: Annotated[
+        int | None, typer.Option(help="Levels per side to show [default: the depth, at most 10].")
+    ] = None,
+    url: Annotated[str, typer.Option(help="Kraken WebSocket v1 address.")] = "wss://ws.kraken.com",
+    sources: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from",
+            help="Replay these segments or folders instead of connecting (repeat the option).",
+        ),
+    ] = None,
+    speed: Annotated[
+        float, typer.Option(help="Replay pace: 1 as recorded, 10 ten times faster, 0 at once.")
+    ] = 1.0,
+) -> None:
+    """Show the live book of PAIR: best bids and asks side by side, checksum status, rates.
+
+    Redrawn in place on a terminal; one plain text block per second when stdout is a pipe or a
+    file. Nothing is written to disk. Ctrl+C stops it (exit 0); with --from it ends after the last
+    frame of the recording, leaving the last view and a summary line.
+    """
+    from kbook.watch import WatchOptions, run_watch
+
+    options = WatchOptions(
+        pair=pair, depth=depth, levels=levels, url=url, paths=tuple(sources or ()), speed=speed
+    )
+    try:
+        summary = run_watch(options, sys.stdout)
+    except KeyboardInterrupt:  # a second Ctrl+C during the final redraw
+        raise typer.Exit(0) from None
+    for problem in summary.problems:
+        typer.echo(f"kbook: warning: {problem}", err=True)
+    typer.echo(summary.line(), err=True)
+
+
 def main() -> None:
     """Console entry point: run the app, mapping kbook's errors to one-line messages."""
     try:
