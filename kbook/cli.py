@@ -73,13 +73,14 @@ def verify(
         sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         table = Table(title=f"kbook verify: {len(report.files)} segment(s)")
-        for column in ("pair", "frames", "snapshots", "updates", "ok", "failed", "dropped"):
-            table.add_column(column, justify="left" if column == "pair" else "right")
+        for column in ("pair", "api", "frames", "snapshots", "updates", "ok", "failed", "dropped"):
+            table.add_column(column, justify="left" if column in ("pair", "api") else "right")
         for column in ("first receive (UTC)", "last receive (UTC)", "invalid"):
             table.add_column(column)
         for pair, s in sorted(report.pairs.items()):
             table.add_row(
                 pair,
+                report.apis.get(pair, "v1"),
                 str(s.frames),
                 str(s.snapshots + s.checkpoints),
                 str(s.updates),
@@ -229,8 +230,13 @@ def simulate(
         str | None, typer.Option(help="Stop after this long (e.g. 30s, 2m); default: until Ctrl+C.")
     ] = None,
     btc: Annotated[
-        str, typer.Option(help="Answer to BTC/USD (and DOGE/...): echo-xbt, echo-btc or reject.")
+        str,
+        typer.Option(help="v1's answer to BTC/USD (and DOGE/...): echo-xbt, echo-btc or reject."),
     ] = "echo-xbt",
+    api: Annotated[
+        str,
+        typer.Option(help="WebSocket API to speak, whatever the URL path: v1 or v2 (BTC/USD)."),
+    ] = "v1",
     idle_timeout: Annotated[
         str, typer.Option(help="Close a connection the client said nothing on for this long.")
     ] = "60s",
@@ -261,7 +267,7 @@ def simulate(
     ] = None,
     maintenance_after: Annotated[
         int | None,
-        typer.Option(min=0, help="Send systemStatus maintenance and close after N book frames."),
+        typer.Option(min=0, help="Announce maintenance and close after N book frames."),
     ] = None,
     rate_limit_subscribes: Annotated[
         int, typer.Option(min=0, help="Answer the first N subscribes with 'Exceeded msg rate'.")
@@ -273,7 +279,7 @@ def simulate(
         bool, typer.Option(help="Apply the per-connection faults to every connection, not one.")
     ] = False,
 ) -> None:
-    """Serve a simulated Kraken v1 book feed on 127.0.0.1; prints its ws:// URL first."""
+    """Serve a simulated Kraken v1 (or --api v2) book feed on 127.0.0.1; prints its URL first."""
     import math
 
     from kbook.errors import UsageError
@@ -293,6 +299,7 @@ def simulate(
         heartbeat_interval=heartbeat,
         idle_timeout=idle_s,
         btc=btc,
+        api=api,
         capture=capture,
         speed=math.inf if speed == 0 else speed,
         port=port,

@@ -10,26 +10,43 @@ What differs from v1 (``shared/kraken/README.md`` section 5): every frame is an 
 carries a checksum too; depth comes from the subscribe acknowledgement (``result.depth``), else
 from the snapshot's size; the ``status`` channel's ``connection_id`` marks a new connection;
 symbols are ``BTC/USD`` and ``DOGE/USD`` (no XBT/XDG).
+
+Segments: a segment holds one API. ``segment_api`` tells which (the ``session_start`` meta line's
+``"api"``, else the shape of the first frames), and ``RecordReader`` decodes its lines with the
+right decoder: orjson for v1 (fast; v1 numbers are strings anyway), ``decode`` for v2, because
+orjson turns ``0.10000000`` into a float and the checksum with it. ``feed_for(api)`` gives the
+matching feed; never put frames of both APIs through one feed.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from kbook.book import Book
+import orjson
+
+from kbook.book import Book, Level
 from kbook.errors import FrameError
 from kbook.feed import BookFeed, Outcome
+from kbook.segment import Problem, SegmentReader
 
 API_V1 = "v1"
 API_V2 = "v2"
+APIS = (API_V1, API_V2)
 DEPTHS = (10, 25, 100, 500, 1000)
 
 decode = partial(json.loads, parse_float=str)
 """JSON decoding that keeps each float's exact text (``0.10000000`` stays ``"0.10000000"``)."""
+
+
+def book_key(symbol: str, depth: int) -> tuple[str, str]:
+    """The key ``V2BookFeed`` files a book under: ``("BTC/USD", "book-10")``, v1's shape, so that
+    checkpoints, samplers and reports treat books of both APIs alike."""
+    return (symbol, f"book-{depth}")
 
 
 def frame_api(msg: Any) -> str | None:
@@ -91,9 +108,23 @@ class V2BookFeed(BookFeed):
         for entry in msg.get("data") or ():
             connection_id = entry.get("connection_id") if type(entry) is dict else None
             if connection_id is not None and connection_id != self.connection_id:
-                if self.connection_id is not None or self.books:
+                # As in v1: after a checkpoint the first status names the recorder's current
+                # connection; a new connection in a segment comes after a ``connect`` meta line.
+                if self.adopt_connection:
+                    self.adopt_connection = False
+                elif self.connection_id is not None or self.books:
                     self.connection_lost(recv_ns)
                 self.connection_id = connection_id
+
+    def restore(
+        self, pair: str, channel: str, asks: list[Level], bids: list[Level], recv_ns: int
+    ) -> Book:
+        """A recorder checkpoint, as in v1; it also says the depth, which v2 frames never do, so
+        a snapshot after a reconnect in a rotated segment (no acknowledgement in it) is filed
+        under the checkpoint's book rather than one guessed from the snapshot's size."""
+        book = super().restore(pair, channel, asks, bids, recv_ns)
+        self.depths.setdefault(pair, book.depth)
+        return book
 
     def _on_ack(self, msg: dict[str, Any], recv_ns: int) -> None:
         result = msg.get("result")
@@ -133,7 +164,7 @@ class V2BookFeed(BookFeed):
             bids = _levels(entry.get("bids") or ())
             if is_snapshot:
                 depth = self.depths.get(symbol) or _inferred_depth(asks, bids)
-                key = (symbol, f"book-{depth}")
+                key = book_key(symbol, depth)
                 book = self.books.get(key)
                 if book is None:
                     book = self.books[key] = Book(depth)
@@ -193,3 +224,208 @@ _SEVERITY = {
 
 def _severity(outcome: Outcome) -> int:
     return _SEVERITY[outcome]
+
+
+# -- segments: which API, and records decoded to match ------------------------------------------
+
+_API_PROBE_LINES = 1000
+"""How many lines ``segment_api`` reads at most before settling on v1."""
+
+
+def feed_for(api: str) -> BookFeed:
+    """A fresh feed for frames of ``api``: ``BookFeed`` (v1) or ``V2BookFeed``."""
+    return V2BookFeed() if api == API_V2 else BookFeed()
+
+
+def segment_api(path: Path) -> str:
+    """``"v1"`` or ``"v2"``: the API of the frames in the segment at ``path``.
+
+    A recorder's segment opens with a ``session_start`` meta line that names its ``api`` (any meta
+    line with an ``"api"`` counts, so a rotated segment that opens with checkpoints can say it
+    too). A bare segment (converted capture, other tools) has none, so the first frame whose
+    shape tells (``frame_api``) decides. A segment with neither (only meta lines, or nothing readable in the
+    first lines) is v1, which is what kbook recorded before v2 existed. Raises ``SegmentError`` /
+    ``InputError`` like ``SegmentReader`` for a file that is not a segment.
+    """
+    lines = SegmentReader(path).raw_lines()
+    try:
+        for count, (_number, line) in enumerate(lines):
+            if count >= _API_PROBE_LINES:
+                break
+            api = _line_api(line)
+            if api is not None:
+                return api
+    finally:
+        lines.close()  # closes the file now, not whenever the generator is collected
+    return API_V1
+
+
+def _line_api(line: bytes) -> str | None:
+    """The API a segment line names (a meta's ``api``) or shows (a ``msg`` frame), else None."""
+    try:
+        record = orjson.loads(line)  # only the shape matters here: floats are harmless
+    except orjson.JSONDecodeError:
+        return None
+    if type(record) is not dict:
+        return None
+    meta = record.get("meta")
+    if type(meta) is dict:
+        api = meta.get("api")
+        return api if api in APIS else None
+    return frame_api(record["msg"]) if "msg" in record else None
+
+
+@dataclass
+class RecordReader:
+    """The decoded lines (dicts) of one segment, each decoded as its API needs.
+
+    Like ``SegmentReader`` (which it wraps): a torn tail or a bad line becomes a ``Problem`` in
+    ``problems`` and every good line is still yielded; a file that is not a segment raises
+    ``SegmentError`` naming it. ``api`` None means "find out" (``segment_api``). v1 lines go
+    through orjson; v2 lines through ``decode``, so ``"qty":0.10000000`` arrives as the text
+    ``"0.10000000"`` that the checksum needs.
+    """
+
+    path: Path
+    api: str | None = None
+    reader: SegmentReader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reader = SegmentReader(self.path)
+        if self.api is None:
+            self.api = segment_api(self.path)
+        elif self.api not in APIS:
+            raise ValueError(f"api must be one of {APIS}, got {self.api!r}")
+
+    @property
+    def problems(self) -> list[Problem]:
+        return self.reader.problems
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.api != API_V2:
+            yield from self.reader
+            return
+        problems = self.reader.problems
+        for number, line in self.reader.raw_lines():
+            try:
+                record = decode(line)
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+                problems.append(Problem(self.path, number, "line is not JSON"))
+                continue
+            if type(record) is not dict:
+                problems.append(Problem(self.path, number, "line is not a JSON object"))
+                continue
+            yield record
+
+
+def iter_records(
+    path: Path, api: str | None = None, problems: list[Problem] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The decoded records of ``path`` (see ``RecordReader``); its problems are appended to
+    ``problems`` once the iteration ends (also when the caller stops early)."""
+    reader = RecordReader(path, api)
+    try:
+        yield from reader
+    finally:
+        if problems is not None:
+            problems.extend(reader.problems)
+
+
+# -- talking v2 (for the recorder and watch): requests out, answers in ---------------------------
+
+V2_URL = "wss://ws.kraken.com/v2"
+
+
+def subscribe_request(
+    symbols: list[str], depth: int, req_id: int, *, unsubscribe: bool = False
+) -> dict[str, Any]:
+    """``{"method":"subscribe","params":{"channel":"book","symbol":[...],"depth":N,
+    "snapshot":true},"req_id":N}``; several symbols in one request, one answer per symbol."""
+    params: dict[str, Any] = {"channel": "book", "symbol": list(symbols), "depth": depth}
+    if not unsubscribe:
+        params["snapshot"] = True
+    method = "unsubscribe" if unsubscribe else "subscribe"
+    return {"method": method, "params": params, "req_id": req_id}
+
+
+def ping_request(req_id: int) -> dict[str, Any]:
+    """``{"method":"ping","req_id":N}``: Kraken closes a connection idle for about a minute."""
+    return {"method": "ping", "req_id": req_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """One answer to a v2 (un)subscribe request, for one symbol."""
+
+    method: str
+    """``subscribe`` or ``unsubscribe``."""
+    success: bool
+    symbol: str | None
+    """None for a request that could not be read at all (it names no symbol)."""
+    depth: int | None
+    error: str | None
+    req_id: Any
+
+
+def parse_ack(msg: Any) -> Ack | None:
+    """The (un)subscribe answer in a decoded v2 frame, or None for any other frame.
+
+    Success: ``{"method":"subscribe","result":{"channel":"book","depth":10,"symbol":...},
+    "success":true,...}``; failure: ``{"error":"...","method":"subscribe","success":false,
+    "symbol":...}`` (the connection stays open, as in v1).
+    """
+    if type(msg) is not dict or "channel" in msg:
+        return None
+    method = msg.get("method")
+    if method not in ("subscribe", "unsubscribe"):
+        return None
+    result = msg.get("result")
+    result = result if type(result) is dict else {}
+    symbol = result.get("symbol", msg.get("symbol"))
+    depth = result.get("depth")
+    error = msg.get("error")
+    return Ack(
+        method=method,
+        success=msg.get("success") is True,
+        symbol=symbol if isinstance(symbol, str) else None,
+        depth=depth if type(depth) is int else None,
+        error=error if isinstance(error, str) else None,
+        req_id=msg.get("req_id"),
+    )
+
+
+def parse_status(msg: Any) -> tuple[str, int | None] | None:
+    """``(system, connection_id)`` of a v2 status frame (``online``, ``maintenance``,
+    ``cancel_only``...), or None for any other frame."""
+    if type(msg) is not dict or msg.get("channel") != "status":
+        return None
+    for entry in msg.get("data") or ():
+        if type(entry) is dict and isinstance(entry.get("system"), str):
+            connection_id = entry.get("connection_id")
+            return entry["system"], connection_id if type(connection_id) is int else None
+    return None
+
+
+def frame_symbol(msg: Any) -> str | None:
+    """The symbol a decoded v2 frame is about: a book frame's (first) entry, an (un)subscribe
+    answer's; None for status, heartbeat, pong and requests that named none. The recorder routes
+    frames to their pair's stream by it, as it routes v1 frames by ``msg[-1]``/``msg["pair"]``."""
+    if type(msg) is not dict:
+        return None
+    if msg.get("channel") == "book":
+        data = msg.get("data")
+        entry = data[0] if type(data) is list and data else None
+        symbol = entry.get("symbol") if type(entry) is dict else None
+        return symbol if isinstance(symbol, str) else None
+    ack = parse_ack(msg)
+    return ack.symbol if ack is not None else None
+
+
+def frame_checksum(msg: Any) -> int | None:
+    """The checksum a decoded v2 book frame carries (for a ``checksum_mismatch`` meta line)."""
+    if type(msg) is not dict or msg.get("channel") != "book":
+        return None
+    data = msg.get("data")
+    entry = data[0] if type(data) is list and data else None
+    checksum = entry.get("checksum") if type(entry) is dict else None
+    return checksum if type(checksum) is int else None

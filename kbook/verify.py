@@ -7,6 +7,12 @@ files are grouped by the part of their name before the first dot, and each strea
 a feed of its own, in time order. Control frames and connect/disconnect lines are copied into
 every pair's stream, so reading pair A's files after pair B's through one feed would let A's
 reconnect void B's book at the wrong moment. Counts of a pair found in several streams add up.
+
+Each segment holds frames of one WebSocket API, v1 or v2 (``kbook.v2.segment_api``), and a stream
+is split by API too: v1 files go through a ``BookFeed`` decoded by orjson, v2 files through a
+``V2BookFeed`` decoded with ``kbook.v2.decode`` (a float parser would break every v2 checksum).
+The two never share a feed or a book. Pairs are reported by the name on the wire; a v2 pair whose
+name a v1 stream also used (``BTC/USD`` echoed by v1) is reported as ``"BTC/USD (v2)"``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from kbook.feed import BookFeed, PairStats
-from kbook.segment import Problem, SegmentReader, find_segments
+from kbook.segment import Problem, find_segments
+from kbook.v2 import API_V1, API_V2, RecordReader, feed_for, segment_api
+
+V2_SUFFIX = " (v2)"
+"""Appended to a v2 pair's name when a v1 stream reports the same name."""
 
 
 @dataclass
@@ -29,6 +39,8 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     raw_frames: int = 0
     """Frames kept as ``raw`` (not JSON) by the recorder."""
+    apis: dict[str, str] = field(default_factory=dict)
+    """Reported pair name -> the API its frames came in (``v1`` or ``v2``)."""
 
     @property
     def pairs(self) -> dict[str, PairStats]:
@@ -48,6 +60,7 @@ class VerifyReport:
             "files": [str(path) for path in self.files],
             "pairs": {
                 pair: {
+                    "api": self.apis.get(pair, API_V1),
                     "frames": s.frames,
                     "snapshots": s.snapshots,
                     "checkpoints": s.checkpoints,
@@ -79,22 +92,31 @@ def stream_name(path: Path) -> str:
 def verify_paths(paths: Iterable[Path]) -> VerifyReport:
     """Verify every book frame in the segments under ``paths``, each stream in time order."""
     files = find_segments(paths)
-    streams: dict[str, list[Path]] = {}
+    streams: dict[tuple[str, str], list[Path]] = {}
     for path in files:
-        streams.setdefault(stream_name(path), []).append(path)
+        streams.setdefault((stream_name(path), segment_api(path)), []).append(path)
     total = BookFeed()
     report = VerifyReport(files=files, feed=total)
-    for stream_files in streams.values():
-        feed = BookFeed()
+    done: list[tuple[str, BookFeed]] = []
+    for (_name, api), stream_files in streams.items():
+        feed = feed_for(api)
         for path in stream_files:
-            _verify_file(path, feed, report)
+            _verify_file(path, api, feed, report)
         feed.finish()
-        _add_counts(total, feed)
+        done.append((api, feed))
+    v1_names = {pair for api, feed in done if api == API_V1 for pair in feed.stats}
+    for api, feed in done:
+        rename: dict[str, str] = {}
+        if api == API_V2:
+            rename = {pair: pair + V2_SUFFIX for pair in feed.stats if pair in v1_names}
+        _add_counts(total, feed, rename)
+        for pair in feed.stats:
+            report.apis[rename.get(pair, pair)] = api
     return report
 
 
-def _verify_file(path: Path, feed: BookFeed, report: VerifyReport) -> None:
-    reader = SegmentReader(path)
+def _verify_file(path: Path, api: str, feed: BookFeed, report: VerifyReport) -> None:
+    reader = RecordReader(path, api)
     for record in reader:
         recv_ns = record.get("recv_ns")
         if type(recv_ns) is not int:
@@ -110,12 +132,12 @@ def _verify_file(path: Path, feed: BookFeed, report: VerifyReport) -> None:
     report.problems.extend(reader.problems)
 
 
-def _add_counts(total: BookFeed, feed: BookFeed) -> None:
-    """Add one stream's counts into the report's totals."""
+def _add_counts(total: BookFeed, feed: BookFeed, rename: dict[str, str]) -> None:
+    """Add one stream's counts into the report's totals, pairs named as ``rename`` says."""
     total.other_channel_frames += feed.other_channel_frames
     total.malformed_frames += feed.malformed_frames
     for pair, stats in feed.stats.items():
-        into = total.pair_stats(pair)
+        into = total.pair_stats(rename.get(pair, pair))
         for name in _SUMMED:
             setattr(into, name, getattr(into, name) + getattr(stats, name))
         if stats.first_ns is not None:

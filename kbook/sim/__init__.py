@@ -1,14 +1,22 @@
-"""A Kraken WebSocket v1 ``book`` simulator: a real server for tests and for ``kbook simulate``.
+"""A Kraken WebSocket ``book`` simulator (v1, or v2 with ``api="v2"``): a real server for tests
+and for ``kbook simulate``.
 
     from kbook.sim import Simulator, SimulatorConfig
     with Simulator(SimulatorConfig(pairs=("XBT/USD",), rate=1000)) as sim:
         ...  # connect to sim.url; arm sim.faults; inspect sim.sent; sim.wait_for(...)
 
 Layers, no I/O at the bottom: ``market`` (a seeded exchange book that emits v1 frames with correct
-checksums), ``protocol`` (control frames and subscribe decisions, worded as Kraken words them),
-``playback`` (recorded frames to serve again), ``faults`` (what can go wrong, on demand),
-``config``, ``server`` (the ``websockets`` server, asyncio) and ``simulator`` (``Simulator``: the
-server in a background thread). ``run`` is ``kbook simulate`` as a library call.
+checksums) and ``market_v2`` (the same market printed as v2 frames), ``protocol`` and
+``protocol_v2`` (control frames and subscribe decisions, worded as Kraken words them), ``dialect``
+(which of the two the server speaks), ``playback`` (recorded v1 frames to serve again), ``faults``
+(what can go wrong, on demand), ``config``, ``server`` (the ``websockets`` server, asyncio) and
+``simulator`` (``Simulator``: the server in a background thread). ``run`` is ``kbook simulate`` as
+a library call.
+
+v2 (``SimulatorConfig(api="v2")``, ``kbook simulate --api v2``): the same server, markets and
+faults, speaking Kraken's v2 shapes (``kbook.sim.protocol_v2``, ``kbook.sim.market_v2``); symbols
+are ``BTC/USD`` and ``DOGE/USD`` only, so the BTC modes below do not apply. Maintenance is a
+``status`` frame with ``"system":"maintenance"``. Playback (``capture``) is v1 only.
 
 BTC/USD handling (``SimulatorConfig.btc``, ``kbook simulate --btc``). Kraken v1 data frames name
 pairs by their ``wsname`` (``XBT/USD``, ``XDG/USD``), but Kraken's v1 pages show ``BTC/USD`` and no
@@ -29,6 +37,7 @@ frames keep the recorded pair name, so both echo modes answer with the recorded 
 from kbook.sim.config import KINDS, SentFrame, SimulatorConfig
 from kbook.sim.faults import Fault, Faults
 from kbook.sim.market import DEPTHS, Market, PairSpec, spec_for
+from kbook.sim.market_v2 import V2Market, v2_spec
 from kbook.sim.playback import Capture, load_capture
 from kbook.sim.simulator import Simulator
 
@@ -43,6 +52,8 @@ __all__ = [
     "SentFrame",
     "Simulator",
     "SimulatorConfig",
+    "V2Market",
     "load_capture",
     "spec_for",
+    "v2_spec",
 ]

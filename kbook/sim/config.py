@@ -8,11 +8,13 @@ from pathlib import Path
 from kbook.errors import UsageError
 from kbook.pairs import parse_pair
 from kbook.sim import protocol
+from kbook.sim.dialect import APIS
 from kbook.sim.market import canonical_pair
 
 KINDS = ("status", "subscription", "snapshot", "update", "heartbeat", "pong", "error", "raw")
 """``SentFrame.kind`` values: systemStatus, subscriptionStatus (ok or error), book snapshot, book
-update, heartbeat, pong, ``{"event":"error"}``, and anything that is not JSON."""
+update, heartbeat, pong, ``{"event":"error"}``, and anything that is not JSON. In v2: the status
+channel, (un)subscribe answers, book frames, heartbeat, pong, and other failed requests."""
 
 BOOK_KINDS = ("snapshot", "update")
 
@@ -44,7 +46,10 @@ class SimulatorConfig:
     idle_timeout: float = 60.0
     """Close a connection after this many seconds without a message from the client."""
     btc: str = "echo-xbt"
-    """``echo-xbt``, ``echo-btc`` or ``reject``: how ``BTC/...`` and ``DOGE/...`` are answered."""
+    """``echo-xbt``, ``echo-btc`` or ``reject``: how v1 answers ``BTC/...`` and ``DOGE/...``.
+    Not used in v2, which knows only ``BTC/...`` and ``DOGE/...`` and rejects ``XBT``/``XDG``."""
+    api: str = "v1"
+    """``v1`` or ``v2``: the WebSocket API spoken (``kbook.sim.dialect``), whatever the URL path."""
     capture: Path | None = None
     """A segment or capture to play back instead of the simulated market."""
     speed: float = 1.0
@@ -59,6 +64,8 @@ class SimulatorConfig:
         pairs = (self.pairs,) if isinstance(self.pairs, str) else tuple(self.pairs)
         canonical = tuple(dict.fromkeys(canonical_pair(parse_pair(p)) for p in pairs))
         object.__setattr__(self, "pairs", canonical)
+        if self.api not in APIS:
+            raise UsageError(f"--api {self.api!r} is not one of {', '.join(APIS)}")
         if self.btc not in protocol.BTC_MODES:
             modes = ", ".join(protocol.BTC_MODES)
             raise UsageError(f"--btc {self.btc!r} is not one of {modes}")
@@ -74,3 +81,5 @@ class SimulatorConfig:
             raise UsageError(f"--idle-timeout {self.idle_timeout} must be positive")
         if self.capture is not None:
             object.__setattr__(self, "capture", Path(self.capture))
+            if self.api != "v1":
+                raise UsageError("--from plays back v1 recordings only; leave out --api v2")

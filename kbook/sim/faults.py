@@ -75,7 +75,8 @@ class Faults:
         self._arm(Fault(NON_JSON, _count(n), repeat=repeat))
 
     def maintenance_after(self, n: int, *, repeat: bool = False) -> None:
-        """After ``n`` more book frames send systemStatus ``maintenance`` and close (code 1001)."""
+        """After ``n`` more book frames send systemStatus ``maintenance`` (v2: a ``status`` frame
+        with ``"system":"maintenance"``) and close (code 1001)."""
         self._arm(Fault(MAINTENANCE, _count(n), repeat=repeat))
 
     def rate_limit_next_subscribe(self, count: int = 1) -> None:

@@ -24,6 +24,10 @@ therefore always what a correct client holds after the last frame.
 
 The random walk depends only on ``(seed, pair, depth, stream)``: the same arguments give the same
 frames byte for byte apart from timestamps, which come from ``clock`` (wall time by default).
+
+How a level is printed is left to three small methods (``_level_text``, ``_delete_text``,
+``_refill_text``) and the two frame methods, so ``kbook.sim.market_v2.V2Market`` prints the very
+same market as v2 frames.
 """
 
 from __future__ import annotations
@@ -146,6 +150,7 @@ class Market:
         *,
         stream: int = 0,
         clock: Callable[[], float] = time.time,
+        spec: PairSpec | None = None,
     ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be positive, got {depth}")
@@ -153,7 +158,8 @@ class Market:
         """The pair as printed in frames (``BTC/USD`` and ``XBT/USD`` share one random walk)."""
         self.depth = depth
         self.channel_name = f"book-{depth}"
-        self.spec = spec_for(pair)
+        self.spec = spec or spec_for(pair)
+        """The wire format; another API prints the same walk at other decimals (``v2_spec``)."""
         self.updates = 0
         """Updates generated so far."""
         self.reserve = max(20, depth // 4)
@@ -172,8 +178,7 @@ class Market:
 
     def snapshot_frame(self, channel_id: int) -> str:
         """The snapshot of the current window: asks ascending, bids descending."""
-        asks = ",".join(self._level_text(self._asks, key) for key in self._window(self._asks))
-        bids = ",".join(self._level_text(self._bids, key) for key in self._window(self._bids))
+        asks, bids = self._window_text(self._asks), self._window_text(self._bids)
         return f'[{channel_id},{{"as":[{asks}],"bs":[{bids}]}},{self._tail}'
 
     def update_frame(self, channel_id: int, *, bad_checksum: bool = False) -> str:
@@ -336,16 +341,29 @@ class Market:
             level = levels.get(key)
             if level is not None and key <= new_last:
                 if not was_visible or level is not old:
-                    out.append(f'["{level[0]}","{level[1]}","{level[2]}"]')
+                    out.append(self._level_text(level))
             elif was_visible and level is None and old is not None:
-                out.append(f'["{old[0]}","{ZERO_VOLUME}","{ts}"]')
+                out.append(self._delete_text(old[0], ts))
         if new_last > old_last:
             keys = side.keys
             for key in keys[bisect_right(keys, old_last) : depth]:
                 if key not in side.touched:
-                    level = levels[key]
-                    out.append(f'["{level[0]}","{level[1]}","{level[2]}","r"]')
+                    out.append(self._refill_text(levels[key]))
         return out
+
+    # -- how levels are printed (v1 here; ``kbook.sim.market_v2`` prints v2) --------------------
+
+    def _level_text(self, level: LevelData) -> str:
+        """A new or changed level: ``["price","volume","timestamp"]``."""
+        return f'["{level[0]}","{level[1]}","{level[2]}"]'
+
+    def _delete_text(self, price: str, ts: str) -> str:
+        """A level that left the window by deletion: zero volume, the message's timestamp."""
+        return f'["{price}","{ZERO_VOLUME}","{ts}"]'
+
+    def _refill_text(self, level: LevelData) -> str:
+        """A level that slid into the window: republished with ``"r"``, its old timestamp kept."""
+        return f'["{level[0]}","{level[1]}","{level[2]}","r"]'
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -405,9 +423,7 @@ class Market:
         best_bid = -self._bids.keys[0]
         return max(0, (best_ask - best_bid) // self.spec.tick - 1)
 
-    def _window(self, side: _Side) -> list[int]:
-        return side.keys[: self.depth]
-
-    def _level_text(self, side: _Side, key: int) -> str:
-        level = side.levels[key]
-        return f'["{level[0]}","{level[1]}","{level[2]}"]'
+    def _window_text(self, side: _Side) -> str:
+        """The levels of one side's window, printed as in a snapshot, joined by commas."""
+        levels = side.levels
+        return ",".join(self._level_text(levels[key]) for key in side.keys[: self.depth])

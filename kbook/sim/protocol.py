@@ -115,6 +115,8 @@ class Request:
     decisions: tuple[PairDecision, ...] = ()
     error: str | None = None
     depth: Any = None
+    snapshot: bool = True
+    """Send a snapshot after the acknowledgement (v2's ``params.snapshot``; v1 always does)."""
 
 
 def wire_pair(requested: str, btc: str) -> str | None:

@@ -1,4 +1,4 @@
-"""The simulator's WebSocket server: Kraken's v1 ``book`` protocol over a real ``websockets`` server.
+"""The simulator's WebSocket server: Kraken's ``book`` protocol over a real ``websockets`` server.
 
 ``SimServer`` is the asyncio part, one per simulator, living in one event loop; every method runs in
 that loop. ``kbook.sim.simulator.Simulator`` runs it in a background thread.
@@ -23,6 +23,12 @@ In playback mode (``capture`` set) the recorded book frames of the subscribed (p
 served instead, at the recorded pace divided by ``speed``, from the start of the capture when the
 connection first subscribes; only the channel id is rewritten. Pairs and depths not in the capture
 are answered as unsupported. When the capture is exhausted the connection stays open, heartbeating.
+
+The steps above are the same in v2 (``SimulatorConfig(api="v2")``); only the texts differ, and they
+come from a ``kbook.sim.dialect.Dialect``: the ``status`` channel instead of ``systemStatus``, one
+acknowledgement per symbol with ``req_id`` and times, v2 book frames from ``V2Market``,
+``{"channel":"heartbeat"}``. The server ignores the URL path, so ``ws://host:port/v2`` works as
+well as ``ws://host:port``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from websockets.http11 import Request, Response
 from kbook.feed import BookFeed
 from kbook.sim import protocol
 from kbook.sim.config import BOOK_KINDS, SentFrame, SimulatorConfig
+from kbook.sim.dialect import PING, SUBSCRIBE, UNSUBSCRIBE, dialect_for
 from kbook.sim.faults import BAD_CHECKSUM, DROP, MAINTENANCE, NON_JSON, STALL, Fault
 from kbook.sim.market import DEPTHS, Market, canonical_pair
 from kbook.sim.playback import Capture, PlaybackFrame
@@ -105,6 +112,7 @@ class SimServer:
     ) -> None:
         self.config = config
         self.capture = capture
+        self.dialect = dialect_for(config.api)
         self.sent: list[SentFrame] = []
         self.frames_sent = 0
         self.connections = 0
@@ -233,7 +241,7 @@ class SimServer:
         conn = self._open(ws)
         helpers: list[asyncio.Task[None]] = []
         try:
-            await self._send(conn, protocol.system_status(conn.connection_id), "status")
+            await self._send(conn, self.dialect.status(conn.connection_id), "status")
             await self._check_faults(conn)
             pump = self._play(conn) if self.capture is not None else self._pump(conn)
             for job in (pump, self._heartbeats(conn), self._watch_idle(conn)):
@@ -326,24 +334,18 @@ class SimServer:
         """Fire the faults due at the current book frame count."""
         faults = conn.faults
         count = conn.book_frames
-        if faults.get(NON_JSON) == count:
-            del faults[NON_JSON]
+        if _due(faults, NON_JSON, count):
             await self._send(conn, protocol.NON_JSON_FRAME, "raw")
-        if faults.get(MAINTENANCE) == count:
-            del faults[MAINTENANCE]
-            await self._send(
-                conn, protocol.system_status(conn.connection_id, "maintenance"), "status"
-            )
+        if _due(faults, MAINTENANCE, count):
+            await self._send(conn, self.dialect.status(conn.connection_id, "maintenance"), "status")
             conn.open = False
             self._on_change()
             await conn.ws.close(1001, "maintenance")
             raise _Gone
-        if faults.get(DROP) == count:
-            del faults[DROP]
+        if _due(faults, DROP, count):
             await self._drop(conn)
             raise _Gone
-        if faults.get(STALL) == count:
-            del faults[STALL]
+        if _due(faults, STALL, count):
             self._stall(conn, conn.stall_seconds)
 
     async def _drop(self, conn: _Connection) -> None:
@@ -372,23 +374,24 @@ class SimServer:
     # -- the client's requests ------------------------------------------------------------------
 
     async def _on_message(self, conn: _Connection, message: str | bytes) -> None:
+        received = time.time()
+        dialect = self.dialect
         try:
             msg = orjson.loads(message)
         except orjson.JSONDecodeError:
             msg = None
         if type(msg) is not dict:
-            await self._send(conn, protocol.error(protocol.MALFORMED), "error")
+            await self._send(conn, dialect.malformed(received), "error")
             return
-        event = msg.get("event")
-        reqid = msg.get("reqid")
-        if event == "ping":
-            await self._send(conn, protocol.pong(reqid), "pong")
-        elif event == "subscribe":
-            await self._subscribe(conn, msg)
-        elif event == "unsubscribe":
-            await self._unsubscribe(conn, msg)
+        command = dialect.command(msg)
+        if command == PING:
+            await self._send(conn, dialect.pong(msg, received), "pong")
+        elif command == SUBSCRIBE:
+            await self._subscribe(conn, msg, received)
+        elif command == UNSUBSCRIBE:
+            await self._unsubscribe(conn, msg, received)
         else:
-            await self._send(conn, protocol.error(protocol.UNSUPPORTED_EVENT, reqid), "error")
+            await self._send(conn, dialect.unsupported(msg, received), "error")
         self._on_change()
 
     def _depths_for(self, canonical: str) -> tuple[int, ...]:
@@ -398,38 +401,34 @@ class SimServer:
             return DEPTHS
         return ()
 
-    async def _subscribe(self, conn: _Connection, msg: dict[str, Any]) -> None:
+    async def _subscribe(self, conn: _Connection, msg: dict[str, Any], received: float) -> None:
+        dialect = self.dialect
         if self._rate_limited > 0:
             self._rate_limited -= 1
-            await self._send(conn, protocol.error(protocol.RATE_LIMITED), "error")
+            await self._send(conn, dialect.rate_limited(msg, received), "error")
             return
-        request = protocol.plan_subscribe(
-            msg, self._depths_for, self.config.btc, conn.subs.__contains__
-        )
+        request = dialect.plan(msg, True, self._depths_for, self.config.btc, conn.subs.__contains__)
         if request.error is not None:
-            await self._send(conn, protocol.request_error_frame(request), "subscription")
+            await self._send(conn, dialect.request_error(request, msg, received), "subscription")
             return
         accepted: list[_Subscription] = []
         for decision in request.decisions:
             if decision.error is None and decision.key in conn.subs:
                 decision = replace(decision, error=protocol.ALREADY_SUBSCRIBED)
             if decision.error is not None:
-                frame = protocol.decision_error_frame(decision, request.reqid, request.depth)
+                frame = dialect.decision_error(decision, request, msg, received)
                 await self._send(conn, frame, "subscription", decision.requested)
                 continue
             sub = self._new_subscription(decision.key, decision.wire)
             conn.subs[sub.key] = sub
-            frame = protocol.subscription_status(
-                "subscribed",
-                pair=sub.wire,
-                depth=sub.depth,
-                channel_id=sub.channel_id,
-                reqid=request.reqid,
+            frame = dialect.acknowledged(
+                True, sub.wire, sub.depth, sub.channel_id, request, received
             )
             await self._send(conn, frame, "subscription", sub.wire)
             accepted.append(sub)
         for sub in accepted:
-            if sub.market is not None and conn.subs.get(sub.key) is sub:
+            # v2 may ask for no snapshot: updates then start on a book the client cannot check.
+            if request.snapshot and sub.market is not None and conn.subs.get(sub.key) is sub:
                 await self._send_book(
                     conn, sub, sub.market.snapshot_frame(sub.channel_id), "snapshot"
                 )
@@ -438,31 +437,28 @@ class SimServer:
         if accepted:
             conn.wake.set()
 
-    async def _unsubscribe(self, conn: _Connection, msg: dict[str, Any]) -> None:
-        request = protocol.plan_unsubscribe(
-            msg, self._depths_for, self.config.btc, conn.subs.__contains__
+    async def _unsubscribe(self, conn: _Connection, msg: dict[str, Any], received: float) -> None:
+        dialect = self.dialect
+        request = dialect.plan(
+            msg, False, self._depths_for, self.config.btc, conn.subs.__contains__
         )
         if request.error is not None:
-            await self._send(conn, protocol.request_error_frame(request), "subscription")
+            await self._send(conn, dialect.request_error(request, msg, received), "subscription")
             return
         for decision in request.decisions:
             sub = conn.subs.pop(decision.key, None) if decision.error is None else None
             if sub is None:
                 error = decision.error or protocol.NOT_FOUND
-                frame = protocol.decision_error_frame(
-                    replace(decision, error=error), request.reqid, request.depth
+                frame = dialect.decision_error(
+                    replace(decision, error=error), request, msg, received
                 )
                 await self._send(conn, frame, "subscription", decision.requested)
                 continue
             sub.live = False
             if sub in conn.live:
                 conn.live.remove(sub)
-            frame = protocol.subscription_status(
-                "unsubscribed",
-                pair=sub.wire,
-                depth=sub.depth,
-                channel_id=sub.channel_id,
-                reqid=request.reqid,
+            frame = dialect.acknowledged(
+                False, sub.wire, sub.depth, sub.channel_id, request, received
             )
             await self._send(conn, frame, "subscription", sub.wire)
 
@@ -475,7 +471,7 @@ class SimServer:
             return _Subscription(key, self.capture.pairs[canonical], depth, channel_id, None)
         stream = self._streams.get(key, 0)
         self._streams[key] = stream + 1
-        market = Market(wire, depth, self.config.seed, stream=stream)
+        market = self.dialect.market(wire, depth, self.config.seed, stream=stream)
         return _Subscription(key, wire, depth, channel_id, market)
 
     # -- the steady traffic ---------------------------------------------------------------------
@@ -569,7 +565,7 @@ class SimServer:
         while True:
             await asyncio.sleep(interval)
             if conn.subs:
-                await self._send(conn, protocol.HEARTBEAT, "heartbeat")
+                await self._send(conn, self.dialect.heartbeat, "heartbeat")
                 self._on_change()
 
     async def _watch_idle(self, conn: _Connection) -> None:
@@ -584,6 +580,20 @@ class SimServer:
                 await conn.ws.close(1001, "idle timeout")
                 return
             await asyncio.sleep(max(remaining, 0.05))
+
+
+def _due(faults: dict[str, int], kind: str, count: int) -> bool:
+    """True, and disarmed, when ``kind`` is armed for ``count`` book frames or fewer.
+
+    "Or fewer": a fault armed for no more frames (``drop_after(0)``) is checked by a task of its
+    own, and the pump may send a book frame before that task runs; an exact match would then
+    never come and the fault would be lost.
+    """
+    due = faults.get(kind)
+    if due is None or due > count:
+        return False
+    del faults[kind]
+    return True
 
 
 def _kind(frame: PlaybackFrame) -> str:

@@ -1,0 +1,196 @@
+"""What the simulator's server says, per API: v1 (``protocol``, ``Market``) or v2 (``protocol_v2``,
+``V2Market``). No I/O.
+
+``SimServer`` owns connections, subscriptions, pacing and faults, which are the same for both APIs;
+it asks a ``Dialect`` for every text it sends and to read every request. The two dialects differ
+only in wire shapes: v1 control frames are ``event`` objects and book data arrays, v2 frames are
+``method``/``channel`` objects with times in acknowledgements (``received`` is the request's
+arrival, epoch seconds, for v2's ``time_in``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kbook.sim import protocol, protocol_v2
+from kbook.sim.market import Market
+from kbook.sim.market_v2 import V2Market
+from kbook.sim.protocol import PairDecision, Request
+
+API_V1 = "v1"
+API_V2 = "v2"
+APIS = (API_V1, API_V2)
+
+DepthsFor = Callable[[str], tuple[int, ...]]
+IsActive = Callable[[tuple[str, int]], bool]
+
+PING = "ping"
+SUBSCRIBE = "subscribe"
+UNSUBSCRIBE = "unsubscribe"
+
+
+class Dialect:
+    """The v1 dialect; ``V2Dialect`` overrides every text."""
+
+    api = API_V1
+    heartbeat = protocol.HEARTBEAT
+
+    def status(self, connection_id: int, system: str = "online") -> str:
+        """The first frame of a connection, and the announcement of maintenance."""
+        return protocol.system_status(connection_id, system)
+
+    def command(self, msg: Mapping[str, Any]) -> str | None:
+        """``ping``, ``subscribe``, ``unsubscribe``, or None for anything else."""
+        return _known(msg.get("event"))
+
+    def pong(self, msg: Mapping[str, Any], received: float) -> str:
+        return protocol.pong(msg.get("reqid"))
+
+    def malformed(self, received: float) -> str:
+        """The answer to a frame that is not a JSON object."""
+        return protocol.error(protocol.MALFORMED)
+
+    def unsupported(self, msg: Mapping[str, Any], received: float) -> str:
+        return protocol.error(protocol.UNSUPPORTED_EVENT, msg.get("reqid"))
+
+    def rate_limited(self, msg: Mapping[str, Any], received: float) -> str:
+        return protocol.error(protocol.RATE_LIMITED)
+
+    def plan(
+        self,
+        msg: Mapping[str, Any],
+        subscribing: bool,
+        depths_for: DepthsFor,
+        btc: str,
+        is_active: IsActive,
+    ) -> Request:
+        planner = protocol.plan_subscribe if subscribing else protocol.plan_unsubscribe
+        return planner(msg, depths_for, btc, is_active)
+
+    def request_error(self, request: Request, msg: Mapping[str, Any], received: float) -> str:
+        """The one answer to a request that could not be read at all."""
+        return protocol.request_error_frame(request)
+
+    def decision_error(
+        self, decision: PairDecision, request: Request, msg: Mapping[str, Any], received: float
+    ) -> str:
+        """The answer for one pair of a request that was refused."""
+        return protocol.decision_error_frame(decision, request.reqid, request.depth)
+
+    def acknowledged(
+        self,
+        subscribing: bool,
+        wire: str,
+        depth: int,
+        channel_id: int,
+        request: Request,
+        received: float,
+    ) -> str:
+        """The answer for one pair that was (un)subscribed."""
+        return protocol.subscription_status(
+            "subscribed" if subscribing else "unsubscribed",
+            pair=wire,
+            depth=depth,
+            channel_id=channel_id,
+            reqid=request.reqid,
+        )
+
+    def market(self, wire: str, depth: int, seed: int, stream: int) -> Market:
+        """The market of a new subscription, printing this API's book frames."""
+        return Market(wire, depth, seed, stream=stream)
+
+
+class V2Dialect(Dialect):
+    """Kraken WebSocket v2 (``kbook.sim.protocol_v2``); the ``btc`` mode does not apply."""
+
+    api = API_V2
+    heartbeat = protocol_v2.HEARTBEAT
+
+    def status(self, connection_id: int, system: str = "online") -> str:
+        return protocol_v2.status(connection_id, system)
+
+    def command(self, msg: Mapping[str, Any]) -> str | None:
+        return _known(msg.get("method"))
+
+    def pong(self, msg: Mapping[str, Any], received: float) -> str:
+        return protocol_v2.pong(msg.get("req_id"), received, time.time())
+
+    def malformed(self, received: float) -> str:
+        return protocol_v2.error(protocol.MALFORMED, None, None, received, time.time())
+
+    def unsupported(self, msg: Mapping[str, Any], received: float) -> str:
+        return protocol_v2.error(
+            protocol_v2.METHOD_NOT_FOUND,
+            msg.get("method"),
+            msg.get("req_id"),
+            received,
+            time.time(),
+        )
+
+    def rate_limited(self, msg: Mapping[str, Any], received: float) -> str:
+        return protocol_v2.error(
+            protocol.RATE_LIMITED, msg.get("method"), msg.get("req_id"), received, time.time()
+        )
+
+    def plan(
+        self,
+        msg: Mapping[str, Any],
+        subscribing: bool,
+        depths_for: DepthsFor,
+        btc: str,
+        is_active: IsActive,
+    ) -> Request:
+        planner = protocol_v2.plan_subscribe if subscribing else protocol_v2.plan_unsubscribe
+        return planner(msg, depths_for, is_active)
+
+    def request_error(self, request: Request, msg: Mapping[str, Any], received: float) -> str:
+        assert request.error is not None
+        return protocol_v2.error(
+            request.error, msg.get("method"), request.reqid, received, time.time()
+        )
+
+    def decision_error(
+        self, decision: PairDecision, request: Request, msg: Mapping[str, Any], received: float
+    ) -> str:
+        assert decision.error is not None
+        return protocol_v2.error(
+            decision.error,
+            msg.get("method"),
+            request.reqid,
+            received,
+            time.time(),
+            symbol=decision.requested,
+        )
+
+    def acknowledged(
+        self,
+        subscribing: bool,
+        wire: str,
+        depth: int,
+        channel_id: int,
+        request: Request,
+        received: float,
+    ) -> str:
+        return protocol_v2.acknowledgement(
+            SUBSCRIBE if subscribing else UNSUBSCRIBE,
+            wire,
+            depth,
+            request.snapshot if subscribing else None,
+            request.reqid,
+            received,
+            time.time(),
+        )
+
+    def market(self, wire: str, depth: int, seed: int, stream: int) -> Market:
+        return V2Market(wire, depth, seed, stream=stream)
+
+
+def dialect_for(api: str) -> Dialect:
+    """The dialect of ``api`` (``v1`` or ``v2``)."""
+    return V2Dialect() if api == API_V2 else Dialect()
+
+
+def _known(name: Any) -> str | None:
+    return name if name in (PING, SUBSCRIBE, UNSUBSCRIBE) else None
