@@ -14,14 +14,23 @@ v1 parser (arrays of strings) and a v2 parser (number lexemes) feed the same cod
 
 Prices are ordered as exact integers at a common decimal scale, never as floats: ``"0.074602700"``
 and ``"0.0746027"`` are the same key, and two prices that differ in the 12th decimal stay apart.
-Each level keeps its checksum piece (``f(price) + f(volume)``), so a checksum is one join and one
-CRC over at most 20 cached strings, and is not recomputed when the top 10 did not change.
+
+Every level of a recording passes through ``apply_side`` (``shared/PERFORMANCE-NOTES.md`` has
+where replay time goes), so it does per level only what the level needs:
+
+- each side remembers the key of every price text it has seen (a dict lookup instead of parsing
+  digits; bounded, and cleared whenever the scale widens);
+- each side keeps the checksum pieces (``f(price) + f(volume)``) of its best 10 levels only, in
+  order, so a checksum is one join and one CRC, and levels deeper than 10 never pay for a piece;
+- the CRC of the asks and the text of the bids are cached apart (``crc32(bids, crc32(asks))``),
+  so a message that changes one side's top 10 recomputes that side only, and one that changes
+  neither recomputes nothing.
 """
 
 from __future__ import annotations
 
 import zlib
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 
@@ -29,6 +38,8 @@ from kbook.errors import FrameError
 
 CHECKSUM_LEVELS = 10
 """How many levels per side Kraken's checksum covers."""
+_PRICE_CACHE_LIMIT = 50_000
+"""Price texts remembered per side before the memo starts afresh (memory stays bounded)."""
 
 Level = Sequence[str]
 """A level as received: ``[price, volume, ...]``; anything after the volume is ignored."""
@@ -57,13 +68,24 @@ def _decimals(price: str) -> int:
     return 0 if dot < 0 else len(price) - dot - 1
 
 
+_MAX_EXPONENT = 40
+"""Prices in exponent notation beyond 10**±40 are refused: ``1e-99999999`` would otherwise be
+written out as a hundred million digits and rescale every key of the book by as many."""
+
+
 def _plain(price: str) -> str:
     """A price in plain positional notation (v2 may print exponents; v1 never does)."""
     if "e" in price or "E" in price:
         try:
-            return format(Decimal(price), "f")
+            number = Decimal(price)
         except InvalidOperation as exc:
             raise FrameError(f"price {price!r} is not a number") from exc
+        if (
+            not number.is_finite()
+            or max(number.adjusted(), -number.as_tuple().exponent) > _MAX_EXPONENT
+        ):
+            raise FrameError(f"price {price!r} is out of range")
+        return format(number, "f")
     return price
 
 
@@ -71,29 +93,42 @@ class _Side:
     """One side of the book: exact integer keys in best-first order, each with its level.
 
     ``sign`` is +1 for asks (lowest price best) and -1 for bids (highest price best), so that
-    ``keys`` is always ascending from the best level.
+    ``keys`` is always ascending from the best level. ``levels`` maps a key to ``(price, volume)``
+    as received; ``top`` holds the checksum pieces of ``keys[:10]`` in order (kept in step by every
+    change, so it never needs rebuilding); ``keyed`` memoises price text -> signed key at the
+    book's scale; ``dirty`` says ``top`` changed since the last checksum.
     """
 
-    __slots__ = ("sign", "keys", "levels")
+    __slots__ = ("sign", "keys", "levels", "top", "keyed", "dirty")
 
     def __init__(self, sign: int) -> None:
         self.sign = sign
         self.keys: list[int] = []
-        self.levels: dict[int, tuple[str, str, str]] = {}
+        self.levels: dict[int, tuple[str, str]] = {}
+        self.top: list[str] = []
+        self.keyed: dict[str, int] = {}
+        self.dirty = True
 
     def clear(self) -> None:
         self.keys.clear()
         self.levels.clear()
+        self.top.clear()
+        self.keyed.clear()
+        self.dirty = True
 
     def rescale(self, factor: int) -> None:
-        self.levels = {key * factor: level for key, level in self.levels.items()}
-        self.keys = [key * factor for key in self.keys]
+        """Multiply every key by ``factor``, in place (callers hold references to the containers)."""
+        items = [(key * factor, level) for key, level in self.levels.items()]
+        self.levels.clear()
+        self.levels.update(items)
+        self.keys[:] = [key * factor for key in self.keys]
+        self.keyed.clear()
 
 
 class Book:
     """One order book. ``valid`` is False until a snapshot and after a failed checksum."""
 
-    __slots__ = ("depth", "asks", "bids", "scale", "valid", "_checksum", "_top_dirty")
+    __slots__ = ("depth", "asks", "bids", "scale", "valid", "_checksum", "_ask_crc", "_bid_text")
 
     def __init__(self, depth: int) -> None:
         if depth < 1:
@@ -104,7 +139,8 @@ class Book:
         self.scale = 0
         self.valid = False
         self._checksum = 0
-        self._top_dirty = True
+        self._ask_crc = 0
+        self._bid_text = b""
 
     # -- applying Kraken's messages ------------------------------------------------------------
 
@@ -113,21 +149,16 @@ class Book:
         self.asks.clear()
         self.bids.clear()
         self.scale = 0
-        for level in asks:
-            self._set(self.asks, level)
-        for level in bids:
-            self._set(self.bids, level)
-        self._truncate()
-        self._top_dirty = True
+        self.apply_side(self.asks, asks)
+        self.apply_side(self.bids, bids)
+        self.truncate()
         self.valid = True
 
     def apply_update(self, asks: Iterable[Level], bids: Iterable[Level]) -> None:
         """Apply one message's changes in Kraken's order, then truncate to the depth."""
-        for level in asks:
-            self._set(self.asks, level)
-        for level in bids:
-            self._set(self.bids, level)
-        self._truncate()
+        self.apply_side(self.asks, asks)
+        self.apply_side(self.bids, bids)
+        self.truncate()
 
     def apply_levels(self, changes: Iterable[tuple[bool, Level]]) -> None:
         """Apply ``(is_bid, level)`` changes in the given order, then truncate.
@@ -135,8 +166,8 @@ class Book:
         v1 two-dict messages interleave sides by dict, which this keeps exact.
         """
         for is_bid, level in changes:
-            self._set(self.bids if is_bid else self.asks, level)
-        self._truncate()
+            self.apply_side(self.bids if is_bid else self.asks, (level,))
+        self.truncate()
 
     def invalidate(self) -> None:
         """Mark the book void (checksum failure, disconnect) until the next snapshot."""
@@ -146,12 +177,17 @@ class Book:
 
     def checksum(self) -> int:
         """Kraken's CRC32 over the best 10 asks (ascending) then the best 10 bids (descending)."""
-        if self._top_dirty:
-            asks, bids = self.asks, self.bids
-            pieces = [asks.levels[key][2] for key in asks.keys[:CHECKSUM_LEVELS]]
-            pieces += [bids.levels[key][2] for key in bids.keys[:CHECKSUM_LEVELS]]
-            self._checksum = zlib.crc32("".join(pieces).encode("ascii"))
-            self._top_dirty = False
+        asks, bids = self.asks, self.bids
+        if asks.dirty or bids.dirty:
+            # UTF-8 is ASCII for Kraken's digits; other digits (``int`` takes "١٢٣") must not
+            # raise here, where the recorder writes checkpoints: they just fail to match.
+            if asks.dirty:
+                self._ask_crc = zlib.crc32("".join(asks.top).encode())
+                asks.dirty = False
+            if bids.dirty:
+                self._bid_text = "".join(bids.top).encode()
+                bids.dirty = False
+            self._checksum = zlib.crc32(self._bid_text, self._ask_crc)
         return self._checksum
 
     def verify(self, expected: int) -> bool:
@@ -166,17 +202,103 @@ class Book:
     def top_asks(self, n: int) -> list[tuple[str, str]]:
         """The best ``n`` asks as ``(price, volume)`` strings, best first."""
         levels = self.asks.levels
-        return [levels[key][:2] for key in self.asks.keys[:n]]
+        return [levels[key] for key in self.asks.keys[:n]]
 
     def top_bids(self, n: int) -> list[tuple[str, str]]:
         """The best ``n`` bids as ``(price, volume)`` strings, best first."""
         levels = self.bids.levels
-        return [levels[key][:2] for key in self.bids.keys[:n]]
+        return [levels[key] for key in self.bids.keys[:n]]
 
     def __len__(self) -> int:
         return len(self.asks.keys) + len(self.bids.keys)
 
+    # -- the hot path ---------------------------------------------------------------------------
+
+    def apply_side(self, side: _Side, changes: Iterable[Level]) -> bool:
+        """Apply levels of one side in order; True when the side is now deeper than the depth.
+
+        Truncation waits for the whole message (``truncate``). This is the level rule of the
+        module docstring written out in one loop, because it runs for every level replay sees:
+        a plain decimal volume's piece doubles as its zero test (``f(volume)`` is all digits
+        exactly when the volume is a non-zero plain decimal), and ``top`` is kept equal to the
+        pieces of ``keys[:10]``.
+        """
+        keys, levels, top, keyed = side.keys, side.levels, side.top, side.keyed
+        for level in changes:
+            price, volume = level[0], level[1]
+            key = keyed.get(price)
+            if key is None:
+                key = self._new_key(side, price, volume)
+            try:
+                piece = volume.replace(".", "").lstrip("0")
+            except AttributeError:
+                raise FrameError(f"level {list(level)!r} does not hold volume text") from None
+            if not piece.isdigit() and (not piece or is_zero(volume)):
+                if key in levels:
+                    index = bisect_left(keys, key)
+                    del keys[index]
+                    del levels[key]
+                    if index < CHECKSUM_LEVELS:
+                        del top[index]
+                        if len(keys) >= CHECKSUM_LEVELS:
+                            entering = levels[keys[CHECKSUM_LEVELS - 1]]
+                            top.append(
+                                entering[0].replace(".", "").lstrip("0")
+                                + entering[1].replace(".", "").lstrip("0")
+                            )
+                        side.dirty = True
+                continue
+            index = bisect_left(keys, key)
+            if key in levels:
+                if index < CHECKSUM_LEVELS:
+                    top[index] = price.replace(".", "").lstrip("0") + piece
+                    side.dirty = True
+            else:
+                keys.insert(index, key)
+                if index < CHECKSUM_LEVELS:
+                    top.insert(index, price.replace(".", "").lstrip("0") + piece)
+                    if len(top) > CHECKSUM_LEVELS:
+                        del top[CHECKSUM_LEVELS]
+                    side.dirty = True
+            levels[key] = (price, volume)
+        return len(keys) > self.depth
+
+    def truncate(self) -> None:
+        """Cut each side to the subscribed depth (after a whole message, never inside one)."""
+        depth = self.depth
+        for side in (self.asks, self.bids):
+            keys = side.keys
+            if len(keys) > depth:
+                levels = side.levels
+                for key in keys[depth:]:
+                    del levels[key]
+                del keys[depth:]
+                if depth < CHECKSUM_LEVELS:
+                    del side.top[depth:]
+                    side.dirty = True
+
     # -- internals ------------------------------------------------------------------------------
+
+    def _new_key(self, side: _Side, price: object, volume: object) -> int:
+        """The signed key of a price text not seen yet on ``side`` (checked, then memoised)."""
+        if not isinstance(price, str) or not isinstance(volume, str):
+            raise FrameError(f"level {[price, volume]!r} does not hold price and volume text")
+        scale = self.scale
+        dot = len(price) - 1 - scale
+        if scale and price.find(".") == dot:
+            # The usual case, the book's own number of decimals: the digits are the key.
+            try:
+                key = int(price[:dot] + price[dot + 1 :])
+            except ValueError:
+                key = self._key(price)
+        else:
+            key = self._key(price)
+        key *= side.sign
+        keyed = side.keyed
+        if len(keyed) >= _PRICE_CACHE_LIMIT:
+            keyed.clear()
+        keyed[price] = key
+        return key
 
     def _key(self, price: str) -> int:
         """Exact integer key of ``price`` at the book's scale, widening the scale if needed."""
@@ -192,36 +314,3 @@ class Book:
             return int(whole + frac + "0" * (self.scale - decimals))
         except ValueError as exc:
             raise FrameError(f"price {price!r} is not a number") from exc
-
-    def _set(self, side: _Side, level: Level) -> None:
-        price, volume = level[0], level[1]
-        if not isinstance(price, str) or not isinstance(volume, str):
-            raise FrameError(f"level {list(level)!r} does not hold price and volume text")
-        key = self._key(price) * side.sign
-        keys, levels = side.keys, side.levels
-        if is_zero(volume):
-            if key in levels:
-                index = bisect_left(keys, key)
-                del keys[index]
-                del levels[key]
-                if index < CHECKSUM_LEVELS:
-                    self._top_dirty = True
-            return
-        if key not in levels:
-            insort(keys, key)
-            if len(keys) <= CHECKSUM_LEVELS or key <= keys[CHECKSUM_LEVELS - 1]:
-                self._top_dirty = True
-        elif len(keys) <= CHECKSUM_LEVELS or key <= keys[CHECKSUM_LEVELS - 1]:
-            self._top_dirty = True
-        levels[key] = (price, volume, checksum_piece(price) + checksum_piece(volume))
-
-    def _truncate(self) -> None:
-        for side in (self.asks, self.bids):
-            keys = side.keys
-            if len(keys) > self.depth:
-                levels = side.levels
-                for key in keys[self.depth :]:
-                    del levels[key]
-                del keys[self.depth :]
-                if self.depth < CHECKSUM_LEVELS:
-                    self._top_dirty = True

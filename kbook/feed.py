@@ -3,6 +3,8 @@
 ``BookFeed.on_message`` takes a decoded v1 frame (a ``list`` for book data, a ``dict`` for control
 messages) and its receive time, routes it to the book of its (pair, channel name), checks the
 checksum, and says what happened as an ``Outcome``. It knows nothing of files or sockets.
+(Replay applies plain updates from raw segment lines with ``kbook.lines.LineFeed``, whose effect
+on a frame must stay exactly this one's: ``tests/test_perf_book.py`` holds them together.)
 
 Rules it adds on top of ``Book`` (``shared/kraken/README.md`` sections 1 and 2):
 
@@ -126,7 +128,14 @@ class BookFeed:
         book = self.books.get((pair, channel))
         if book is None:
             book = self.books[(pair, channel)] = Book(channel_depth(channel))
-        book.apply_snapshot(asks, bids)
+        try:
+            book.apply_snapshot(asks, bids)
+        except (FrameError, AttributeError, IndexError, KeyError, TypeError, ValueError):
+            # Half restored: whatever the book held before is gone, so it cannot stay valid.
+            if book.valid:
+                book.invalidate()
+                self.pair_stats(pair).become_invalid(recv_ns)
+            raise
         if self.connection_id is None:
             self.adopt_connection = True
         stats = self.pair_stats(pair)
@@ -162,7 +171,7 @@ class BookFeed:
         if kind == "checkpoint":
             try:
                 self.restore(meta["pair"], meta["channel"], meta["asks"], meta["bids"], recv_ns)
-            except (FrameError, KeyError, TypeError, ValueError, IndexError):
+            except (FrameError, AttributeError, KeyError, TypeError, ValueError, IndexError):
                 self.malformed_frames += 1
         elif kind in ("connect", "disconnect"):
             self.connection_lost(recv_ns)
@@ -204,7 +213,9 @@ class BookFeed:
             return Outcome.OTHER_CHANNEL
         stats = self.stats.get(pair) or self.pair_stats(pair)
         stats.frames += 1
-        stats.touch(recv_ns)
+        if stats.first_ns is None:
+            stats.first_ns = recv_ns
+        stats.last_ns = recv_ns
         key = (pair, channel)
         book = self.books.get(key)
         try:
@@ -224,10 +235,17 @@ class BookFeed:
                 stats.dropped += 1
                 return Outcome.DROPPED
             self.last_key = key
-            if len(msg) == 4:
-                book.apply_update(first.get("a", ()), first.get("b", ()))
-            else:
-                book.apply_levels(_levels_in_order(msg[1:-2]))
+            apply = book.apply_side
+            for payload in msg[1:-2]:
+                # v1 sends one dict, or two ({"a": ...} then {"b": ..., "c": ...}): dicts in
+                # order, asks then bids within each (a missing side is an empty one).
+                asks = payload.get("a", NO_SIDE)
+                if asks is not NO_SIDE:
+                    apply(book.asks, asks)
+                bids = payload.get("b", NO_SIDE)
+                if bids is not NO_SIDE:
+                    apply(book.bids, bids)
+            book.truncate()
             checksum = msg[-3].get("c")
             if checksum is None:
                 return Outcome.UNVERIFIED
@@ -238,19 +256,18 @@ class BookFeed:
             stats.become_invalid(recv_ns)
             return Outcome.CHECKSUM_FAILED
         except (FrameError, AttributeError, IndexError, KeyError, TypeError, ValueError):
-            stats.malformed += 1
-            self.malformed_frames += 1
-            if book is not None and book.valid:
-                # A half-applied message leaves the book in an unknown state.
-                book.invalidate()
-                stats.become_invalid(recv_ns)
+            self.malformed(stats, book, recv_ns)
             return Outcome.MALFORMED
 
+    def malformed(self, stats: PairStats, book: Book | None, recv_ns: int) -> None:
+        """Count a malformed book frame; a book it may have half changed becomes invalid."""
+        stats.malformed += 1
+        self.malformed_frames += 1
+        if book is not None and book.valid:
+            book.invalidate()
+            stats.become_invalid(recv_ns)
 
-def _levels_in_order(payloads: list[dict[str, Any]]) -> list[tuple[bool, Level]]:
-    """(is_bid, level) for every level of a multi-dict update: dicts in order, ``a`` then ``b``."""
-    changes: list[tuple[bool, Level]] = []
-    for payload in payloads:
-        changes.extend((False, level) for level in payload.get("a", ()))
-        changes.extend((True, level) for level in payload.get("b", ()))
-    return changes
+
+NO_SIDE: tuple[()] = ()
+"""``payload.get("a", NO_SIDE)``: a side that is absent, told apart from one sent as ``null``
+(which is malformed)."""

@@ -8,7 +8,8 @@ appended while its writer is open). Each line is one object:
 - ``{"recv_ns": N, "seq": S, "raw": "<text>"}``: a text frame that is not JSON or holds a newline;
 - ``{"recv_ns": N, "seq": S, "meta": {"type": ..., ...}}``: the recorder's own events.
 
-``recv_ns`` is the wall-clock receive time, integer nanoseconds since the Unix epoch (UTC). ``seq``
+``recv_ns`` is the wall-clock receive time, integer nanoseconds since the Unix epoch (UTC); within
+one recorder run it never goes back (while the wall clock is behind, it holds). ``seq``
 numbers the frames of one recorder run (0, 1, 2, ...; a frame copied into several pairs' segments
 keeps its number) and never goes back, whatever the wall clock does; meta lines may omit it.
 Readers ignore keys they do not know, and need nothing but ``msg`` lines.
@@ -16,14 +17,17 @@ Readers ignore keys they do not know, and need nothing but ``msg`` lines.
 Meta types the recorder writes (``meta.type``): ``session_start`` (kbook version, api, arguments),
 ``connect``, ``subscribe`` (the request sent), ``disconnect`` (with ``reason``), ``resubscribe``,
 ``checksum_mismatch``, ``alias`` (pair retried under Kraken's other name), ``checkpoint``,
-``segment_end``. A ``checkpoint`` holds a validated book so that a segment can be replayed on its
-own: ``{"type": "checkpoint", "pair": <wire pair>, "channel": "book-N", "asks": [[price, volume],
-...], "bids": [[price, volume], ...], "checksum": <int>}`` with the strings exactly as received.
+``clock_step`` (the wall clock went back: ``wall_ns``, ``behind_ns``), ``segment_end``. A
+``checkpoint`` holds a validated book so that a segment can be replayed on its own:
+``{"type": "checkpoint", "pair": <wire pair>, "channel": "book-N", "asks": [[price, volume], ...],
+"bids": [[price, volume], ...], "checksum": <int>}`` with the strings exactly as received.
 Readers void every book at ``connect`` and ``disconnect``.
 
 The writer ends a zstd frame at every ``flush`` (the recorder flushes at least once a second), so a
 file cut short by ``kill -9`` holds a run of complete frames plus at most one torn one: the reader
-yields every complete line and reports the torn tail, naming the file.
+yields every complete line and reports the torn tail, naming the file. Each frame carries zstd's
+content checksum; a damaged frame is reported with its byte range and skipped, and reading goes on
+at the next frame. A ``.partial`` file that is empty is a recorder killed before its first flush.
 """
 
 from __future__ import annotations
@@ -111,7 +115,9 @@ class SegmentWriter:
             raise OutputError(
                 f"{self.partial_path}: cannot create segment: {exc.strerror}"
             ) from exc
-        self._compressor = zstandard.ZstdCompressor(level=level)
+        # A content checksum per frame (4 bytes a flush): a flipped bit is caught and the frame
+        # skipped, rather than read as a changed digit.
+        self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
         self._stream = self._compressor.stream_writer(self._file, closefd=False)
         self.lines = 0
         self.bytes_in = 0
@@ -223,57 +229,99 @@ class SegmentReader:
         check_segment_file(self.path)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        loads = orjson.loads
+        decode = self.decode
         for number, line in self.raw_lines():
-            try:
-                record = loads(line)
-            except orjson.JSONDecodeError:
-                self.problems.append(Problem(self.path, number, "line is not JSON"))
-                continue
-            if type(record) is not dict:
-                self.problems.append(Problem(self.path, number, "line is not a JSON object"))
-                continue
-            yield record
+            record = decode(number, line)
+            if record is not None:
+                yield record
+
+    def decode(self, number: int, line: bytes) -> dict[str, Any] | None:
+        """Line ``number`` as a dict, or None after noting why it is not one in ``problems``."""
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            self.problems.append(Problem(self.path, number, "line is not JSON"))
+            return None
+        if type(record) is not dict:
+            self.problems.append(Problem(self.path, number, "line is not a JSON object"))
+            return None
+        return record
 
     def raw_lines(self) -> Iterator[tuple[int, bytes]]:
         """``(line number, line bytes without newline)`` for every complete line."""
-        number = 0
+        for first, lines in self.batches():
+            for number, line in enumerate(lines, first):
+                if line:
+                    yield number, line
+
+    def batches(self) -> Iterator[tuple[int, list[bytes]]]:
+        """``(number of the first line, complete lines)`` for each decompressed piece.
+
+        For loops that parse lines themselves (replay's hot path): one Python-level step per
+        line instead of a generator hop. Lines are without their newline; empty lines are
+        included (skip them) so that numbering stays exact. A cut last line is reported.
+        """
+        number = 1
         tail = b""
         for chunk in self._decompressed_chunks():
             lines = (tail + chunk).split(b"\n")
             tail = lines.pop()
-            for line in lines:
-                number += 1
-                self.lines_read += 1
-                if line:
-                    yield number, line
+            if lines:
+                self.lines_read += len(lines)
+                yield number, lines
+                number += len(lines)
         if tail:
             self.problems.append(
-                Problem(self.path, number + 1, f"last line cut short ({len(tail)} bytes dropped)")
+                Problem(self.path, number, f"last line cut short ({len(tail)} bytes dropped)")
             )
 
     def _decompressed_chunks(self) -> Iterator[bytes]:
-        """Decompress frame by frame, so that a torn last frame is noticed and reported."""
+        """Decompress frame by frame, so that a torn last frame is noticed and reported.
+
+        After corrupt data (a flipped bit, a frame that never ends) reading resumes at the next
+        zstd frame magic, so the flushes after the damage are still read; the skipped byte range
+        is reported, and a line cut by the damage ends there (and is reported as not JSON).
+        """
         context = zstandard.ZstdDecompressor()
         frame = context.decompressobj()
         in_frame = False
         offset = 0
+        frame_start = 0
         with open(self.path, "rb") as fh:
-            while data := fh.read(_READ_CHUNK):
+            while True:
+                data = fh.read(_READ_CHUNK)
+                if not data and in_frame and (resume := _next_magic(fh, frame_start + 1)):
+                    # Not a torn tail: damage made this frame swallow the frames after it.
+                    self.problems.append(self._skipped(frame_start, resume, "a frame never ends"))
+                    frame, in_frame = context.decompressobj(), False
+                    offset = frame_start = resume
+                    fh.seek(resume)
+                    yield b"\n"
+                    continue
+                if not data:
+                    break
                 while data:
                     try:
                         out = frame.decompress(data)
                     except zstandard.ZstdError as exc:
+                        resume = _next_magic(fh, frame_start + 1)
                         self.problems.append(
-                            Problem(self.path, 0, f"corrupt zstd data near byte {offset}: {exc}")
+                            self._skipped(frame_start, resume, f"near byte {offset}: {exc}")
                         )
-                        return
+                        if resume is None:
+                            return
+                        frame, in_frame = context.decompressobj(), False
+                        offset = frame_start = resume
+                        fh.seek(resume)
+                        yield b"\n"
+                        break
                     in_frame = True
                     if out:
                         yield out
                     if frame.eof:
                         consumed = len(data) - len(frame.unused_data)
                         offset += consumed
+                        frame_start = offset
                         data = frame.unused_data
                         frame = context.decompressobj()
                         in_frame = False
@@ -284,6 +332,33 @@ class SegmentReader:
             self.problems.append(
                 Problem(self.path, 0, f"torn zstd frame at the end (file cut at byte {offset})")
             )
+        elif offset == 0:
+            self.problems.append(
+                Problem(self.path, 0, "no data: the recorder stopped before its first flush")
+            )
+
+    def _skipped(self, start: int, resume: int | None, why: str) -> Problem:
+        """The problem for corrupt data from ``start`` up to ``resume`` (None: the end)."""
+        where = (
+            f"bytes {start}-{resume - 1} skipped"
+            if resume
+            else f"nothing readable from byte {start}"
+        )
+        return Problem(self.path, 0, f"corrupt zstd data ({why}); {where}")
+
+
+def _next_magic(fh: BinaryIO, start: int) -> int | None:
+    """File offset of the next zstd frame magic at or after ``start``, or None."""
+    fh.seek(start)
+    base, carry = start, b""
+    while block := fh.read(_READ_CHUNK):
+        data = carry + block
+        found = data.find(ZSTD_MAGIC)
+        if found >= 0:
+            return base + found
+        carry = data[-(len(ZSTD_MAGIC) - 1) :]
+        base += len(data) - len(carry)
+    return None
 
 
 def check_segment_file(path: Path) -> None:
@@ -297,6 +372,8 @@ def check_segment_file(path: Path) -> None:
             head = fh.read(4)
     except OSError as exc:
         raise SegmentError(f"{path}: cannot read: {exc.strerror}") from exc
+    if path.name.endswith(PARTIAL_SUFFIX) and ZSTD_MAGIC.startswith(head):
+        return  # a recorder killed before (or during) its first flush: a segment, still empty
     if not head:
         raise SegmentError(f"{path}: empty file, not a segment")
     if head != ZSTD_MAGIC and not (head[1:] == _SKIPPABLE_MAGIC_HIGH and head[0] & 0xF0 == 0x50):
@@ -320,9 +397,10 @@ def first_recv_ns(path: Path) -> int | None:
 def find_segments(paths: Iterable[Path]) -> list[Path]:
     """Segment files named by ``paths`` (files, or folders searched recursively), in time order.
 
-    Order is by each file's first receive time, then by name; unfinished ``.partial`` segments
-    count too. A named file is taken whatever its name (and checked to be a segment); a missing
-    path or a folder without segments is an ``InputError`` naming it.
+    Order is by each file's first receive time, then by name (a recorder's ``-N`` counter read
+    as a number); unfinished ``.partial`` segments count too. A named file is taken whatever its
+    name (and checked to be a segment); a missing path or a folder without segments is an
+    ``InputError`` naming it.
     """
     found: list[Path] = []
     for path in paths:
@@ -338,4 +416,15 @@ def find_segments(paths: Iterable[Path]) -> list[Path]:
             raise InputError(f"{path}: no such file or folder")
     unique = list(dict.fromkeys(found))
     starts = {path: first_recv_ns(path) for path in unique}
-    return sorted(unique, key=lambda p: (starts[p] is None, starts[p] or 0, p.name))
+    return sorted(unique, key=lambda p: (starts[p] is None, starts[p] or 0, *_name_order(p)))
+
+
+def _name_order(path: Path) -> tuple[str, int, str]:
+    """Names in the order the recorder made them: ``X.<start>.jsonl.zst``, then ``X.<start>-1``,
+    ``-2``, ... ``-10`` (as plain text ``-1`` sorts before ``.`` and ``-10`` before ``-2``). Ties
+    of first receive time are real: while the wall clock is behind, the recorder's stamps hold."""
+    stem = path.name.removesuffix(PARTIAL_SUFFIX).removesuffix(SUFFIX)
+    base, dash, counter = stem.rpartition("-")
+    if dash and counter.isdigit():
+        return base, int(counter), path.name
+    return stem, 0, path.name

@@ -1,10 +1,11 @@
 """Replay recorded Kraken book segments into order book snapshots on a time grid.
 
 Stages, one module each: ``survey`` (a fast first pass over segments) -> ``plan`` (independent
-streams, option checks) -> ``engine`` (segments through ``kbook.feed.BookFeed``) -> ``sampler``
-(the time grid; its docstring states the snapshot semantics exactly) -> ``columns`` (row buffers,
-schema) -> ``parquet`` (the dataset, written atomically). ``api`` is what notebooks and
-``kbook replay`` call::
+streams, option checks) -> ``parallel`` (streams, or ``chunks`` of one, on every core) ->
+``engine`` (segments through ``kbook.lines`` and ``kbook.feed.BookFeed``) -> ``sampler`` (the time
+grid; its docstring states the snapshot semantics exactly) -> ``columns`` (row buffers, schema)
+-> ``parquet`` (the dataset, written atomically). ``api`` is what notebooks and ``kbook replay``
+call::
 
     import replay
     table = replay.replay_table("data/raw", every="1s", levels=10)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +22,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from kbook import __version__
 from kbook.errors import InputError, UsageError
 from kbook.pairs import file_name
 from kbook.segment import Problem, find_segments
 from replay.columns import TIMESTAMP, table_schema
-from replay.engine import StreamResult, merge_results, replay_stream
+from replay.engine import StreamResult, merge_results
 from replay.options import (
     DurationLike,
     ReplayOptions,
@@ -40,15 +39,15 @@ from replay.options import (
     parse_pairs,
     to_ns,
 )
+from replay.parallel import Rows, run_streams, share
 from replay.parquet import (
-    DatasetWriter,
     check_output,
     discard,
     publish,
     temporary_folder,
     write_manifest,
 )
-from replay.plan import Stream, plan_streams
+from replay.plan import plan_streams
 from replay.sampler import PairSummary
 from replay.survey import SegmentInfo, survey_segment
 
@@ -56,9 +55,6 @@ PathsLike = Iterable[str | Path] | str | Path
 Tick = Callable[[int], None]
 ProgressCallback = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)`` of compressed segment data."""
-
-_POOL_SURVEY_BYTES = 32 << 20
-"""Below this much input, surveying in worker processes costs more than it saves."""
 
 
 @dataclass
@@ -124,18 +120,10 @@ def replay_table(
     """Replay segments into one in-memory ``pyarrow.Table`` (sorted by pair, then ``ts``)."""
     options = make_options(every, levels, pairs, start, end, workers)
     tables: dict[str, list[pa.Table]] = {}
-
-    def run(stream: Stream, pool: Executor | None, tick: Tick | None) -> Any:
-        if pool is None:
-            return _stream_to_tables(stream, options, tick)
-        return pool.submit(_stream_to_tables, stream, options)
-
-    infos, outcomes = _replay(paths, options, run, None)
-    results = []
-    for result, batches in outcomes:
-        results.append(result)
-        tables.update(batches)
-    _require_rows(merge_results(results), options, infos)
+    infos, outcomes = run_replay(paths, options, None, None)
+    for _result, batches in outcomes:
+        tables.update(batches)  # type: ignore[arg-type]
+    _require_rows(merge_results([outcome[0] for outcome in outcomes]), options, infos)
     schema = table_schema(options.levels)
     parts = []
     for pair in sorted(tables):
@@ -165,21 +153,12 @@ def replay_to_dataset(
     folder: Path | None = None
     done = False
     try:
-
-        def run(stream: Stream, pool: Executor | None, tick: Tick | None) -> Any:
-            nonlocal folder
-            if folder is None:
-                folder = temporary_folder(out)
-            if pool is None:
-                return _stream_to_folder(stream, options, folder, tick)
-            return pool.submit(_stream_to_folder, stream, options, folder)
-
-        infos, outcomes = _replay(paths, options, run, progress)
+        folder = temporary_folder(out)
+        infos, outcomes = run_replay(paths, options, folder, progress)
         result = merge_results([outcome[0] for outcome in outcomes])
         _require_rows(result, options, infos)
         segments = [info.path for info in infos]
-        assert folder is not None
-        files = sorted(path for outcome in outcomes for path in outcome[1])
+        files = sorted(path for outcome in outcomes for path in outcome[1])  # type: ignore[union-attr]
         summary = ReplaySummary(options, segments, result, out, files)
         summary.seconds = time.monotonic() - began
         write_manifest(folder, summary.to_json())
@@ -204,6 +183,8 @@ def read_snapshots(
     ``pair`` takes either spelling; the returned ``pair`` column holds common names (``BTC/USD``),
     as ``replay_table`` does. ``start`` is inclusive, ``end`` exclusive.
     """
+    import pyarrow.dataset as ds  # here: it imports pandas, which replay workers never need
+
     out = Path(out)
     if not out.is_dir():
         raise InputError(f"{out}: no such snapshot dataset")
@@ -242,24 +223,35 @@ def table_schema_names(table: pa.Table) -> list[str]:
 # -- internals ------------------------------------------------------------------------------------
 
 
-def _replay(
+def run_replay(
     paths: PathsLike,
     options: ReplayOptions,
-    run: Callable[[Stream, Executor | None, Tick | None], Any],
+    folder: Path | None,
     progress: ProgressCallback | None,
-) -> tuple[list[SegmentInfo], list[Any]]:
-    """Find, survey and plan, then run every stream (on a pool when it pays); outcomes in order."""
+) -> tuple[list[SegmentInfo], list[tuple[StreamResult, Rows]]]:
+    """Find, survey and plan, then run every stream (on a pool when it pays); outcomes in order.
+
+    What both public functions share. Rows go to in-memory batches when ``folder`` is None, else
+    into Parquet files under ``folder`` (no manifest; nothing published). Tests call it with
+    options ``make_options`` does not expose (``min_chunk_bytes``).
+    """
     segments = find_segments(_as_paths(paths))
     total = sum(path.stat().st_size for path in segments)
-    use_pool = options.workers > 1 and len(segments) > 1
+    # A pool costs a fresh interpreter per worker (about 0.3 s here) and the join; below some
+    # 8 MB of segments (about a second of replay) one process is as fast.
+    use_pool = options.workers > 1 and len(segments) > 1 and total >= 8 * options.min_chunk_bytes
     context = multiprocessing.get_context("spawn")
     pool_cm = (
-        ProcessPoolExecutor(max_workers=options.workers, mp_context=context)
+        # This process works too (``replay.parallel.share``): one worker fewer.
+        ProcessPoolExecutor(max_workers=options.workers - 1, mp_context=context)
         if use_pool
         else nullcontext()
     )
     with pool_cm as pool:
-        infos = _survey(segments, pool if total >= _POOL_SURVEY_BYTES else None)
+        if pool is not None:
+            for _ in range(options.workers - 1):
+                pool.submit(_warm_up)  # workers start while this process surveys
+        infos = _survey(segments, pool, options.workers)
         streams = plan_streams(infos, options)
         if progress is not None:
             progress(0, total)
@@ -271,45 +263,19 @@ def _replay(
             if progress is not None:
                 progress(done, total)
 
-        if pool is None or len(streams) < 2:
-            return infos, [run(stream, None, tick) for stream in streams]
-        futures = {run(stream, pool, None): index for index, stream in enumerate(streams)}
-        outcomes_by_index: dict[int, Any] = {}
-        for future in as_completed(futures):
-            index = futures[future]
-            outcomes_by_index[index] = future.result()
-            tick(streams[index].size)
-        return infos, [outcomes_by_index[i] for i in range(len(streams))]
+        return infos, run_streams(streams, options, folder, tick, pool)
 
 
-def _survey(segments: list[Path], pool: Executor | None) -> list[SegmentInfo]:
+def _warm_up() -> None:
+    """Nothing: importing this module in a worker is the point."""
+
+
+def _survey(segments: list[Path], pool: Executor | None, workers: int) -> list[SegmentInfo]:
     if pool is None:
         return [survey_segment(path) for path in segments]
-    return list(pool.map(survey_segment, segments, chunksize=4))
-
-
-def _stream_to_folder(
-    stream: Stream, options: ReplayOptions, folder: Path, tick: Tick | None = None
-) -> tuple[StreamResult, list[Path]]:
-    """Worker: replay one stream into its pairs' partitions under ``folder``."""
-    writer = DatasetWriter(folder, options.levels)
-    try:
-        result = replay_stream(stream, options, writer.sink, tick)
-    finally:
-        writer.close()
-    return result, writer.files
-
-
-def _stream_to_tables(
-    stream: Stream, options: ReplayOptions, tick: Tick | None = None
-) -> tuple[StreamResult, dict[str, list[pa.Table]]]:
-    """Worker: replay one stream into in-memory batches per pair."""
-    batches: dict[str, list[pa.Table]] = {}
-
-    def sinks(pair: str) -> Callable[[pa.Table], None]:
-        return batches.setdefault(pair, []).append
-
-    return replay_stream(stream, options, sinks, tick), batches
+    infos: dict[int, SegmentInfo] = {}
+    share(pool, workers - 1, survey_segment, segments, infos.__setitem__)
+    return [infos[index] for index in range(len(segments))]
 
 
 def _require_rows(result: StreamResult, options: ReplayOptions, infos: list[SegmentInfo]) -> None:
@@ -326,7 +292,8 @@ def _require_rows(result: StreamResult, options: ReplayOptions, infos: list[Segm
     )
 
 
-def _and(condition: ds.Expression | None, more: ds.Expression) -> ds.Expression:
+def _and(condition: Any, more: Any) -> Any:
+    """``condition & more`` for dataset filter expressions (None: no condition yet)."""
     return more if condition is None else condition & more
 
 

@@ -1,8 +1,10 @@
 """Segments -> ``BookFeed`` -> samplers: the replay of one stream.
 
-One ``StreamReplay`` reads a stream's segments in order, line by line (each line decoded once, by
-``SegmentReader``), applies frames of the followed books to one ``BookFeed`` and lets each pair's
-``PairSampler`` emit grid rows lazily. Streams share nothing, so ``replay_stream`` is the unit of
+One ``StreamReplay`` reads a stream's segments in order, line by line, applies frames of the
+followed books to one ``BookFeed`` and lets each pair's ``PairSampler`` emit grid rows lazily.
+Plain updates (nearly every line) are applied straight from the raw line by ``kbook.lines``;
+every other line, and the first frame past a pair's next grid time, comes back here and is
+decoded and handled one at a time. Streams share nothing, so ``replay_stream`` is the unit of
 work a process pool runs (see ``replay.api``).
 
 Rules beyond the sampler's (``replay.sampler`` has the snapshot semantics):
@@ -16,22 +18,31 @@ Rules beyond the sampler's (``replay.sampler`` has the snapshot semantics):
 - segments that start at or after ``--end`` are not read; segments before ``--start`` are not read
   when a later one, still before it, starts with checkpoints of every followed book (the recorder
   writes those at each rotation), since the checkpoint replaces the book entirely.
+
+The same fact lets one stream run as several ``Chunk``s in parallel (``replay.chunks`` plans and
+joins them): a chunk after the first starts at such a segment, and a chunk before another stops
+at the head of the next one's first segment, emitting exactly the rows the whole replay emits
+before each followed book is restored there. What a chunk cannot know alone (counts pending
+across the boundary, whether its start state was really the one the whole replay reaches) goes
+into its ``ChunkResult`` for the join to settle.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
 from kbook.feed import BookFeed, Outcome
+from kbook.lines import LineFeed, Route
 from kbook.pairs import common_name
 from kbook.segment import Problem, SegmentReader
 from replay.columns import row_group_rows
 from replay.options import ReplayOptions
 from replay.plan import Stream
-from replay.sampler import PairSampler, PairSummary
+from replay.sampler import Carry, PairSampler, PairSummary
 from replay.survey import SegmentInfo
 
 SinkFactory = Callable[[str], Callable[[pa.Table], None]]
@@ -40,6 +51,41 @@ Progress = Callable[[int], None]
 """Called with the compressed bytes of each segment done (or skipped)."""
 
 _LOST_TAIL = ("last line cut short", "torn zstd frame", "corrupt zstd data")
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Segments ``[first, stop)`` of a stream, replayed on their own."""
+
+    stream: Stream
+    first: int
+    stop: int
+    number: int = 0
+    """Position among the stream's chunks."""
+    last: bool = True
+    """The stream's last chunk finishes the pairs; the others end at the head of ``stop``."""
+
+    @property
+    def size(self) -> int:
+        return sum(info.size for info in self.stream.segments[self.first : self.stop])
+
+
+@dataclass
+class ChunkResult:
+    """A chunk's result and what the join checks to accept it (see ``replay.chunks``)."""
+
+    result: StreamResult
+    carries: dict[str, Carry] = field(default_factory=dict)
+    start_connection: int | None = None
+    """The connection id the chunk assumed at its start (from the survey)."""
+    end_connection: int | None = None
+    """The connection id in force after its last segment."""
+    end_clock: int = 0
+    """The clock after its last segment."""
+    clean_start: bool = True
+    """Every followed book was restored by the first segment's head checkpoints."""
+    clean_end: bool = True
+    """The head of the next chunk's first segment restored every followed book."""
 
 
 @dataclass
@@ -63,7 +109,7 @@ class StreamReplay:
         self.stream = stream
         self.options = options
         self.feed = BookFeed()
-        self.clock = -(1 << 126)
+        self.lines = LineFeed(self.feed)
         capacity = row_group_rows(options.levels)
         self.samplers = {
             pair: PairSampler(
@@ -78,58 +124,70 @@ class StreamReplay:
             )
             for pair, channel in stream.channels.items()
         }
-        wires = {wire for info in stream.segments for wire, _ in info.books}
+        wires = sorted({wire for info in stream.segments for wire, _ in info.books})
         self.by_wire = {
             wire: self.samplers[common_name(wire)]
             for wire in wires
             if common_name(wire) in self.samplers
         }
+        self.routes: list[tuple[Route, PairSampler]] = []
+        for wire, sampler in self.by_wire.items():
+            route = self.lines.follow(wire, sampler.channel)
+            sampler.watch(route.stats)
+            self.routes.append((route, sampler))
         self.result = StreamResult()
+        self._heading = False
+        """True until the first ``msg`` line of a chunk that must start at checkpoints."""
+        self._clean_start = True
+
+    @property
+    def clock(self) -> int:
+        """The largest ``recv_ns`` seen so far in the stream: the time every frame is applied at."""
+        return self.lines.clock
 
     def run(self, progress: Progress | None = None) -> StreamResult:
+        """Replay the whole stream (the segments ``--start``/``--end`` need)."""
         first, stop = self._span()
-        segments = self.stream.segments
-        self._skip_to(first)
-        for index, info in enumerate(segments):
-            if first <= index < stop:
-                self._replay_segment(info)
-                self.result.segments_read += 1
-            else:
-                self.result.segments_skipped += 1
+        for info in self.stream.segments[:first] + self.stream.segments[stop:]:
+            self.result.segments_skipped += 1
             if progress is not None:
                 progress(info.size)
-        later = {common_name(wire) for info in segments[stop:] for wire, _ in info.books}
+        return self.run_chunk(Chunk(self.stream, first, stop), progress).result
+
+    def run_chunk(self, chunk: Chunk, progress: Progress | None = None) -> ChunkResult:
+        """Replay one chunk of the stream; the whole stream is the chunk ``[first, stop)``."""
+        segments = self.stream.segments
+        self._skip_to(chunk.first)
+        start_connection = self.feed.connection_id
+        self._heading = chunk.number > 0
+        for info in segments[chunk.first : chunk.stop]:
+            self._replay_segment(info)
+            self.result.segments_read += 1
+            if progress is not None:
+                progress(info.size)
+        done = ChunkResult(
+            self.result,
+            start_connection=start_connection,
+            end_connection=self.feed.connection_id,
+            end_clock=self.clock,
+            clean_start=self._clean_start and not self._heading,
+        )
         self.result.malformed_frames = self.feed.malformed_frames
+        if chunk.last:
+            later = {common_name(wire) for info in segments[chunk.stop :] for wire, _ in info.books}
+            for pair, sampler in self.samplers.items():
+                sampler.finish(continues=pair in later)
+        else:
+            done.clean_end = self._peek(segments[chunk.stop])
         for pair, sampler in self.samplers.items():
-            sampler.finish(continues=pair in later)
+            done.carries[pair] = sampler.carry()
             self.result.pairs[pair] = sampler.summary
-        return self.result
+        return done
 
     # -- choosing segments ----------------------------------------------------------------------
 
     def _span(self) -> tuple[int, int]:
-        """Indexes ``[first, stop)`` of the segments that must be read for --start/--end."""
-        segments = self.stream.segments
-        end = self.options.end_ns
-        stop = len(segments)
-        if end is not None:
-            stop = next(
-                (i for i, s in enumerate(segments) if s.first_ns is not None and s.first_ns >= end),
-                stop,
-            )
-        first = 0
-        start = self.options.start_ns
-        if start is not None:
-            wanted = set(self.stream.channels.items())
-            latest = start - self.options.every_ns
-            for index in range(1, stop):
-                info = segments[index]
-                if info.first_ns is None or info.first_ns > latest:
-                    break
-                head = {(common_name(wire), channel) for wire, channel in info.head_checkpoints}
-                if wanted <= head:
-                    first = index
-        return first, stop
+        return span(self.stream, self.options)
 
     def _skip_to(self, first: int) -> None:
         """Start the feed as it would stand at segment ``first``: only the connection carries."""
@@ -141,80 +199,196 @@ class StreamReplay:
 
     def _replay_segment(self, info: SegmentInfo) -> None:
         reader = SegmentReader(info.path)
-        feed = self.feed
-        on_message = feed.on_message
-        by_wire = self.by_wire
-        books = feed.books
-        clock = self.clock
-        skipped = 0
-        for record in reader:
-            recv_ns = record.get("recv_ns")
-            if type(recv_ns) is not int:
-                continue
-            if recv_ns > clock:
-                clock = recv_ns
-            msg = record.get("msg")
-            if msg is not None:
-                if type(msg) is list and len(msg) >= 4:
-                    wire = msg[-1]
-                    sampler = by_wire.get(wire) if type(wire) is str else None
-                    if sampler is None or msg[-2] != sampler.channel:
-                        skipped += 1
-                        continue
-                    if sampler.next_t < clock:
-                        sampler.catch_up(clock)
-                    outcome = on_message(msg, clock)
-                    if outcome == Outcome.SNAPSHOT:
-                        sampler.on_frame(outcome, clock, books[(wire, msg[-2])])
-                    else:
-                        sampler.on_frame(outcome, clock, None)
-                elif type(msg) is dict:
-                    if msg.get("event") in ("systemStatus", "subscriptionStatus"):
-                        self.clock = clock
-                        self._global(lambda msg=msg: on_message(msg, self.clock))
-                else:
-                    on_message(msg, clock)  # counted as malformed
-            elif "meta" in record:
-                self.clock = clock
-                self._on_meta(record["meta"])
-            elif "raw" in record:
-                self.result.raw_frames += 1
-        self.clock = clock
-        self.result.skipped_frames += skipped
+        run = self.lines.run
+        handle = self._handle
+        for number, lines in reader.batches():
+            index = self._head(reader, number, lines) if self._heading else 0
+            index = run(lines, index)
+            count = len(lines)
+            while index < count:
+                if lines[index]:
+                    handle(reader, number + index, lines[index])
+                index = run(lines, index + 1)
         self.result.problems.extend(reader.problems)
         if info.path.name.endswith(".partial") or any(
             problem.reason.startswith(_LOST_TAIL) for problem in reader.problems
         ):
-            self._global(lambda: feed.connection_lost(self.clock))
+            self._global(lambda: self.feed.connection_lost(self.clock))
+
+    def _handle(self, reader: SegmentReader, number: int, line: bytes) -> None:
+        """One line ``LineFeed`` handed back: decode it and apply it the general way."""
+        record = reader.decode(number, line)
+        if record is not None:
+            self._apply(record)
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        recv_ns = record.get("recv_ns")
+        if type(recv_ns) is not int:
+            return
+        if recv_ns > self.lines.clock:
+            self.lines.clock = recv_ns
+        clock = self.lines.clock
+        feed = self.feed
+        msg = record.get("msg")
+        if msg is not None:
+            if type(msg) is list and len(msg) >= 4:
+                wire = msg[-1]
+                sampler = self.by_wire.get(wire) if type(wire) is str else None
+                if sampler is None or msg[-2] != sampler.channel:
+                    self.result.skipped_frames += 1
+                    return
+                if sampler.next_t < clock:
+                    sampler.catch_up(clock)
+                if feed.on_message(msg, clock) == Outcome.SNAPSHOT:
+                    sampler.begin(feed.books[(wire, msg[-2])], clock, counted=1)
+            elif type(msg) is dict:
+                if msg.get("event") in ("systemStatus", "subscriptionStatus"):
+                    self._global(lambda: feed.on_message(msg, clock))
+            else:
+                feed.on_message(msg, clock)  # counted as malformed
+        elif "meta" in record:
+            self._on_meta(record["meta"])
+        elif "raw" in record:
+            self.result.raw_frames += 1
+        self._sync()
+
+    def _head(self, reader: SegmentReader, number: int, lines: list[bytes]) -> int:
+        """A chunk's start: apply lines one by one up to the first ``msg`` line (returned, not
+        applied); by then the head checkpoints must have restored every followed book."""
+        for index, line in enumerate(lines):
+            if not line:
+                continue
+            record = reader.decode(number + index, line)
+            if record is None:
+                continue
+            if "msg" in record:
+                self._heading = False
+                books = self.feed.books
+                self._clean_start = all(
+                    (book := books.get(route.key)) is not None and book.valid
+                    for route in self._followed()
+                )
+                return index
+            self._apply(record)
+        return len(lines)
+
+    def _peek(self, info: SegmentInfo) -> bool:
+        """End a chunk where the next one starts: read the head of its first segment and emit
+        each pair's rows up to its checkpoint there, as the whole replay would before restoring
+        it (connect/disconnect lines before it still void books). True when every followed book
+        had its checkpoint before the first ``msg`` line."""
+        active = {route.key[0]: sampler for route, sampler in self._followed_pairs()}
+        reader = SegmentReader(info.path)
+        for number, lines in reader.batches():
+            for index, line in enumerate(lines):
+                if not line or not active:
+                    continue
+                record = reader.decode(number + index, line)
+                if record is None:
+                    continue
+                if "msg" in record:
+                    return False
+                recv_ns = record.get("recv_ns")
+                meta = record.get("meta")
+                if type(recv_ns) is not int or type(meta) is not dict:
+                    continue
+                if recv_ns > self.lines.clock:
+                    self.lines.clock = recv_ns
+                clock = self.lines.clock
+                kind = meta.get("type")
+                wire = meta.get("pair")
+                sampler = active.get(wire) if type(wire) is str else None
+                if kind == "checkpoint" and sampler is not None:
+                    if meta.get("channel") == sampler.channel:
+                        sampler.catch_up(clock)
+                        active = {w: s for w, s in active.items() if s is not sampler}
+                elif kind in ("connect", "disconnect"):
+                    watched = set(active.values())
+                    self._global(lambda m=meta, c=clock: self.feed.on_meta(m, c), watched)
+            if not active:
+                return True
+        return not active
+
+    def _followed(self) -> list[Route]:
+        """Routes of the followed books the stream's segments hold (an alias may hold none)."""
+        return [route for route, _ in self._followed_pairs()]
+
+    def _followed_pairs(self) -> list[tuple[Route, PairSampler]]:
+        held = self.stream.books
+        return [(route, sampler) for route, sampler in self.routes if route.key in held]
+
+    def _sync(self) -> None:
+        """Tell ``LineFeed`` where each pair's next grid time is and which book it follows."""
+        books = self.feed.books
+        for route, sampler in self.routes:
+            route.limit = sampler.next_t
+            route.book = books.get(route.key)
 
     def _on_meta(self, meta: object) -> None:
         if type(meta) is not dict:
             return
         kind = meta.get("type")
+        clock = self.clock
         if kind == "checkpoint":
-            sampler = self.by_wire.get(meta.get("pair"))  # type: ignore[arg-type]
+            wire = meta.get("pair")
+            sampler = self.by_wire.get(wire) if type(wire) is str else None
             if sampler is None or meta.get("channel") != sampler.channel:
                 return
-            sampler.catch_up(self.clock)
-            self.feed.on_meta(meta, self.clock)
-            book = self.feed.books.get((meta["pair"], meta["channel"]))
+            key = (wire, sampler.channel)
+            sampler.catch_up(clock)
+            before = self.feed.books.get(key)
+            was_valid = before is not None and before.valid
+            self.feed.on_meta(meta, clock)
+            book = self.feed.books.get(key)
             if book is not None and book.valid:
-                sampler.begin(book, self.clock)
-                sampler.last_frame = sampler.last_event = self.clock
-                sampler.dirty = True
+                sampler.begin(book, clock, counted=0)
+            elif was_valid and sampler.book is book:
+                sampler.voided(clock)  # a malformed checkpoint wiped the followed book
         elif kind in ("connect", "disconnect"):
-            self._global(lambda: self.feed.on_meta(meta, self.clock))
+            self._global(lambda: self.feed.on_meta(meta, clock))
 
-    def _global(self, apply: Callable[[], object]) -> None:
+    def _global(
+        self, apply: Callable[[], object], samplers: set[PairSampler] | None = None
+    ) -> None:
         """Apply an event that may void books of several pairs, keeping earlier rows exact."""
         clock = self.clock
-        watched = [s for s in self.samplers.values() if s.book is not None and s.book.valid]
+        watched = [
+            s
+            for s in (self.samplers.values() if samplers is None else samplers)
+            if s.book is not None and s.book.valid
+        ]
         for sampler in watched:
             sampler.prepare(clock)
         apply()
         for sampler in watched:
             if not sampler.book.valid:  # type: ignore[union-attr]
                 sampler.voided(clock)
+        self._sync()
+
+
+def span(stream: Stream, options: ReplayOptions) -> tuple[int, int]:
+    """Indexes ``[first, stop)`` of the segments that must be read for --start/--end."""
+    segments = stream.segments
+    end = options.end_ns
+    stop = len(segments)
+    if end is not None:
+        stop = next(
+            (i for i, s in enumerate(segments) if s.first_ns is not None and s.first_ns >= end),
+            stop,
+        )
+    first = 0
+    start = options.start_ns
+    if start is not None:
+        wanted = set(stream.channels.items())
+        latest = start - options.every_ns
+        for index in range(1, stop):
+            info = segments[index]
+            if info.first_ns is None or info.first_ns > latest:
+                break
+            head = {(common_name(wire), channel) for wire, channel in info.head_checkpoints}
+            if wanted <= head:
+                first = index
+    return first, stop
 
 
 def replay_stream(

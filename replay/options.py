@@ -36,6 +36,9 @@ class ReplayOptions:
     end_ns: int | None = None
     """Rows stop before this time (exclusive)."""
     workers: int = 1
+    min_chunk_bytes: int = 1 << 20
+    """With several workers, one stream is split into chunks of at least this many compressed
+    bytes (``replay.chunks``); smaller pieces would cost more to join than they save."""
 
 
 def make_options(

@@ -35,6 +35,11 @@ class Stream:
     def size(self) -> int:
         return sum(info.size for info in self.segments)
 
+    @property
+    def books(self) -> frozenset[tuple[str, str]]:
+        """Every (wire pair, channel) with a frame or checkpoint in the stream's segments."""
+        return frozenset(book for info in self.segments for book in info.books)
+
 
 def plan_streams(infos: Sequence[SegmentInfo], options: ReplayOptions) -> list[Stream]:
     """Group segments into streams and check ``--pair``/``--levels`` against what was recorded."""

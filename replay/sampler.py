@@ -20,7 +20,9 @@ Exact semantics (also in the README):
 
 Rows are built lazily: nothing happens at a grid time until the next event of the pair (or the
 end) reveals that the time has passed; then the book is read once and the row repeated for every
-grid time it covers.
+grid time it covers. Nothing at all happens per frame: the counts are differences of the feed's
+``PairStats`` counters taken when a row is emitted, so the replay's hot loop (``kbook.lines``)
+only compares each frame's clock with ``next_t``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from kbook.book import Book
-from kbook.feed import Outcome
+from kbook.feed import PairStats
 from replay.columns import RowBuffer
 
 NAN = float("nan")
@@ -70,8 +72,25 @@ class PairSummary:
             spans.append((t, last))
 
 
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """One pair's counts a chunk leaves pending for the row after it (``PairSampler.carry``)."""
+
+    frames: int = 0
+    failures: int = 0
+    zeroed: str | None = None
+    """How the chunk's first zeroing of the counts happened: ``"row"`` (its first row takes what
+    earlier chunks left pending), ``"skip"`` (rows before ``--start`` dropped it), or None (no
+    zeroing: the pending counts pass through to the next chunk)."""
+
+
 class PairSampler:
-    """Turns one pair's book events into grid rows, appended to a ``RowBuffer``."""
+    """Turns one pair's book events into grid rows, appended to a ``RowBuffer``.
+
+    Counts come from the ``PairStats`` of the pair's wire names (``watch``): ``frames`` and
+    ``checksums_failed`` at the last emitted row are remembered (``mark_*``), and ``last_ns`` is
+    the receive time of the latest frame or checkpoint (``last_update``).
+    """
 
     __slots__ = (
         "pair",
@@ -83,9 +102,13 @@ class PairSampler:
         "book",
         "next_t",
         "last_event",
-        "last_frame",
-        "updates",
-        "failures",
+        "stats",
+        "mark_frames",
+        "mark_failed",
+        "first_frames",
+        "first_failed",
+        "built_frames",
+        "zeroed",
         "dirty",
         "row",
         "row_valid",
@@ -115,9 +138,13 @@ class PairSampler:
         self.book: Book | None = None
         self.next_t = NEVER
         self.last_event = -NEVER
-        self.last_frame = 0
-        self.updates = 0
-        self.failures = 0
+        """The latest snapshot, checkpoint or voiding event (frames are in the stats' ``last_ns``)."""
+        self.stats: tuple[PairStats, ...] = ()
+        self.mark_frames = self.mark_failed = 0
+        self.first_frames = self.first_failed = 0
+        self.built_frames = -1
+        self.zeroed: str | None = None
+        """How the counts were first zeroed after ``begin``: "row" or "skip" (see ``Carry``)."""
         self.dirty = True
         self.empty_row = [NAN] * (4 * levels)
         self.row = self.empty_row
@@ -129,32 +156,42 @@ class PairSampler:
     def started(self) -> bool:
         return self.book is not None
 
+    def watch(self, stats: PairStats) -> None:
+        """Count the frames of one more wire name of the pair (``XBT/USD`` and ``BTC/USD``)."""
+        self.stats += (stats,)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(frames, failed checksums, latest frame time) over the watched wire names."""
+        frames = failed = 0
+        last = -NEVER
+        for stats in self.stats:
+            frames += stats.frames
+            failed += stats.checksums_failed
+            if stats.last_ns is not None and stats.last_ns > last:
+                last = stats.last_ns
+        return frames, failed, last
+
     # -- events ---------------------------------------------------------------------------------
 
-    def on_frame(self, outcome: Outcome, clock: int, book: Book | None) -> None:
-        """Account for a frame of the followed book, applied at ``clock`` (after ``catch_up``)."""
-        if outcome == Outcome.SNAPSHOT:
-            self.begin(book, clock)
-        if self.book is None:
-            return
-        self.updates += 1
-        self.summary.frames += 1
-        if outcome == Outcome.CHECKSUM_FAILED:
-            self.failures += 1
-            self.summary.checksum_failures += 1
-        self.last_frame = self.last_event = clock
-        self.dirty = True
+    def begin(self, book: Book | None, clock: int, counted: int) -> None:
+        """A snapshot or checkpoint: follow ``book``; the first one opens the grid.
 
-    def begin(self, book: Book | None, clock: int) -> None:
-        """A snapshot or checkpoint: follow ``book``; the first one opens the grid."""
+        ``counted`` is 1 when the event was a frame already counted in the stats (a snapshot):
+        it belongs to the first row.
+        """
         if self.book is None:
             self.next_t = -(-clock // self.every) * self.every
+            frames, failed, _ = self.counts()
+            self.mark_frames = self.first_frames = frames - counted
+            self.mark_failed = self.first_failed = failed
         self.book = book
+        self.last_event = clock
+        self.dirty = True
 
     def prepare(self, clock: int) -> None:
         """Before an event that may void the book: fix the row that pending grid times show."""
-        if self.next_t < clock and self.dirty:
-            self._build_row()
+        if self.next_t < clock:
+            self._refresh()
 
     def voided(self, clock: int) -> None:
         """The book was voided at ``clock`` (disconnect, new connection, resubscription)."""
@@ -173,38 +210,62 @@ class PairSampler:
         if t < self.start:
             # Grid times before --start pass unseen, and the counts of their frames with them:
             # the pending counts belong to row t, later skipped rows saw no frame.
-            self.updates = self.failures = 0
+            self.mark_frames, self.mark_failed, _ = self.counts()
+            self.zeroed = self.zeroed or "skip"
             t = min((limit - 1) // self.every * self.every, self.start - self.every) + self.every
             if t >= limit:
                 self.next_t = t
                 return
         n = (limit - 1 - t) // self.every + 1
-        if self.dirty:
-            self._build_row()
+        frames, failed, last = self.counts()
+        self._refresh()
         self.buffer.append(
             t,
             n,
             self.every,
             self.row,
             self.row_valid,
-            self.updates,
-            self.failures,
-            self.last_frame,
+            frames - self.mark_frames,
+            failed - self.mark_failed,
+            last,
         )
         self.summary.note_rows(t, n, self.every, self.row_valid)
-        self.updates = self.failures = 0
+        self.mark_frames, self.mark_failed = frames, failed
+        self.zeroed = self.zeroed or "row"
         self.next_t = t + n * self.every
 
     def finish(self, continues: bool) -> None:
         """Emit the last rows: up to the last book event, or to ``--end`` if the pair goes on."""
         if self.book is None:
             return
-        self.catch_up(self.end if continues else self.last_event + 1)
+        last = self.counts()[2]
+        self.catch_up(self.end if continues else max(last, self.last_event) + 1)
+        self._close()
+
+    def carry(self) -> Carry:
+        """End a chunk (its rows are all out): what stays pending for the next one."""
+        if self.book is None:
+            return Carry()
+        self._close()
+        frames, failed, _ = self.counts()
+        return Carry(frames - self.mark_frames, failed - self.mark_failed, self.zeroed)
+
+    def _close(self) -> None:
         self.buffer.flush()
+        frames, failed, _ = self.counts()
+        self.summary.frames = frames - self.first_frames
+        self.summary.checksum_failures = failed - self.first_failed
+
+    def _refresh(self) -> None:
+        """Rebuild the row if the book may have changed since it was built."""
+        frames = self.counts()[0]
+        if self.dirty or frames != self.built_frames:
+            self.dirty = False
+            self.built_frames = frames
+            self._build_row()
 
     def _build_row(self) -> None:
         book = self.book
-        self.dirty = False
         if book is None or not book.valid:
             self.row = self.empty_row
             self.row_valid = False

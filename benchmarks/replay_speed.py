@@ -1,0 +1,500 @@
+"""How fast replay runs, against the parse floor and a naive book; memory, recorder cost, cores.
+
+    /work/venv/bin/python benchmarks/replay_speed.py [--frames 1000000] [--repeat 3]
+        [--cache DIR] [--only e2e,book,floor,naive,memory,recorder,workers]
+
+Generates (once; cached under ``--cache``) two recordings with the simulator's seeded ``Market``,
+written the way the recorder writes them: per-pair streams of segments rotated every
+``--rotate`` seconds of receive time, each rotated segment opening with ``checkpoint`` lines,
+heartbeats and a flush every second, about 1,000 frames a second (exponential gaps):
+
+- ``single``: XBT/USD at depth 100, ``--frames`` updates;
+- ``multi``: four pairs at depth 100 sharing one connection, ``--frames`` updates in all.
+
+Then prints, as the median of ``--repeat`` runs, frames per second of: the end-to-end replay
+(segments -> books with every checksum verified -> 1 s snapshots -> Parquet), the book alone
+(decode + ``BookFeed``), the parse floor (zstd + line split + ``orjson.loads``, no book) and a
+deliberately naive book (dicts, ``sorted()`` per checksum, ``Decimal``, stdlib ``json``); the
+peak RSS of a replay (in a child process); the recorder's writing cost; and the speed-up of
+``workers=2`` over ``workers=1``. Not a test: figures drift 15-30% between runs on a shared
+machine, so compare the ratios printed within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import zstandard
+
+from kbook.feed import BookFeed
+from kbook.pairs import file_name
+from kbook.segment import SegmentReader, SegmentWriter, frame_line, is_json_text, meta_line
+from kbook.sim import Market
+
+SECOND = 1_000_000_000
+START_NS = 1_767_607_200 * SECOND
+"""2026-01-05T10:00:00Z: the recordings' first receive time."""
+DEPTH = 100
+SINGLE = ("XBT/USD",)
+MULTI = ("XBT/USD", "ETH/USD", "XDG/USD", "SOL/USD")
+CONNECTION_ID = 17_843_232_920_108_168_701
+FORMAT = 2
+"""Bump when the generated data changes, so stale caches are not reused."""
+
+
+# -- generating recordings ------------------------------------------------------------------------
+
+
+@dataclass
+class _Stream:
+    """One pair's segments as the recorder writes them: rotate, checkpoint, flush each second."""
+
+    root: Path
+    pair: str
+    market: Market
+    writer: SegmentWriter | None = None
+    boundary: int = 0
+
+    def open(self, now: int, start: int, head: list[bytes]) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(start // SECOND))
+        day = stamp[:4] + "-" + stamp[4:6] + "-" + stamp[6:8]
+        name = file_name(self.pair)
+        path = self.root / "raw" / name / day / f"{name}.{stamp}.jsonl.zst"
+        self.writer = SegmentWriter(path)
+        for line in head:
+            self.writer.write(line)
+
+    def checkpoint(self, now: int) -> bytes:
+        asks, bids = self.market.window()
+        record = {
+            "type": "checkpoint",
+            "pair": self.pair,
+            "channel": self.market.channel_name,
+            "asks": asks,
+            "bids": bids,
+            "checksum": self.market.checksum(),
+        }
+        return meta_line(now, record)
+
+    def close(self, now: int, reason: str) -> None:
+        assert self.writer is not None
+        self.writer.write(meta_line(now, {"type": "segment_end", "reason": reason}))
+        self.writer.close()
+        self.writer = None
+
+
+def generate(root: Path, pairs: tuple[str, ...], frames: int, rotate_s: int, seed: int) -> None:
+    """Write a recording of ``frames`` updates over ``pairs`` into ``root/raw``."""
+    rng = random.Random(seed)
+    now = START_NS
+    clock = [now / SECOND]
+    streams = [
+        _Stream(root, pair, Market(pair, DEPTH, seed, clock=lambda: clock[0])) for pair in pairs
+    ]
+    rotate = rotate_s * SECOND
+    seq = 0
+
+    def line(ns: int, text: str) -> bytes:
+        nonlocal seq
+        seq += 1
+        return frame_line(ns, seq - 1, text, is_json_text(text))
+
+    status = orjson.dumps(
+        {"connectionID": CONNECTION_ID, "event": "systemStatus", "status": "online"}
+    ).decode()
+    for stream in streams:
+        sub = {"event": "subscribe", "pair": [stream.pair], "subscription": {"name": "book"}}
+        ack = {
+            "channelID": 336,
+            "channelName": stream.market.channel_name,
+            "event": "subscriptionStatus",
+            "pair": stream.pair,
+            "status": "subscribed",
+            "subscription": {"depth": DEPTH, "name": "book"},
+        }
+        head = [
+            meta_line(now, {"type": "session_start", "kbook": "bench", "pair": stream.pair}),
+            meta_line(now, {"type": "connect", "url": "wss://ws.kraken.com"}),
+            line(now, status),
+            meta_line(now, {"type": "subscribe", "request": sub}),
+            line(now, orjson.dumps(ack).decode()),
+            line(now, stream.market.snapshot_frame(336)),
+        ]
+        stream.open(now, now, head)
+        stream.boundary = (now // rotate + 1) * rotate
+    next_second = (now // SECOND + 1) * SECOND
+    heartbeat = '{"event":"heartbeat"}'
+    for _ in range(frames):
+        now += 1 + int(rng.expovariate(1.0) * 1_000_000)  # about 1,000 frames a second
+        while now >= next_second:
+            for stream in streams:
+                assert stream.writer is not None
+                stream.writer.write(line(next_second, heartbeat))
+                stream.writer.flush(fsync=False)
+            next_second += SECOND
+        stream = streams[rng.randrange(len(streams))]
+        if now >= stream.boundary:
+            head = [stream.checkpoint(now)]
+            stream.close(now, "rotate")
+            stream.open(now, now - now % rotate, head)
+            stream.boundary = (now // rotate + 1) * rotate
+        clock[0] = now / SECOND
+        assert stream.writer is not None
+        stream.writer.write(line(now, stream.market.update_frame(336)))
+    for stream in streams:
+        stream.close(now, "stopped")
+
+
+def recording(cache: Path, kind: str, frames: int, rotate_s: int, seed: int) -> Path:
+    """The cached recording ``kind`` (``single`` or ``multi``), generated when missing."""
+    pairs = SINGLE if kind == "single" else MULTI
+    folder = cache / f"{kind}-{frames}-r{rotate_s}-s{seed}-v{FORMAT}"
+    if (folder / "done").exists():
+        return folder / "raw"
+    shutil.rmtree(folder, ignore_errors=True)
+    started = time.perf_counter()
+    generate(folder, pairs, frames, rotate_s, seed)
+    (folder / "done").write_text("ok\n")
+    print(f"  generated {kind}: {frames:,} frames in {time.perf_counter() - started:.1f} s")
+    return folder / "raw"
+
+
+def segments_of(raw: Path) -> list[Path]:
+    return sorted(raw.rglob("*.jsonl.zst"))
+
+
+# -- what is measured -----------------------------------------------------------------------------
+
+
+def chunks(path: Path) -> Iterator[list[bytes]]:
+    """Decompressed lines of a segment, a read buffer at a time (the floor's reader)."""
+    decompressor = zstandard.ZstdDecompressor()
+    with open(path, "rb") as fh:
+        reader = decompressor.stream_reader(fh, read_across_frames=True)
+        tail = b""
+        while block := reader.read(1 << 16):
+            lines = (tail + block).split(b"\n")
+            tail = lines.pop()
+            yield lines
+
+
+def parse_floor(raw: Path) -> int:
+    """zstd + line split + orjson.loads of every line; returns the lines parsed."""
+    loads = orjson.loads
+    count = 0
+    for path in segments_of(raw):
+        for lines in chunks(path):
+            for line in lines:
+                loads(line)
+            count += len(lines)
+    return count
+
+
+def book_only(raw: Path) -> int:
+    """Decode + ``BookFeed.on_message`` (as ``kbook verify`` does); returns the book frames."""
+    feed = BookFeed()
+    for path in segments_of(raw):
+        for record in SegmentReader(path):
+            recv_ns = record["recv_ns"]
+            if "msg" in record:
+                feed.on_message(record["msg"], recv_ns)
+            elif "meta" in record:
+                feed.on_meta(record["meta"], recv_ns)
+    return sum(stats.frames for stats in feed.stats.values())
+
+
+def hot_path(raw: Path) -> int:
+    """Raw lines -> ``LineFeed`` (replay's hot path), the rest -> ``BookFeed``; no sampling."""
+    from kbook.lines import LineFeed  # here: versions before the fast path have none
+
+    feed = BookFeed()
+    fast = LineFeed(feed)
+    routes = [fast.follow(pair, f"book-{DEPTH}") for pair in MULTI]
+    loads = orjson.loads
+    for path in segments_of(raw):
+        for _, lines in SegmentReader(path).batches():
+            index = fast.run(lines, 0)
+            while index < len(lines):
+                if lines[index]:
+                    record = loads(lines[index])
+                    fast.clock = max(fast.clock, record["recv_ns"])
+                    if "msg" in record:
+                        feed.on_message(record["msg"], fast.clock)
+                    elif "meta" in record:
+                        feed.on_meta(record["meta"], fast.clock)
+                    for route in routes:
+                        route.book = feed.books.get(route.key)
+                index = fast.run(lines, index + 1)
+    return sum(stats.frames for stats in feed.stats.values())
+
+
+class NaiveBook:
+    """The straightforward book: a dict per side, sorted on every read, Decimal zero test."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.asks: dict[Decimal, tuple[str, str]] = {}
+        self.bids: dict[Decimal, tuple[str, str]] = {}
+
+    def set(self, side: dict[Decimal, tuple[str, str]], level: list[str]) -> None:
+        if Decimal(level[1]) == 0:
+            side.pop(Decimal(level[0]), None)
+        else:
+            side[Decimal(level[0])] = (level[0], level[1])
+
+    def truncate(self) -> None:
+        for side, reverse in ((self.asks, False), (self.bids, True)):
+            for key in sorted(side, reverse=reverse)[self.depth :]:
+                del side[key]
+
+    def checksum(self) -> int:
+        def f(text: str) -> str:
+            return text.replace(".", "").lstrip("0")
+
+        asks = [self.asks[k] for k in sorted(self.asks)[:10]]
+        bids = [self.bids[k] for k in sorted(self.bids, reverse=True)[:10]]
+        return zlib.crc32("".join(f(p) + f(v) for p, v in asks + bids).encode())
+
+
+def naive(raw: Path, limit: int) -> int:
+    """The naive book over the first ``limit`` frames with stdlib json; returns frames applied."""
+    books: dict[tuple[str, str], NaiveBook] = {}
+    count = 0
+    for path in segments_of(raw):
+        for lines in chunks(path):
+            for line in lines:
+                record = json.loads(line)
+                msg = record.get("meta") or record.get("msg")
+                if isinstance(msg, dict) and msg.get("type") == "checkpoint":
+                    book = books[(msg["pair"], msg["channel"])] = NaiveBook(DEPTH)
+                    for level in msg["asks"]:
+                        book.set(book.asks, level)
+                    for level in msg["bids"]:
+                        book.set(book.bids, level)
+                if not isinstance(msg, list):
+                    continue
+                count += 1
+                key = (msg[-1], msg[-2])
+                if "as" in msg[1]:
+                    book = books[key] = NaiveBook(DEPTH)
+                    for level in msg[1]["as"]:
+                        book.set(book.asks, level)
+                    for level in msg[1]["bs"]:
+                        book.set(book.bids, level)
+                    continue
+                book = books[key]
+                for payload in msg[1:-2]:
+                    for level in payload.get("a", ()):
+                        book.set(book.asks, level)
+                    for level in payload.get("b", ()):
+                        book.set(book.bids, level)
+                book.truncate()
+                if book.checksum() != int(msg[-3]["c"]):
+                    raise AssertionError("naive book: checksum mismatch")
+                if count >= limit:
+                    return count
+    return count
+
+
+CHILD = """
+import json, resource, sys, time
+import replay
+def cpu(who=resource.RUSAGE_SELF):
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+started, cpu_started = time.perf_counter(), cpu()
+summary = replay.replay_to_dataset(sys.argv[1], sys.argv[2], every="1s", workers=int(sys.argv[3]))
+seconds, cpu_seconds = time.perf_counter() - started, cpu() - cpu_started
+pool_cpu = cpu(resource.RUSAGE_CHILDREN)
+frames = sum(p.frames for p in summary.pairs.values())
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pool = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"seconds": seconds, "cpu": cpu_seconds, "pool_cpu": pool_cpu, "frames": frames,
+                  "rss_kib": own, "pool_rss_kib": pool}))
+"""
+
+
+def replay_in_child(raw: Path, out: Path, workers: int) -> dict[str, Any]:
+    """An end-to-end replay in a fresh interpreter: its time, frames and peak RSS."""
+    shutil.rmtree(out, ignore_errors=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(raw), str(out), str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def recorder_cost(folder: Path, frames: int = 100_000) -> dict[str, float]:
+    """CPU seconds per 100k frames of the recorder's writing path (``frame_line`` of the text as
+    received, ``is_json_text``, ``SegmentWriter``, a flush each second of receive time), with
+    and without fsync; of its live book (decode once, ``BookFeed.on_message``); and the
+    compression ratio."""
+    clock = [START_NS / SECOND]
+    market = Market("XBT/USD", DEPTH, 11, clock=lambda: clock[0])
+    rng = random.Random(11)
+    now = START_NS
+    texts = [(now, market.snapshot_frame(336))]
+    for _ in range(frames):
+        now += 1 + int(rng.expovariate(1.0) * 1_000_000)
+        clock[0] = now / SECOND
+        texts.append((now, market.update_frame(336)))
+    figures = {}
+    for fsync in (True, False):
+        path = folder / f"recorder-{fsync}.jsonl.zst"
+        path.unlink(missing_ok=True)
+        began = time.process_time()
+        writer = SegmentWriter(path)
+        next_flush = (texts[0][0] // SECOND + 1) * SECOND
+        for seq, (recv_ns, text) in enumerate(texts):
+            if recv_ns >= next_flush:
+                writer.flush(fsync=fsync)
+                next_flush += SECOND
+            writer.write(frame_line(recv_ns, seq, text, is_json_text(text)))
+        writer.close()
+        figures["fsync" if fsync else "no fsync"] = (time.process_time() - began) * 1e5 / frames
+        figures["ratio"] = writer.bytes_in / path.stat().st_size
+    feed = BookFeed()
+    began = time.process_time()
+    for recv_ns, text in texts:
+        feed.on_message(orjson.loads(text), recv_ns)
+    figures["live book"] = (time.process_time() - began) * 1e5 / frames
+    assert feed.stats["XBT/USD"].checksums_ok == frames
+    return figures
+
+
+def median_rate(run: Callable[[], int], repeat: int) -> tuple[float, int]:
+    """(median items per CPU second, items) over ``repeat`` runs.
+
+    CPU time, not wall time: the machine is shared, and a single-threaded loop's CPU time does
+    not count the time other processes held the core.
+    """
+    rates = []
+    items = 0
+    for _ in range(repeat):
+        started = time.process_time()
+        items = run()
+        rates.append(items / (time.process_time() - started))
+    return statistics.median(rates), items
+
+
+def same_dataset(a: Path, b: Path) -> bool:
+    """True when two snapshot datasets hold byte-identical Parquet files under the same names."""
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*.parquet"))
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*.parquet"))
+    if files_a != files_b:
+        return False
+    return all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+
+
+def rows_of(out: Path) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in out.rglob("*.parquet"))
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rotate", type=int, default=60, help="segment length, seconds")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--naive-frames", type=int, default=200_000)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "kbook-bench")
+    parser.add_argument("--only", default="e2e,book,floor,naive,memory,recorder,workers")
+    args = parser.parse_args()
+    wanted = set(args.only.split(","))
+    args.cache.mkdir(parents=True, exist_ok=True)
+    single = recording(args.cache, "single", args.frames, args.rotate, args.seed)
+    multi = recording(args.cache, "multi", args.frames, args.rotate, args.seed)
+    size = sum(p.stat().st_size for p in segments_of(single))
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(
+        f"data: {args.frames:,} updates, depth {DEPTH}; single pair in "
+        f"{len(segments_of(single))} segments ({size / 1e6:.1f} MB), "
+        f"{len(MULTI)} pairs in {len(segments_of(multi))} segments"
+    )
+    work = Path(tempfile.mkdtemp(prefix="kbook-bench-out-"))
+    e2e = floor = None
+    try:
+        if "e2e" in wanted or "memory" in wanted:
+            runs = [replay_in_child(single, work / "e2e", 1) for _ in range(args.repeat)]
+            e2e = statistics.median(r["frames"] / r["cpu"] for r in runs)
+            wall = statistics.median(r["frames"] / r["seconds"] for r in runs)
+            rss = max(r["rss_kib"] for r in runs) / 1024
+            print(
+                f"end to end (1 worker, 1 s grid, Parquet): {e2e:,.0f} frames per CPU second "
+                f"({wall:,.0f} frames/s wall)"
+            )
+            print(f"peak RSS of that replay: {rss:,.0f} MB")
+        if "book" in wanted:
+            rate, _ = median_rate(lambda: book_only(single), args.repeat)
+            print(f"book alone (decode + BookFeed.on_message): {rate:,.0f} frames/s")
+            try:
+                rate, _ = median_rate(lambda: hot_path(single), args.repeat)
+                print(f"replay's hot path alone (raw lines -> LineFeed): {rate:,.0f} frames/s")
+            except (ImportError, AttributeError):
+                print("replay's hot path alone: not in this version of kbook")
+        if "floor" in wanted:
+            floor, _ = median_rate(lambda: parse_floor(single), args.repeat)
+            print(f"parse floor (zstd + split + orjson.loads): {floor:,.0f} lines/s")
+            if e2e is not None:
+                print(f"  end to end / floor: {e2e / floor:.2f}")
+        if "naive" in wanted:
+            rate, n = median_rate(lambda: naive(single, args.naive_frames), 1)
+            print(f"naive book (json, dict + sorted, Decimal), {n:,} frames: {rate:,.0f} frames/s")
+            if e2e is not None:
+                print(f"  end to end / naive: {e2e / rate:.1f}x")
+        if "recorder" in wanted:
+            cost = recorder_cost(work)
+            print(
+                f"recorder writing path: {cost['fsync']:.2f} CPU s per 100k frames with fsync "
+                f"({cost['fsync'] / 100:.2%} of a core at 1,000 frames/s), "
+                f"{cost['no fsync']:.2f} without; compression {cost['ratio']:.1f}x; its live "
+                f"book {cost['live book']:.2f} CPU s per 100k frames"
+            )
+        if "workers" in wanted:
+            for name, raw in (("single pair", single), (f"{len(MULTI)} pairs", multi)):
+                runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+                for _ in range(args.repeat):  # alternate, so that load drifts hit both alike
+                    for workers in (1, 2):
+                        runs[workers].append(replay_in_child(raw, work / f"w{workers}", workers))
+                t1 = statistics.median(r["seconds"] for r in runs[1])
+                t2 = statistics.median(r["seconds"] for r in runs[2])
+                best = min(r["seconds"] for r in runs[1]) / min(r["seconds"] for r in runs[2])
+                cpu1 = statistics.median(r["cpu"] for r in runs[1])
+                cpu2 = statistics.median(r["cpu"] + r["pool_cpu"] for r in runs[2])
+                identical = same_dataset(work / "w1", work / "w2")
+                print(
+                    f"{name}: workers=1 {t1:.2f} s, workers=2 {t2:.2f} s (medians), speed-up "
+                    f"{t1 / t2:.2f}x (best runs {best:.2f}x); CPU {cpu1:.2f} s for one worker, "
+                    f"{cpu2:.2f} s in all processes for two ({cpu2 / cpu1 - 1:+.0%}); "
+                    f"identical Parquet: {identical}, rows {rows_of(work / 'w2')}; peak RSS "
+                    f"{max(r['rss_kib'] for r in runs[2]) / 1024:.0f} MB here and "
+                    f"{max(r['pool_rss_kib'] for r in runs[2]) / 1024:.0f} MB in the worker"
+                )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

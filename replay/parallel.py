@@ -1,0 +1,259 @@
+"""Running the planned streams: in this process, or on a process pool, whole or in chunks.
+
+With one worker every stream runs here, whole, its rows going straight to their place. With
+several, the work is cut into units of about the same size so that every core is busy to the end:
+a stream small enough is one unit; a larger one is cut into chunks (``replay.chunks``) when its
+segments allow it. ``share`` runs the units on a pool of ``workers - 1`` processes and in this
+process at once, largest first. A whole stream's rows go straight to their place (in-memory
+batches, or the dataset's Parquet files); a chunk's rows wait (in memory, or in a ``Spool`` file
+beside the dataset) until every chunk of its stream is done, and are then joined and stitched
+here, in stream order, into exactly what one run would have written.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from queue import Empty, SimpleQueue
+from threading import Thread
+from typing import TypeVar
+
+import pyarrow as pa
+
+from replay.chunks import CHUNKS_PER_WORKER, Spool, Stitcher, join, plan_chunks, read_spool
+from replay.columns import row_group_rows
+from replay.engine import Chunk, ChunkResult, SinkFactory, StreamReplay, StreamResult
+from replay.options import ReplayOptions
+from replay.parquet import DatasetWriter
+from replay.plan import Stream
+
+Tick = Callable[[int], None]
+Rows = dict[str, list[pa.Table]] | list[Path] | dict[str, Path]
+"""A unit's rows: batches per pair (in memory), Parquet files written, or spool files per pair."""
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+Done = Callable[[int, Result], None]
+SPOOL = ".chunks"
+"""Folder inside the dataset's temporary folder where chunks' rows wait for the join."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One piece of work: a whole stream, or one chunk of a stream cut in several."""
+
+    stream: int
+    """Index of the stream in the plan."""
+    chunk: Chunk
+    whole: bool
+    folder: Path | None
+    """The dataset's temporary folder, or None for in-memory batches."""
+
+    @property
+    def size(self) -> int:
+        return self.chunk.stream.size if self.whole else self.chunk.size
+
+
+def run_streams(
+    streams: list[Stream],
+    options: ReplayOptions,
+    folder: Path | None,
+    tick: Tick,
+    pool: Executor | None,
+) -> list[tuple[StreamResult, Rows]]:
+    """Replay every stream; one ``(result, rows)`` per stream, in the streams' order."""
+    try:
+        return _run_streams(streams, options, folder, tick, pool)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder / SPOOL, ignore_errors=True)
+
+
+def _run_streams(
+    streams: list[Stream],
+    options: ReplayOptions,
+    folder: Path | None,
+    tick: Tick,
+    pool: Executor | None,
+) -> list[tuple[StreamResult, Rows]]:
+    if pool is None:
+        units = [_whole(index, stream, folder) for index, stream in enumerate(streams)]
+        return [_finish(work(unit, options, tick)) for unit in units]
+    total = sum(stream.size for stream in streams)
+    target = max(options.min_chunk_bytes, total // (CHUNKS_PER_WORKER * options.workers))
+    plans = [plan_chunks(stream, options, target) for stream in streams]
+    units = []
+    for index, (stream, chunks) in enumerate(zip(streams, plans, strict=True)):
+        if len(chunks) == 1:
+            units.append(_whole(index, stream, folder))
+        else:
+            units += [Unit(index, chunk, False, folder) for chunk in chunks]
+            skipped = stream.size - sum(chunk.size for chunk in chunks)
+            tick(skipped)  # segments outside --start/--end: nothing to read
+    if len(units) < 2:
+        return [_finish(work(unit, options, tick)) for unit in units]
+    units.sort(key=lambda unit: unit.size, reverse=True)
+    pieces: dict[int, dict[int, tuple[ChunkResult, Rows]]] = {}
+    outcomes: dict[int, tuple[StreamResult, Rows]] = {}
+
+    def done(index: int, outcome: tuple[ChunkResult, Rows]) -> None:
+        unit = units[index]
+        tick(unit.size)
+        if unit.whole:
+            outcomes[unit.stream] = _finish(outcome)
+            return
+        parts = pieces.setdefault(unit.stream, {})
+        parts[unit.chunk.number] = outcome
+        chunks = plans[unit.stream]
+        if len(parts) == len(chunks):
+            ordered = [parts[number] for number in range(len(chunks))]
+            outcomes[unit.stream] = _join(unit.stream, chunks, ordered, options, folder)
+
+    share(pool, options.workers - 1, partial(work, options=options), units, done)
+    return [outcomes[index] for index in range(len(streams))]
+
+
+def share(
+    pool: Executor,
+    slots: int,
+    fn: Callable[[Item], Result],
+    items: Sequence[Item],
+    done: Done[Result],
+) -> None:
+    """Run ``fn`` on every item, on ``pool`` (``slots`` workers) and in this process at once.
+
+    The pool takes items from the front, one per worker at a time (a thread per worker hands
+    them over), and this process takes them from the back, so nobody idles while others work,
+    and a pool of ``workers - 1`` keeps ``workers`` cores busy. ``done(index, result)`` is
+    called in this thread, for every item, as results come.
+    """
+    todo = deque(enumerate(items))
+    finished: SimpleQueue[tuple[int, Result | None, BaseException | None]] = SimpleQueue()
+
+    def hand_over() -> None:
+        while True:
+            try:
+                index, item = todo.popleft()
+            except IndexError:
+                return
+            try:
+                finished.put((index, pool.submit(fn, item).result(), None))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
+                finished.put((index, None, exc))
+                return
+
+    threads = [Thread(target=hand_over, daemon=True) for _ in range(slots)]
+    for thread in threads:
+        thread.start()
+    count = 0
+    try:
+        while count < len(items):
+            try:
+                index, item = todo.pop()
+            except IndexError:
+                index = -1
+            if index >= 0:
+                done(index, fn(item))
+                count += 1
+            while count < len(items):
+                try:
+                    # Wait only when nothing is left to do here.
+                    other, result, error = finished.get(block=index < 0)
+                except Empty:
+                    break
+                if error is not None:
+                    raise error
+                done(other, result)  # type: ignore[arg-type]
+                count += 1
+                if index < 0:
+                    break
+    finally:
+        todo.clear()  # on an error, hand nothing more over (the pool's exit waits for the rest)
+    for thread in threads:
+        thread.join()
+
+
+def work(unit: Unit, options: ReplayOptions, tick: Tick | None = None) -> tuple[ChunkResult, Rows]:
+    """Replay one unit (in a worker process, or here); its rows go where ``unit`` says."""
+    if unit.folder is None:
+        batches: dict[str, list[pa.Table]] = {}
+
+        def sinks(pair: str) -> Callable[[pa.Table], None]:
+            return batches.setdefault(pair, []).append
+
+        return _run(unit, options, sinks, tick), batches
+    writer: DatasetWriter | Spool
+    if unit.whole:
+        writer = DatasetWriter(unit.folder, options.levels)
+    else:
+        name = f"{unit.stream}-{unit.chunk.number}"
+        writer = Spool(unit.folder / SPOOL / name, options.levels)
+    try:
+        done = _run(unit, options, writer.sink, tick)
+    finally:
+        writer.close()
+    return done, writer.files
+
+
+def _run(unit: Unit, options: ReplayOptions, sinks: SinkFactory, tick: Tick | None) -> ChunkResult:
+    replay = StreamReplay(unit.chunk.stream, options, sinks)
+    if unit.whole:
+        return ChunkResult(replay.run(tick))
+    return replay.run_chunk(unit.chunk, tick)
+
+
+def _whole(index: int, stream: Stream, folder: Path | None) -> Unit:
+    return Unit(index, Chunk(stream, 0, len(stream.segments)), True, folder)
+
+
+def _finish(outcome: tuple[ChunkResult, Rows]) -> tuple[StreamResult, Rows]:
+    return outcome[0].result, outcome[1]
+
+
+def _join(
+    index: int,
+    chunks: list[Chunk],
+    parts: list[tuple[ChunkResult, Rows]],
+    options: ReplayOptions,
+    folder: Path | None,
+) -> tuple[StreamResult, Rows]:
+    """Join a cut stream's chunks; replay it whole here when a boundary does not hold."""
+    joined = join(chunks, [part[0] for part in parts], options.every_ns)
+    if folder is not None:
+        spools = [folder / SPOOL / f"{index}-{chunk.number}" for chunk in chunks]
+    if joined is None:
+        if folder is not None:
+            for spool in spools:
+                shutil.rmtree(spool, ignore_errors=True)
+        return _finish(work(_whole(index, chunks[0].stream, folder), options))
+    capacity = row_group_rows(options.levels)
+    pairs = sorted(chunks[0].stream.channels)
+    if folder is None:
+        batches: dict[str, list[pa.Table]] = {}
+        for pair in pairs:
+            stitcher = Stitcher(capacity, batches.setdefault(pair, []).append)
+            for number, (_done, rows) in enumerate(parts):
+                for order, table in enumerate(rows.get(pair, [])):  # type: ignore[union-attr]
+                    stitcher.add(table, joined.patches.get((pair, number)) if order == 0 else None)
+            stitcher.flush()
+        return joined.result, {pair: tables for pair, tables in batches.items() if tables}
+    writer = DatasetWriter(folder, options.levels)
+    try:
+        for pair in pairs:
+            stitcher = Stitcher(capacity, writer.sink(pair))
+            for number, (_done, rows) in enumerate(parts):
+                path = rows.get(pair)  # type: ignore[union-attr]
+                if path is None:
+                    continue
+                for order, table in enumerate(read_spool(path)):
+                    stitcher.add(table, joined.patches.get((pair, number)) if order == 0 else None)
+            stitcher.flush()
+    finally:
+        writer.close()
+    for spool in spools:
+        shutil.rmtree(spool, ignore_errors=True)
+    return joined.result, writer.files
