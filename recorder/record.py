@@ -4,7 +4,7 @@
 configured duration, or a failure it cannot ride out. Everything happens in the calling thread:
 
     connect (with backoff) -> subscribe all pairs in one request -> read loop:
-        receive a frame -> stamp it (time.time_ns) -> number it -> write it verbatim to its pair's
+        receive a frame -> stamp it (``_now``) -> number it -> write it verbatim to its pair's
         stream (control frames without a pair: every stream) -> feed the live book -> act on it
         (resync on a checksum mismatch, alias retry, ...) -> every tick: flush, rotate, status
 
@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import orjson
@@ -55,9 +56,16 @@ def decode_frame(text: str) -> tuple[Any, bool]:
 class Recorder:
     """Records one configured run; ``run`` once, ``stop`` from anywhere."""
 
-    def __init__(self, config: RecordConfig, stderr: TextIO | None = None) -> None:
-        """``stderr`` takes the status lines and warnings (default: ``sys.stderr`` as it is now)."""
+    def __init__(
+        self,
+        config: RecordConfig,
+        stderr: TextIO | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        """``stderr`` takes the status lines and warnings (default: ``sys.stderr`` as it is now);
+        ``clock`` is the wall clock that stamps ``recv_ns`` (a seam for tests of clock steps)."""
         self.config = config
+        self.clock = clock
         self.run_id = uuid.uuid4().hex
         self.feed = BookFeed()
         self.subs = Subscriptions(
@@ -89,6 +97,8 @@ class Recorder:
         self._ran = False
         self._deadline_mono: int | None = None
         self._last_flush_mono = 0
+        self._latest_ns = 0
+        self._clock_behind = False
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -107,7 +117,7 @@ class Recorder:
         if self._ran:
             raise RuntimeError("a Recorder runs once; make a new one")
         self._ran = True
-        started_ns = time.time_ns()
+        started_ns = self._now()
         start_mono = time.monotonic_ns()
         if self.config.duration_ns is not None:
             self._deadline_mono = start_mono + self.config.duration_ns
@@ -119,7 +129,7 @@ class Recorder:
             self._close_after_error()
             raise
         else:
-            self.streams.close(time.time_ns(), self._stop_reason)
+            self.streams.close(self._now(), self._stop_reason)
         finally:
             lock.release()
         return self._summary(started_ns)
@@ -199,7 +209,7 @@ class Recorder:
                 self._check_deadline()
                 text = conn.recv(self.config.tick_ns)
                 if text is not None:
-                    self._on_frame(conn, text, time.time_ns())
+                    self._on_frame(conn, text, self._now())
                 self._housekeeping(conn)
         except Dropped as exc:
             return str(exc)
@@ -218,15 +228,39 @@ class Recorder:
         while time.monotonic_ns() < deadline and conn.readable(0):
             text = conn.recv(self.config.tick_ns)
             if text is not None:
-                self._on_frame(conn, text, time.time_ns())
+                self._on_frame(conn, text, self._now())
 
     def _disconnected(self, reason: str) -> None:
         """Books are void until new snapshots; the reason goes into every stream."""
         self.reconnects += 1
-        self.feed.connection_lost(time.time_ns())
+        self.feed.connection_lost(self._now())
         self.subs.on_disconnect()
         self._meta({"type": "disconnect", "reason": reason})
         self.reporter.note(f"disconnected: {reason}; reconnecting")
+
+    def _now(self) -> int:
+        """The wall clock for a stamp, never behind a stamp already given in this run.
+
+        Readers take segments in the order of their first receive time, and rotation follows the
+        stamps, so a wall clock stepped back (NTP, an operator) would otherwise put the segments
+        opened after the step before the ones written just earlier. While the clock is behind,
+        stamps hold at the latest time given (replay reads times that way anyway); the step is
+        logged once as a ``clock_step`` meta line with how far back the clock went.
+        """
+        now = self.clock()
+        if now >= self._latest_ns:
+            self._latest_ns = now
+            self._clock_behind = False
+            return now
+        if not self._clock_behind:
+            self._clock_behind = True
+            step = {"type": "clock_step", "wall_ns": now, "behind_ns": self._latest_ns - now}
+            self.streams.write(self._latest_ns, meta_line(self._latest_ns, step))
+            self.reporter.note(
+                f"the wall clock stepped back {(self._latest_ns - now) / 1e9:.3f} s; "
+                "receive times hold until it catches up"
+            )
+        return self._latest_ns
 
     # -- frames ---------------------------------------------------------------------------------
 
@@ -283,7 +317,7 @@ class Recorder:
             if sub.state is State.SUBSCRIBED:
                 stream.commit()
             elif sub.state is State.FAILED:
-                stream.close(time.time_ns(), "subscribe failed")
+                stream.close(self._now(), "subscribe failed")
         if self.subs.all_failed:
             reasons = "; ".join(f"{pair}: {why}" for pair, why in self.subs.failed.items())
             raise RecordError(f"no pair could be subscribed ({reasons})")
@@ -294,7 +328,7 @@ class Recorder:
         """Between frames: due requests, rotation when idle, the flush timer, the status line."""
         now_mono = time.monotonic_ns()
         self._act(conn, self.subs.tick(now_mono))
-        self.streams.rotate_if_due(time.time_ns())
+        self.streams.rotate_if_due(self._now())
         if now_mono - self._last_flush_mono >= self.config.flush_interval_ns:
             self.streams.flush()
             self._last_flush_mono = now_mono
@@ -323,7 +357,7 @@ class Recorder:
                 self.reporter.note(action.note)
 
     def _meta(self, meta: dict[str, Any], targets: tuple[str, ...] | None = None) -> None:
-        now_ns = time.time_ns()
+        now_ns = self._now()
         self.streams.write(now_ns, meta_line(now_ns, meta), targets)
 
     def _checkpoints(self, pair: str) -> list[dict[str, Any]]:
@@ -362,14 +396,14 @@ class Recorder:
     def _close_after_error(self) -> None:
         """Close what can be closed; the error being raised matters more than a second one."""
         with contextlib.suppress(OutputError):
-            self.streams.close(time.time_ns(), "error")
+            self.streams.close(self._now(), "error")
 
     def _summary(self, started_ns: int) -> RecordSummary:
         stats = self.feed.stats.values()
         return RecordSummary(
             run_id=self.run_id,
             started_ns=started_ns,
-            ended_ns=time.time_ns(),
+            ended_ns=self._now(),
             stop_reason=self._stop_reason,
             frames=self.frames,
             reconnects=self.reconnects,

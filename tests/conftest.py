@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -43,3 +44,13 @@ def simulator() -> Iterator[Simulator]:
     """A started Kraken v1 simulator (default ``SimulatorConfig``) on 127.0.0.1, a free port."""
     with Simulator() as sim:
         yield sim
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List the reliability drills' summaries (``drill_support.REPORTS``) at the end of a run."""
+    drills = sys.modules.get("drill_support")
+    reports = getattr(drills, "REPORTS", [])
+    if reports:
+        terminalreporter.section("reliability drills")
+        for summary in reports:
+            terminalreporter.write_line(summary.line())

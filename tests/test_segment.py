@@ -79,7 +79,8 @@ def test_every_flushed_line_survives_a_cut_at_any_byte(tmp_path: Path) -> None:
         must_have = max((n for size, n in flushed_counts if size <= cut), default=0)
         assert len(got) >= must_have
         assert all(r["msg"][-1] == "XBT/USD" for r in got)
-        if cut < len(data):
+        if cut < len(data) and cut not in {size for size, _ in flushed_counts}:
+            # (a cut right at a flush is a shorter segment, as a kill right after a flush leaves)
             assert reader.problems, f"cut at {cut} not reported"
 
 
