@@ -439,7 +439,20 @@ def watch(
     levels: Annotated[
         int | None, typer.Option(help="Levels per side to show [default: the depth, at most 10].")
     ] = None,
-    url: Annotated[str, typer.Option(help="Kraken WebSocket v1 address.")] = "wss://ws.kraken.com",
+    api: Annotated[
+        str | None,
+        typer.Option(
+            help="Kraken WebSocket API: v1 or v2 [default: v1; with --from, the API of the first "
+            "recorded book of PAIR]."
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Kraken WebSocket address [default: wss://ws.kraken.com, or "
+            "wss://ws.kraken.com/v2 with --api v2]."
+        ),
+    ] = None,
     sources: Annotated[
         list[Path] | None,
         typer.Option(
@@ -460,7 +473,13 @@ def watch(
     from kbook.watch import WatchOptions, run_watch
 
     options = WatchOptions(
-        pair=pair, depth=depth, levels=levels, url=url, paths=tuple(sources or ()), speed=speed
+        pair=pair,
+        depth=depth,
+        levels=levels,
+        url=url,
+        api=api,
+        paths=tuple(sources or ()),
+        speed=speed,
     )
     try:
         summary = run_watch(options, sys.stdout)
