@@ -114,7 +114,16 @@ def record(
     out: Annotated[
         Path, typer.Option(help="Output folder; segments go to OUT/raw/PAIR/DATE/.")
     ] = Path("data"),
-    url: Annotated[str, typer.Option(help="Kraken WebSocket v1 address.")] = "wss://ws.kraken.com",
+    api: Annotated[
+        str, typer.Option(help="Kraken WebSocket API: v1 or v2 (one API per run).")
+    ] = "v1",
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Kraken WebSocket address [default: wss://ws.kraken.com, or "
+            "wss://ws.kraken.com/v2 with --api v2]."
+        ),
+    ] = None,
     duration: Annotated[
         str | None, typer.Option(help="Stop cleanly after this long (e.g. 55m, 1h, 7d).")
     ] = None,
@@ -142,6 +151,7 @@ def record(
         depth=depth,
         out=out,
         url=url,
+        api=api,
         duration_ns=parse_duration(duration) if duration is not None else None,
         rotate_ns=parse_duration(rotate),
         max_segment_bytes=round(max_segment_mb * 1e6) if max_segment_mb is not None else None,
@@ -429,7 +439,20 @@ def watch(
     levels: Annotated[
         int | None, typer.Option(help="Levels per side to show [default: the depth, at most 10].")
     ] = None,
-    url: Annotated[str, typer.Option(help="Kraken WebSocket v1 address.")] = "wss://ws.kraken.com",
+    api: Annotated[
+        str | None,
+        typer.Option(
+            help="Kraken WebSocket API: v1 or v2 [default: v1; with --from, the API of the first "
+            "recorded book of PAIR]."
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Kraken WebSocket address [default: wss://ws.kraken.com, or "
+            "wss://ws.kraken.com/v2 with --api v2]."
+        ),
+    ] = None,
     sources: Annotated[
         list[Path] | None,
         typer.Option(
@@ -450,7 +473,13 @@ def watch(
     from kbook.watch import WatchOptions, run_watch
 
     options = WatchOptions(
-        pair=pair, depth=depth, levels=levels, url=url, paths=tuple(sources or ()), speed=speed
+        pair=pair,
+        depth=depth,
+        levels=levels,
+        url=url,
+        api=api,
+        paths=tuple(sources or ()),
+        speed=speed,
     )
     try:
         summary = run_watch(options, sys.stdout)

@@ -9,6 +9,8 @@ same job with the guarantees of the recorder. Three parts, one module each:
 - ``kbook.watch_sources``: what drives a ``Watcher``. ``LiveSource`` is the recorder's connection
   handling (its ``Connection``, ``Subscriptions`` and ``Backoff``) without the files, so reconnects,
   resyncs and the BTC/XBT alias behave as when recording; ``ReplaySource`` plays segments.
+- Kraken's WebSocket v1 or v2: the ``Watcher`` and the live source read and write frames through
+  the recorder's ``recorder.dialect``; a replay shows segments of one API (never both in one book).
 - ``kbook.watch_view``: pure functions from ``(book, status)`` to a rich renderable or plain text.
 - Displays (here): ``RichDisplay`` redraws a ``rich.live.Live`` in place (4 times a second);
   ``PlainDisplay`` prints a plain text block once a second when stdout is not a terminal.
@@ -32,12 +34,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from kbook.book import Book
 from kbook.errors import UsageError
 from kbook.feed import BookFeed, Outcome
-from kbook.pairs import parse_pair
+from kbook.pairs import file_name, parse_pair
 from kbook.segment import Problem, find_segments
+from kbook.v2 import segment_api
+from kbook.verify import stream_name
 from kbook.watch_sources import Event, LiveSource, ReplaySource, find_book
 from kbook.watch_view import WatchStatus, render_rich, render_text
-from recorder.config import DEFAULT_URL, DEPTHS, RecordConfig
-from recorder.subscriptions import spellings
+from recorder.config import DEPTHS, RecordConfig
+from recorder.dialect import API_V1, APIS, dialect_for, spellings
 
 if TYPE_CHECKING:
     from rich.live import Live
@@ -68,15 +72,18 @@ class Watcher:
         display: Display,
         source: str,
         channel: str | None = None,
+        api: str = API_V1,
     ) -> None:
         """``channel``: show only ``book-N`` (default: the first book channel of the pair seen).
-        Frames under any v1 spelling of ``pair`` count (``BTC/USD`` and ``XBT/USD``)."""
+        ``api``: the frames are Kraken WebSocket ``v1`` or ``v2``. Frames under any spelling of
+        ``pair`` count (``BTC/USD`` and ``XBT/USD``; v2 only ever says ``BTC/USD``)."""
         self.pair = pair
+        self.dialect = dialect_for(api)
         self.names = frozenset(spellings(pair))
         self.display = display
         self.source = source
         self.channel = channel
-        self.feed = BookFeed()
+        self.feed: BookFeed = self.dialect.feed()
         self.frames = 0
         self.connections = 0
         self.connection = "starting"
@@ -99,18 +106,22 @@ class Watcher:
         self._clock_ns = max(self._clock_ns, recv_ns)
         if self._loss_pending:
             self._lost()
-        if type(msg) is dict:
-            if msg.get("event") == "subscriptionStatus" and msg.get("pair") in self.names:
+        book = self.dialect.book_frame(msg, self.feed)
+        if book is None:
+            if type(msg) is not dict:
+                return Outcome.OTHER_CHANNEL
+            answer = self.dialect.answer(msg)
+            if answer is not None and answer.name in self.names:
                 self._failed_pending = False  # a (re)subscribe is under way or done
             return self.feed.on_message(msg, recv_ns)
-        if not self._wanted(msg):
+        if not self._wanted(*book):
             return Outcome.OTHER_CHANNEL
         self.frames += 1
         self._recent.append(recv_ns)
         self._last_update_ns = recv_ns
         outcome = self.feed.on_message(msg, recv_ns)
         if outcome is Outcome.SNAPSHOT:
-            self._key = (msg[-1], msg[-2])
+            self._key = self.feed.last_key
             self._ever_valid = True
             self._failed_pending = False
         elif outcome is Outcome.CHECKSUM_FAILED:
@@ -214,14 +225,12 @@ class Watcher:
             note_ns=self._note_ns,
         )
 
-    def _wanted(self, msg: Any) -> bool:
-        """A book data frame of this pair (and of the chosen channel, once there is one)."""
-        if type(msg) is not list or len(msg) < 4 or msg[-1] not in self.names:
+    def _wanted(self, pair: str, channel: str | None) -> bool:
+        """A book data frame of this pair (and of the chosen channel, once there is one; a v2
+        frame whose depth no answer or checkpoint has told yet counts)."""
+        if pair not in self.names:
             return False
-        channel = msg[-2]
-        if type(channel) is not str or not channel.startswith("book-"):
-            return False
-        return self.channel is None or channel == self.channel
+        return self.channel is None or channel is None or channel == self.channel
 
 
 # -- displays -------------------------------------------------------------------------------------
@@ -281,7 +290,10 @@ class WatchOptions:
     """Subscribed depth live (default 10); in a replay, the recorded channel to show."""
     levels: int | None = None
     """Rows per side (default: the depth, at most 10)."""
-    url: str = DEFAULT_URL
+    url: str | None = None
+    """Kraken's address; None: the one of the API (``wss://ws.kraken.com[/v2]``)."""
+    api: str | None = None
+    """``v1`` or ``v2``; None: v1 live, and in a replay the API of the pair's first recorded book."""
     paths: tuple[Path, ...] = ()
     """``--from``: segments or folders to replay instead of connecting."""
     speed: float = 1.0
@@ -298,7 +310,11 @@ class WatchOptions:
                 f"--levels {self.levels} must be between 1 and the depth ({most}); "
                 "raise --depth to see more"
             )
-        if not self.url.startswith(("ws://", "wss://")):
+        if self.api is not None and self.api not in APIS:
+            raise UsageError(f"--api {self.api!r} is not one of {', '.join(APIS)}")
+        if self.url is None:
+            object.__setattr__(self, "url", dialect_for(self.api or API_V1).url)
+        if not str(self.url).startswith(("ws://", "wss://")):
             raise UsageError(f"--url {self.url!r} is not a ws:// or wss:// address")
         if not self.speed >= 0 or math.isinf(self.speed):
             raise UsageError(f"--speed {self.speed} must be a number >= 0 (0: as fast as possible)")
@@ -330,23 +346,37 @@ class WatchSummary:
 
 def live_config(options: WatchOptions, **timings: Any) -> RecordConfig:
     """The ``RecordConfig`` whose connection settings a live watch uses (``timings`` for tests)."""
-    return replace(
-        RecordConfig(pairs=(options.pair,), depth=options.depth or 10, url=options.url), **timings
+    config = RecordConfig(
+        pairs=(options.pair,),
+        depth=options.depth or 10,
+        url=options.url,
+        api=options.api or API_V1,
     )
+    return replace(config, **timings)
 
 
 def run_watch(options: WatchOptions, stdout: TextIO) -> WatchSummary:
     """Show the book until Ctrl+C (live) or the end of the recording (``--from``)."""
     replay: ReplaySource | None = None
     channel = f"book-{options.depth}" if options.depth else None
+    api = options.api or API_V1
+    skipped: list[Problem] = []
     if options.paths:
         files = find_segments(options.paths)
-        channel = find_book(files, options.pair, channel)
+        channel, api = find_book(files, options.pair, channel, options.api)
+        apis = {path: segment_api(path) for path in files}
+        # The other API's segments of the pair are a different feed: a book never mixes them.
+        skipped = [
+            Problem(path, 0, f"skipped: Kraken WebSocket {other}, not {api} (--api {other})")
+            for path, other in apis.items()
+            if other != api and stream_name(path) == file_name(options.pair)
+        ]
+        files = [path for path in files if apis[path] == api]
         replay = ReplaySource(files, math.inf if options.speed == 0 else options.speed)
     ended = "stopped"
     with open_display(stdout, options.shown_levels) as display:
-        source = "replay" if replay else options.url
-        watcher = Watcher(options.pair, display, source, channel)
+        source = "replay" if replay else str(options.url)
+        watcher = Watcher(options.pair, display, source, channel, api)
         try:
             if replay is not None:
                 replay.run(watcher)
@@ -369,7 +399,7 @@ def run_watch(options: WatchOptions, stdout: TextIO) -> WatchSummary:
         checksums_failed=status.checksums_failed,
         reconnects=status.reconnects,
         ended=ended,
-        problems=tuple(replay.problems) if replay else (),
+        problems=tuple(skipped) + (tuple(replay.problems) if replay else ()),
     )
 
 

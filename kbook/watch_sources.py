@@ -10,7 +10,9 @@ unsubscribe/subscribe after a checksum mismatch and the BTC/XBT alias retry beha
 recording. ``Recorder`` itself is not reused: its loop writes every frame and meta line to segment
 streams and holds the output lock; the logic shared with it lives in those three objects.
 
-``ReplaySource`` plays segments (``find_segments`` order) at recorded pace times ``speed``.
+``ReplaySource`` plays segments (``find_segments`` order) at recorded pace times ``speed``, each
+decoded as its API needs (``kbook.v2.RecordReader``). Both speak v1 or v2 through the recorder's
+``recorder.dialect``.
 """
 
 from __future__ import annotations
@@ -18,20 +20,21 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
 from kbook.errors import InputError, KbookError
 from kbook.feed import Outcome
-from kbook.segment import Problem, SegmentReader
+from kbook.segment import Problem
+from kbook.v2 import API_V2, RecordReader, V2BookFeed
 from recorder.backoff import Backoff
 from recorder.config import RecordConfig
 from recorder.connection import ConnectFailed, Connection, Dropped
-from recorder.subscriptions import Action, Subscriptions, spellings
+from recorder.dialect import NOT_JSON, dialect_for, spellings
+from recorder.subscriptions import Action, Subscriptions
 
 SECOND = 1_000_000_000
 MS = 1_000_000
@@ -79,12 +82,14 @@ class LiveSource:
     def __init__(self, config: RecordConfig) -> None:
         self.config = config
         self.pair: str = config.pairs[0]
+        self.dialect = dialect_for(config.api)
         self.subs = Subscriptions(
             config.pairs,
             config.depth,
             subscribe_timeout_ns=config.subscribe_timeout_ns,
             resubscribe_interval_ns=config.resubscribe_interval_ns,
             rate_limit_delay_ns=config.rate_limit_delay_ns,
+            dialect=self.dialect,
         )
         self.backoff = Backoff(
             immediate=config.immediate_retries,
@@ -134,10 +139,11 @@ class LiveSource:
             sink.tick(time.time_ns())
             try:
                 conn = Connection(
-                    config.url,
+                    str(config.url),
                     connect_timeout_ns=config.connect_timeout_ns,
                     stall_timeout_ns=config.stall_timeout_ns,
                     ping_interval_ns=config.ping_interval_ns,
+                    ping=self.dialect.ping,
                 )
             except ConnectFailed as exc:
                 self._failures += 1
@@ -171,23 +177,23 @@ class LiveSource:
         return None
 
     def _on_frame(self, conn: Connection, text: str, recv_ns: int, sink: Sink) -> None:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
+        msg, _is_json = self.dialect.decode(text)
+        if msg is NOT_JSON:
             sink.event(Event.NOTE, f"a frame that is not JSON: {text[:40]!r}")
             return
         outcome = sink.frame(msg, recv_ns)
         if outcome is Outcome.SNAPSHOT:
             self.backoff.healthy()
-        elif outcome in (Outcome.CHECKSUM_FAILED, Outcome.MALFORMED) and type(msg) is list:
-            # A malformed update leaves the book void too; only a new snapshot repairs it.
-            self.subs.on_checksum_failed(msg[-1], time.monotonic_ns())
+        elif self.dialect.is_book(msg):
+            if outcome in (Outcome.CHECKSUM_FAILED, Outcome.MALFORMED):
+                # A malformed update leaves the book void too; only a new snapshot repairs it.
+                self.subs.on_checksum_failed(self.dialect.route(msg), time.monotonic_ns())
         elif type(msg) is dict:
             self._on_control(conn, msg, sink)
 
     def _on_control(self, conn: Connection, msg: dict[str, Any], sink: Sink) -> None:
-        if msg.get("event") == "systemStatus":
-            status = msg.get("status")
+        status = self.dialect.system_status(msg)
+        if status is not None:
             self._maintenance = status != "online"
             if self._maintenance:
                 sink.event(Event.NOTE, f"Kraken reports system status {status!r}")
@@ -200,7 +206,7 @@ class LiveSource:
         for action in actions:
             if action.send is not None:
                 conn.send(action.send)
-                if action.send.get("event") == "unsubscribe":
+                if action.resync:
                     sink.event(Event.RESYNC)
             for text in (action.warning, action.note):
                 if text is not None:
@@ -260,7 +266,7 @@ class ReplaySource:
         pacer = Pacer(self.speed)
         for index, path in enumerate(self.files, start=1):
             sink.event(Event.POSITION, self._position(index))
-            reader = SegmentReader(path)
+            reader = RecordReader(path)
             for record in reader:
                 recv_ns = record.get("recv_ns")
                 if type(recv_ns) is not int:
@@ -285,28 +291,50 @@ class ReplaySource:
             sink.tick(pacer.recorded_now(time.monotonic_ns()))
 
 
-def find_book(files: list[Path], pair: str, channel: str | None) -> str:
-    """The channel of the first book data of the pair in ``files``; ``InputError`` if none.
+def find_book(
+    files: list[Path], pair: str, channel: str | None, api: str | None = None
+) -> tuple[str, str]:
+    """``(channel, api)`` of the first book data of the pair in ``files`` (of ``api`` if given);
+    ``InputError`` if none.
 
-    Reads only until the pair's first frame or checkpoint, so a normal recording costs one line;
-    a recording without the pair is read through to list what it does hold.
+    Reads only until the pair's first frame or checkpoint, so a normal recording costs one line
+    (a v2 one a few: its book frames do not say their depth, the subscribe answer before them
+    does); a recording without the pair is read through to list what it does hold.
     """
     names = frozenset(spellings(pair))
     seen: set[str] = set()
     for path in files:
-        for record in SegmentReader(path):
-            msg, meta = record.get("msg"), record.get("meta")
-            if type(msg) is list and len(msg) >= 4 and all(type(x) is str for x in msg[-2:]):
-                wire, name = msg[-1], msg[-2]
-            elif type(meta) is dict and meta.get("type") == "checkpoint":
-                wire, name = str(meta.get("pair")), str(meta.get("channel"))
-            else:
-                continue
+        reader = RecordReader(path)
+        file_api = str(reader.api)
+        tag = " (v2)" if file_api == API_V2 else ""
+        for wire, name in _books(reader):
             if not name.startswith("book-"):
                 continue
-            if wire in names and (channel is None or name == channel):
-                return name
-            seen.add(f"{wire} {name}")
-    wanted = f"{pair} {channel}" if channel else f"{pair} book"
+            wanted = channel is None or name == channel
+            if wire in names and wanted and (api is None or file_api == api):
+                return name, file_api
+            seen.add(f"{wire} {name}{tag}")
+    wanted_book = f"{pair} {channel}" if channel else f"{pair} book"
+    if api is not None:
+        wanted_book += f" ({api})"
     found = ", ".join(sorted(seen)) or "no book data at all"
-    raise InputError(f"the recording holds no {wanted} (it holds: {found})")
+    raise InputError(f"the recording holds no {wanted_book} (it holds: {found})")
+
+
+def _books(reader: RecordReader) -> Iterator[tuple[str, str]]:
+    """``(pair on the wire, channel)`` of each book data frame and checkpoint in a segment."""
+    feed = V2BookFeed() if reader.api == API_V2 else None
+    for record in reader:
+        msg, meta = record.get("msg"), record.get("meta")
+        if type(meta) is dict and meta.get("type") == "checkpoint":
+            if feed is not None:
+                feed.on_meta(meta, 0)  # it tells the depth of the snapshots that follow
+            yield str(meta.get("pair")), str(meta.get("channel"))
+        elif feed is not None:
+            # v2: the feed knows the book a frame belongs to once it has applied it.
+            feed.last_key = None
+            feed.on_message(msg, 0)
+            if type(msg) is dict and msg.get("channel") == "book" and feed.last_key is not None:
+                yield feed.last_key
+        elif type(msg) is list and len(msg) >= 4 and all(type(x) is str for x in msg[-2:]):
+            yield msg[-1], msg[-2]

@@ -12,13 +12,15 @@ from typing import Any
 
 from kbook.errors import UsageError
 from kbook.pairs import file_name, parse_pair
+from recorder.dialect import APIS, V1_URL, dialect_for
 
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
 DEPTHS = (10, 25, 100, 500, 1000)
-"""The depths Kraken v1 accepts for the book channel."""
-DEFAULT_URL = "wss://ws.kraken.com"
+"""The depths Kraken accepts for the book channel (v1 and v2 alike)."""
+DEFAULT_URL = V1_URL
+"""The v1 address; ``kbook.v2.V2_URL`` for v2 (``RecordConfig`` picks by ``api``)."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,8 @@ class RecordConfig:
     """Pairs as the user wrote them (``BTC/USD``, ``eth-usd``); normalised and de-duplicated."""
     depth: int = 10
     out: Path = Path("data")
-    url: str = DEFAULT_URL
+    url: str | None = None
+    """Kraken's WebSocket address; None: the one of ``api`` (``wss://ws.kraken.com[/v2]``)."""
     duration_ns: int | None = None
     """Stop cleanly after this long; None records until stopped."""
     rotate_ns: int = HOUR
@@ -62,17 +65,23 @@ class RecordConfig:
     quiet: bool = False
     arguments: tuple[str, ...] = field(default=())
     """The command line, kept in ``session_start`` for provenance."""
+    api: str = "v1"
+    """Kraken's WebSocket API: ``v1`` or ``v2`` (``recorder.dialect``)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "pairs", _normalise_pairs(self.pairs))
         set_(self, "out", Path(self.out))
+        if self.api not in APIS:
+            raise UsageError(f"--api {self.api!r} is not one of {', '.join(APIS)}")
+        if self.url is None:
+            set_(self, "url", dialect_for(self.api).url)
         if self.depth not in DEPTHS:
             raise UsageError(
                 f"--depth {self.depth} is not one Kraken offers; use one of "
                 + ", ".join(map(str, DEPTHS))
             )
-        if not self.url.startswith(("ws://", "wss://")):
+        if not str(self.url).startswith(("ws://", "wss://")):
             raise UsageError(f"--url {self.url!r} is not a ws:// or wss:// address")
         if self.rotate_ns < SECOND:
             raise UsageError("--rotate must be at least 1s")
@@ -86,6 +95,7 @@ class RecordConfig:
     def describe(self) -> dict[str, Any]:
         """The settings as plain JSON data, for ``session_start``."""
         return {
+            "api": self.api,
             "pairs": list(self.pairs),
             "depth": self.depth,
             "out": str(self.out),

@@ -6,19 +6,24 @@ and notice a stop request between frames. A timeout in the middle of a frame is 
 keeps the partial header and payload and resumes on the next call.
 
 Keep-alive (``shared/kraken/README.md`` section 1): Kraken closes a connection that has been idle
-for about a minute, so a ``ping`` event is sent when nothing has been sent for ``ping_interval_ns``;
-and since Kraken sends a heartbeat about once a second, a connection that delivers no frame at all
-for ``stall_timeout_ns`` is declared dead (``Dropped``) rather than waited on forever.
+for about a minute, so a ping (``ping``: the API's request, v1's by default) is sent when nothing
+has been sent for ``ping_interval_ns``; and since Kraken sends a heartbeat about once a second
+(v1 ``{"event":"heartbeat"}``, v2 ``{"channel":"heartbeat"}``: any frame counts), a connection that
+delivers no frame at all for ``stall_timeout_ns`` is declared dead (``Dropped``) rather than
+waited on forever.
 """
 
 from __future__ import annotations
 
 import select
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import websocket
+
+from recorder.dialect import Dialect
 
 SECOND = 1_000_000_000
 
@@ -40,10 +45,13 @@ class Connection:
         connect_timeout_ns: int = 10 * SECOND,
         stall_timeout_ns: int = 10 * SECOND,
         ping_interval_ns: int = 30 * SECOND,
+        ping: Callable[[int], dict[str, Any]] | None = None,
     ) -> None:
+        """``ping`` builds the keep-alive request for a request id (default: v1's ping event)."""
         self.url = url
         self.stall_timeout_ns = stall_timeout_ns
         self.ping_interval_ns = ping_interval_ns
+        self._ping = ping or Dialect().ping
         # UTF-8 is checked by our own decode (with replacement), so a bad byte costs one
         # character rather than the whole connection.
         self._ws = websocket.WebSocket(skip_utf8_validation=True)
@@ -76,7 +84,7 @@ class Connection:
             raise Dropped(f"stalled: no frame for {(now - self.last_recv_mono) / SECOND:.1f} s")
         if now - self.last_send_mono >= self.ping_interval_ns:
             self._ping_reqid += 1
-            self.send({"event": "ping", "reqid": self._ping_reqid})
+            self.send(self._ping(self._ping_reqid))
         self._ws.settimeout(max(timeout_ns, 1_000_000) / SECOND)
         try:
             opcode, data = self._ws.recv_data()

@@ -1,8 +1,12 @@
-"""One recorder per output folder and pair set: an ``flock`` on ``<out>/.kbook-record.<pairs>.lock``.
+"""One recorder per output folder, pair set and API: an ``flock`` on
+``<out>/.kbook-record.<pairs>.lock`` (v1) or ``<out>/.kbook-record.v2.<pairs>.lock`` (v2).
 
 Two recorders writing the same pairs into the same folder would interleave segments and double the
-connections to Kraken; cron makes that easy (a run that outlives its slot). ``flock`` is released by
-the kernel when the process dies, even by ``kill -9``, so a stale lock file never blocks a restart.
+connections to Kraken; cron makes that easy (a run that outlives its slot). A v1 and a v2 recorder
+of one pair are two different feeds: their segments share the pair's folder under distinct names,
+and readers keep the APIs apart (``kbook.v2.segment_api``), so they may run side by side.
+``flock`` is released by the kernel when the process dies, even by ``kill -9``, so a stale lock
+file never blocks a restart.
 """
 
 from __future__ import annotations
@@ -15,17 +19,18 @@ from kbook.errors import OutputError, RecordError
 from kbook.pairs import file_name
 
 
-def lock_path(out: Path, pairs: tuple[str, ...]) -> Path:
-    """The lock file for ``pairs`` (any order, any spelling) under ``out``."""
+def lock_path(out: Path, pairs: tuple[str, ...], api: str = "v1") -> Path:
+    """The lock file for ``pairs`` (any order, any spelling) of ``api`` under ``out``."""
     names = sorted({file_name(pair) for pair in pairs})
-    return out / f".kbook-record.{'+'.join(names)}.lock"
+    prefix = "" if api == "v1" else f"{api}."  # v1's name is the one older recorders take
+    return out / f".kbook-record.{prefix}{'+'.join(names)}.lock"
 
 
 class OutputLock:
     """An exclusive, non-blocking lock; ``acquire`` raises ``RecordError`` if another run holds it."""
 
-    def __init__(self, out: Path, pairs: tuple[str, ...]) -> None:
-        self.path = lock_path(out, pairs)
+    def __init__(self, out: Path, pairs: tuple[str, ...], api: str = "v1") -> None:
+        self.path = lock_path(out, pairs, api)
         self._fd: int | None = None
 
     def acquire(self) -> OutputLock:

@@ -8,6 +8,10 @@ configured duration, or a failure it cannot ride out. Everything happens in the 
         stream (control frames without a pair: every stream) -> feed the live book -> act on it
         (resync on a checksum mismatch, alias retry, ...) -> every tick: flush, rotate, status
 
+Kraken's WebSocket v1 or v2 (``RecordConfig.api``): the loop is the same, and what differs (frame
+shapes, requests, number decoding) is asked of the run's ``recorder.dialect.Dialect``. A run
+records one API; its segments say which in ``session_start`` and in every ``checkpoint``.
+
 Errors: ``UsageError`` from the config; ``RecordError`` when nothing can be recorded (lock held,
 every pair refused, retry budget spent); ``OutputError`` when the disk fails. In every case the
 segments written so far are closed as well as the disk allows and stay readable.
@@ -24,33 +28,28 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TextIO
 
-import orjson
-
 from kbook import __version__
 from kbook.errors import OutputError, RecordError
-from kbook.feed import BookFeed, Outcome
+from kbook.feed import Outcome
 from kbook.segment import frame_line, meta_line
 from recorder.backoff import Backoff
 from recorder.config import RecordConfig, RecordSummary
 from recorder.connection import ConnectFailed, Connection, Dropped
+from recorder.dialect import Dialect, dialect_for
 from recorder.lock import OutputLock
 from recorder.segments import SegmentStreams
 from recorder.status import Reporter
 from recorder.subscriptions import Action, State, Subscriptions
 
-_NOT_JSON = object()
+_V1 = Dialect()
 
 
 def decode_frame(text: str) -> tuple[Any, bool]:
-    """``(decoded frame or _NOT_JSON, is_json)``, parsing once.
+    """A v1 frame: ``(decoded frame or NOT_JSON, is_json)``, parsing once (``Dialect.decode``).
 
     ``is_json`` is exactly ``kbook.segment.is_json_text(text)``: JSON without a newline.
     """
-    try:
-        msg = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return _NOT_JSON, False
-    return msg, "\n" not in text
+    return _V1.decode(text)
 
 
 class Recorder:
@@ -67,13 +66,15 @@ class Recorder:
         self.config = config
         self.clock = clock
         self.run_id = uuid.uuid4().hex
-        self.feed = BookFeed()
+        self.dialect = dialect_for(config.api)
+        self.feed = self.dialect.feed()
         self.subs = Subscriptions(
             config.pairs,
             config.depth,
             subscribe_timeout_ns=config.subscribe_timeout_ns,
             resubscribe_interval_ns=config.resubscribe_interval_ns,
             rate_limit_delay_ns=config.rate_limit_delay_ns,
+            dialect=self.dialect,
         )
         self.streams = SegmentStreams(
             config.out, config.pairs, config.rotate_ns, config.max_segment_bytes, self._checkpoints
@@ -121,7 +122,7 @@ class Recorder:
         start_mono = time.monotonic_ns()
         if self.config.duration_ns is not None:
             self._deadline_mono = start_mono + self.config.duration_ns
-        lock = OutputLock(self.config.out, self.config.pairs).acquire()
+        lock = OutputLock(self.config.out, self.config.pairs, self.config.api).acquire()
         try:
             self._session_start(started_ns)
             self._record()
@@ -155,10 +156,11 @@ class Recorder:
                     return None
             try:
                 conn = Connection(
-                    self.config.url,
+                    str(self.config.url),
                     connect_timeout_ns=self.config.connect_timeout_ns,
                     stall_timeout_ns=self.config.stall_timeout_ns,
                     ping_interval_ns=self.config.ping_interval_ns,
+                    ping=self.dialect.ping,
                 )
             except ConnectFailed as exc:
                 self._connect_failures += 1
@@ -267,33 +269,29 @@ class Recorder:
     def _on_frame(self, conn: Connection, text: str, recv_ns: int) -> None:
         seq = self.frames
         self.frames += 1
-        msg, is_json = decode_frame(text)
+        msg, is_json = self.dialect.decode(text)
         self.streams.write(recv_ns, frame_line(recv_ns, seq, text, is_json), self._targets(msg))
-        if type(msg) is list:
+        if self.dialect.is_book(msg):
             self._on_data(msg, seq, recv_ns)
         elif type(msg) is dict:
             self._on_control(conn, msg, recv_ns)
 
     def _targets(self, msg: Any) -> tuple[str, ...] | None:
-        """The streams a frame goes to: its pair's, or every stream when it has none we know."""
-        if type(msg) is list and msg:
-            pair = self.subs.pair_for(msg[-1])
-        elif type(msg) is dict and msg.get("status") != "error":
-            pair = self.subs.pair_for(msg.get("pair"))
-        else:
-            pair = None  # a refusal is kept in every stream: the refused pair has none
+        """The streams a frame goes to: its pair's, or every stream when it has none we know
+        (a refusal is kept in every stream: the refused pair has none)."""
+        pair = self.subs.pair_for(self.dialect.route(msg))
         return (pair,) if pair is not None else None
 
-    def _on_data(self, msg: list[Any], seq: int, recv_ns: int) -> None:
+    def _on_data(self, msg: Any, seq: int, recv_ns: int) -> None:
         outcome = self.feed.on_message(msg, recv_ns)
         if outcome is Outcome.SNAPSHOT:
             self.backoff.healthy()
         elif outcome is Outcome.CHECKSUM_FAILED:
-            pair_name, channel = msg[-1], msg[-2]
-            book = self.feed.books.get((pair_name, channel))
+            pair_name, channel, expected = self.dialect.mismatch(msg, self.feed)
+            book = self.feed.books.get((pair_name, channel)) if channel is not None else None
             meta = {"type": "checksum_mismatch", "pair": pair_name, "channel": channel}
             meta["frame_seq"] = seq
-            meta["expected"] = int(msg[-3]["c"])
+            meta["expected"] = expected
             meta["computed"] = book.checksum() if book is not None else None
             pair = self.subs.pair_for(pair_name)
             self._meta(meta, (pair,) if pair else None)
@@ -301,13 +299,13 @@ class Recorder:
 
     def _on_control(self, conn: Connection, msg: dict[str, Any], recv_ns: int) -> None:
         self.feed.on_message(msg, recv_ns)
-        if msg.get("event") == "systemStatus":
-            status = msg.get("status")
+        status = self.dialect.system_status(msg)
+        if status is not None:
             self._maintenance = status != "online"
             if self._maintenance:
                 self.reporter.note(f"Kraken reports system status {status!r}")
         self._act(conn, self.subs.on_control(msg, time.monotonic_ns()))
-        if msg.get("event") == "subscriptionStatus":
+        if self.dialect.answer(msg) is not None:
             self._settle_streams()
 
     def _settle_streams(self) -> None:
@@ -368,6 +366,7 @@ class Recorder:
                 records.append(
                     {
                         "type": "checkpoint",
+                        "api": self.config.api,
                         "pair": name,
                         "channel": channel,
                         "asks": book.top_asks(book.depth),
@@ -384,7 +383,7 @@ class Recorder:
             meta = {
                 "type": "session_start",
                 "kbook": __version__,
-                "api": "v1",
+                "api": self.config.api,
                 "run_id": self.run_id,
                 "pair": pair,
                 "arguments": list(self.config.arguments),

@@ -1,20 +1,22 @@
 """Which pairs are subscribed, under which name, and what to send next: a state machine, no I/O.
 
-Kraken v1 quirks it handles (``shared/kraken/README.md`` sections 1 and 4):
+Kraken quirks it handles (``shared/kraken/README.md`` sections 1, 4 and 5):
 
-- ``BTC/USD`` may be echoed as ``BTC/USD`` or ``XBT/USD``, or refused; a refused pair is retried
+- v1 may echo ``BTC/USD`` as ``BTC/USD`` or ``XBT/USD``, or refuse it; a refused pair is retried
   once under its other v1 spelling (``kbook.pairs.v1_alias``) and the retry is logged as an
-  ``alias`` meta line. Every spelling routes to the stream of the pair the user asked for.
+  ``alias`` meta line. Every spelling routes to the stream of the pair the user asked for. v2
+  knows only ``BTC/USD`` (``kbook.pairs.common_name``): no retry.
 - After a checksum mismatch the pair is unsubscribed, then subscribed again once the unsubscribe is
   answered, to get a fresh snapshot (a bare re-subscribe is refused as ``Already subscribed``).
   This happens once per desync and never more often than ``resubscribe_interval_ns`` per pair:
   resubscribe storms trip ``Exceeded msg rate``.
-- ``Exceeded msg rate`` (an ``error`` event) refused the requests in flight: they are sent again
-  after ``rate_limit_delay_ns``. A request that gets no answer at all is sent again after
-  ``subscribe_timeout_ns``.
+- ``Exceeded msg rate`` (v1: an ``error`` event; v2: a failed answer) refused the requests in
+  flight: they are sent again after ``rate_limit_delay_ns``. A request that gets no answer at all
+  is sent again after ``subscribe_timeout_ns``.
 
 Each method returns ``Action`` values that the recorder carries out: requests to send, meta lines
-to write, warnings to print. Times are ``time.monotonic_ns()`` values.
+to write, warnings to print. Times are ``time.monotonic_ns()`` values. Requests are built and
+answers read by the run's ``recorder.dialect.Dialect``, so the machine is the same for both APIs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,18 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from kbook.pairs import common_name, v1_alias
+from recorder.dialect import (
+    OTHER,
+    REFUSED,
+    REJECTED,
+    SUBSCRIBED,
+    UNSUBSCRIBED,
+    Answer,
+    Dialect,
+    spellings,
+)
+
+__all__ = ["Action", "PairSubscription", "State", "Subscriptions", "spellings"]
 
 SECOND = 1_000_000_000
 
@@ -52,6 +65,8 @@ class Action:
     """Printed even when quiet: something the user must fix."""
     note: str | None = None
     """Printed unless quiet: something worth knowing."""
+    resync: bool = False
+    """``send`` is the unsubscribe that starts a resync."""
 
 
 @dataclass
@@ -60,7 +75,7 @@ class PairSubscription:
 
     pair: str
     names: tuple[str, ...]
-    """Spellings to try, in order: as asked, then Kraken's other v1 name."""
+    """Spellings to try, in order: as asked, then Kraken's other v1 name (v2: one name)."""
     name_index: int = 0
     state: State = State.PENDING
     wire: str | None = None
@@ -78,12 +93,6 @@ class PairSubscription:
         return self.names[self.name_index]
 
 
-def spellings(pair: str) -> tuple[str, ...]:
-    """Every v1 spelling of ``pair``, the user's first: ``BTC/USD`` -> (``BTC/USD``, ``XBT/USD``)."""
-    names = [pair, v1_alias(pair), common_name(pair)]
-    return tuple(dict.fromkeys(name for name in names if name))
-
-
 @dataclass
 class Subscriptions:
     """The subscriptions of one recorder run, across connections."""
@@ -93,13 +102,17 @@ class Subscriptions:
     subscribe_timeout_ns: int = 10 * SECOND
     resubscribe_interval_ns: int = 5 * SECOND
     rate_limit_delay_ns: int = 5 * SECOND
+    dialect: Dialect = field(default_factory=Dialect)
+    """The API spoken (v1 by default)."""
     subs: dict[str, PairSubscription] = field(init=False)
     route: dict[str, str] = field(init=False)
     """Any spelling Kraken may use -> the user's pair."""
     _reqid: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self.subs = {pair: PairSubscription(pair, spellings(pair)) for pair in self.pairs}
+        self.subs = {
+            pair: PairSubscription(pair, self.dialect.spellings(pair)) for pair in self.pairs
+        }
         self.route = {name: sub.pair for sub in self.subs.values() for name in sub.names}
 
     # -- queries --------------------------------------------------------------------------------
@@ -141,15 +154,16 @@ class Subscriptions:
     # -- Kraken's answers -----------------------------------------------------------------------
 
     def on_control(self, msg: dict[str, Any], now_ns: int) -> list[Action]:
-        """Apply a control frame (``subscriptionStatus``, ``error``); others change nothing."""
-        event = msg.get("event")
-        if event == "subscriptionStatus":
-            return self._on_status(msg, now_ns)
-        if event == "error" or "Error" in msg:
-            return self._on_error(msg, now_ns)
-        return []
+        """Apply a control frame (an (un)subscribe answer, a refused request); others change
+        nothing."""
+        answer = self.dialect.answer(msg)
+        if answer is None or answer.kind == OTHER:
+            return []
+        if answer.kind == REJECTED:
+            return self._on_error(now_ns)
+        return self._on_answer(answer, now_ns)
 
-    def on_checksum_failed(self, pair_name: str, now_ns: int) -> None:
+    def on_checksum_failed(self, pair_name: Any, now_ns: int) -> None:
         """Schedule a resync of the pair of ``pair_name``, paced."""
         pair = self.pair_for(pair_name)
         if pair is None:
@@ -180,23 +194,22 @@ class Subscriptions:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _on_status(self, msg: dict[str, Any], now_ns: int) -> list[Action]:
-        name = msg.get("pair")
-        pair = self.pair_for(name)
+    def _on_answer(self, answer: Answer, now_ns: int) -> list[Action]:
+        pair = self.pair_for(answer.name)
         if pair is None:
             return []
         sub = self.subs[pair]
-        status = msg.get("status")
-        if status == "subscribed":
+        kind = answer.kind
+        if kind == SUBSCRIBED:
             sub.state = State.SUBSCRIBED
-            sub.wire = name
+            sub.wire = answer.name
             sub.subscribed_once = True
             sub.error = None
             return []
-        if status == "unsubscribed":
+        if kind == UNSUBSCRIBED:
             return self._subscribe([sub], now_ns) if sub.state is State.UNSUBSCRIBING else []
-        if status == "error":
-            return self._on_refused(sub, str(msg.get("errorMessage", "refused")), now_ns)
+        if kind == REFUSED:
+            return self._on_refused(sub, answer.reason or "refused", now_ns)
         return []
 
     def _on_refused(self, sub: PairSubscription, reason: str, now_ns: int) -> list[Action]:
@@ -226,7 +239,7 @@ class Subscriptions:
         warning = f"{sub.pair}: cannot subscribe: {reason}"
         return [Action(meta=meta, targets=None, warning=warning)]
 
-    def _on_error(self, msg: dict[str, Any], now_ns: int) -> list[Action]:
+    def _on_error(self, now_ns: int) -> list[Action]:
         """``Exceeded msg rate`` and the like: whatever was in flight was not done."""
         retry_at = now_ns + self.rate_limit_delay_ns
         for sub in self.subs.values():
@@ -248,18 +261,10 @@ class Subscriptions:
         self._reqid += 1
         return self._reqid
 
-    def _request(self, event: str, names: list[str]) -> dict[str, Any]:
-        return {
-            "event": event,
-            "pair": names,
-            "subscription": {"name": "book", "depth": self.depth},
-            "reqid": self._next_reqid(),
-        }
-
     def _subscribe(self, subs: list[PairSubscription], now_ns: int) -> list[Action]:
         if not subs:
             return []
-        request = self._request("subscribe", [sub.name for sub in subs])
+        request = self.dialect.subscribe([sub.name for sub in subs], self.depth, self._next_reqid())
         for sub in subs:
             sub.state = State.SENT
             sub.sent_ns = now_ns
@@ -268,10 +273,10 @@ class Subscriptions:
         return [Action(send=request, meta=meta, targets=tuple(sub.pair for sub in subs))]
 
     def _unsubscribe(self, sub: PairSubscription, now_ns: int) -> list[Action]:
-        request = self._request("unsubscribe", [sub.name])
+        request = self.dialect.unsubscribe([sub.name], self.depth, self._next_reqid())
         sub.state = State.UNSUBSCRIBING
         sub.sent_ns = now_ns
         sub.last_resync_ns = now_ns
         sub.resync_at_ns = None
         meta = {"type": "resubscribe", "pair": sub.pair, "name": sub.name, "request": request}
-        return [Action(send=request, meta=meta, targets=(sub.pair,))]
+        return [Action(send=request, meta=meta, targets=(sub.pair,), resync=True)]

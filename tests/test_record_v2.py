@@ -1,0 +1,357 @@
+"""The recorder speaking Kraken WebSocket v2: its pure parts, then runs against the simulator's v2
+on 127.0.0.1 (every frame kept byte for byte, faults survived, segments that say they are v2)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from record_support import (
+    SECOND,
+    Background,
+    Output,
+    fast_config,
+    match_connections,
+    read_output,
+    updates_on,
+)
+
+from kbook.errors import RecordError, UsageError
+from kbook.segment import PARTIAL_SUFFIX
+from kbook.sim import Simulator, SimulatorConfig
+from kbook.v2 import V2_URL, segment_api
+from kbook.verify import verify_paths
+from recorder import RecordConfig
+from recorder.dialect import NOT_JSON, V2Dialect
+from recorder.lock import lock_path
+from recorder.subscriptions import State, Subscriptions
+
+PAIRS = ("BTC/USD", "ETH/USD")
+LEVEL_TEXT = re.compile(r"\d+\.\d+")
+
+
+# -- the pure parts ---------------------------------------------------------------------------
+
+
+def ack(symbol: str | None, method: str = "subscribe", error: str | None = None) -> dict[str, Any]:
+    """A v2 answer as Kraken words it (``kbook.sim.protocol_v2``)."""
+    if error is None:
+        return {
+            "method": method,
+            "result": {"channel": "book", "depth": 10, "symbol": symbol},
+            "success": True,
+            "req_id": 1,
+        }
+    answer: dict[str, Any] = {"error": error, "method": method, "success": False, "req_id": 1}
+    if symbol is not None:
+        answer["symbol"] = symbol
+    return answer
+
+
+def v2_subs(*pairs: str) -> Subscriptions:
+    return Subscriptions(pairs, 10, rate_limit_delay_ns=300, dialect=V2Dialect())
+
+
+def test_v2_subscribe_names_every_symbol_by_its_common_name() -> None:
+    subs = v2_subs("XBT/USD", "XDG/USD", "ETH/USD")
+    [action] = subs.on_connect(0)
+    assert action.send == {
+        "method": "subscribe",
+        "params": {
+            "channel": "book",
+            "symbol": ["BTC/USD", "DOGE/USD", "ETH/USD"],
+            "depth": 10,
+            "snapshot": True,
+        },
+        "req_id": 1,
+    }
+    assert subs.on_control(ack("BTC/USD"), 1) == []
+    assert subs.subs["XBT/USD"].state is State.SUBSCRIBED
+    assert subs.pair_for("BTC/USD") == "XBT/USD"
+
+
+def test_v2_refusal_is_final_without_an_alias_retry() -> None:
+    subs = v2_subs("FOO/USD", "ETH/USD")
+    subs.on_connect(0)
+    [action] = subs.on_control(ack("FOO/USD", error="Currency pair not supported FOO/USD"), 1)
+    assert action.send is None
+    assert action.meta == {
+        "type": "subscribe_error",
+        "pair": "FOO/USD",
+        "tried": ["FOO/USD"],
+        "reason": "Currency pair not supported FOO/USD",
+    }
+    assert subs.failed == {"FOO/USD": "Currency pair not supported FOO/USD"}
+    assert subs.subs["ETH/USD"].state is State.SENT
+
+
+def test_v2_rate_limit_retries_the_request_later() -> None:
+    subs = v2_subs("BTC/USD")
+    subs.on_connect(0)
+    assert subs.on_control(ack(None, error="Exceeded msg rate"), 10) == []
+    assert subs.subs["BTC/USD"].state is State.PENDING
+    assert subs.tick(309) == []
+    [retry] = subs.tick(310)
+    assert retry.send is not None
+    assert retry.send["params"]["symbol"] == ["BTC/USD"]
+
+
+def test_v2_resync_unsubscribes_then_subscribes() -> None:
+    subs = v2_subs("BTC/USD")
+    subs.on_connect(0)
+    subs.on_control(ack("BTC/USD"), 1)
+    subs.on_checksum_failed("BTC/USD", 2)
+    [unsubscribe] = subs.tick(2)
+    assert unsubscribe.resync
+    assert unsubscribe.send is not None
+    assert unsubscribe.send["method"] == "unsubscribe"
+    assert unsubscribe.send["params"]["symbol"] == ["BTC/USD"]
+    assert "snapshot" not in unsubscribe.send["params"]
+    [subscribe] = subs.on_control(ack("BTC/USD", method="unsubscribe"), 3)
+    assert subscribe.send is not None
+    assert subscribe.send["method"] == "subscribe"
+    assert not subscribe.resync
+    # "Already subscribed" means Kraken still streams the symbol: force a fresh snapshot.
+    subs.on_control(ack("BTC/USD", error="Already subscribed"), 4)
+    assert subs.subs["BTC/USD"].state is State.SUBSCRIBED
+    assert subs.subs["BTC/USD"].resync_at_ns is not None
+
+
+def test_v2_decode_keeps_number_lexemes_and_json_as_orjson_reads_it() -> None:
+    dialect = V2Dialect()
+    msg, is_json = dialect.decode('{"channel":"book","data":[{"qty":0.10000000,"price":45283.5}]}')
+    assert is_json
+    assert msg["data"][0] == {"qty": "0.10000000", "price": "45283.5"}
+    assert dialect.decode("NaN") == (NOT_JSON, False)  # json would take it; segments could not
+    assert dialect.decode("not json") == (NOT_JSON, False)
+    msg, is_json = dialect.decode('{"channel":\n"heartbeat"}')
+    assert (msg, is_json) == ({"channel": "heartbeat"}, False)  # kept as raw, still acted on
+
+
+def test_v2_config_defaults_to_the_v2_address() -> None:
+    assert RecordConfig(pairs=("BTC/USD",), api="v2").url == V2_URL
+    assert RecordConfig(pairs=("BTC/USD",)).url == "wss://ws.kraken.com"
+    assert RecordConfig(pairs=("BTC/USD",), api="v2", url="ws://x").describe()["api"] == "v2"
+    with pytest.raises(UsageError, match="--api 'v3' is not one of v1, v2"):
+        RecordConfig(pairs=("BTC/USD",), api="v3")
+    out = Path("data")
+    assert lock_path(out, ("BTC/USD",)) == out / ".kbook-record.BTC-USD.lock"
+    assert lock_path(out, ("BTC/USD",), "v2") == out / ".kbook-record.v2.BTC-USD.lock"
+
+
+# -- against the simulator --------------------------------------------------------------------
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    config = SimulatorConfig(api="v2", pairs=PAIRS, rate=200.0, seed=7)
+    with Simulator(config) as simulator:
+        yield simulator
+
+
+def v2_config(sim: Simulator, out: Path, pairs: tuple[str, ...] = PAIRS, **overrides: Any):
+    return fast_config(sim, out, pairs, api="v2", **overrides)
+
+
+def symbols(lines: list[dict[str, Any]]) -> set[str]:
+    return {
+        entry["symbol"]
+        for record in lines
+        if isinstance(record.get("msg"), dict) and record["msg"].get("channel") == "book"
+        for entry in record["msg"]["data"]
+    }
+
+
+def assert_all_recorded(output: Output, sim: Simulator) -> None:
+    """Every connection but the last recorded in full, in order, byte for byte."""
+    lost = match_connections(output.texts, sim.sent)
+    *earlier, _last = sorted(lost)
+    assert {conn: lost[conn] for conn in earlier} == dict.fromkeys(earlier, 0)
+
+
+def assert_clean_verify(out: Path, failed: int = 0) -> None:
+    report = verify_paths([out / "raw"])
+    assert report.problems == []
+    assert report.checksums_failed == failed
+    assert report.checksums_ok >= 50
+    assert set(report.apis.values()) == {"v2"}
+
+
+def test_every_v2_frame_kept_in_order_across_rotations(sim: Simulator, tmp_path: Path) -> None:
+    config = v2_config(sim, tmp_path, depth=25, rotate_ns=SECOND, max_segment_bytes=6000)
+    with Background(config) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 900, timeout=12)
+        sent_at_stop = len(sim.sent)
+        summary = run.finish()
+    output = read_output(tmp_path)
+    assert len(output.texts) >= sent_at_stop
+    assert match_connections(output.texts, sim.sent) == {1: len(sim.sent) - len(output.texts)}
+    assert sorted(output.frames) == list(range(len(output.frames)))
+    assert output.texts[0].startswith('{"channel":"status"')
+    assert output.texts[1].startswith('{"method":"subscribe","result":{"channel":"book"')
+    assert not list(tmp_path.rglob("*" + PARTIAL_SUFFIX))
+    for name, wire in (("BTC-USD", "BTC/USD"), ("ETH-USD", "ETH/USD")):
+        files = output.files_of(name)
+        assert len(files) >= 3
+        for path in files:
+            lines = output.lines[path]
+            assert symbols(lines) <= {wire}
+            assert lines[-1]["meta"]["type"] == "segment_end"
+            assert segment_api(path) == "v2"
+        first = output.lines[files[0]][0]["meta"]
+        assert first["type"] == "session_start"
+        assert first["api"] == "v2"
+        assert first["config"]["api"] == "v2"
+        for path in files[1:]:
+            head = output.lines[path][0]["meta"]
+            assert head["type"] == "checkpoint"
+            assert (head["api"], head["pair"], head["channel"]) == ("v2", wire, "book-25")
+            levels = [text for level in head["asks"] + head["bids"] for text in level]
+            assert all(type(t) is str and LEVEL_TEXT.fullmatch(t) for t in levels), levels
+            # A later segment alone: its checkpoint's exact texts verify what follows.
+            alone = verify_paths([path])
+            assert alone.checksums_failed == 0
+            assert alone.pairs[wire].checkpoints >= 1
+    assert summary.checksums_failed == 0
+    assert set(summary.segments) == set(output.files)
+    assert_clean_verify(tmp_path)
+
+
+def test_v2_drop_and_bad_checksum_are_survived(sim: Simulator, tmp_path: Path) -> None:
+    with Background(v2_config(sim, tmp_path)) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)
+        sim.faults.drop_after(40)
+        sim.wait_for(lambda s: updates_on(s, 2) >= 50, timeout=10)
+        sim.faults.bad_checksum_at(10)
+        sim.wait_for(lambda s: s.count("snapshot", 2) == 3, timeout=10)
+        sim.wait_for(lambda s: updates_on(s, 2) >= 400, timeout=10)
+        summary = run.finish()
+    output = read_output(tmp_path)
+    assert_all_recorded(output, sim)
+    assert summary.reconnects == 1
+    assert sim.count("snapshot", 1) == sim.count("snapshot", 2) - 1 == 2
+    [mismatch] = output.metas("checksum_mismatch")
+    assert mismatch["pair"] in PAIRS
+    assert mismatch["channel"] == "book-10"
+    assert isinstance(mismatch["expected"], int)
+    assert mismatch["expected"] != mismatch["computed"]
+    [resubscribe] = output.metas("resubscribe")
+    assert resubscribe["request"]["method"] == "unsubscribe"
+    assert resubscribe["request"]["params"]["symbol"] == [mismatch["pair"]]
+    # The fresh snapshot after the resync is in the resynced pair's stream.
+    files = output.files_of(mismatch["pair"].replace("/", "-"))
+    texts = [output.frames[r["seq"]] for p in files for r in output.lines[p] if "msg" in r]
+    assert sum('"type":"snapshot"' in text for text in texts) == 3
+    assert len(output.metas("disconnect", output.files_of("ETH-USD")[0])) == 2
+    assert_clean_verify(tmp_path, failed=1)
+
+
+def test_v2_maintenance_waits_before_reconnecting(sim: Simulator, tmp_path: Path) -> None:
+    with Background(v2_config(sim, tmp_path)) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)
+        sim.faults.maintenance_after(30)
+        sim.wait_for(lambda s: updates_on(s, 2) >= 100, timeout=10)
+        run.finish()
+    output = read_output(tmp_path)
+    assert_all_recorded(output, sim)
+    first = output.files_of("BTC-USD")[0]
+    [gone, _] = output.metas("disconnect", first)
+    [_, again] = output.metas("connect", first)
+    assert again["recv_ns"] - gone["recv_ns"] >= 600_000_000
+    assert any('"system":"maintenance"' in text for text in output.texts)
+    assert_clean_verify(tmp_path)
+
+
+def test_v2_rate_limit_and_unknown_symbol(sim: Simulator, tmp_path: Path) -> None:
+    sim.faults.rate_limit_next_subscribe()
+    with Background(v2_config(sim, tmp_path, ("XBT/USD", "FOO/BAR"))) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 100, timeout=10)
+        summary = run.finish()
+    assert sim.connections == 1
+    assert summary.subscribed == ("XBT/USD",)
+    assert summary.failed == {"FOO/BAR": "Currency pair not supported FOO/BAR"}
+    assert not (tmp_path / "raw" / "FOO-BAR").exists()
+    output = read_output(tmp_path)
+    assert_all_recorded(output, sim)
+    assert any("Exceeded msg rate" in text for text in output.texts)
+    subscribes = output.metas("subscribe")
+    assert [m["request"]["params"]["symbol"] for m in subscribes] == [["BTC/USD", "FOO/BAR"]] * 2
+    assert subscribes[1]["recv_ns"] - subscribes[0]["recv_ns"] >= 300_000_000
+    assert output.metas("alias") == []
+    assert_clean_verify(tmp_path)
+
+
+def test_v2_no_symbol_subscribed_is_an_error(sim: Simulator, tmp_path: Path) -> None:
+    run = Background(v2_config(sim, tmp_path, ("FOO/BAR",)))
+    with run, pytest.raises(RecordError, match="FOO/BAR: Currency pair not supported FOO/BAR"):
+        run.join()
+    assert not (tmp_path / "raw").exists()
+
+
+def test_v2_pings_and_heartbeats_keep_a_quiet_connection_open(tmp_path: Path) -> None:
+    # Fewer updates than the stall timeout needs: heartbeats must count as traffic, and the
+    # idle timeout closes the connection unless v2 pings are sent.
+    config = SimulatorConfig(
+        api="v2", pairs=("ETH/USD",), rate=0.2, idle_timeout=1.0, heartbeat_interval=0.2
+    )
+    with Simulator(config) as sim:
+        fast = v2_config(sim, tmp_path, ("ETH/USD",), ping_interval_ns=300_000_000)
+        with Background(fast) as run:
+            sim.wait_for(lambda s: s.count("pong") >= 6, timeout=10)
+            summary = run.finish()
+        assert sim.connections == 1
+        assert summary.reconnects == 0
+        assert_all_recorded(read_output(tmp_path), sim)
+
+
+def test_v1_and_v2_of_one_pair_in_one_out_stay_apart(tmp_path: Path) -> None:
+    v1 = SimulatorConfig(pairs=("XBT/USD",), rate=200.0, btc="echo-btc", seed=3)
+    v2 = SimulatorConfig(api="v2", pairs=("XBT/USD",), rate=200.0, seed=4)
+    # Side by side: the lock is per API, and the two runs' segments take distinct names.
+    with (
+        Simulator(v1) as sim1,
+        Simulator(v2) as sim2,
+        Background(fast_config(sim1, tmp_path, ("BTC/USD",))) as run1,
+        Background(fast_config(sim2, tmp_path, ("BTC/USD",), api="v2")) as run2,
+    ):
+        for sim in (sim1, sim2):
+            sim.wait_for(lambda s: updates_on(s, 1) >= 100, timeout=10)
+        run1.finish()
+        run2.finish()
+    files = list((tmp_path / "raw" / "BTC-USD").rglob("*.jsonl.zst"))
+    assert {segment_api(path) for path in files} == {"v1", "v2"}
+    report = verify_paths([tmp_path])
+    assert report.problems == []
+    assert report.apis == {"BTC/USD": "v1", "BTC/USD (v2)": "v2"}
+    assert report.checksums_failed == 0
+    for name in report.apis:
+        assert report.pairs[name].snapshots == 1
+        assert report.pairs[name].checksums_ok >= 100
+
+
+def test_record_command_records_v2(sim: Simulator, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kbook", "record", "BTC/USD", "--api", "v2", "--url", sim.url]
+        + ["--out", str(tmp_path), "--duration", "1s", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    [path] = (tmp_path / "raw" / "BTC-USD").rglob("*.jsonl.zst")
+    assert segment_api(path) == "v2"
+    assert_clean_verify(tmp_path)
+    bad = subprocess.run(
+        [sys.executable, "-m", "kbook", "record", "BTC/USD", "--api", "v3"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr == "kbook: error: --api 'v3' is not one of v1, v2\n"

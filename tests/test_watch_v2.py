@@ -1,0 +1,305 @@
+"""``kbook watch --api v2``: live against the simulator's v2, and ``--from`` v2 recordings (alone,
+and beside v1 recordings of the same pair, which are never mixed into its book)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from record_support import FAST, SECOND, Background, fast_config, updates_on, wait_until
+
+from kbook.book import Book
+from kbook.segment import find_segments
+from kbook.sim import Simulator, SimulatorConfig
+from kbook.v2 import RecordReader, V2BookFeed, segment_api
+from kbook.watch import Watcher, WatchOptions, live_config
+from kbook.watch_sources import LiveSource, ReplaySource
+from kbook.watch_view import WatchStatus, render_text
+
+KBOOK = [sys.executable, "-m", "kbook"]
+LIVE_TIMINGS = {key: value for key, value in FAST.items() if key != "quiet"}
+V2_PRICE = re.compile(r"\b\d{4,6}\.\d\b")
+"""A BTC/USD price as v2 prints it: 1 decimal (v1: 5)."""
+V1_PRICE = re.compile(r"\b\d{4,6}\.\d{5}\b")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("KBOOK_DEBUG", None)
+    return env
+
+
+@dataclass
+class Screen:
+    """A display that keeps every view it is shown (interval 0: one per tick of the loop)."""
+
+    interval_ns: int = 0
+    shown: list[tuple[WatchStatus, str]] = field(default_factory=list)
+
+    def show(self, book: Book | None, status: WatchStatus) -> None:
+        self.shown.append((status, render_text(book, status, 10)))
+
+    @property
+    def last(self) -> WatchStatus:
+        return self.shown[-1][0]
+
+
+def wait_for(
+    screen: Screen, predicate: Callable[[WatchStatus], bool], what: str, start: int = 0
+) -> int:
+    """Wait until a view from ``start`` on satisfies ``predicate``; the first such view's index."""
+    found: list[int] = []
+
+    def seen() -> bool:
+        shown = screen.shown[:]
+        found[:] = [i for i in range(start, len(shown)) if predicate(shown[i][0])][:1]
+        return bool(found)
+
+    wait_until(seen, timeout=10, what=what)
+    return found[0]
+
+
+def best_prices(text: str) -> tuple[str, str]:
+    """(best bid, best ask) from a plain-text view: the row under the column headers."""
+    lines = text.splitlines()
+    row = lines[next(i for i, line in enumerate(lines) if "bid price" in line) + 1].split()
+    return row[2], row[4]
+
+
+@contextmanager
+def watching(url: str, pair: str = "BTC/USD", **timings: int) -> Iterator[Screen]:
+    """A live v2 watch of ``pair`` in a thread, with the recorder's test timings."""
+    screen = Screen()
+    options = WatchOptions(pair=pair, url=url, api="v2")
+    source = LiveSource(live_config(options, **{**LIVE_TIMINGS, **timings}))
+    watcher = Watcher(options.pair, screen, url, api="v2")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            source.run(watcher)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="watch-v2", daemon=True)
+    thread.start()
+    try:
+        yield screen
+    finally:
+        source.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive(), "the watch did not stop"
+    assert errors == []
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    config = SimulatorConfig(api="v2", pairs=("XBT/USD", "ETH/USD"), rate=200.0, seed=3)
+    with Simulator(config) as simulator:
+        yield simulator
+
+
+# -- live -----------------------------------------------------------------------------------------
+
+
+def test_live_v2_view_matches_the_simulators_book(sim: Simulator) -> None:
+    with watching(sim.url) as screen:
+        wait_for(screen, lambda s: s.checksums_ok >= 50, "50 good checksums")
+        sim.pause()
+        wait_until(lambda: screen.last.frames >= sim.count("snapshot") + sim.count("update"))
+        asks, bids = sim.book("BTC/USD")
+        status, text = screen.shown[-1]
+    assert (status.checksum, status.checksums_failed, status.channel) == ("ok", 0, "book-10")
+    assert status.connection == "connected"
+    assert best_prices(text) == (bids[0][0], asks[0][0])
+    assert len(V2_PRICE.findall(text)) >= 20
+    assert V1_PRICE.findall(text) == []
+
+
+def test_live_v2_checksum_failure_resyncs_to_ok(sim: Simulator) -> None:
+    with watching(sim.url) as screen:
+        wait_for(screen, lambda s: s.checksums_ok >= 20, "20 good checksums")
+        sim.faults.bad_checksum_at(3)
+        first = wait_for(screen, lambda s: s.checksums_failed == 1, "the failure")
+        wait_for(screen, lambda s: s.checksum == "ok", "recovery", start=first)
+    assert sim.count("snapshot") == 2  # the fresh snapshot of the resync
+    assert screen.last.reconnects == 0
+    assert any(status.checksum == "resyncing" for status, _ in screen.shown[first:])
+
+
+def test_pipe_live_v2_shows_ok_and_one_decimal_prices(sim: Simulator) -> None:
+    process = subprocess.Popen(
+        [*KBOOK, "watch", "BTC/USD", "--api", "v2", "--url", sim.url, "--levels", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert process.stdout is not None
+        block: list[str] = []
+        while True:  # each block ends with an empty line; one a second
+            line = process.stdout.readline()
+            assert line, "kbook watch ended early"
+            if line != "\n":
+                block.append(line)
+            elif "checksum ok | " in "".join(block):
+                break
+            else:
+                block = []
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    text = "".join(block)
+    assert "\x1b" not in text
+    assert "  BTC/USD  book-10  ws://127.0.0.1:" in block[0]
+    assert len(V2_PRICE.findall(text)) >= 6  # 3 bids and 3 asks
+    assert V1_PRICE.findall(text) == []
+    assert err.strip().startswith("kbook watch: stopped: ")
+
+
+# -- replay ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recorded:
+    out: Path
+    v1: list[Path]
+    v2: list[Path]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """BTC/USD recorded from v1 (echoed as BTC/USD), then from v2 with a drop and rotations,
+    into one output folder."""
+    out = tmp_path_factory.mktemp("watch-v2")
+    v1 = SimulatorConfig(pairs=("XBT/USD",), rate=200.0, btc="echo-btc", seed=8)
+    with Simulator(v1) as sim, Background(fast_config(sim, out, ("BTC/USD",))) as run:
+        wait_until(lambda: updates_on(sim, 1) >= 50, what="v1 updates")
+        run.finish()
+    v2 = SimulatorConfig(api="v2", pairs=("XBT/USD",), rate=200.0, seed=9)
+    with Simulator(v2) as sim:
+        config = fast_config(sim, out, ("BTC/USD",), api="v2", rotate_ns=SECOND)
+        with Background(config) as run:
+            wait_until(lambda: updates_on(sim, 1) >= 50, what="v2 updates")
+            sim.faults.drop_after(5)
+            wait_until(lambda: updates_on(sim, 2) >= 50, what="updates after the reconnect")
+            wait_until(lambda: len(list(out.rglob("*.jsonl.zst"))) >= 3, what="a rotation")
+            run.finish()
+    files = find_segments([out / "raw"])
+    return Recorded(
+        out,
+        [path for path in files if segment_api(path) == "v1"],
+        [path for path in files if segment_api(path) == "v2"],
+    )
+
+
+def final_book(files: list[Path]) -> Book:
+    feed = V2BookFeed()
+    for path in files:
+        for record in RecordReader(path):
+            if "msg" in record:
+                feed.on_message(record["msg"], record["recv_ns"])
+            elif "meta" in record:
+                feed.on_meta(record["meta"], record["recv_ns"])
+    return feed.books[("BTC/USD", "book-10")]
+
+
+def watch_from(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*KBOOK, "watch", *args, "--speed", "0"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=_env(),
+    )
+
+
+def test_replay_of_a_v2_recording_ends_with_its_book(recorded: Recorded) -> None:
+    assert len(recorded.v1) == 1
+    assert len(recorded.v2) >= 2
+    done = watch_from("BTC/USD", "--api", "v2", "--from", str(recorded.out))
+    assert done.returncode == 0, done.stderr
+    last = [block for block in done.stdout.split("\n\n") if block.strip()][-1]
+    book = final_book(recorded.v2)
+    assert best_prices(last) == (book.top_bids(1)[0][0], book.top_asks(1)[0][0])
+    assert "  BTC/USD  book-10  replay " in last.splitlines()[0]
+    assert "checksum ok | " in last
+    assert V1_PRICE.findall(done.stdout) == []
+    [warning, summary] = done.stderr.splitlines()
+    assert warning == (
+        f"kbook: warning: {recorded.v1[0]}: skipped: Kraken WebSocket v1, not v2 (--api v1)"
+    )
+    assert re.fullmatch(
+        r"kbook watch: finished: \d+ book frames of BTC/USD, checksums ok \d+ failed 0, "
+        r"reconnects 1",
+        summary,
+    )
+
+
+def test_replay_without_api_shows_the_first_recorded_api_only(recorded: Recorded) -> None:
+    done = watch_from("BTC/USD", "--from", str(recorded.out))
+    assert done.returncode == 0, done.stderr
+    assert V2_PRICE.findall(done.stdout) == []  # the v1 recording came first: v1 prices only
+    assert len(V1_PRICE.findall(done.stdout)) >= 20
+    *warnings, summary = done.stderr.splitlines()
+    assert warnings == [
+        f"kbook: warning: {path}: skipped: Kraken WebSocket v2, not v1 (--api v2)"
+        for path in recorded.v2
+    ]
+    assert "failed 0, reconnects 0" in summary
+
+
+def test_a_later_v2_segment_alone_starts_from_its_checkpoint(recorded: Recorded) -> None:
+    screen = Screen()
+    watcher = Watcher("BTC/USD", screen, "replay", api="v2")
+    ReplaySource(recorded.v2[-1:], speed=math.inf).run(watcher)
+    first_with_book = next(status for status, _ in screen.shown if status.channel)
+    assert first_with_book.checksum == "ok"
+    assert first_with_book.channel == "book-10"
+    assert screen.last.checksums_failed == 0
+
+
+def test_missing_v2_book_names_what_the_recording_holds(recorded: Recorded) -> None:
+    done = watch_from("BTC/USD", "--api", "v2", "--depth", "100", "--from", str(recorded.out))
+    assert done.returncode == 2
+    assert done.stderr == (
+        "kbook: error: the recording holds no BTC/USD book-100 (v2) "
+        "(it holds: BTC/USD book-10, BTC/USD book-10 (v2))\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["BTC/USD", "--api", "v3"], "--api 'v3' is not one of v1, v2", 2),
+        (["FOO/BAR", "--api", "v2"], "cannot watch FOO/BAR: Kraken refused it (Currency pair", 1),
+    ],
+)
+def test_bad_v2_input_is_one_line_and_non_zero(
+    sim: Simulator, args: list[str], message: str, code: int
+) -> None:
+    done = subprocess.run(
+        [*KBOOK, "watch", *args, "--url", sim.url],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        env=_env(),
+    )
+    assert done.returncode == code
+    assert done.stderr.startswith(f"kbook: error: {message}")
+    assert done.stderr.count("\n") == 1
+    assert done.stdout == ""
