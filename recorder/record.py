@@ -296,6 +296,23 @@ class Recorder:
             pair = self.subs.pair_for(pair_name)
             self._meta(meta, (pair,) if pair else None)
             self.subs.on_checksum_failed(pair_name, time.monotonic_ns())
+        elif outcome is Outcome.MALFORMED:
+            self._on_malformed(msg, seq)
+
+    def _on_malformed(self, msg: Any, seq: int) -> None:
+        """A book frame that could not be applied leaves its pair's book void: resync it like a
+        checksum mismatch, or the pair would stay void until the next reconnect."""
+        pair_name = self.dialect.route(msg)
+        if not isinstance(pair_name, str):
+            return
+        if not any(key[0] == pair_name and not book.valid for key, book in self.feed.books.items()):
+            return
+        pair = self.subs.pair_for(pair_name)
+        self._meta(
+            {"type": "malformed_frame", "pair": pair_name, "frame_seq": seq},
+            (pair,) if pair else None,
+        )
+        self.subs.on_checksum_failed(pair_name, time.monotonic_ns())
 
     def _on_control(self, conn: Connection, msg: dict[str, Any], recv_ns: int) -> None:
         self.feed.on_message(msg, recv_ns)

@@ -124,6 +124,28 @@ def test_wrong_checksum_resubscribes_for_a_fresh_snapshot(sim: Simulator, tmp_pa
     assert_clean_verify(tmp_path, failed=1)
 
 
+def test_malformed_update_resubscribes_for_a_fresh_snapshot(sim: Simulator, tmp_path: Path) -> None:
+    """A book frame that cannot be applied voids the book: the pair is resynced at once, not left
+    void until the next reconnect."""
+    with Background(fast_config(sim, tmp_path, PAIRS)) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)
+        sim.faults.malformed_after(5)
+        sim.wait_for(lambda s: s.count("snapshot", 1) == 3, timeout=10)
+        sim.wait_for(lambda s: updates_on(s, 1) >= 400, timeout=10)
+        run.finish()
+    output = read_output(tmp_path)
+    assert_all_recorded(output, sim, lost_on_last=len(sim.sent))
+    [malformed] = output.metas("malformed_frame")
+    [resubscribe] = output.metas("resubscribe")
+    assert resubscribe["request"]["event"] == "unsubscribe"
+    assert resubscribe["request"]["pair"] == [malformed["pair"]]
+    assert sim.connections == 1
+    report = verify_paths([tmp_path / "raw"])
+    assert report.checksums_failed == 0
+    assert report.feed.malformed_frames == 1
+    assert sum(s.snapshots for s in report.pairs.values()) == 3
+
+
 def test_maintenance_waits_before_reconnecting(sim: Simulator, tmp_path: Path) -> None:
     with Background(fast_config(sim, tmp_path, PAIRS)) as run:
         sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)

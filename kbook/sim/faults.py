@@ -21,6 +21,7 @@ DROP = "drop"
 STALL = "stall"
 BAD_CHECKSUM = "bad_checksum"
 NON_JSON = "non_json"
+MALFORMED = "malformed"
 MAINTENANCE = "maintenance"
 
 
@@ -73,6 +74,11 @@ class Faults:
     def non_json_after(self, n: int, *, repeat: bool = False) -> None:
         """After ``n`` more book frames send one text frame that is not JSON, then carry on."""
         self._arm(Fault(NON_JSON, _count(n), repeat=repeat))
+
+    def malformed_after(self, n: int, *, repeat: bool = False) -> None:
+        """After ``n`` more book frames send one update that is JSON and shaped like a book frame
+        but whose price is not a number: a client's book is then in an unknown state."""
+        self._arm(Fault(MALFORMED, _count(n), repeat=repeat))
 
     def maintenance_after(self, n: int, *, repeat: bool = False) -> None:
         """After ``n`` more book frames send systemStatus ``maintenance`` (v2: a ``status`` frame

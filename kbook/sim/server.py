@@ -52,7 +52,7 @@ from kbook.feed import BookFeed
 from kbook.sim import protocol
 from kbook.sim.config import BOOK_KINDS, SentFrame, SimulatorConfig
 from kbook.sim.dialect import PING, SUBSCRIBE, UNSUBSCRIBE, dialect_for
-from kbook.sim.faults import BAD_CHECKSUM, DROP, MAINTENANCE, NON_JSON, STALL, Fault
+from kbook.sim.faults import BAD_CHECKSUM, DROP, MAINTENANCE, MALFORMED, NON_JSON, STALL, Fault
 from kbook.sim.market import DEPTHS, Market, canonical_pair
 from kbook.sim.playback import Capture, PlaybackFrame
 
@@ -330,12 +330,23 @@ class SimServer:
             return True
         return False
 
+    def _malformed_update(self, sub: _Subscription) -> str:
+        """An update shaped like a book frame whose price is not a number."""
+        if self.config.api == "v2":
+            level = '{"price":true,"qty":1.00000000}'
+            entry = f'{{"symbol":"{sub.wire}","bids":[{level}],"asks":[],"checksum":0}}'
+            return f'{{"channel":"book","type":"update","data":[{entry}]}}'
+        level = '["not-a-price","1.00000000","0.000000"]'
+        return f'[{sub.channel_id},{{"a":[{level}],"c":"0"}},"book-{sub.depth}","{sub.wire}"]'
+
     async def _check_faults(self, conn: _Connection) -> None:
         """Fire the faults due at the current book frame count."""
         faults = conn.faults
         count = conn.book_frames
         if _due(faults, NON_JSON, count):
             await self._send(conn, protocol.NON_JSON_FRAME, "raw")
+        if _due(faults, MALFORMED, count) and conn.live:
+            await self._send(conn, self._malformed_update(conn.live[0]), "raw")
         if _due(faults, MAINTENANCE, count):
             await self._send(conn, self.dialect.status(conn.connection_id, "maintenance"), "status")
             conn.open = False
