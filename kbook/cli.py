@@ -199,6 +199,13 @@ def replay(
         bool, typer.Option("--force", help="Replace an existing dataset at --out.")
     ] = False,
     workers: Annotated[int, typer.Option(help="Worker processes; 0 means every core.")] = 0,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            help="Replay only segments of this Kraken API, v1 or v2; needed when a pair was "
+            "recorded with both. [default: all]"
+        ),
+    ] = None,
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
     from replay.api import replay_to_dataset
@@ -216,6 +223,7 @@ def replay(
             force=force,
             workers=workers,
             progress=progress,
+            api=api,
         )
     print_summary(summary)
     for problem in summary.problems:
@@ -356,6 +364,7 @@ def demo(
     seconds: Annotated[float, typer.Option(help="How long to record.")] = 15.0,
 ) -> None:
     """Simulate Kraken on loopback, record ~15 s, verify, replay to Parquet, plot: no internet."""
+    import pyarrow as pa
     from rich.console import Console
     from rich.table import Table
 
@@ -364,23 +373,29 @@ def demo(
 
     console = Console(soft_wrap=True)
     result = run_demo(out, seconds=seconds, say=console.print)
-    table = read_snapshots(result.snapshots, pair="BTC/USD").slice(0, 5)
+    columns = ["ts", "valid", "bid_px_0", "bid_sz_0", "ask_px_0", "ask_sz_0"]
+    table = read_snapshots(result.snapshots, pair="BTC/USD", columns=columns).slice(0, 5)
     shown = Table(title="the first BTC/USD snapshot rows (10 levels per side in the files)")
-    for column in ("ts", "valid", "bid_px_0", "bid_sz_0", "ask_px_0", "ask_sz_0"):
+    for column in columns:
         shown.add_column(column, justify="right")
-    for row in table.to_pylist():
+    # Timestamps as integers: pyarrow turns ns timestamps into datetimes only with pandas around.
+    times = table.column("ts").cast(pa.int64()).to_pylist()
+    values = {c: table.column(c).to_pylist() for c in columns[1:]}
+    for i, ns in enumerate(times):
         shown.add_row(
-            row["ts"].strftime("%H:%M:%S"),
-            str(row["valid"]),
-            *(
-                f"{row[c]:.5f}" if row[c] is not None else "-"
-                for c in ("bid_px_0", "bid_sz_0", "ask_px_0", "ask_sz_0")
-            ),
+            datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).strftime("%H:%M:%S"),
+            str(values["valid"][i]),
+            *(f"{values[c][i]:.5f}" if values[c][i] is not None else "-" for c in columns[2:]),
         )
     console.print(shown)
     console.print("Load them in Python:")
     console.print(
-        f'    import pandas as pd; df = pd.read_parquet("{result.snapshots}")', highlight=False
+        f'    import pyarrow.parquet as pq; table = pq.read_table("{result.snapshots}")',
+        highlight=False,
+    )
+    console.print(
+        f'    import pandas as pd; df = pd.read_parquet("{result.snapshots}")   # with pandas',
+        highlight=False,
     )
     console.print(
         f"Next: kbook verify {result.raw}   |   kbook replay {result.raw} --every 100ms "

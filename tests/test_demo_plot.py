@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,15 +17,25 @@ from kbook.errors import OutputError
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def kbook(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def kbook(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kbook", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=90,
         check=False,
-        cwd=cwd,
+        env=env,
     )
+
+
+def without_pandas(tmp_path: Path) -> dict[str, str]:
+    """An environment where ``import pandas`` fails, as after the README's first command, which
+    installs neither pandas, polars nor DuckDB."""
+    blocker = tmp_path / "no-pandas" / "pandas"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text('raise ImportError("pandas is hidden by this test")\n')
+    path = os.pathsep.join(filter(None, [str(blocker.parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def test_demo_records_verifies_replays_and_marks_the_gap(tmp_path: Path) -> None:
@@ -54,8 +65,9 @@ def test_demo_replaces_only_its_own_folder(tmp_path: Path) -> None:
 
 
 def test_demo_cli_prints_rows_and_the_python_line(tmp_path: Path) -> None:
-    done = kbook("demo", "--seconds", "8", "--out", tmp_path / "d")
+    done = kbook("demo", "--seconds", "8", "--out", tmp_path / "d", env=without_pandas(tmp_path))
     assert done.returncode == 0, done.stderr
+    assert "pq.read_table" in done.stdout
     assert "pd.read_parquet" in done.stdout
     assert "bid_px_0" in done.stdout
     assert "0 failed" in done.stdout
