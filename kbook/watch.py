@@ -372,6 +372,10 @@ def run_watch(options: WatchOptions, stdout: TextIO) -> WatchSummary:
             if other != api and stream_name(path) == file_name(options.pair)
         ]
         files = [path for path in files if apis[path] == api]
+        # In the recorder's layout each pair has its own stream of files, each with its own copy
+        # of the connection's events: the other pairs' streams would count them again.
+        own = [path for path in files if stream_name(path) == file_name(options.pair)]
+        files = own or files
         replay = ReplaySource(files, math.inf if options.speed == 0 else options.speed)
     ended = "stopped"
     with open_display(stdout, options.shown_levels) as display:

@@ -99,3 +99,10 @@ def test_demo_too_short_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "too short" in done.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_watch_from_a_multi_pair_folder_counts_one_streams_reconnects(tmp_path: Path) -> None:
+    result = run_demo(tmp_path / "demo", seconds=8, say=lambda _: None)
+    done = kbook("watch", "BTC/USD", "--from", result.raw, "--speed", "0")
+    assert done.returncode == 0, done.stderr
+    assert f"reconnects {result.reconnects}" in done.stderr
