@@ -83,20 +83,8 @@ class LiveSource:
         self.config = config
         self.pair: str = config.pairs[0]
         self.dialect = dialect_for(config.api)
-        self.subs = Subscriptions(
-            config.pairs,
-            config.depth,
-            subscribe_timeout_ns=config.subscribe_timeout_ns,
-            resubscribe_interval_ns=config.resubscribe_interval_ns,
-            rate_limit_delay_ns=config.rate_limit_delay_ns,
-            dialect=self.dialect,
-        )
-        self.backoff = Backoff(
-            immediate=config.immediate_retries,
-            base_ns=config.backoff_base_ns,
-            cap_ns=config.backoff_cap_ns,
-            maintenance_ns=config.maintenance_delay_ns,
-        )
+        self.subs = Subscriptions.for_config(config, self.dialect)
+        self.backoff = Backoff.for_config(config)
         self.connections = 0
         self._failures = 0
         self._maintenance = False

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from recorder.config import RecordConfig
 
 SECOND = 1_000_000_000
 
@@ -28,6 +32,16 @@ class Backoff:
     rng: random.Random = field(default_factory=random.Random)
     attempts: int = 0
     """Attempts since the last healthy connection."""
+
+    @classmethod
+    def for_config(cls, config: RecordConfig) -> Backoff:
+        """The backoff a recording (or a watch) is configured with."""
+        return cls(
+            immediate=config.immediate_retries,
+            base_ns=config.backoff_base_ns,
+            cap_ns=config.backoff_cap_ns,
+            maintenance_ns=config.maintenance_delay_ns,
+        )
 
     def next_delay_ns(self, maintenance: bool = False) -> int:
         """Count one more attempt and return how long to wait before making it."""

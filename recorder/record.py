@@ -68,25 +68,13 @@ class Recorder:
         self.run_id = uuid.uuid4().hex
         self.dialect = dialect_for(config.api)
         self.feed = self.dialect.feed()
-        self.subs = Subscriptions(
-            config.pairs,
-            config.depth,
-            subscribe_timeout_ns=config.subscribe_timeout_ns,
-            resubscribe_interval_ns=config.resubscribe_interval_ns,
-            rate_limit_delay_ns=config.rate_limit_delay_ns,
-            dialect=self.dialect,
-        )
+        self.subs = Subscriptions.for_config(config, self.dialect)
         self.streams = SegmentStreams(
             config.out, config.pairs, config.rotate_ns, config.max_segment_bytes, self._checkpoints
         )
         stream = stderr if stderr is not None else sys.stderr
         self.reporter = Reporter(stream, config.quiet, config.status_interval_ns)
-        self.backoff = Backoff(
-            immediate=config.immediate_retries,
-            base_ns=config.backoff_base_ns,
-            cap_ns=config.backoff_cap_ns,
-            maintenance_ns=config.maintenance_delay_ns,
-        )
+        self.backoff = Backoff.for_config(config)
         self.frames = 0
         """Frames received so far; the next frame's ``seq``."""
         self.connections = 0

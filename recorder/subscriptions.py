@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recorder.dialect import (
     OTHER,
@@ -35,6 +35,9 @@ from recorder.dialect import (
     Dialect,
     spellings,
 )
+
+if TYPE_CHECKING:
+    from recorder.config import RecordConfig
 
 __all__ = ["Action", "PairSubscription", "State", "Subscriptions", "spellings"]
 
@@ -108,6 +111,18 @@ class Subscriptions:
     route: dict[str, str] = field(init=False)
     """Any spelling Kraken may use -> the user's pair."""
     _reqid: int = field(init=False, default=0)
+
+    @classmethod
+    def for_config(cls, config: RecordConfig, dialect: Dialect) -> Subscriptions:
+        """The subscriptions a recording (or a watch) asks for, with its configured pacing."""
+        return cls(
+            config.pairs,
+            config.depth,
+            subscribe_timeout_ns=config.subscribe_timeout_ns,
+            resubscribe_interval_ns=config.resubscribe_interval_ns,
+            rate_limit_delay_ns=config.rate_limit_delay_ns,
+            dialect=dialect,
+        )
 
     def __post_init__(self) -> None:
         self.subs = {
