@@ -116,9 +116,13 @@ def replay_table(
     start: TimeLike = None,
     end: TimeLike = None,
     workers: int | None = 1,
+    api: str | None = None,
 ) -> pa.Table:
-    """Replay segments into one in-memory ``pyarrow.Table`` (sorted by pair, then ``ts``)."""
-    options = make_options(every, levels, pairs, start, end, workers)
+    """Replay segments into one in-memory ``pyarrow.Table`` (sorted by pair, then ``ts``).
+
+    ``api`` (``"v1"``/``"v2"``) keeps the segments of one Kraken API; it is required when a
+    replayed pair was recorded under both (see ``replay.plan``)."""
+    options = make_options(every, levels, pairs, start, end, workers, api)
     tables: dict[str, list[pa.Table]] = {}
     infos, outcomes = run_replay(paths, options, None, None)
     for _result, batches in outcomes:
@@ -144,10 +148,12 @@ def replay_to_dataset(
     force: bool = False,
     workers: int | None = 1,
     progress: ProgressCallback | None = None,
+    api: str | None = None,
 ) -> ReplaySummary:
-    """Replay segments into a Parquet dataset at ``out``, atomically (see ``replay.parquet``)."""
+    """Replay segments into a Parquet dataset at ``out``, atomically (see ``replay.parquet``);
+    ``api`` as in ``replay_table``."""
     began = time.monotonic()
-    options = make_options(every, levels, pairs, start, end, workers)
+    options = make_options(every, levels, pairs, start, end, workers, api)
     out = Path(out)
     check_output(out, force)
     folder: Path | None = None

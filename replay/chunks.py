@@ -31,6 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from kbook.pairs import common_name
+from kbook.v2 import API_V2
 from replay.columns import file_schema
 from replay.engine import Chunk, ChunkResult, StreamResult, span
 from replay.options import NS_PER_DAY, ReplayOptions
@@ -47,8 +48,13 @@ def plan_chunks(stream: Stream, options: ReplayOptions, target: int) -> list[Chu
     ``target`` compressed bytes, at segments that can start a chunk; one chunk when none can.
 
     The cuts are the allowed segments nearest to even shares of the stream, and no chunk is
-    smaller than ``options.min_chunk_bytes``."""
+    smaller than ``options.min_chunk_bytes``. A Kraken v2 stream is one chunk: it replays
+    sequentially (still in parallel with other streams)."""
     first, stop = span(stream, options)
+    if stream.api == API_V2:
+        # v2 streams replay whole: StreamReplay's chunk start/end (``_head``/``_peek``) and the
+        # survey's cut points are written for v1 lines.
+        return [Chunk(stream, first, stop)]
     points = cut_points(stream, first, stop)
     before = {first: 0}  # compressed bytes of the span before each segment
     for index in range(first, stop):

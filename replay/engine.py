@@ -19,6 +19,14 @@ Rules beyond the sampler's (``replay.sampler`` has the snapshot semantics):
   when a later one, still before it, starts with checkpoints of every followed book (the recorder
   writes those at each rotation), since the checkpoint replaces the book entirely.
 
+Kraken v2 streams (``Stream.api``) take the general path only: each segment is read with
+``kbook.v2.RecordReader`` (number lexemes kept for the checksum) and every line goes through a
+``kbook.v2.V2BookFeed`` one at a time, with the same rules: status frames (a new
+``connection_id``) and (un)subscribe answers are global events as v1's ``systemStatus`` and
+``subscriptionStatus`` are, checkpoints restore, a damaged tail voids. ``LineFeed`` still keeps
+the clock and the routes, but its v1 hot loop is never run on v2 lines. A v2 stream is never cut
+into chunks (``replay.chunks.plan_chunks``): it replays whole, in one worker.
+
 The same fact lets one stream run as several ``Chunk``s in parallel (``replay.chunks`` plans and
 joins them): a chunk after the first starts at such a segment, and a chunk before another stops
 at the head of the next one's first segment, emitting exactly the rows the whole replay emits
@@ -39,6 +47,7 @@ from kbook.feed import BookFeed, Outcome
 from kbook.lines import LineFeed, Route
 from kbook.pairs import common_name
 from kbook.segment import Problem, SegmentReader
+from kbook.v2 import API_V2, RecordReader, V2BookFeed, book_key, feed_for, frame_symbol
 from replay.columns import row_group_rows
 from replay.options import ReplayOptions
 from replay.plan import Stream
@@ -108,7 +117,8 @@ class StreamReplay:
     def __init__(self, stream: Stream, options: ReplayOptions, sinks: SinkFactory) -> None:
         self.stream = stream
         self.options = options
-        self.feed = BookFeed()
+        self.v2 = stream.api == API_V2
+        self.feed: BookFeed = feed_for(stream.api)
         self.lines = LineFeed(self.feed)
         capacity = row_group_rows(options.levels)
         self.samplers = {
@@ -198,6 +208,9 @@ class StreamReplay:
     # -- the hot loop ---------------------------------------------------------------------------
 
     def _replay_segment(self, info: SegmentInfo) -> None:
+        if self.v2:
+            self._replay_v2_segment(info)
+            return
         reader = SegmentReader(info.path)
         run = self.lines.run
         handle = self._handle
@@ -209,11 +222,22 @@ class StreamReplay:
                 if lines[index]:
                     handle(reader, number + index, lines[index])
                 index = run(lines, index + 1)
-        self.result.problems.extend(reader.problems)
+        self._segment_end(info, reader.problems)
+
+    def _segment_end(self, info: SegmentInfo, problems: list[Problem]) -> None:
+        self.result.problems.extend(problems)
         if info.path.name.endswith(".partial") or any(
-            problem.reason.startswith(_LOST_TAIL) for problem in reader.problems
+            problem.reason.startswith(_LOST_TAIL) for problem in problems
         ):
             self._global(lambda: self.feed.connection_lost(self.clock))
+
+    def _replay_v2_segment(self, info: SegmentInfo) -> None:
+        """A v2 segment, line by line through ``_apply`` (no ``LineFeed`` hot loop)."""
+        reader = RecordReader(info.path, API_V2)
+        apply = self._apply
+        for record in reader:
+            apply(record)
+        self._segment_end(info, reader.problems)
 
     def _handle(self, reader: SegmentReader, number: int, line: bytes) -> None:
         """One line ``LineFeed`` handed back: decode it and apply it the general way."""
@@ -230,7 +254,12 @@ class StreamReplay:
         clock = self.lines.clock
         feed = self.feed
         msg = record.get("msg")
-        if msg is not None:
+        if msg is not None and self.v2:
+            if type(msg) is dict:
+                self._apply_v2(msg, clock)
+            else:
+                feed.on_message(msg, clock)  # counted as malformed
+        elif msg is not None:
             if type(msg) is list and len(msg) >= 4:
                 wire = msg[-1]
                 sampler = self.by_wire.get(wire) if type(wire) is str else None
@@ -251,6 +280,43 @@ class StreamReplay:
         elif "raw" in record:
             self.result.raw_frames += 1
         self._sync()
+
+    def _apply_v2(self, msg: dict[str, Any], clock: int) -> None:
+        """One decoded v2 frame, as ``_apply`` handles a v1 one."""
+        feed = self.feed
+        channel = msg.get("channel")
+        if channel == "book":
+            wire = frame_symbol(msg)
+            sampler = self.by_wire.get(wire) if wire is not None else None
+            if sampler is None or wire is None or self._other_v2_book(wire, sampler.channel, msg):
+                self.result.skipped_frames += 1
+                return
+            if sampler.next_t < clock:
+                sampler.catch_up(clock)
+            key = (wire, sampler.channel)
+            if feed.on_message(msg, clock) == Outcome.SNAPSHOT and feed.last_key == key:
+                sampler.begin(feed.books[key], clock, counted=1)
+        elif channel == "status" or (
+            channel is None and msg.get("method") in ("subscribe", "unsubscribe")
+        ):
+            self._global(lambda: feed.on_message(msg, clock))
+        elif channel in (None, "heartbeat", "pong"):
+            feed.on_message(msg, clock)  # requests and answers: nothing to a book
+        else:
+            self.result.skipped_frames += 1  # another channel (ticker, trade, ...)
+
+    def _other_v2_book(self, wire: str, channel: str, msg: dict[str, Any]) -> bool:
+        """True when the v2 feed would file this book frame under another depth of the pair
+        than the followed ``channel`` (v2 frames do not name their depth)."""
+        feed = self.feed
+        assert isinstance(feed, V2BookFeed)
+        if msg.get("type") == "snapshot":
+            depth = feed.depths.get(wire)
+            return depth is not None and book_key(wire, depth)[1] != channel
+        return any(
+            book.valid and pair == wire and other != channel
+            for (pair, other), book in feed.books.items()
+        )
 
     def _head(self, reader: SegmentReader, number: int, lines: list[bytes]) -> int:
         """A chunk's start: apply lines one by one up to the first ``msg`` line (returned, not

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from kbook.errors import UsageError
 from kbook.pairs import common_name, parse_pair
 from kbook.units import parse_duration
+from kbook.v2 import APIS
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -39,6 +40,8 @@ class ReplayOptions:
     min_chunk_bytes: int = 1 << 20
     """With several workers, one stream is split into chunks of at least this many compressed
     bytes (``replay.chunks``); smaller pieces would cost more to join than they save."""
+    api: str | None = None
+    """Replay only segments of this Kraken WebSocket API (``v1``/``v2``), or None for all."""
 
 
 def make_options(
@@ -48,6 +51,7 @@ def make_options(
     start: TimeLike = None,
     end: TimeLike = None,
     workers: int | None = 1,
+    api: str | None = None,
 ) -> ReplayOptions:
     """Check and convert user input; raises ``UsageError`` naming the bad value."""
     every_ns = parse_every(every)
@@ -59,7 +63,10 @@ def make_options(
         raise UsageError(
             f"empty time range: --start {format_ns(start_ns)} is not before --end {format_ns(end_ns)}"
         )
+    if api is not None and api not in APIS:
+        raise UsageError(f"--api {api!r} is not one of {', '.join(APIS)}")
     return ReplayOptions(
+        api=api,
         every_ns=every_ns,
         levels=levels,
         pairs=parse_pairs(pairs),

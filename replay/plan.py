@@ -9,6 +9,11 @@ the order of ``kbook.segment.find_segments`` (first receive time, then name).
 Each pair follows one book: its deepest recorded channel (``book-1000`` over ``book-10`` when
 both were recorded). ``--levels`` beyond that depth and ``--pair`` names never recorded are
 refused here, before any output exists.
+
+Kraken v1 and v2 recordings never share a stream (nor a feed): segments are joined by (API, pair)
+(``SegmentInfo.api``). Output is named by common pair name whatever the API, so a pair recorded
+under both APIs would write two streams into one partition: that is refused, naming the pair,
+unless ``--api v1`` or ``--api v2`` (``ReplayOptions.api``) keeps the segments of one API only.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from kbook.errors import FrameError, UsageError
 from kbook.feed import channel_depth
 from kbook.pairs import common_name
+from kbook.v2 import API_V1, API_V2
 from replay.options import ReplayOptions
 from replay.survey import SegmentInfo
 
@@ -30,6 +36,8 @@ class Stream:
     segments: tuple[SegmentInfo, ...]
     channels: dict[str, str]
     """Common pair name -> followed channel (``"book-100"``), for the pairs to output."""
+    api: str = API_V1
+    """The Kraken WebSocket API of every segment of the stream."""
 
     @property
     def size(self) -> int:
@@ -42,7 +50,13 @@ class Stream:
 
 
 def plan_streams(infos: Sequence[SegmentInfo], options: ReplayOptions) -> list[Stream]:
-    """Group segments into streams and check ``--pair``/``--levels`` against what was recorded."""
+    """Group segments into streams and check ``--pair``/``--levels``/``--api`` against what was
+    recorded."""
+    if options.api is not None:
+        infos = [info for info in infos if info.api == options.api]
+        if not any(info.books for info in infos):
+            raise UsageError(f"no Kraken {options.api} order book frames in the segments given")
+    _check_apis(infos, options)
     channels = _deepest_channels(infos)
     wanted = _wanted_pairs(channels, options)
     _check_levels(channels, wanted, options.levels)
@@ -51,8 +65,23 @@ def plan_streams(infos: Sequence[SegmentInfo], options: ReplayOptions) -> list[S
         pairs = {common_name(pair) for info in group for pair, _ in info.books}
         followed = {pair: channels[pair] for pair in sorted(pairs & wanted)}
         if followed:
-            streams.append(Stream(segments=tuple(group), channels=followed))
+            streams.append(Stream(segments=tuple(group), channels=followed, api=group[0].api))
     return streams
+
+
+def _check_apis(infos: Sequence[SegmentInfo], options: ReplayOptions) -> None:
+    """Refuse a wanted pair recorded under both APIs: its rows would have two sources."""
+    names: dict[str, set[str]] = {API_V1: set(), API_V2: set()}
+    for info in infos:
+        names.setdefault(info.api, set()).update(common_name(pair) for pair, _ in info.books)
+    both = names[API_V1] & names[API_V2]
+    if options.pairs is not None:
+        both &= options.pairs
+    if both:
+        raise UsageError(
+            f"{', '.join(sorted(both))} recorded with both Kraken APIs (v1 and v2) in the "
+            "segments given; pass --api v1 or --api v2 to replay one of them"
+        )
 
 
 def _deepest_channels(infos: Sequence[SegmentInfo]) -> dict[str, str]:
@@ -95,22 +124,22 @@ def _check_levels(channels: dict[str, str], wanted: set[str], levels: int) -> No
 
 
 def _group(infos: Sequence[SegmentInfo]) -> list[list[SegmentInfo]]:
-    """Connected groups of segments sharing a pair, each in the given (time) order."""
-    parent: dict[str, str] = {}
+    """Connected groups of segments of one API sharing a pair, each in the given (time) order."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
 
-    def root(pair: str) -> str:
-        while parent.setdefault(pair, pair) != pair:
-            parent[pair] = parent[parent[pair]]
-            pair = parent[pair]
-        return pair
+    def root(node: tuple[str, str]) -> tuple[str, str]:
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
 
     for info in infos:
-        names = [common_name(pair) for pair, _ in info.books]
+        names = [(info.api, common_name(pair)) for pair, _ in info.books]
         for name in names[1:]:
             parent[root(name)] = root(names[0])
-    groups: dict[str, list[SegmentInfo]] = {}
+    groups: dict[tuple[str, str], list[SegmentInfo]] = {}
     for info in infos:
         if info.books:
-            key = root(common_name(next(iter(info.books))[0]))
+            key = root((info.api, common_name(next(iter(info.books))[0])))
             groups.setdefault(key, []).append(info)
     return list(groups.values())

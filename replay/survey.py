@@ -9,20 +9,30 @@ decompresses and searches the text with byte-level regular expressions. Book fra
 ``kbook.captures``; nothing else in a segment looks like that); each distinct ending is found once
 per chunk and removed with ``bytes.replace``, which runs at memory speed. The rare ``meta`` and
 ``systemStatus`` lines are decoded with orjson.
+
+Kraken v2 segments (``kbook.v2.segment_api``) are surveyed by decoding every line instead
+(``_survey_v2``): a v2 book frame names its symbol but not its depth, which comes from the
+subscribe acknowledgement (``result.depth``) or a checkpoint's channel, exactly as
+``kbook.v2.V2BookFeed`` files its books, so the survey follows the same state. It costs about
+as much as the replay's own decoding; v2 is the rarer input and the simple path was preferred.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import zstandard
 
-from kbook.errors import SegmentError
+from kbook.errors import FrameError, SegmentError
+from kbook.feed import channel_depth
 from kbook.segment import SegmentReader
+from kbook.v2 import API_V1, API_V2, DEPTHS, parse_ack, parse_status, segment_api
 
 _CHUNK = 1 << 20
 _BOOK_END = re.compile(rb'"(book-\d+)"\s*,\s*"([^"\n]*)"\s*\]')
@@ -51,10 +61,14 @@ class SegmentInfo:
     connection_at_end: int | None
     """If ``connection_changed``: the ``connectionID`` in force after the last line (None after a
     connect/disconnect), as ``BookFeed.connection_id`` will hold it."""
+    api: str = API_V1
+    """The Kraken WebSocket API of its frames (``kbook.v2.segment_api``): ``v1`` or ``v2``."""
 
 
 def survey_segment(path: Path) -> SegmentInfo:
     """Survey one segment (a damaged tail is tolerated here; the replay reports it)."""
+    if segment_api(path) == API_V2:
+        return _survey_v2(path)
     scan = _Scan()
     first_ns: int | None = None
     for body in _bodies(path):
@@ -94,8 +108,11 @@ class _Scan:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
             return
-        if type(record) is not dict:
-            return
+        if type(record) is dict:
+            self.record(record, after_msg)
+
+    def record(self, record: dict[str, Any], after_msg: bool) -> None:
+        """A decoded meta or status line (v1 ``systemStatus``; v2 status frames go elsewhere)."""
         meta, msg = record.get("meta"), record.get("msg")
         if type(meta) is dict:
             kind = meta.get("type")
@@ -108,6 +125,83 @@ class _Scan:
                 self.connection_changed, self.connection = True, None
         elif type(msg) is dict and msg.get("event") == "systemStatus":
             self.connection_changed, self.connection = True, msg.get("connectionID")
+
+
+def _survey_v2(path: Path) -> SegmentInfo:
+    """``survey_segment`` for a v2 segment: every line decoded (orjson; the number lexemes do not
+    matter here), books named ``(symbol, "book-N")`` as ``V2BookFeed`` keys them."""
+    scan = _Scan()
+    first_ns: int | None = None
+    depths: dict[str, int] = {}
+    """Depth per symbol as the feed knows it: acknowledgements, then checkpoints."""
+    configured: int | None = None
+    """The recorder's ``--depth`` (``session_start``), for updates whose depth nothing else gave."""
+    for record in SegmentReader(path):
+        recv_ns = record.get("recv_ns")
+        if first_ns is None and type(recv_ns) is int:
+            first_ns = recv_ns
+        meta, msg = record.get("meta"), record.get("msg")
+        if type(meta) is dict:
+            config = meta.get("config")
+            if meta.get("type") == "session_start" and type(config) is dict:
+                depth = config.get("depth")
+                configured = depth if type(depth) is int and depth > 0 else configured
+            pair, channel = meta.get("pair"), meta.get("channel")
+            if (
+                meta.get("type") == "checkpoint"
+                and isinstance(pair, str)
+                and isinstance(channel, str)
+            ):
+                with contextlib.suppress(FrameError):
+                    depths.setdefault(pair, channel_depth(channel))
+            scan.record(record, after_msg=scan.seen_msg)
+        elif type(msg) is dict:
+            scan.seen_msg = True
+            _v2_frame(scan, msg, depths, configured)
+        elif msg is not None:
+            scan.seen_msg = True
+    return SegmentInfo(
+        path=path,
+        size=path.stat().st_size,
+        first_ns=first_ns,
+        books=frozenset(scan.books),
+        head_checkpoints=frozenset(scan.head),
+        connection_changed=scan.connection_changed,
+        connection_at_end=scan.connection,
+        api=API_V2,
+    )
+
+
+def _v2_frame(
+    scan: _Scan, msg: dict[str, Any], depths: dict[str, int], configured: int | None
+) -> None:
+    """One decoded v2 frame: its books, a subscribe's depth, a status's connection id."""
+    channel = msg.get("channel")
+    if channel == "status":
+        status = parse_status(msg)
+        if status is not None and status[1] is not None:
+            scan.connection_changed, scan.connection = True, status[1]
+        return
+    if channel != "book":
+        ack = parse_ack(msg)
+        if ack is not None and ack.success and ack.method == "subscribe" and ack.depth:
+            depths[ack.symbol or ""] = ack.depth
+        return
+    data = msg.get("data")
+    for entry in data if type(data) is list else ():
+        symbol = entry.get("symbol") if type(entry) is dict else None
+        if not isinstance(symbol, str):
+            continue
+        depth = depths.get(symbol)
+        if depth is None and msg.get("type") == "snapshot":
+            asks, bids = entry.get("asks"), entry.get("bids")
+            size = max(
+                len(asks) if type(asks) is list else 0, len(bids) if type(bids) is list else 0
+            )
+            depth = next((d for d in DEPTHS if d >= size), size)  # as V2BookFeed infers it
+        depth = depth or configured
+        if depth:
+            scan.books.add((symbol, f"book-{depth}"))
 
 
 def _bodies(path: Path) -> Iterator[bytes]:
