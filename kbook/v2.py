@@ -302,8 +302,16 @@ class RecordReader:
         return self.reader.problems
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        for _number, record in self.numbered():
+            yield record
+
+    def numbered(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(line number, record)`` for every good line, so callers can say where a frame is."""
         if self.api != API_V2:
-            yield from self.reader
+            for number, line in self.reader.raw_lines():
+                record = self.reader.decode(number, line)
+                if record is not None:
+                    yield number, record
             return
         problems = self.reader.problems
         for number, line in self.reader.raw_lines():
@@ -315,7 +323,7 @@ class RecordReader:
             if type(record) is not dict:
                 problems.append(Problem(self.path, number, "line is not a JSON object"))
                 continue
-            yield record
+            yield number, record
 
 
 def iter_records(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbook.feed import BookFeed, PairStats
+from kbook.feed import BookFeed, Outcome, PairStats
 from kbook.segment import Problem, find_segments
 from kbook.v2 import API_V1, API_V2, RecordReader, feed_for, segment_api
 
@@ -115,14 +115,20 @@ def verify_paths(paths: Iterable[Path]) -> VerifyReport:
     return report
 
 
+MAX_FRAME_PROBLEMS = 20
+"""Malformed frames reported one by one per file; the rest are summed up in one more line."""
+
+
 def _verify_file(path: Path, api: str, feed: BookFeed, report: VerifyReport) -> None:
     reader = RecordReader(path, api)
-    for record in reader:
+    malformed: list[int] = []
+    for number, record in reader.numbered():
         recv_ns = record.get("recv_ns")
         if type(recv_ns) is not int:
             continue
         if "msg" in record:
-            feed.on_message(record["msg"], recv_ns)
+            if feed.on_message(record["msg"], recv_ns) is Outcome.MALFORMED:
+                malformed.append(number)
         elif "meta" in record:
             meta = record["meta"]
             if type(meta) is dict:
@@ -130,6 +136,11 @@ def _verify_file(path: Path, api: str, feed: BookFeed, report: VerifyReport) -> 
         elif "raw" in record:
             report.raw_frames += 1
     report.problems.extend(reader.problems)
+    for number in malformed[:MAX_FRAME_PROBLEMS]:
+        report.problems.append(Problem(path, number, "JSON, but not a well-formed Kraken frame"))
+    if len(malformed) > MAX_FRAME_PROBLEMS:
+        more = len(malformed) - MAX_FRAME_PROBLEMS
+        report.problems.append(Problem(path, 0, f"{more} more malformed frames"))
 
 
 def _add_counts(total: BookFeed, feed: BookFeed, rename: dict[str, str]) -> None:

@@ -189,3 +189,20 @@ def test_one_pairs_reconnect_does_not_void_another_pairs_book(tmp_path: Path) ->
     for pair in ("XBT/USD", "ETH/USD"):
         assert report["pairs"][pair]["snapshots"] == 2
         assert report["pairs"][pair]["invalid_ns"] == 100_000_000
+
+
+def test_malformed_frames_are_reported_with_file_and_line(tmp_path: Path) -> None:
+    snap = '[1,{"as":[["10.0","1.0","1"]],"bs":[["9.0","1.0","1"]]},"book-10","XBT/USD"]'
+    lines = [
+        frame_line(1, 0, snap, True),
+        frame_line(2, 1, '[1,{"a":[["ten","1.0","1"]],"c":"1"},"book-10","XBT/USD"]', True),
+        frame_line(3, 2, '["not", "a", "frame"]', True),
+    ]
+    lines += [frame_line(4 + i, 3 + i, "[1,2,3,4]", True) for i in range(25)]
+    segment = write_segment(tmp_path / "odd.jsonl.zst", lines)
+    result = kbook("verify", "--json", segment)
+    assert result.returncode == 0
+    assert "odd.jsonl.zst:2: JSON, but not a well-formed Kraken frame" in result.stderr
+    assert "odd.jsonl.zst:3: JSON, but not a well-formed Kraken frame" in result.stderr
+    assert "odd.jsonl.zst: 7 more malformed frames" in result.stderr
+    assert json.loads(result.stdout)["malformed_frames"] == 27
