@@ -213,7 +213,7 @@ def replay(
 
     with progress_bar(enabled=sys.stderr.isatty()) as progress:
         summary = replay_to_dataset(
-            paths or [Path("data/raw")],
+            paths or [_default_raw()],
             out,
             every=every,
             levels=levels,
@@ -345,6 +345,19 @@ def simulate(
         f"connection(s), {summary.refused} refused, {summary.frames} frames sent",
         err=True,
     )
+
+
+def _default_raw() -> Path:
+    """``data/raw``, the recorder's default output, when it exists; else a one-line hint."""
+    from kbook.errors import UsageError
+
+    raw = Path("data/raw")
+    if not raw.is_dir():
+        raise UsageError(
+            "no segments given and ./data/raw does not exist: pass segment files or folders "
+            "(kbook replay PATH...), or record some first (kbook record PAIR)"
+        )
+    return raw
 
 
 def _is_number(text: str) -> bool:

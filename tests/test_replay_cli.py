@@ -87,7 +87,9 @@ def test_missing_default_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     code, _, err = run_main(monkeypatch, capsys)
-    assert (code, err) == (2, "kbook: error: data/raw: no such file or folder\n")
+    assert code == 2
+    assert err.startswith("kbook: error: no segments given and ./data/raw does not exist")
+    assert err.count("\n") == 1
 
 
 def test_existing_output_is_refused_naming_it(
