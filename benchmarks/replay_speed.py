@@ -45,7 +45,14 @@ import zstandard
 
 from kbook.feed import BookFeed
 from kbook.pairs import file_name
-from kbook.segment import SegmentReader, SegmentWriter, frame_line, is_json_text, meta_line
+from kbook.segment import (
+    SegmentReader,
+    SegmentWriter,
+    checkpoint_meta,
+    frame_line,
+    is_json_text,
+    meta_line,
+)
 from kbook.sim import Market
 
 SECOND = 1_000_000_000
@@ -83,14 +90,9 @@ class _Stream:
 
     def checkpoint(self, now: int) -> bytes:
         asks, bids = self.market.window()
-        record = {
-            "type": "checkpoint",
-            "pair": self.pair,
-            "channel": self.market.channel_name,
-            "asks": asks,
-            "bids": bids,
-            "checksum": self.market.checksum(),
-        }
+        record = checkpoint_meta(
+            self.pair, self.market.channel_name, asks, bids, self.market.checksum()
+        )
         return meta_line(now, record)
 
     def close(self, now: int, reason: str) -> None:

@@ -33,7 +33,7 @@ at the next frame. A ``.partial`` file that is empty is a recorder killed before
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -83,6 +83,26 @@ def meta_line(recv_ns: int, meta: dict[str, Any], seq: int | None = None) -> byt
         record["seq"] = seq
     record["meta"] = meta
     return orjson.dumps(record) + b"\n"
+
+
+def checkpoint_meta(
+    pair: str,
+    channel: str,
+    asks: Iterable[Sequence[str]],
+    bids: Iterable[Sequence[str]],
+    checksum: int,
+    api: str | None = None,
+) -> dict[str, Any]:
+    """A ``checkpoint`` record: a validated book, so a segment can be replayed on its own.
+
+    ``pair`` is the name on the wire and ``asks``/``bids`` the ``(price, volume)`` strings
+    exactly as received, best first; ``api`` is written when given (``"v1"``/``"v2"``).
+    """
+    meta: dict[str, Any] = {"type": "checkpoint"}
+    if api is not None:
+        meta["api"] = api
+    meta.update(pair=pair, channel=channel, asks=list(asks), bids=list(bids), checksum=checksum)
+    return meta
 
 
 # -- writing --------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from kbook import __version__
 from kbook.errors import OutputError, RecordError
 from kbook.feed import Outcome
-from kbook.segment import frame_line, meta_line
+from kbook.segment import checkpoint_meta, frame_line, meta_line
 from recorder.backoff import Backoff
 from recorder.config import RecordConfig, RecordSummary
 from recorder.connection import ConnectFailed, Connection, Dropped
@@ -368,16 +368,9 @@ class Recorder:
         records = []
         for (name, channel), book in self.feed.books.items():
             if book.valid and self.subs.pair_for(name) == pair:
+                asks, bids = book.top_asks(book.depth), book.top_bids(book.depth)
                 records.append(
-                    {
-                        "type": "checkpoint",
-                        "api": self.config.api,
-                        "pair": name,
-                        "channel": channel,
-                        "asks": book.top_asks(book.depth),
-                        "bids": book.top_bids(book.depth),
-                        "checksum": book.checksum(),
-                    }
+                    checkpoint_meta(name, channel, asks, bids, book.checksum(), self.config.api)
                 )
         return records
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 from kbook.pairs import file_name
-from kbook.segment import SegmentWriter, frame_line, meta_line
+from kbook.segment import SegmentWriter, checkpoint_meta, frame_line, meta_line
 from kbook.sim import Market
 
 SECOND = 1_000_000_000
@@ -38,14 +38,9 @@ class _Pair:
 
     def checkpoint(self, now: int) -> bytes:
         asks, bids = self.market.window()
-        record = {
-            "type": "checkpoint",
-            "pair": self.pair,
-            "channel": self.market.channel_name,
-            "asks": asks,
-            "bids": bids,
-            "checksum": self.market.checksum(),
-        }
+        record = checkpoint_meta(
+            self.pair, self.market.channel_name, asks, bids, self.market.checksum()
+        )
         return meta_line(now, record)
 
 
