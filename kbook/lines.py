@@ -9,9 +9,13 @@ handed back: anything but a ``msg`` line, control frames, snapshots, books not f
 valid, lines that are not JSON, and the first frame past a route's ``limit`` (the caller emits
 snapshot rows before it is applied).
 
-This pure-Python loop costs about 4 us a line (a sixth of it ``orjson.loads``); the contract is
-kept small so that a native implementation taking the same raw line bytes (the "native core" of
-``shared/PERFORMANCE-NOTES.md``, about 1 M lines/s) can replace ``run`` without changing callers:
+The loop has two implementations with one contract. The native core (``kbook/_native.c``, built
+at install when a C compiler is there) parses the raw bytes itself and changes the same ``Book``
+containers in place, about 1 us a line; it applies only lines of a strict, simple shape and hands
+back anything else, so the Python path stays the reference for every odd case. The pure-Python
+loop below (about 4 us a line, a sixth of it ``orjson.loads``) runs where the core was not built,
+or when ``KBOOK_NATIVE=0`` is set. Both keep this contract, and ``tests/test_native.py`` holds them
+to it line for line:
 
 - ``run(lines, start)`` applies ``lines[start:]`` in order and returns the index of the first
   line it did not apply (``len(lines)`` if it applied all); that line has had no effect at all;
@@ -23,7 +27,9 @@ kept small so that a native implementation taking the same raw line bytes (the "
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from types import ModuleType
 from dataclasses import dataclass
 
 import orjson
@@ -31,6 +37,11 @@ import orjson
 from kbook.book import Book
 from kbook.errors import FrameError
 from kbook.feed import NO_SIDE, BookFeed, PairStats
+
+try:
+    from kbook import _native as _native_core
+except ImportError:  # no C compiler at install: the pure-Python loop does the same work
+    _native_core = None
 
 NEVER = 1 << 126
 """A clock later than any receive time."""
@@ -56,10 +67,23 @@ class Route:
     """Frames received after this clock are handed back (the caller has rows to emit first)."""
 
 
+def native_core() -> ModuleType | None:
+    """The native core when it was built and ``KBOOK_NATIVE=0`` does not turn it off."""
+    if os.environ.get("KBOOK_NATIVE", "1") == "0":
+        return None
+    return _native_core
+
+
 class LineFeed:
     """Applies raw segment lines of followed books to a ``BookFeed``'s books."""
 
-    def __init__(self, feed: BookFeed) -> None:
+    def __init__(self, feed: BookFeed, native: bool | None = None) -> None:
+        """``native``: use the native core (True: it must be there), the Python loop (False), or
+        the core when there is one (None, the default)."""
+        core = native_core() if native is None else _native_core if native else None
+        if native and core is None:
+            raise RuntimeError("kbook's native core was not built (see README, Performance)")
+        self.native = core
         self.feed = feed
         self.routes: dict[str, Route] = {}
         self.clock = -NEVER
@@ -74,6 +98,12 @@ class LineFeed:
 
     def run(self, lines: Sequence[bytes], start: int) -> int:
         """Apply ``lines[start:]`` while each is a plain update; see the module docstring."""
+        if self.native is not None and type(lines) is list:
+            return self.native.run(self, lines, start)
+        return self.run_python(lines, start)
+
+    def run_python(self, lines: Sequence[bytes], start: int) -> int:
+        """``run`` in pure Python: the reference the native core is held to."""
         loads = orjson.loads
         routes = self.routes
         feed = self.feed

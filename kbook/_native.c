@@ -1,0 +1,1181 @@
+/* kbook._native: the native core of replay's hot path (kbook.lines.LineFeed.run).
+ *
+ * It applies plain v1 book updates straight from raw segment line bytes to the very same Python
+ * objects the pure-Python path uses (kbook.book.Book: its sides' ``keys`` lists, ``levels`` dicts
+ * and ``top`` checksum-piece lists), so every other reader of a book (sampler, checkpoints, the
+ * general path) sees one state whichever path applied a frame. It is not a second book.
+ *
+ * Exactness comes from refusing rather than guessing: a line is applied only when it is a strict,
+ * simple instance of the expected shape (ASCII strings without escapes, prices of digits with at
+ * most one dot and no more decimals than the book's scale, volumes of digits and dots, a checksum
+ * of digits, no duplicate keys, ...). Anything else is handed back untouched to the caller, whose
+ * Python path (BookFeed.on_message) is the reference. So a line is either applied here with the
+ * exact effect kbook.lines documents, or has had no effect at all.
+ *
+ * Book and stats attributes that only this loop changes during a run (dirty flags, the cached
+ * CRC of the asks, the text of the bids, counters) are read once per run and written back before
+ * it returns; the containers are changed in place, as kbook.book does.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define CHECKSUM_LEVELS 10
+#define MAX_LEVELS 1024
+#define MAX_NESTING 64
+#define MAX_KEY_DIGITS 18
+#define MAX_INT_DIGITS 19 /* receive times in ns have 19 */
+
+/* -- CRC-32 (IEEE, as zlib.crc32), slicing by 8 ------------------------------------------------ */
+
+static uint32_t crc_table[8][256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
+}
+
+static uint32_t crc_update(uint32_t crc, const unsigned char *p, Py_ssize_t n) {
+    crc = ~crc;
+    while (n >= 8) {
+        uint32_t a = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                            (uint32_t)p[3] << 24);
+        uint32_t b = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 |
+                     (uint32_t)p[7] << 24;
+        crc = crc_table[7][a & 0xFF] ^ crc_table[6][(a >> 8) & 0xFF] ^
+              crc_table[5][(a >> 16) & 0xFF] ^ crc_table[4][a >> 24] ^ crc_table[3][b & 0xFF] ^
+              crc_table[2][(b >> 8) & 0xFF] ^ crc_table[1][(b >> 16) & 0xFF] ^
+              crc_table[0][b >> 24];
+        p += 8;
+        n -= 8;
+    }
+    while (n-- > 0)
+        crc = crc_table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* -- parsing one line (a strict subset of JSON; failure means "hand it back") ------------------ */
+
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} Span;
+
+typedef struct {
+    Span price, volume;
+    int zero; /* the volume has no non-zero digit: a delete */
+} Level;
+
+typedef struct {
+    int used, start, count; /* a side's levels in the parsed line */
+} Group;
+
+typedef struct {
+    Group a, b;
+    int has_c, c_ok, has_snapshot_key;
+    uint64_t c;
+} Dict;
+
+typedef struct {
+    int64_t recv_ns;
+    int ndicts;
+    Dict dicts[2];
+    Span channel, pair;
+    int nlevels;
+    Level levels[MAX_LEVELS];
+} Line;
+
+typedef struct {
+    const char *p, *end;
+} Cursor;
+
+static inline void skip_ws(Cursor *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+static inline int expect(Cursor *c, char ch) {
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A string of printable ASCII without escapes; its content in *out. */
+static inline int plain_string(Cursor *c, Span *out) {
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != '"')
+        return 0;
+    const char *s = ++c->p;
+    while (c->p < c->end) {
+        unsigned char ch = (unsigned char)*c->p;
+        if (ch == '"') {
+            out->p = s;
+            out->n = c->p - s;
+            c->p++;
+            return 1;
+        }
+        if (ch == '\\' || ch < 0x20 || ch >= 0x80)
+            return 0;
+        c->p++;
+    }
+    return 0;
+}
+
+static inline int is_digit(char ch) { return ch >= '0' && ch <= '9'; }
+
+static int is_hex(char ch) {
+    return is_digit(ch) || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+/* A JSON number by the grammar; *integral says it had no fraction and no exponent. Numbers a
+ * double or a 64-bit int may not hold as written (many digits, a long exponent) are refused, so
+ * that nothing accepted here is a number the reference parser rejects. */
+static int number(Cursor *c, int *integral) {
+    const char *p = c->p, *end = c->end, *s;
+    *integral = 1;
+    if (p < end && *p == '-')
+        p++;
+    if (p >= end || !is_digit(*p))
+        return 0;
+    s = p;
+    if (*p == '0')
+        p++;
+    else
+        while (p < end && is_digit(*p))
+            p++;
+    if (p - s > MAX_INT_DIGITS)
+        return 0;
+    if (p < end && *p == '.') {
+        *integral = 0;
+        s = ++p;
+        while (p < end && is_digit(*p))
+            p++;
+        if (p == s || p - s > MAX_KEY_DIGITS)
+            return 0;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        *integral = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        s = p;
+        while (p < end && is_digit(*p))
+            p++;
+        if (p == s || p - s > 2)
+            return 0;
+    }
+    c->p = p;
+    return 1;
+}
+
+/* Any JSON value, checked by the grammar (ASCII only), and skipped. */
+static int skip_value(Cursor *c, int nesting) {
+    int integral;
+    skip_ws(c);
+    if (c->p >= c->end || nesting > MAX_NESTING)
+        return 0;
+    char ch = *c->p;
+    if (ch == '"') {
+        c->p++;
+        while (c->p < c->end) {
+            unsigned char k = (unsigned char)*c->p;
+            if (k == '"') {
+                c->p++;
+                return 1;
+            }
+            if (k < 0x20 || k >= 0x80)
+                return 0;
+            if (k == '\\') {
+                c->p++;
+                if (c->p >= c->end)
+                    return 0;
+                k = (unsigned char)*c->p;
+                if (k == 'u') {
+                    if (c->end - c->p < 5 || !is_hex(c->p[1]) || !is_hex(c->p[2]) ||
+                        !is_hex(c->p[3]) || !is_hex(c->p[4]))
+                        return 0;
+                    /* A \u escape may name half of a surrogate pair: leave that to the
+                     * reference parser. */
+                    if (c->p[1] == 'd' || c->p[1] == 'D')
+                        return 0;
+                    c->p += 4;
+                } else if (!strchr("\"\\/bfnrt", k) || k == 0) {
+                    return 0;
+                }
+            }
+            c->p++;
+        }
+        return 0;
+    }
+    if (ch == '{' || ch == '[') {
+        char close = ch == '{' ? '}' : ']';
+        c->p++;
+        if (expect(c, close))
+            return 1;
+        for (;;) {
+            if (ch == '{') {
+                skip_ws(c);
+                if (c->p >= c->end || *c->p != '"' || !skip_value(c, nesting + 1))
+                    return 0;
+                if (!expect(c, ':'))
+                    return 0;
+            }
+            if (!skip_value(c, nesting + 1))
+                return 0;
+            if (expect(c, ','))
+                continue;
+            return expect(c, close);
+        }
+    }
+    if (ch == '-' || is_digit(ch))
+        return number(c, &integral);
+    if (c->end - c->p >= 4 && (!memcmp(c->p, "true", 4) || !memcmp(c->p, "null", 4))) {
+        c->p += 4;
+        return 1;
+    }
+    if (c->end - c->p >= 5 && !memcmp(c->p, "false", 5)) {
+        c->p += 5;
+        return 1;
+    }
+    return 0;
+}
+
+static int int64_value(Cursor *c, int64_t *out) {
+    skip_ws(c);
+    const char *s = c->p;
+    int integral;
+    if (!number(c, &integral) || !integral)
+        return 0;
+    int negative = *s == '-';
+    if (negative)
+        s++;
+    uint64_t v = 0;
+    for (; s < c->p; s++)
+        v = v * 10 + (uint64_t)(*s - '0'); /* at most 19 digits: no wrap in 64 bits */
+    if (v > (uint64_t)INT64_MAX)
+        return 0;
+    *out = negative ? -(int64_t)v : (int64_t)v;
+    return 1;
+}
+
+static inline int span_is(Span s, const char *text, Py_ssize_t n) {
+    return s.n == n && !memcmp(s.p, text, n);
+}
+
+/* ``[[price, volume, ...], ...]``: both first items strings; volume digits and dots only. */
+static int levels_value(Cursor *c, Line *line, Group *group) {
+    if (!expect(c, '['))
+        return 0;
+    group->used = 1;
+    group->start = line->nlevels;
+    group->count = 0;
+    if (expect(c, ']'))
+        return 1;
+    for (;;) {
+        if (line->nlevels >= MAX_LEVELS || !expect(c, '['))
+            return 0;
+        Level *level = &line->levels[line->nlevels++];
+        group->count++;
+        if (!plain_string(c, &level->price) || !expect(c, ',') ||
+            !plain_string(c, &level->volume))
+            return 0;
+        while (expect(c, ','))
+            if (!skip_value(c, 1))
+                return 0;
+        if (!expect(c, ']'))
+            return 0;
+        int zero = 1;
+        for (Py_ssize_t i = 0; i < level->volume.n; i++) {
+            char ch = level->volume.p[i];
+            if (ch >= '1' && ch <= '9')
+                zero = 0;
+            else if (ch != '0' && ch != '.')
+                return 0;
+        }
+        level->zero = zero;
+        if (expect(c, ','))
+            continue;
+        return expect(c, ']');
+    }
+}
+
+/* A book data object: ``a`` and ``b`` levels, ``c`` a string of digits; ``as``/``bs`` noted. */
+static int dict_value(Cursor *c, Line *line, Dict *dict) {
+    memset(dict, 0, sizeof(*dict));
+    if (!expect(c, '{'))
+        return 0;
+    if (expect(c, '}'))
+        return 1;
+    int seen_as = 0, seen_bs = 0;
+    for (;;) {
+        Span key;
+        if (!plain_string(c, &key) || !expect(c, ':'))
+            return 0;
+        if (span_is(key, "a", 1)) {
+            if (dict->a.used || !levels_value(c, line, &dict->a))
+                return 0;
+        } else if (span_is(key, "b", 1)) {
+            if (dict->b.used || !levels_value(c, line, &dict->b))
+                return 0;
+        } else if (span_is(key, "c", 1)) {
+            Span text;
+            if (dict->has_c || !plain_string(c, &text))
+                return 0;
+            dict->has_c = 1;
+            if (text.n < 1 || text.n > 19)
+                return 0;
+            uint64_t v = 0;
+            for (Py_ssize_t i = 0; i < text.n; i++) {
+                if (!is_digit(text.p[i]))
+                    return 0;
+                v = v * 10 + (uint64_t)(text.p[i] - '0');
+            }
+            dict->c = v;
+        } else {
+            if (span_is(key, "as", 2)) {
+                if (seen_as++)
+                    return 0;
+                dict->has_snapshot_key = 1;
+            } else if (span_is(key, "bs", 2)) {
+                if (seen_bs++)
+                    return 0;
+                dict->has_snapshot_key = 1;
+            }
+            if (!skip_value(c, 1))
+                return 0;
+        }
+        if (expect(c, ','))
+            continue;
+        return expect(c, '}');
+    }
+}
+
+/* ``[id, {...}, ({...},) "book-N", "PAIR"]`` */
+static int msg_value(Cursor *c, Line *line) {
+    if (!expect(c, '[') || !skip_value(c, 1))
+        return 0;
+    line->ndicts = 0;
+    int strings = 0;
+    Span texts[2];
+    while (expect(c, ',')) {
+        skip_ws(c);
+        if (c->p >= c->end)
+            return 0;
+        if (*c->p == '{') {
+            if (strings || line->ndicts == 2 || !dict_value(c, line, &line->dicts[line->ndicts]))
+                return 0;
+            line->ndicts++;
+        } else {
+            if (line->ndicts == 0 || strings == 2 || !plain_string(c, &texts[strings]))
+                return 0;
+            strings++;
+        }
+    }
+    if (strings != 2 || !expect(c, ']'))
+        return 0;
+    line->channel = texts[0];
+    line->pair = texts[1];
+    return 1;
+}
+
+/* ``{"recv_ns": int, "msg": [...], ...}`` and nothing after it. */
+static int parse_line(const char *text, Py_ssize_t n, Line *line) {
+    Cursor c = {text, text + n};
+    int seen_recv = 0, seen_msg = 0;
+    line->nlevels = 0;
+    if (!expect(&c, '{'))
+        return 0;
+    for (;;) {
+        Span key;
+        if (!plain_string(&c, &key) || !expect(&c, ':'))
+            return 0;
+        if (span_is(key, "recv_ns", 7)) {
+            if (seen_recv++ || !int64_value(&c, &line->recv_ns))
+                return 0;
+        } else if (span_is(key, "msg", 3)) {
+            if (seen_msg++ || !msg_value(&c, line))
+                return 0;
+        } else if (span_is(key, "meta", 4) || span_is(key, "raw", 3)) {
+            return 0;
+        } else if (!skip_value(&c, 1)) {
+            return 0;
+        }
+        if (expect(&c, ','))
+            continue;
+        if (!expect(&c, '}'))
+            return 0;
+        break;
+    }
+    skip_ws(&c);
+    return c.p == c.end && seen_recv && seen_msg;
+}
+
+/* -- the state of one followed book during a run ----------------------------------------------- */
+
+static PyObject *s_routes, *s_feed, *s_clock, *s_channel, *s_book, *s_limit, *s_stats, *s_key,
+    *s_valid, *s_depth, *s_scale, *s_asks, *s_bids, *s_keys, *s_levels, *s_top, *s_dirty,
+    *s_ask_crc, *s_bid_text, *s_checksum, *s_frames, *s_updates, *s_checksums_ok,
+    *s_checksums_failed, *s_last_ns, *s_last_key, *s_become_invalid;
+
+typedef struct {
+    PyObject *keys, *levels, *top; /* borrowed from the side object, which the book holds */
+    PyObject *side;
+    int dirty, dirty_changed;
+    int64_t sign;
+} Side;
+
+typedef struct {
+    PyObject *route, *book, *stats, *key; /* borrowed (the routes dict holds them) */
+    Span pair, channel;
+    int64_t limit;
+    int valid, valid_changed;
+    int64_t depth, scale;
+    Side sides[2]; /* asks, bids */
+    uint32_t ask_crc, checksum;
+    unsigned char *bid_text;
+    Py_ssize_t bid_len, bid_cap;
+    int crc_changed;
+    int64_t frames, ok, failed, last_ns;
+    int loaded; /* sides and caches read from the book */
+} Route;
+
+/* A Python int as int64, saturating (the clock starts far below any receive time). */
+static int saturated(PyObject *value, int64_t *out) {
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return 0;
+    *out = overflow > 0 ? INT64_MAX : overflow < 0 ? INT64_MIN : (int64_t)v;
+    return 1;
+}
+
+static int int_attr(PyObject *obj, PyObject *name, int64_t *out) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return 0;
+    int ok = PyLong_Check(value) && saturated(value, out);
+    if (!ok && !PyErr_Occurred())
+        PyErr_Format(PyExc_TypeError, "native core: %R is not an int", name);
+    Py_DECREF(value);
+    return ok;
+}
+
+static int utf8_span(PyObject *text, Span *out) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "native core: a route's pair and channel must be str");
+        return 0;
+    }
+    out->p = PyUnicode_AsUTF8AndSize(text, &out->n);
+    return out->p != NULL;
+}
+
+static int load_side(PyObject *book, PyObject *name, Side *side, int64_t sign) {
+    PyObject *obj = PyObject_GetAttr(book, name);
+    if (obj == NULL)
+        return 0;
+    side->side = obj;
+    Py_DECREF(obj); /* the book keeps it alive for the run */
+    side->sign = sign;
+    PyObject *keys = PyObject_GetAttr(obj, s_keys), *levels = PyObject_GetAttr(obj, s_levels),
+             *top = PyObject_GetAttr(obj, s_top), *dirty = PyObject_GetAttr(obj, s_dirty);
+    int ok = keys && levels && top && dirty && PyList_CheckExact(keys) &&
+             PyDict_CheckExact(levels) && PyList_CheckExact(top);
+    side->keys = keys;
+    side->levels = levels;
+    side->top = top;
+    side->dirty = dirty ? PyObject_IsTrue(dirty) : -1;
+    side->dirty_changed = 0;
+    Py_XDECREF(keys);
+    Py_XDECREF(levels);
+    Py_XDECREF(top);
+    Py_XDECREF(dirty);
+    if (ok && side->dirty < 0)
+        ok = 0;
+    if (!ok && !PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "native core: a book side is not a kbook.book side");
+    return ok;
+}
+
+static int reserve_bid_text(Route *r, Py_ssize_t n) {
+    if (n <= r->bid_cap)
+        return 1;
+    Py_ssize_t cap = n < 256 ? 256 : n * 2;
+    unsigned char *buffer = PyMem_Realloc(r->bid_text, cap);
+    if (buffer == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    r->bid_text = buffer;
+    r->bid_cap = cap;
+    return 1;
+}
+
+/* The book's sides and cached checksum parts, the first time a line of the route is applied. */
+static int load_book(Route *r) {
+    PyObject *book = r->book;
+    PyObject *crc = NULL, *text = NULL, *sum = NULL;
+    int ok = int_attr(book, s_depth, &r->depth) && int_attr(book, s_scale, &r->scale) &&
+             load_side(book, s_asks, &r->sides[0], 1) && load_side(book, s_bids, &r->sides[1], -1);
+    if (ok) {
+        crc = PyObject_GetAttr(book, s_ask_crc);
+        text = PyObject_GetAttr(book, s_bid_text);
+        sum = PyObject_GetAttr(book, s_checksum);
+        ok = crc && text && sum && PyLong_Check(crc) && PyBytes_Check(text) && PyLong_Check(sum);
+        if (ok) {
+            r->ask_crc = (uint32_t)PyLong_AsUnsignedLongMask(crc);
+            r->checksum = (uint32_t)PyLong_AsUnsignedLongMask(sum);
+            ok = !PyErr_Occurred() && reserve_bid_text(r, PyBytes_GET_SIZE(text));
+            if (ok) {
+                memcpy(r->bid_text, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text));
+                r->bid_len = PyBytes_GET_SIZE(text);
+            }
+        } else if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "native core: the book's checksum cache is odd");
+        }
+    }
+    Py_XDECREF(crc);
+    Py_XDECREF(text);
+    Py_XDECREF(sum);
+    r->loaded = ok;
+    return ok;
+}
+
+static int load_route(PyObject *route, Route *r) {
+    memset(r, 0, sizeof(*r));
+    r->route = route;
+    PyObject *key = PyObject_GetAttr(route, s_key);
+    PyObject *channel = PyObject_GetAttr(route, s_channel);
+    PyObject *book = PyObject_GetAttr(route, s_book);
+    PyObject *stats = PyObject_GetAttr(route, s_stats);
+    int ok = key && channel && book && stats && utf8_span(channel, &r->channel) &&
+             int_attr(route, s_limit, &r->limit);
+    /* The route holds key, channel, book and stats for the whole run. */
+    r->key = key;
+    r->book = book == Py_None ? NULL : book;
+    r->stats = stats;
+    if (ok && r->book != NULL) {
+        PyObject *valid = PyObject_GetAttr(book, s_valid);
+        r->valid = valid ? PyObject_IsTrue(valid) : -1;
+        Py_XDECREF(valid);
+        ok = r->valid >= 0;
+    }
+    Py_XDECREF(key);
+    Py_XDECREF(channel);
+    Py_XDECREF(book);
+    Py_XDECREF(stats);
+    if (ok && !PyErr_Occurred())
+        return 1;
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "native core: a route is not a kbook.lines.Route");
+    return 0;
+}
+
+static int add_to_attr(PyObject *obj, PyObject *name, int64_t delta) {
+    if (delta == 0)
+        return 1;
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return 0;
+    PyObject *d = PyLong_FromLongLong(delta);
+    PyObject *sum = d ? PyNumber_Add(value, d) : NULL;
+    int ok = sum != NULL && PyObject_SetAttr(obj, name, sum) == 0;
+    Py_DECREF(value);
+    Py_XDECREF(d);
+    Py_XDECREF(sum);
+    return ok;
+}
+
+static int set_int_attr(PyObject *obj, PyObject *name, int64_t v) {
+    PyObject *value = PyLong_FromLongLong(v);
+    int ok = value != NULL && PyObject_SetAttr(obj, name, value) == 0;
+    Py_XDECREF(value);
+    return ok;
+}
+
+/* Write what the run kept in C back to the book and the stats. */
+static int store_route(Route *r) {
+    int ok = 1;
+    if (r->frames) {
+        ok = ok && add_to_attr(r->stats, s_frames, r->frames) &&
+             add_to_attr(r->stats, s_updates, r->frames) &&
+             add_to_attr(r->stats, s_checksums_ok, r->ok) &&
+             add_to_attr(r->stats, s_checksums_failed, r->failed) &&
+             set_int_attr(r->stats, s_last_ns, r->last_ns);
+        r->frames = r->ok = r->failed = 0;
+    }
+    if (!r->loaded)
+        return ok;
+    for (int i = 0; i < 2; i++) {
+        Side *side = &r->sides[i];
+        if (side->dirty_changed) {
+            ok = ok && PyObject_SetAttr(side->side, s_dirty, side->dirty ? Py_True : Py_False) == 0;
+            side->dirty_changed = 0;
+        }
+    }
+    if (r->crc_changed) {
+        PyObject *text = PyBytes_FromStringAndSize((const char *)r->bid_text, r->bid_len);
+        ok = ok && text && set_int_attr(r->book, s_ask_crc, r->ask_crc) &&
+             PyObject_SetAttr(r->book, s_bid_text, text) == 0 &&
+             set_int_attr(r->book, s_checksum, r->checksum);
+        Py_XDECREF(text);
+        r->crc_changed = 0;
+    }
+    if (r->valid_changed) {
+        ok = ok && PyObject_SetAttr(r->book, s_valid, r->valid ? Py_True : Py_False) == 0;
+        r->valid_changed = 0;
+    }
+    return ok;
+}
+
+/* -- applying one line ------------------------------------------------------------------------- */
+
+/* The exact integer key of a price at the book's scale (Book._key), or 0 when it cannot be had
+ * here (more decimals than the scale, too many digits, not plain digits): then the line is
+ * handed back. */
+static int price_key(Span price, int64_t scale, int64_t sign, int64_t *out) {
+    int64_t value = 0;
+    Py_ssize_t digits = 0, decimals = -1;
+    for (Py_ssize_t i = 0; i < price.n; i++) {
+        char ch = price.p[i];
+        if (ch == '.') {
+            if (decimals >= 0 || i == 0 || i == price.n - 1)
+                return 0;
+            decimals = 0;
+            continue;
+        }
+        if (!is_digit(ch))
+            return 0;
+        if (decimals >= 0)
+            decimals++;
+        if (value == 0 && ch == '0')
+            continue;
+        if (++digits > MAX_KEY_DIGITS)
+            return 0;
+        value = value * 10 + (ch - '0');
+    }
+    if (price.n == 0)
+        return 0;
+    if (decimals < 0)
+        decimals = 0;
+    if (decimals > scale)
+        return 0;
+    for (int64_t pad = scale - decimals; pad > 0; pad--) {
+        if (value != 0 && ++digits > MAX_KEY_DIGITS)
+            return 0;
+        value *= 10;
+    }
+    *out = value * sign;
+    return 1;
+}
+
+/* ``text.replace(".", "").lstrip("0")`` of ASCII or UTF-8 bytes, appended at *at. */
+static Py_ssize_t piece_into(char *at, const char *p, Py_ssize_t n) {
+    Py_ssize_t w = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char ch = p[i];
+        if (ch == '.' || (ch == '0' && w == 0))
+            continue;
+        at[w++] = ch;
+    }
+    return w;
+}
+
+/* The checksum piece of a level: f(price) + f(volume), as a str. */
+static PyObject *piece_of(const char *price, Py_ssize_t pn, const char *volume, Py_ssize_t vn) {
+    char stack[256];
+    char *buffer = pn + vn <= (Py_ssize_t)sizeof(stack) ? stack : PyMem_Malloc(pn + vn);
+    if (buffer == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t n = piece_into(buffer, price, pn);
+    n += piece_into(buffer + n, volume, vn);
+    PyObject *piece = PyUnicode_DecodeUTF8(buffer, n, "strict");
+    if (buffer != stack)
+        PyMem_Free(buffer);
+    return piece;
+}
+
+/* The piece of a stored level (a ``(price, volume)`` tuple of str). */
+static PyObject *stored_piece(PyObject *level) {
+    if (!PyTuple_Check(level) || PyTuple_GET_SIZE(level) < 2) {
+        PyErr_SetString(PyExc_TypeError, "native core: a stored level is not (price, volume)");
+        return NULL;
+    }
+    Span price, volume;
+    if (!utf8_span(PyTuple_GET_ITEM(level, 0), &price) ||
+        !utf8_span(PyTuple_GET_ITEM(level, 1), &volume))
+        return NULL;
+    return piece_of(price.p, price.n, volume.p, volume.n);
+}
+
+/* bisect_left over a side's keys (ints; saturated, which keeps the order of any int). */
+static int bisect(PyObject *keys, int64_t key, Py_ssize_t *out) {
+    Py_ssize_t lo = 0, hi = PyList_GET_SIZE(keys);
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        int64_t k;
+        PyObject *item = PyList_GET_ITEM(keys, mid);
+        if (!PyLong_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "native core: a book key is not an int");
+            return 0;
+        }
+        if (!saturated(item, &k))
+            return 0;
+        if (k < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *out = lo;
+    return 1;
+}
+
+static PyObject *ascii_str(Span s) {
+    PyObject *text = PyUnicode_New(s.n, 127);
+    if (text != NULL)
+        memcpy(PyUnicode_1BYTE_DATA(text), s.p, s.n);
+    return text;
+}
+
+static int out_of_step(void) {
+    PyErr_SetString(PyExc_RuntimeError, "native core: a side's checksum pieces are out of step");
+    return 0;
+}
+
+/* Book.apply_side for one level whose key is known; see kbook/book.py. */
+static int apply_level(Side *side, const Level *level, int64_t key) {
+    PyObject *keys = side->keys, *levels = side->levels, *top = side->top;
+    PyObject *k = PyLong_FromLongLong(key);
+    if (k == NULL)
+        return 0;
+    PyObject *old = PyDict_GetItemWithError(levels, k); /* borrowed */
+    Py_ssize_t index;
+    int ok = 0;
+    if (old == NULL && PyErr_Occurred())
+        goto done;
+    if (level->zero) {
+        if (old == NULL) {
+            ok = 1;
+            goto done;
+        }
+        if (!bisect(keys, key, &index) || PyList_SetSlice(keys, index, index + 1, NULL) < 0 ||
+            PyDict_DelItem(levels, k) < 0)
+            goto done;
+        if (index < CHECKSUM_LEVELS) {
+            if (index >= PyList_GET_SIZE(top)) {
+                out_of_step();
+                goto done;
+            }
+            if (PyList_SetSlice(top, index, index + 1, NULL) < 0)
+                goto done;
+            if (PyList_GET_SIZE(keys) >= CHECKSUM_LEVELS) {
+                PyObject *entering = PyDict_GetItemWithError(
+                    levels, PyList_GET_ITEM(keys, CHECKSUM_LEVELS - 1));
+                if (entering == NULL) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetString(PyExc_KeyError, "native core: a key without a level");
+                    goto done;
+                }
+                PyObject *piece = stored_piece(entering);
+                if (piece == NULL)
+                    goto done;
+                int appended = PyList_Append(top, piece);
+                Py_DECREF(piece);
+                if (appended < 0)
+                    goto done;
+            }
+            side->dirty = 1;
+            side->dirty_changed = 1;
+        }
+        ok = 1;
+        goto done;
+    }
+    if (!bisect(keys, key, &index))
+        goto done;
+    PyObject *price = NULL;
+    if (old != NULL && PyTuple_Check(old) && PyTuple_GET_SIZE(old) >= 2) {
+        /* Same key, same text: keep the stored price object (equal in every way but identity). */
+        Span stored;
+        PyObject *text = PyTuple_GET_ITEM(old, 0);
+        if (PyUnicode_Check(text) && PyUnicode_IS_COMPACT_ASCII(text)) {
+            stored.p = (const char *)PyUnicode_1BYTE_DATA(text);
+            stored.n = PyUnicode_GET_LENGTH(text);
+            if (stored.n == level->price.n && !memcmp(stored.p, level->price.p, stored.n)) {
+                price = text;
+                Py_INCREF(price);
+            }
+        }
+    }
+    if (price == NULL && (price = ascii_str(level->price)) == NULL)
+        goto done;
+    PyObject *volume = ascii_str(level->volume);
+    PyObject *pair = volume ? PyTuple_New(2) : NULL;
+    if (pair == NULL) {
+        Py_DECREF(price);
+        Py_XDECREF(volume);
+        goto done;
+    }
+    PyTuple_SET_ITEM(pair, 0, price);
+    PyTuple_SET_ITEM(pair, 1, volume);
+    if (index < CHECKSUM_LEVELS) {
+        PyObject *piece =
+            piece_of(level->price.p, level->price.n, level->volume.p, level->volume.n);
+        int changed;
+        if (piece == NULL) {
+            Py_DECREF(pair);
+            goto done;
+        }
+        if (old != NULL) {
+            if (index >= PyList_GET_SIZE(top)) {
+                Py_DECREF(piece);
+                Py_DECREF(pair);
+                out_of_step();
+                goto done;
+            }
+            changed = PyList_SetItem(top, index, piece); /* steals piece */
+        } else {
+            changed = PyList_Insert(keys, index, k) < 0 ? -1 : PyList_Insert(top, index, piece);
+            Py_DECREF(piece);
+            if (changed == 0 && PyList_GET_SIZE(top) > CHECKSUM_LEVELS)
+                changed = PyList_SetSlice(top, CHECKSUM_LEVELS, CHECKSUM_LEVELS + 1, NULL);
+        }
+        if (changed < 0) {
+            Py_DECREF(pair);
+            goto done;
+        }
+        side->dirty = 1;
+        side->dirty_changed = 1;
+    } else if (old == NULL && PyList_Insert(keys, index, k) < 0) {
+        Py_DECREF(pair);
+        goto done;
+    }
+    ok = PyDict_SetItem(levels, k, pair) == 0;
+    Py_DECREF(pair);
+done:
+    Py_DECREF(k);
+    return ok;
+}
+
+/* Book.truncate */
+static int truncate_book(Route *r) {
+    for (int i = 0; i < 2; i++) {
+        Side *side = &r->sides[i];
+        Py_ssize_t n = PyList_GET_SIZE(side->keys);
+        if (n <= r->depth)
+            continue;
+        for (Py_ssize_t j = r->depth; j < n; j++)
+            if (PyDict_DelItem(side->levels, PyList_GET_ITEM(side->keys, j)) < 0)
+                return 0;
+        if (PyList_SetSlice(side->keys, r->depth, n, NULL) < 0)
+            return 0;
+        if (r->depth < CHECKSUM_LEVELS) {
+            Py_ssize_t t = PyList_GET_SIZE(side->top);
+            if (t > r->depth && PyList_SetSlice(side->top, r->depth, t, NULL) < 0)
+                return 0;
+            side->dirty = 1;
+            side->dirty_changed = 1;
+        }
+    }
+    return 1;
+}
+
+/* Book.checksum: the asks' CRC and the bids' text are cached apart. */
+static int book_checksum(Route *r, uint32_t *out) {
+    Side *asks = &r->sides[0], *bids = &r->sides[1];
+    if (asks->dirty || bids->dirty) {
+        if (asks->dirty) {
+            uint32_t crc = 0;
+            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(asks->top); i++) {
+                Span piece;
+                if (!utf8_span(PyList_GET_ITEM(asks->top, i), &piece))
+                    return 0;
+                crc = crc_update(crc, (const unsigned char *)piece.p, piece.n);
+            }
+            r->ask_crc = crc;
+            asks->dirty = 0;
+            asks->dirty_changed = 1;
+        }
+        if (bids->dirty) {
+            r->bid_len = 0;
+            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(bids->top); i++) {
+                Span piece;
+                if (!utf8_span(PyList_GET_ITEM(bids->top, i), &piece) ||
+                    !reserve_bid_text(r, r->bid_len + piece.n))
+                    return 0;
+                memcpy(r->bid_text + r->bid_len, piece.p, piece.n);
+                r->bid_len += piece.n;
+            }
+            bids->dirty = 0;
+            bids->dirty_changed = 1;
+        }
+        r->checksum = crc_update(r->ask_crc, r->bid_text, r->bid_len);
+        r->crc_changed = 1;
+    }
+    *out = r->checksum;
+    return 1;
+}
+
+/* -- run ---------------------------------------------------------------------------------------- */
+
+typedef struct {
+    Route *routes;
+    Py_ssize_t count;
+} Routes;
+
+static Route *find_route(Routes *routes, Span pair) {
+    for (Py_ssize_t i = 0; i < routes->count; i++) {
+        Route *r = &routes->routes[i];
+        if (r->pair.n == pair.n && !memcmp(r->pair.p, pair.p, pair.n))
+            return r;
+    }
+    return NULL;
+}
+
+static int load_routes(PyObject *dict, Routes *routes) {
+    routes->count = 0;
+    routes->routes = PyMem_Calloc(PyDict_GET_SIZE(dict) + 1, sizeof(Route));
+    if (routes->routes == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    PyObject *name, *route;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(dict, &pos, &name, &route)) {
+        Route *r = &routes->routes[routes->count];
+        if (!load_route(route, r))
+            return 0;
+        Span wire;
+        /* run() looks routes up by the frame's pair, as the dict is keyed. */
+        if (!utf8_span(name, &wire))
+            return 0;
+        r->pair = wire;
+        routes->count++;
+    }
+    return 1;
+}
+
+static void free_routes(Routes *routes) {
+    for (Py_ssize_t i = 0; i < routes->count; i++)
+        PyMem_Free(routes->routes[i].bid_text);
+    PyMem_Free(routes->routes);
+}
+
+/* The keys of every level of the line, or 0 when one cannot be had here (hand it back). */
+static int line_keys(Route *r, Line *line, int64_t *keys) {
+    for (int d = 0; d < line->ndicts; d++) {
+        Group *groups[2] = {&line->dicts[d].a, &line->dicts[d].b};
+        for (int g = 0; g < 2; g++) {
+            Group *group = groups[g];
+            if (!group->used)
+                continue;
+            for (int i = group->start; i < group->start + group->count; i++)
+                if (!price_key(line->levels[i].price, r->scale, r->sides[g].sign, &keys[i]))
+                    return 0;
+        }
+    }
+    return 1;
+}
+
+static int apply_line(Route *r, Line *line, const int64_t *keys, uint64_t expected, int *ok) {
+    int deep = 0;
+    for (int d = 0; d < line->ndicts; d++) {
+        Group *groups[2] = {&line->dicts[d].a, &line->dicts[d].b};
+        for (int g = 0; g < 2; g++) {
+            Group *group = groups[g];
+            if (!group->used)
+                continue;
+            Side *side = &r->sides[g];
+            for (int i = group->start; i < group->start + group->count; i++)
+                if (!apply_level(side, &line->levels[i], keys[i]))
+                    return 0;
+            if (PyList_GET_SIZE(side->keys) > r->depth)
+                deep = 1;
+        }
+    }
+    if (deep && !truncate_book(r))
+        return 0;
+    uint32_t sum;
+    if (!book_checksum(r, &sum))
+        return 0;
+    *ok = (uint64_t)sum == expected;
+    return 1;
+}
+
+typedef struct {
+    Line line;
+    int64_t keys[MAX_LEVELS];
+} Scratch;
+
+static PyObject *native_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "run(line_feed, lines, start)");
+        return NULL;
+    }
+    PyObject *self = args[0], *lines = args[1];
+    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    if (!PyList_CheckExact(lines)) {
+        PyErr_SetString(PyExc_TypeError, "native core: lines must be a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(lines);
+    if (start < 0)
+        start = 0;
+    if (start >= count)
+        return PyLong_FromSsize_t(count);
+
+    PyObject *routes_dict = PyObject_GetAttr(self, s_routes);
+    PyObject *feed = PyObject_GetAttr(self, s_feed);
+    int64_t clock;
+    Routes routes = {NULL, 0};
+    Scratch *scratch = NULL;
+    Py_ssize_t index = start;
+    int failed = 1;
+    Route *last = NULL;
+    int clock_changed = 0;
+    if (routes_dict == NULL || feed == NULL || !int_attr(self, s_clock, &clock))
+        goto finish;
+    if (clock == INT64_MAX) { /* a clock past any int64 receive time: the general path only */
+        failed = 0;
+        goto finish;
+    }
+    if (!PyDict_CheckExact(routes_dict)) {
+        PyErr_SetString(PyExc_TypeError, "native core: routes must be a dict");
+        goto finish;
+    }
+    if (!load_routes(routes_dict, &routes))
+        goto finish;
+    scratch = PyMem_Malloc(sizeof(Scratch));
+    if (scratch == NULL) {
+        PyErr_NoMemory();
+        goto finish;
+    }
+    Line *line = &scratch->line;
+    for (; index < count; index++) {
+        PyObject *item = PyList_GET_ITEM(lines, index);
+        if (!PyBytes_CheckExact(item) ||
+            !parse_line(PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item), line))
+            break;
+        Route *r = find_route(&routes, line->pair);
+        if (r == NULL)
+            break;
+        Dict *payload = &line->dicts[0], *carrier = &line->dicts[line->ndicts - 1];
+        int64_t now = line->recv_ns > clock ? line->recv_ns : clock;
+        if (now > r->limit || r->book == NULL || !r->valid ||
+            r->channel.n != line->channel.n ||
+            memcmp(r->channel.p, line->channel.p, line->channel.n) ||
+            payload->has_snapshot_key || !carrier->has_c)
+            break;
+        if (!r->loaded && !load_book(r))
+            goto finish;
+        if (!line_keys(r, line, scratch->keys))
+            break;
+        int ok;
+        if (!apply_line(r, line, scratch->keys, carrier->c, &ok))
+            goto finish;
+        if (now != clock)
+            clock_changed = 1;
+        clock = now;
+        r->frames++;
+        r->last_ns = now;
+        last = r;
+        if (ok) {
+            r->ok++;
+        } else {
+            r->failed++;
+            r->valid = 0;
+            r->valid_changed = 1;
+            /* PairStats.become_invalid, now (it only sets invalid_since). */
+            PyObject *at = PyLong_FromLongLong(now);
+            PyObject *done = at ? PyObject_CallMethodOneArg(r->stats, s_become_invalid, at) : NULL;
+            Py_XDECREF(at);
+            if (done == NULL)
+                goto finish;
+            Py_DECREF(done);
+        }
+    }
+    failed = 0;
+finish:
+    if (routes.routes != NULL) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        for (Py_ssize_t i = 0; i < routes.count; i++)
+            if (!store_route(&routes.routes[i]))
+                failed = 1;
+        if (last != NULL && PyObject_SetAttr(feed, s_last_key, last->key) < 0)
+            failed = 1;
+        if (clock_changed && !set_int_attr(self, s_clock, clock))
+            failed = 1;
+        if (type != NULL)
+            PyErr_Restore(type, value, traceback);
+        free_routes(&routes);
+    }
+    PyMem_Free(scratch);
+    Py_XDECREF(routes_dict);
+    Py_XDECREF(feed);
+    if (failed) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "native core: run failed");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(index);
+}
+
+static PyMethodDef methods[] = {
+    {"run", (PyCFunction)(void (*)(void))native_run, METH_FASTCALL,
+     "run(line_feed, lines, start) -> index: kbook.lines.LineFeed.run, natively."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "kbook._native",
+    "The native core of replay's hot path; see kbook.lines.", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+#define INTERN(var, text)                                                                          \
+    if ((var = PyUnicode_InternFromString(text)) == NULL)                                          \
+        return NULL;
+
+PyMODINIT_FUNC PyInit__native(void) {
+    crc_init();
+    INTERN(s_routes, "routes");
+    INTERN(s_feed, "feed");
+    INTERN(s_clock, "clock");
+    INTERN(s_channel, "channel");
+    INTERN(s_book, "book");
+    INTERN(s_limit, "limit");
+    INTERN(s_stats, "stats");
+    INTERN(s_key, "key");
+    INTERN(s_valid, "valid");
+    INTERN(s_depth, "depth");
+    INTERN(s_scale, "scale");
+    INTERN(s_asks, "asks");
+    INTERN(s_bids, "bids");
+    INTERN(s_keys, "keys");
+    INTERN(s_levels, "levels");
+    INTERN(s_top, "top");
+    INTERN(s_dirty, "dirty");
+    INTERN(s_ask_crc, "_ask_crc");
+    INTERN(s_bid_text, "_bid_text");
+    INTERN(s_checksum, "_checksum");
+    INTERN(s_frames, "frames");
+    INTERN(s_updates, "updates");
+    INTERN(s_checksums_ok, "checksums_ok");
+    INTERN(s_checksums_failed, "checksums_failed");
+    INTERN(s_last_ns, "last_ns");
+    INTERN(s_last_key, "last_key");
+    INTERN(s_become_invalid, "become_invalid");
+    return PyModule_Create(&module_def);
+}
