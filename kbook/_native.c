@@ -1133,9 +1133,158 @@ finish:
     return PyLong_FromSsize_t(index);
 }
 
+/* -- the survey's scan of decompressed text (replay.survey) --------------------------------------- */
+
+static inline int is_space(unsigned char ch) {
+    /* \s of a bytes regular expression */
+    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v';
+}
+
+/* ``"(book-\d+)"\s*,\s*"([^"\n]*)"\s*\]`` matched at ``s``: its end, or NULL. */
+static const char *book_end_at(const char *s, const char *end, Span *channel, Span *pair) {
+    const char *p = s + 6; /* past "book- */
+    const char *digits = p;
+    while (p < end && is_digit(*p))
+        p++;
+    if (p == digits || p >= end || *p != '"')
+        return NULL;
+    channel->p = s + 1;
+    channel->n = p - channel->p;
+    p++;
+    while (p < end && is_space((unsigned char)*p))
+        p++;
+    if (p >= end || *p != ',')
+        return NULL;
+    p++;
+    while (p < end && is_space((unsigned char)*p))
+        p++;
+    if (p >= end || *p != '"')
+        return NULL;
+    pair->p = ++p;
+    while (p < end && *p != '"' && *p != '\n')
+        p++;
+    if (p >= end || *p != '"')
+        return NULL;
+    pair->n = p - pair->p;
+    p++;
+    while (p < end && is_space((unsigned char)*p))
+        p++;
+    if (p >= end || *p != ']')
+        return NULL;
+    return p + 1;
+}
+
+/* ``"meta"\s*:`` or ``"connectionID"\s*:`` starting at ``s``: its end, or NULL. */
+static const char *rare_at(const char *s, const char *end) {
+    const char *p;
+    if (end - s >= 6 && !memcmp(s, "\"meta\"", 6))
+        p = s + 6;
+    else if (end - s >= 14 && !memcmp(s, "\"connectionID\"", 14))
+        p = s + 14;
+    else
+        return NULL;
+    while (p < end && is_space((unsigned char)*p))
+        p++;
+    return p < end && *p == ':' ? p + 1 : NULL;
+}
+
+static int add_span(PyObject *list, Py_ssize_t start, Py_ssize_t stop) {
+    PyObject *item = Py_BuildValue("(nn)", start, stop);
+    int ok = item != NULL && PyList_Append(list, item) == 0;
+    Py_XDECREF(item);
+    return ok;
+}
+
+/* Lines holding a meta record or a connectionID, as ``replay.survey._rare_lines`` finds them:
+ * every such match holds a "t", a byte book frames lack, so memchr finds the few candidates. */
+static int rare_lines(const char *text, const char *end, PyObject *spans) {
+    const char *position = text;
+    while (position < end) {
+        const char *t = memchr(position, 't', end - position);
+        if (t == NULL)
+            return 1;
+        const char *line = t;
+        while (line > position && line[-1] != '\n')
+            line--;
+        const char *line_end = memchr(t, '\n', end - t);
+        if (line_end == NULL)
+            line_end = end;
+        const char *match = NULL;
+        for (const char *q = line; q < line_end && match == NULL; q++)
+            if (*q == '"' && rare_at(q, end) != NULL)
+                match = q;
+        if (match == NULL) {
+            position = line_end + 1;
+            continue;
+        }
+        const char *after = rare_at(match, end);
+        const char *stop = memchr(after, '\n', end - after);
+        if (stop == NULL) /* bodies end with a line break; as the Python slice would */
+            stop = end - 1;
+        if (!add_span(spans, line - text, stop - text))
+            return 0;
+        position = stop + 1;
+    }
+    return 1;
+}
+
+/* survey_body(body) -> (rare line spans, distinct (channel, pair) book endings in order) */
+static PyObject *native_survey_body(PyObject *module, PyObject *body) {
+    (void)module;
+    if (!PyBytes_Check(body)) {
+        PyErr_SetString(PyExc_TypeError, "survey_body takes bytes");
+        return NULL;
+    }
+    const char *text = PyBytes_AS_STRING(body), *end = text + PyBytes_GET_SIZE(body);
+    PyObject *spans = PyList_New(0), *books = PyList_New(0), *seen = PySet_New(NULL);
+    PyObject *result = NULL;
+    if (spans == NULL || books == NULL || seen == NULL || !rare_lines(text, end, spans))
+        goto done;
+    /* Every match has its only "-" at offset 5: memchr goes from dash to dash (one per book
+     * frame), and matches never overlap, as re.finditer finds them. */
+    const char *position = text, *floor = text, *last = NULL;
+    Span last_channel = {NULL, 0}, last_pair = {NULL, 0};
+    while (position < end) {
+        const char *dash = memchr(position, '-', end - position);
+        if (dash == NULL)
+            break;
+        const char *s = dash - 5;
+        Span channel, pair;
+        const char *stop;
+        position = dash + 1;
+        if (s < floor || memcmp(s, "\"book", 5) ||
+            (stop = book_end_at(s, end, &channel, &pair)) == NULL)
+            continue;
+        position = floor = stop;
+        if (last != NULL && channel.n == last_channel.n && pair.n == last_pair.n &&
+            !memcmp(channel.p, last_channel.p, channel.n) && !memcmp(pair.p, last_pair.p, pair.n))
+            continue; /* the usual case: the same book as the line before */
+        last = s;
+        last_channel = channel;
+        last_pair = pair;
+        PyObject *item = Py_BuildValue("(y#y#)", pair.p, pair.n, channel.p, channel.n);
+        if (item == NULL)
+            goto done;
+        int known = PySet_Contains(seen, item);
+        int ok = known >= 0 && (known || (PySet_Add(seen, item) == 0 &&
+                                          PyList_Append(books, item) == 0));
+        Py_DECREF(item);
+        if (!ok)
+            goto done;
+    }
+    result = PyTuple_Pack(2, spans, books);
+done:
+    Py_XDECREF(spans);
+    Py_XDECREF(books);
+    Py_XDECREF(seen);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"run", (PyCFunction)(void (*)(void))native_run, METH_FASTCALL,
      "run(line_feed, lines, start) -> index: kbook.lines.LineFeed.run, natively."},
+    {"survey_body", native_survey_body, METH_O,
+     "survey_body(body) -> (rare line spans, [(pair, channel)]): replay.survey's scan."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,11 +4,12 @@ Replay needs this before it applies a single frame: pairs are grouped into indep
 (``replay.plan``), ``--pair`` and ``--levels`` are checked against what was recorded (so a bad
 option fails before anything is written), and segments wholly outside ``--start``/``--end`` can be
 skipped. It must cost little next to the replay itself, so it never decodes data frames: it
-decompresses and searches the text with byte-level regular expressions. Book frames end with
-``"book-N","<pair>"]`` (the frame text is copied verbatim by the recorder and by
-``kbook.captures``; nothing else in a segment looks like that); each distinct ending is found once
-per chunk and removed with ``bytes.replace``, which runs at memory speed. The rare ``meta`` and
-``systemStatus`` lines are decoded with orjson.
+decompresses and searches the text. Book frames end with ``"book-N","<pair>"]`` (the frame text is
+copied verbatim by the recorder and by ``kbook.captures``; nothing else in a segment looks like
+that). The native core finds those endings and the rare ``meta``/``connectionID`` lines in one
+``memchr`` pass each (``_scan_body``); without it, byte-level regular expressions do, each distinct
+ending found once per chunk and removed with ``bytes.replace``. The rare lines are decoded with
+orjson.
 
 Kraken v2 segments (``kbook.v2.segment_api``) are surveyed by decoding every line instead
 (``_survey_v2``): a v2 book frame names its symbol but not its depth, which comes from the
@@ -31,6 +32,7 @@ import zstandard
 
 from kbook.errors import FrameError, SegmentError
 from kbook.feed import channel_depth
+from kbook.lines import native_core
 from kbook.segment import SegmentReader
 from kbook.v2 import API_V1, API_V2, DEPTHS, parse_ack, parse_status, segment_api
 
@@ -75,12 +77,11 @@ def survey_segment(path: Path) -> SegmentInfo:
         if first_ns is None and (match := _RECV.search(body, 0, 200)):
             first_ns = int(match.group(1))
         first_msg = -1 if scan.seen_msg else body.find(b'"msg":')
-        for start, line in _rare_lines(body):
-            scan.rare_line(line, after_msg=scan.seen_msg or 0 <= first_msg < start)
+        rare, books = _scan_body(body)
+        for start, stop in rare:
+            scan.rare_line(body[start:stop], after_msg=scan.seen_msg or 0 <= first_msg < start)
         scan.seen_msg = scan.seen_msg or first_msg >= 0
-        while match := _search(_BOOK_END, (b'"book-',), body):
-            scan.books.add((match.group(2).decode(), match.group(1).decode()))
-            body = body.replace(match.group(0), b"\n")
+        scan.books.update((pair.decode(), channel.decode()) for pair, channel in books)
     return SegmentInfo(
         path=path,
         size=path.stat().st_size,
@@ -236,6 +237,22 @@ def _resynced_bodies(path: Path) -> Iterator[bytes]:
             body, size = [], 0
     if body:
         yield b"\n".join(body) + b"\n"
+
+
+def _scan_body(body: bytes) -> tuple[list[tuple[int, int]], list[tuple[bytes, bytes]]]:
+    """``(start, stop)`` of each rare line (``_rare_lines``) and the ``(pair, channel)`` of each
+    book frame ending, by the native core when it was built (one ``memchr`` pass for each, at
+    memory speed), else by the regular expressions below. The two agree on every segment the
+    recorder writes; ``tests/test_native.py`` holds them together."""
+    core = native_core()
+    if core is not None:
+        return core.survey_body(body)
+    rare = [(start, start + len(line)) for start, line in _rare_lines(body)]
+    books: list[tuple[bytes, bytes]] = []
+    while match := _search(_BOOK_END, (b'"book-',), body):
+        books.append((match.group(2), match.group(1)))
+        body = body.replace(match.group(0), b"\n")
+    return rare, books
 
 
 def _rare_lines(body: bytes) -> Iterator[tuple[int, bytes]]:
