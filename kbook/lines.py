@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from types import ModuleType
 from dataclasses import dataclass
+from types import ModuleType
 
 import orjson
 
