@@ -285,7 +285,7 @@ class Book:
             raise FrameError(f"level {[price, volume]!r} does not hold price and volume text")
         scale = self.scale
         dot = len(price) - 1 - scale
-        if scale and price.find(".") == dot:
+        if scale and dot >= 0 and price.find(".") == dot:
             # The usual case, the book's own number of decimals: the digits are the key.
             try:
                 key = int(price[:dot] + price[dot + 1 :])

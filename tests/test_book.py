@@ -142,6 +142,20 @@ def test_mixed_decimal_widths_are_one_key() -> None:
     assert book.top_asks(5) == [("1.25", VOL)]
 
 
+@pytest.mark.parametrize(
+    ("high", "whole", "low"), [("27121.00000", "27120", "27119.00000"), ("8.5", "7", "6.5")]
+)
+def test_a_whole_price_as_long_as_the_scale_is_keyed_by_value(
+    high: str, whole: str, low: str
+) -> None:
+    """A price without a dot whose length equals the book's number of decimals was once read as
+    digits with a dot at position -1 ("27120" at 5 decimals became 2712.27120)."""
+    book = Book(10)
+    book.apply_snapshot([], [level(high), level(low)])
+    book.apply_update([], [level(whole)])
+    assert [p for p, _ in book.top_bids(3)] == [high, whole, low]
+
+
 def test_seventeen_digit_volume_kept_as_text() -> None:
     book = Book(10)
     book.apply_snapshot([level("0.000100000000", "301727260.79999999")], [])
