@@ -1031,8 +1031,10 @@ static PyObject *native_run(PyObject *module, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     Py_ssize_t count = PyList_GET_SIZE(lines);
-    if (start < 0)
-        start = 0;
+    if (start < 0) {
+        PyErr_Format(PyExc_ValueError, "start must not be negative, got %zd", start);
+        return NULL;
+    }
     if (start >= count)
         return PyLong_FromSsize_t(count);
 

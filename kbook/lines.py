@@ -74,6 +74,15 @@ def native_core() -> ModuleType | None:
     return _native_core
 
 
+def core_description() -> str:
+    """What runs replay's hot path here, for ``kbook --version``."""
+    if native_core() is not None:
+        return "native core"
+    if _native_core is not None:
+        return "pure Python: KBOOK_NATIVE=0"
+    return "pure Python: the native core was not built"
+
+
 class LineFeed:
     """Applies raw segment lines of followed books to a ``BookFeed``'s books."""
 
@@ -98,6 +107,8 @@ class LineFeed:
 
     def run(self, lines: Sequence[bytes], start: int) -> int:
         """Apply ``lines[start:]`` while each is a plain update; see the module docstring."""
+        if start < 0:
+            raise ValueError(f"start must not be negative, got {start}")
         if self.native is not None and type(lines) is list:
             return self.native.run(self, lines, start)
         return self.run_python(lines, start)
@@ -162,7 +173,8 @@ class LineFeed:
                         deep = apply(book.bids, side) or deep
                 if deep:
                     book.truncate()
-                if book.checksum() == int(checksum):
+                expected = int(checksum)  # before checksum(), as BookFeed.on_message does
+                if book.checksum() == expected:
                     stats.checksums_ok += 1
                 else:
                     book.valid = False
