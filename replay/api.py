@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from replay.options import (
     parse_pairs,
     to_ns,
 )
-from replay.parallel import Rows, run_streams, share
+from replay.parallel import Rows, Workers, run_streams, share
 from replay.parquet import (
     check_output,
     discard,
@@ -254,10 +254,12 @@ def run_replay(
         else nullcontext()
     )
     with pool_cm as pool:
+        workers = None
         if pool is not None:
-            for _ in range(options.workers - 1):
-                pool.submit(_warm_up)  # workers start while this process surveys
-        infos = _survey(segments, pool, options.workers)
+            # Workers start while this process surveys; work goes to each once it is up.
+            started = [pool.submit(_warm_up) for _ in range(options.workers - 1)]
+            workers = Workers(pool, started)
+        infos = _survey(segments, workers)
         streams = plan_streams(infos, options)
         if progress is not None:
             progress(0, total)
@@ -269,18 +271,18 @@ def run_replay(
             if progress is not None:
                 progress(done, total)
 
-        return infos, run_streams(streams, options, folder, tick, pool)
+        return infos, run_streams(streams, options, folder, tick, workers)
 
 
 def _warm_up() -> None:
     """Nothing: importing this module in a worker is the point."""
 
 
-def _survey(segments: list[Path], pool: Executor | None, workers: int) -> list[SegmentInfo]:
-    if pool is None:
+def _survey(segments: list[Path], workers: Workers | None) -> list[SegmentInfo]:
+    if workers is None:
         return [survey_segment(path) for path in segments]
     infos: dict[int, SegmentInfo] = {}
-    share(pool, workers - 1, survey_segment, segments, infos.__setitem__)
+    share(workers, survey_segment, segments, infos.__setitem__)
     return [infos[index] for index in range(len(segments))]
 
 
