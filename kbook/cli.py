@@ -31,7 +31,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"kbook {__version__}")
+        from kbook.lines import core_description
+
+        typer.echo(f"kbook {__version__} ({core_description()})")
         raise typer.Exit()
 
 
@@ -208,9 +210,16 @@ def replay(
     ] = None,
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
+    from kbook.lines import native_core
     from replay.api import replay_to_dataset
     from replay.report import print_summary, progress_bar
 
+    if native_core() is None and os.environ.get("KBOOK_NATIVE", "1") != "0":
+        typer.echo(
+            "kbook: note: the native core was not built (no C compiler at install), so replay "
+            "runs in pure Python, about 3x slower; see README, Performance",
+            err=True,
+        )
     with progress_bar(enabled=sys.stderr.isatty()) as progress:
         summary = replay_to_dataset(
             paths or [_default_raw()],
