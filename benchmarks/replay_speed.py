@@ -3,13 +3,15 @@
     /work/venv/bin/python benchmarks/replay_speed.py [--frames 1000000] [--repeat 3]
         [--cache DIR] [--only e2e,book,floor,naive,memory,recorder,workers]
 
-Generates (once; cached under ``--cache``) two recordings with the simulator's seeded ``Market``,
+Generates (once; cached under ``--cache``) recordings with the simulator's seeded ``Market``,
 written the way the recorder writes them: per-pair streams of segments rotated every
 ``--rotate`` seconds of receive time, each rotated segment opening with ``checkpoint`` lines,
 heartbeats and a flush every second, about 1,000 frames a second (exponential gaps):
 
 - ``single``: XBT/USD at depth 100, ``--frames`` updates;
-- ``multi``: four pairs at depth 100 sharing one connection, ``--frames`` updates in all.
+- ``multi``: four pairs at depth 100 sharing one connection, ``--frames`` updates in all;
+- ``long``: as ``single`` with ``--long-frames`` updates (only for the workers' figure: a worker
+  takes a fixed ~0.3 s to start, which a one-second replay cannot hide).
 
 Then prints, as the median of ``--repeat`` runs, frames per second of: the end-to-end replay
 (segments -> books with every checksum verified -> 1 s snapshots -> Parquet), the book alone
@@ -165,8 +167,9 @@ def generate(root: Path, pairs: tuple[str, ...], frames: int, rotate_s: int, see
 
 
 def recording(cache: Path, kind: str, frames: int, rotate_s: int, seed: int) -> Path:
-    """The cached recording ``kind`` (``single`` or ``multi``), generated when missing."""
-    pairs = SINGLE if kind == "single" else MULTI
+    """The cached recording ``kind`` (``single``/``long``: one pair, ``multi``: four), generated
+    when missing."""
+    pairs = MULTI if kind == "multi" else SINGLE
     folder = cache / f"{kind}-{frames}-r{rotate_s}-s{seed}-v{FORMAT}"
     if (folder / "done").exists():
         return folder / "raw"
@@ -176,6 +179,19 @@ def recording(cache: Path, kind: str, frames: int, rotate_s: int, seed: int) -> 
     (folder / "done").write_text("ok\n")
     print(f"  generated {kind}: {frames:,} frames in {time.perf_counter() - started:.1f} s")
     return folder / "raw"
+
+
+def core_name() -> str:
+    """Which implementation of ``LineFeed.run`` a replay here uses (``KBOOK_NATIVE=0``: Python)."""
+    try:
+        from kbook.lines import native_core
+    except ImportError:
+        return "pure Python (a version of kbook without a native core)"
+    return (
+        "native core (kbook._native)"
+        if native_core()
+        else "pure Python (KBOOK_NATIVE=0 or not built)"
+    )
 
 
 def segments_of(raw: Path) -> list[Path]:
@@ -421,6 +437,12 @@ def main() -> None:
     parser.add_argument("--rotate", type=int, default=60, help="segment length, seconds")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--naive-frames", type=int, default=200_000)
+    parser.add_argument(
+        "--long-frames",
+        type=int,
+        default=8_000_000,
+        help="updates of the long one-pair recording that workers are also measured on",
+    )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "kbook-bench")
     parser.add_argument("--only", default="e2e,book,floor,naive,memory,recorder,workers")
     args = parser.parse_args()
@@ -430,6 +452,7 @@ def main() -> None:
     multi = recording(args.cache, "multi", args.frames, args.rotate, args.seed)
     size = sum(p.stat().st_size for p in segments_of(single))
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"replay's hot path: {core_name()}")
     print(
         f"data: {args.frames:,} updates, depth {DEPTH}; single pair in "
         f"{len(segments_of(single))} segments ({size / 1e6:.1f} MB), "
@@ -475,7 +498,12 @@ def main() -> None:
                 f"book {cost['live book']:.2f} CPU s per 100k frames"
             )
         if "workers" in wanted:
-            for name, raw in (("single pair", single), (f"{len(MULTI)} pairs", multi)):
+            long = recording(args.cache, "long", args.long_frames, args.rotate, args.seed)
+            for name, raw in (
+                ("single pair", single),
+                (f"{len(MULTI)} pairs", multi),
+                (f"single pair, {args.long_frames:,} updates", long),
+            ):
                 runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
                 for _ in range(args.repeat):  # alternate, so that load drifts hit both alike
                     for workers in (1, 2):
