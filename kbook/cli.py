@@ -217,7 +217,7 @@ def replay(
     if native_core() is None and os.environ.get("KBOOK_NATIVE", "1") != "0":
         typer.echo(
             "kbook: note: the native core was not built (no C compiler at install), so replay "
-            "runs in pure Python, about 3x slower; see README, Performance",
+            "runs in pure Python, about 3.5x slower; see README, Performance",
             err=True,
         )
     with progress_bar(enabled=sys.stderr.isatty()) as progress:

@@ -1,0 +1,73 @@
+"""Replay writes the same Parquet bytes whichever path applies the frames.
+
+Three ways through ``replay.engine``: the native core (the default where it was built), the
+pure-Python loop of ``LineFeed.run`` (``KBOOK_NATIVE=0``), and the straightforward one, where
+``run`` applies nothing and every line is decoded and applied by ``BookFeed.on_message`` alone.
+Same files, byte for byte, on the real captures and on recorder-style recordings of the
+benchmark's kind (the simulator's market, with every fault ``perf_support`` sprinkles in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from perf_support import write_recording
+
+import replay
+from kbook.lines import LineFeed, native_core
+
+from conftest import V1_CAPTURES
+
+PATHS = ["native", "python", "straightforward"]
+
+
+def hand_back_everything(self: LineFeed, lines: Sequence[bytes], start: int) -> int:
+    """``LineFeed.run`` that applies nothing: the caller's general path does all the work."""
+    return start
+
+
+def replay_bytes(
+    source: Path, out: Path, path: str, monkeypatch: pytest.MonkeyPatch, every: str
+) -> dict[str, bytes]:
+    with monkeypatch.context() as patch:
+        if path == "python":
+            patch.setenv("KBOOK_NATIVE", "0")
+        elif path == "straightforward":
+            patch.setattr(LineFeed, "run", hand_back_everything)
+        replay.replay_to_dataset(source, out, every=every, levels=10, workers=1)
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.parquet"))}
+
+
+def assert_same_bytes(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: str
+) -> None:
+    if native_core() is None:
+        pytest.skip("kbook's native core was not built")
+    written = {
+        path: replay_bytes(source, tmp_path / path, path, monkeypatch, every) for path in PATHS
+    }
+    assert written["native"], "no Parquet written"
+    assert written["python"] == written["native"]
+    assert written["straightforward"] == written["native"]
+
+
+@pytest.mark.parametrize("capture", sorted(V1_CAPTURES))
+def test_captures_replay_to_the_same_bytes(
+    capture: str,
+    capture_segment: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert_same_bytes(capture_segment(capture), tmp_path, monkeypatch, "100ms")
+
+
+@pytest.mark.parametrize(
+    ("pairs", "shared"), [(("XBT/USD",), False), (("XBT/USD", "ETH/USD"), True)]
+)
+def test_simulated_recordings_replay_to_the_same_bytes(
+    pairs: tuple[str, ...], shared: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_recording(tmp_path / "raw", pairs, 6_000, seed=11, depth=100, shared=shared)
+    assert_same_bytes(source, tmp_path, monkeypatch, "250ms")
