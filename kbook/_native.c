@@ -970,37 +970,46 @@ static void free_routes(Routes *routes) {
     PyMem_Free(routes->routes);
 }
 
-/* The keys of every level of the line, or 0 when one cannot be had here (hand it back). */
-static int line_keys(Route *r, Line *line, int64_t *keys) {
+/* The line's level groups in Kraken's order (each object's asks, then its bids) and the side of
+ * each (0 asks, 1 bids); returns how many. */
+static int line_groups(Line *line, Group **groups, int *sides) {
+    int n = 0;
     for (int d = 0; d < line->ndicts; d++) {
-        Group *groups[2] = {&line->dicts[d].a, &line->dicts[d].b};
-        for (int g = 0; g < 2; g++) {
-            Group *group = groups[g];
-            if (!group->used)
-                continue;
-            for (int i = group->start; i < group->start + group->count; i++)
-                if (!price_key(line->levels[i].price, r->scale, r->sides[g].sign, &keys[i]))
-                    return 0;
+        if (line->dicts[d].a.used) {
+            groups[n] = &line->dicts[d].a;
+            sides[n++] = 0;
+        }
+        if (line->dicts[d].b.used) {
+            groups[n] = &line->dicts[d].b;
+            sides[n++] = 1;
         }
     }
+    return n;
+}
+
+/* The keys of every level of the line, or 0 when one cannot be had here (hand it back). */
+static int line_keys(Route *r, Line *line, int64_t *keys) {
+    Group *groups[4];
+    int sides[4];
+    int n = line_groups(line, groups, sides);
+    for (int g = 0; g < n; g++)
+        for (int i = groups[g]->start; i < groups[g]->start + groups[g]->count; i++)
+            if (!price_key(line->levels[i].price, r->scale, r->sides[sides[g]].sign, &keys[i]))
+                return 0;
     return 1;
 }
 
 static int apply_line(Route *r, Line *line, const int64_t *keys, uint64_t expected, int *ok) {
-    int deep = 0;
-    for (int d = 0; d < line->ndicts; d++) {
-        Group *groups[2] = {&line->dicts[d].a, &line->dicts[d].b};
-        for (int g = 0; g < 2; g++) {
-            Group *group = groups[g];
-            if (!group->used)
-                continue;
-            Side *side = &r->sides[g];
-            for (int i = group->start; i < group->start + group->count; i++)
-                if (!apply_level(side, &line->levels[i], keys[i]))
-                    return 0;
-            if (PyList_GET_SIZE(side->keys) > r->depth)
-                deep = 1;
-        }
+    Group *groups[4];
+    int sides[4];
+    int n = line_groups(line, groups, sides), deep = 0;
+    for (int g = 0; g < n; g++) {
+        Side *side = &r->sides[sides[g]];
+        for (int i = groups[g]->start; i < groups[g]->start + groups[g]->count; i++)
+            if (!apply_level(side, &line->levels[i], keys[i]))
+                return 0;
+        if (PyList_GET_SIZE(side->keys) > r->depth)
+            deep = 1;
     }
     if (deep && !truncate_book(r))
         return 0;

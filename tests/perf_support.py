@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 
+from kbook.feed import BookFeed
 from kbook.pairs import file_name
 from kbook.segment import SegmentWriter, checkpoint_meta, frame_line, meta_line
 from kbook.sim import Market
@@ -183,3 +184,20 @@ def write_recording(
     for stream in streams:
         stream.close(now)
     return root
+
+
+def general(feed: BookFeed, line: bytes | bytearray | memoryview | str, clock: int) -> int:
+    """The caller's path for a line ``run`` hands back (``replay.engine`` without its sampler):
+    decode it, advance the clock, apply it with ``on_message`` or ``on_meta``."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return clock
+    if type(record) is not dict or type(record.get("recv_ns")) is not int:
+        return clock
+    clock = max(clock, record["recv_ns"])
+    if "msg" in record:
+        feed.on_message(record["msg"], clock)
+    elif type(record.get("meta")) is dict:
+        feed.on_meta(record["meta"], clock)
+    return clock

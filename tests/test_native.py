@@ -36,6 +36,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from perf_support import general
 
 from kbook.book import CHECKSUM_LEVELS, Book, _Side, checksum_piece
 from kbook.captures import read_capture
@@ -68,23 +69,6 @@ def fixed_clock() -> float:
 
 
 # -- the driver -----------------------------------------------------------------------------------
-
-
-def general(feed: BookFeed, line: bytes | bytearray | memoryview | str, clock: int) -> int:
-    """The caller's path for a line ``run`` hands back (``replay.engine`` without its sampler):
-    decode it, advance the clock, apply it with ``on_message`` or ``on_meta``."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return clock
-    if type(record) is not dict or type(record.get("recv_ns")) is not int:
-        return clock
-    clock = max(clock, record["recv_ns"])
-    if "msg" in record:
-        feed.on_message(record["msg"], clock)
-    elif type(record.get("meta")) is dict:
-        feed.on_meta(record["meta"], clock)
-    return clock
 
 
 def side_state(side: _Side) -> dict[str, Any]:

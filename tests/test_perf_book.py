@@ -16,6 +16,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from perf_support import general
 
 from kbook.book import CHECKSUM_LEVELS, Book, checksum_piece
 from kbook.feed import BookFeed, Outcome
@@ -188,20 +189,6 @@ def test_line_feed_hands_back_exactly_what_it_cannot_apply() -> None:
     lines = [
         t if isinstance(t, bytes) else frame_line(10 + i, i, t, True) for i, t in enumerate(texts)
     ]
-
-    def general(feed: BookFeed, line: bytes, clock: int) -> int:
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return clock
-        if type(record) is not dict or type(record.get("recv_ns")) is not int:
-            return clock
-        clock = max(clock, record["recv_ns"])
-        if "msg" in record:
-            feed.on_message(record["msg"], clock)
-        elif "meta" in record:
-            feed.on_meta(record["meta"], clock)
-        return clock
 
     plain = BookFeed()
     clock = -1
