@@ -508,7 +508,7 @@ static int load_side(PyObject *book, PyObject *name, Side *side, int64_t sign) {
 }
 
 static int reserve_bid_text(Route *r, Py_ssize_t n) {
-    if (n <= r->bid_cap)
+    if (n <= r->bid_cap && r->bid_text != NULL) /* never NULL once reserved, even for 0 bytes */
         return 1;
     Py_ssize_t cap = n < 256 ? 256 : n * 2;
     unsigned char *buffer = PyMem_Realloc(r->bid_text, cap);
