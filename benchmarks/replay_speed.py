@@ -1,7 +1,9 @@
 """How fast replay runs, against the parse floor and a naive book; memory, recorder cost, cores.
 
-    /work/venv/bin/python benchmarks/replay_speed.py [--frames 1000000] [--repeat 3]
-        [--cache DIR] [--only e2e,book,floor,naive,memory,recorder,workers]
+    .venv/bin/python benchmarks/replay_speed.py [--frames 1000000] [--repeat 3]
+        [--long-frames 8000000] [--cache DIR] [--only e2e,book,floor,naive,memory,recorder,workers]
+
+``KBOOK_NATIVE=0`` in the environment measures the pure-Python path instead of the native core.
 
 Generates (once; cached under ``--cache``) recordings with the simulator's seeded ``Market``,
 written the way the recorder writes them: per-pair streams of segments rotated every
