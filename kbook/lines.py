@@ -17,8 +17,9 @@ loop below (about 4 us a line, a sixth of it ``orjson.loads``) runs where the co
 or when ``KBOOK_NATIVE=0`` is set. Both keep this contract, and ``tests/test_native.py`` holds them
 to it line for line:
 
-- ``run(lines, start)`` applies ``lines[start:]`` in order and returns the index of the first
-  line it did not apply (``len(lines)`` if it applied all); that line has had no effect at all;
+- ``run(lines, start)`` (``start >= 0``) applies ``lines[start:]`` in order and returns the
+  index of the first line it did not apply (``len(lines)`` if it applied all); that line has had
+  no effect at all;
 - each applied line has exactly the effect of ``BookFeed.on_message(msg, clock)`` with
   ``clock = max(clock, recv_ns)``: on the book, on its ``PairStats`` and on ``feed.last_key``;
 - it reads ``Route.channel``, ``Route.book`` and ``Route.limit``, and writes only books, stats,
