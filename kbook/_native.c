@@ -80,7 +80,7 @@ typedef struct {
 
 typedef struct {
     Group a, b;
-    int has_c, c_ok, has_snapshot_key;
+    int has_c, has_snapshot_key;
     uint64_t c;
 } Dict;
 
@@ -436,7 +436,7 @@ typedef struct {
 } Side;
 
 typedef struct {
-    PyObject *route, *book, *stats, *key; /* borrowed (the routes dict holds them) */
+    PyObject *book, *stats, *key; /* borrowed (the route, in the routes dict, holds them) */
     Span pair, channel;
     int64_t limit;
     int valid, valid_changed;
@@ -553,7 +553,6 @@ static int load_book(Route *r) {
 
 static int load_route(PyObject *route, Route *r) {
     memset(r, 0, sizeof(*r));
-    r->route = route;
     PyObject *key = PyObject_GetAttr(route, s_key);
     PyObject *channel = PyObject_GetAttr(route, s_channel);
     PyObject *book = PyObject_GetAttr(route, s_book);
