@@ -112,6 +112,23 @@ class Output:
     def files_of(self, name: str) -> list[Path]:
         return [path for path in self.files if f"/raw/{name}/" in path.as_posix()]
 
+    def opened_with_a_book(self, name: str) -> list[Path]:
+        """The segments of ``name`` opened once its book was valid, so they start with a
+        checkpoint: every file after the one holding the first snapshot. (A rotation before that
+        snapshot, as when a session starts just before a second boundary, has none to write.)"""
+        files = self.files_of(name)
+        for index, path in enumerate(files):
+            if any(_is_snapshot(record.get("msg")) for record in self.lines[path]):
+                return files[index + 1 :]
+        raise AssertionError(f"no snapshot of {name} was recorded")
+
+
+def _is_snapshot(msg: object) -> bool:
+    """A v1 (``[id, {"as": ...}, ...]``) or v2 (``{"type": "snapshot"}``) book snapshot frame."""
+    if isinstance(msg, list):
+        return len(msg) >= 4 and isinstance(msg[1], dict) and "as" in msg[1]
+    return isinstance(msg, dict) and msg.get("channel") == "book" and msg.get("type") == "snapshot"
+
 
 def read_output(out: Path) -> Output:
     """Read every segment under ``out/raw`` (``.partial`` too) from its raw line bytes."""

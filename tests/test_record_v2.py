@@ -207,7 +207,7 @@ def test_every_v2_frame_kept_in_order_across_rotations(sim: Simulator, tmp_path:
         assert first["type"] == "session_start"
         assert first["api"] == "v2"
         assert first["config"]["api"] == "v2"
-        for path in files[1:]:
+        for path in output.opened_with_a_book(name):
             head = output.lines[path][0]["meta"]
             assert head["type"] == "checkpoint"
             assert (head["api"], head["pair"], head["channel"]) == ("v2", wire, "book-25")
