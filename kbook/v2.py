@@ -29,15 +29,11 @@ from typing import Any
 
 import orjson
 
+from kbook.api import DEPTHS, Api
 from kbook.book import Book, Level
 from kbook.errors import FrameError
 from kbook.feed import BookFeed, Outcome
 from kbook.segment import Problem, SegmentReader
-
-API_V1 = "v1"
-API_V2 = "v2"
-APIS = (API_V1, API_V2)
-DEPTHS = (10, 25, 100, 500, 1000)
 
 decode = partial(json.loads, parse_float=str)
 """JSON decoding that keeps each float's exact text (``0.10000000`` stays ``"0.10000000"``)."""
@@ -53,12 +49,12 @@ def frame_api(msg: Any) -> str | None:
     """Which API a decoded frame belongs to: v1 data are arrays and v1 control objects have an
     ``event``; v2 frames are objects with ``channel`` or ``method``. None when it cannot tell."""
     if type(msg) is list:
-        return API_V1
+        return Api.V1
     if type(msg) is dict:
         if "event" in msg:
-            return API_V1
+            return Api.V1
         if "channel" in msg or "method" in msg:
-            return API_V2
+            return Api.V2
     return None
 
 
@@ -234,7 +230,7 @@ _API_PROBE_LINES = 1000
 
 def feed_for(api: str) -> BookFeed:
     """A fresh feed for frames of ``api``: ``BookFeed`` (v1) or ``V2BookFeed``."""
-    return V2BookFeed() if api == API_V2 else BookFeed()
+    return V2BookFeed() if api == Api.V2 else BookFeed()
 
 
 def segment_api(path: Path) -> str:
@@ -257,7 +253,7 @@ def segment_api(path: Path) -> str:
                 return api
     finally:
         lines.close()  # closes the file now, not whenever the generator is collected
-    return API_V1
+    return Api.V1
 
 
 def _line_api(line: bytes) -> str | None:
@@ -271,7 +267,7 @@ def _line_api(line: bytes) -> str | None:
     meta = record.get("meta")
     if type(meta) is dict:
         api = meta.get("api")
-        return api if api in APIS else None
+        return Api(api) if api in tuple(Api) else None
     return frame_api(record["msg"]) if "msg" in record else None
 
 
@@ -294,8 +290,8 @@ class RecordReader:
         self.reader = SegmentReader(self.path)
         if self.api is None:
             self.api = segment_api(self.path)
-        elif self.api not in APIS:
-            raise ValueError(f"api must be one of {APIS}, got {self.api!r}")
+        else:
+            self.api = Api(self.api)
 
     @property
     def problems(self) -> list[Problem]:
@@ -307,7 +303,7 @@ class RecordReader:
 
     def numbered(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """``(line number, record)`` for every good line, so callers can say where a frame is."""
-        if self.api != API_V2:
+        if self.api != Api.V2:
             for number, line in self.reader.raw_lines():
                 record = self.reader.decode(number, line)
                 if record is not None:
@@ -340,8 +336,6 @@ def iter_records(
 
 
 # -- talking v2 (for the recorder and watch): requests out, answers in ---------------------------
-
-V2_URL = "wss://ws.kraken.com/v2"
 
 
 def subscribe_request(

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kbook.api import Api
 from kbook.feed import BookFeed, Outcome, PairStats
 from kbook.segment import Problem, find_segments
-from kbook.v2 import API_V1, API_V2, RecordReader, feed_for, segment_api
+from kbook.v2 import RecordReader, feed_for, segment_api
 
 V2_SUFFIX = " (v2)"
 """Appended to a v2 pair's name when a v1 stream reports the same name."""
@@ -60,7 +61,7 @@ class VerifyReport:
             "files": [str(path) for path in self.files],
             "pairs": {
                 pair: {
-                    "api": self.apis.get(pair, API_V1),
+                    "api": self.apis.get(pair, Api.V1),
                     "frames": s.frames,
                     "snapshots": s.snapshots,
                     "checkpoints": s.checkpoints,
@@ -104,10 +105,10 @@ def verify_paths(paths: Iterable[Path]) -> VerifyReport:
             _verify_file(path, api, feed, report)
         feed.finish()
         done.append((api, feed))
-    v1_names = {pair for api, feed in done if api == API_V1 for pair in feed.stats}
+    v1_names = {pair for api, feed in done if api == Api.V1 for pair in feed.stats}
     for api, feed in done:
         rename: dict[str, str] = {}
-        if api == API_V2:
+        if api == Api.V2:
             rename = {pair: pair + V2_SUFFIX for pair in feed.stats if pair in v1_names}
         _add_counts(total, feed, rename)
         for pair in feed.stats:

@@ -10,7 +10,7 @@ same job with the guarantees of the recorder. Three parts, one module each:
   handling (its ``Connection``, ``Subscriptions`` and ``Backoff``) without the files, so reconnects,
   resyncs and the BTC/XBT alias behave as when recording; ``ReplaySource`` plays segments.
 - Kraken's WebSocket v1 or v2: the ``Watcher`` and the live source read and write frames through
-  the recorder's ``recorder.dialect``; a replay shows segments of one API (never both in one book).
+  the recorder's ``kbook.dialect``; a replay shows segments of one API (never both in one book).
 - ``kbook.watch_view``: pure functions from ``(book, status)`` to a rich renderable or plain text.
 - Displays (here): ``RichDisplay`` redraws a ``rich.live.Live`` in place (4 times a second);
   ``PlainDisplay`` prints a plain text block once a second when stdout is not a terminal.
@@ -31,7 +31,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from kbook.api import Api, parse_api, parse_depth
 from kbook.book import Book
+from kbook.dialect import dialect_for, spellings
 from kbook.errors import UsageError
 from kbook.feed import BookFeed, Outcome
 from kbook.pairs import file_name, parse_pair
@@ -40,8 +42,7 @@ from kbook.v2 import segment_api
 from kbook.verify import stream_name
 from kbook.watch_sources import Event, LiveSource, ReplaySource, find_book
 from kbook.watch_view import WatchStatus, render_rich, render_text
-from recorder.config import DEPTHS, RecordConfig
-from recorder.dialect import API_V1, APIS, dialect_for, spellings
+from recorder.config import RecordConfig
 
 if TYPE_CHECKING:
     from rich.live import Live
@@ -72,7 +73,7 @@ class Watcher:
         display: Display,
         source: str,
         channel: str | None = None,
-        api: str = API_V1,
+        api: str = Api.V1,
     ) -> None:
         """``channel``: show only ``book-N`` (default: the first book channel of the pair seen).
         ``api``: the frames are Kraken WebSocket ``v1`` or ``v2``. Frames under any spelling of
@@ -301,19 +302,18 @@ class WatchOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pair", parse_pair(self.pair))
-        if self.depth is not None and self.depth not in DEPTHS:
-            offered = ", ".join(map(str, DEPTHS))
-            raise UsageError(f"--depth {self.depth} is not one Kraken offers; use one of {offered}")
+        if self.depth is not None:
+            parse_depth(self.depth)
         most = self.depth or (10 if not self.paths else 1000)
         if self.levels is not None and not 1 <= self.levels <= most:
             raise UsageError(
                 f"--levels {self.levels} must be between 1 and the depth ({most}); "
                 "raise --depth to see more"
             )
-        if self.api is not None and self.api not in APIS:
-            raise UsageError(f"--api {self.api!r} is not one of {', '.join(APIS)}")
+        if self.api is not None:
+            object.__setattr__(self, "api", parse_api(self.api))
         if self.url is None:
-            object.__setattr__(self, "url", dialect_for(self.api or API_V1).url)
+            object.__setattr__(self, "url", dialect_for(self.api or Api.V1).url)
         if not str(self.url).startswith(("ws://", "wss://")):
             raise UsageError(f"--url {self.url!r} is not a ws:// or wss:// address")
         if not self.speed >= 0 or math.isinf(self.speed):
@@ -350,7 +350,7 @@ def live_config(options: WatchOptions, **timings: Any) -> RecordConfig:
         pairs=(options.pair,),
         depth=options.depth or 10,
         url=options.url,
-        api=options.api or API_V1,
+        api=options.api or Api.V1,
     )
     return replace(config, **timings)
 
@@ -359,7 +359,7 @@ def run_watch(options: WatchOptions, stdout: TextIO) -> WatchSummary:
     """Show the book until Ctrl+C (live) or the end of the recording (``--from``)."""
     replay: ReplaySource | None = None
     channel = f"book-{options.depth}" if options.depth else None
-    api = options.api or API_V1
+    api = options.api or Api.V1
     skipped: list[Problem] = []
     if options.paths:
         files = find_segments(options.paths)

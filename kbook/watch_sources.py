@@ -12,7 +12,7 @@ streams and holds the output lock; the logic shared with it lives in those three
 
 ``ReplaySource`` plays segments (``find_segments`` order) at recorded pace times ``speed``, each
 decoded as its API needs (``kbook.v2.RecordReader``). Both speak v1 or v2 through the recorder's
-``recorder.dialect``.
+``kbook.dialect``.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from kbook.api import Api
+from kbook.dialect import NOT_JSON, dialect_for, spellings
 from kbook.errors import InputError, KbookError
 from kbook.feed import Outcome
 from kbook.segment import Problem
-from kbook.v2 import API_V2, RecordReader, V2BookFeed
+from kbook.v2 import RecordReader, V2BookFeed
 from recorder.backoff import Backoff
 from recorder.config import RecordConfig
 from recorder.connection import ConnectFailed, Connection, Dropped
-from recorder.dialect import NOT_JSON, dialect_for, spellings
 from recorder.subscriptions import Action, Subscriptions
 
 SECOND = 1_000_000_000
@@ -294,7 +295,7 @@ def find_book(
     for path in files:
         reader = RecordReader(path)
         file_api = str(reader.api)
-        tag = " (v2)" if file_api == API_V2 else ""
+        tag = " (v2)" if file_api == Api.V2 else ""
         for wire, name in _books(reader):
             if not name.startswith("book-"):
                 continue
@@ -311,7 +312,7 @@ def find_book(
 
 def _books(reader: RecordReader) -> Iterator[tuple[str, str]]:
     """``(pair on the wire, channel)`` of each book data frame and checkpoint in a segment."""
-    feed = V2BookFeed() if reader.api == API_V2 else None
+    feed = V2BookFeed() if reader.api == Api.V2 else None
     for record in reader:
         msg, meta = record.get("msg"), record.get("meta")
         if type(meta) is dict and meta.get("type") == "checkpoint":

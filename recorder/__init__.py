@@ -7,7 +7,8 @@ Kraken's WebSocket v2). One module per stage: ``dialect`` (v1 and v2 wire shapes
 ``segments`` (files, rotation, checkpoints), ``lock``, ``status``, ``signals``, ``record``.
 """
 
-from recorder.config import DEPTHS, RecordConfig, RecordSummary
+from kbook.api import DEPTHS
+from recorder.config import RecordConfig, RecordSummary
 from recorder.record import Recorder
 from recorder.signals import stop_on_signals
 

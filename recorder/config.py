@@ -10,17 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kbook.api import URLS, Api, parse_api, parse_depth
+from kbook.dialect import dialect_for
 from kbook.errors import UsageError
 from kbook.pairs import file_name, parse_pair
-from recorder.dialect import APIS, V1_URL, dialect_for
 
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
-DEPTHS = (10, 25, 100, 500, 1000)
-"""The depths Kraken accepts for the book channel (v1 and v2 alike)."""
-DEFAULT_URL = V1_URL
-"""The v1 address; ``kbook.v2.V2_URL`` for v2 (``RecordConfig`` picks by ``api``)."""
+DEFAULT_URL = URLS[Api.V1]
+"""The v1 address; ``RecordConfig`` picks the address of its ``api`` from ``URLS``."""
 
 
 @dataclass(frozen=True)
@@ -66,21 +65,16 @@ class RecordConfig:
     arguments: tuple[str, ...] = field(default=())
     """The command line, kept in ``session_start`` for provenance."""
     api: str = "v1"
-    """Kraken's WebSocket API: ``v1`` or ``v2`` (``recorder.dialect``)."""
+    """Kraken's WebSocket API: ``v1`` or ``v2`` (``kbook.dialect``)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "pairs", _normalise_pairs(self.pairs))
         set_(self, "out", Path(self.out))
-        if self.api not in APIS:
-            raise UsageError(f"--api {self.api!r} is not one of {', '.join(APIS)}")
+        set_(self, "api", parse_api(self.api))
         if self.url is None:
             set_(self, "url", dialect_for(self.api).url)
-        if self.depth not in DEPTHS:
-            raise UsageError(
-                f"--depth {self.depth} is not one Kraken offers; use one of "
-                + ", ".join(map(str, DEPTHS))
-            )
+        parse_depth(self.depth)
         if not str(self.url).startswith(("ws://", "wss://")):
             raise UsageError(f"--url {self.url!r} is not a ws:// or wss:// address")
         if self.rotate_ns < SECOND:

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import websocket
 
-from recorder.dialect import Dialect
+from kbook.dialect import Dialect
 
 SECOND = 1_000_000_000
 

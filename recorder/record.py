@@ -9,7 +9,7 @@ configured duration, or a failure it cannot ride out. Everything happens in the 
         (resync on a checksum mismatch, alias retry, ...) -> every tick: flush, rotate, status
 
 Kraken's WebSocket v1 or v2 (``RecordConfig.api``): the loop is the same, and what differs (frame
-shapes, requests, number decoding) is asked of the run's ``recorder.dialect.Dialect``. A run
+shapes, requests, number decoding) is asked of the run's ``kbook.dialect.Dialect``. A run
 records one API; its segments say which in ``session_start`` and in every ``checkpoint``.
 
 Errors: ``UsageError`` from the config; ``RecordError`` when nothing can be recorded (lock held,
@@ -29,13 +29,13 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from kbook import __version__
+from kbook.dialect import Dialect, dialect_for
 from kbook.errors import OutputError, RecordError
 from kbook.feed import Outcome
 from kbook.segment import checkpoint_meta, frame_line, meta_line
 from recorder.backoff import Backoff
 from recorder.config import RecordConfig, RecordSummary
 from recorder.connection import ConnectFailed, Connection, Dropped
-from recorder.dialect import Dialect, dialect_for
 from recorder.lock import OutputLock
 from recorder.segments import SegmentStreams
 from recorder.status import Reporter

@@ -16,7 +16,7 @@ Kraken quirks it handles (``shared/kraken/README.md`` sections 1, 4 and 5):
 
 Each method returns ``Action`` values that the recorder carries out: requests to send, meta lines
 to write, warnings to print. Times are ``time.monotonic_ns()`` values. Requests are built and
-answers read by the run's ``recorder.dialect.Dialect``, so the machine is the same for both APIs.
+answers read by the run's ``kbook.dialect.Dialect``, so the machine is the same for both APIs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from recorder.dialect import (
+from kbook.dialect import (
     OTHER,
     REFUSED,
     REJECTED,

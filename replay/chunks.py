@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from kbook.api import Api
 from kbook.pairs import common_name
-from kbook.v2 import API_V2
 from replay.columns import file_schema
 from replay.engine import Chunk, ChunkResult, StreamResult, span
 from replay.options import NS_PER_DAY, ReplayOptions
@@ -51,7 +51,7 @@ def plan_chunks(stream: Stream, options: ReplayOptions, target: int) -> list[Chu
     smaller than ``options.min_chunk_bytes``. A Kraken v2 stream is one chunk: it replays
     sequentially (still in parallel with other streams)."""
     first, stop = span(stream, options)
-    if stream.api == API_V2:
+    if stream.api == Api.V2:
         # v2 streams replay whole: StreamReplay's chunk start/end (``_head``/``_peek``) and the
         # survey's cut points are written for v1 lines.
         return [Chunk(stream, first, stop)]

@@ -43,11 +43,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from kbook.api import Api
 from kbook.feed import BookFeed, Outcome
 from kbook.lines import LineFeed, Route
 from kbook.pairs import common_name
 from kbook.segment import Problem, SegmentReader
-from kbook.v2 import API_V2, RecordReader, V2BookFeed, book_key, feed_for, frame_symbol
+from kbook.v2 import RecordReader, V2BookFeed, book_key, feed_for, frame_symbol
 from replay.columns import row_group_rows
 from replay.options import ReplayOptions
 from replay.plan import Stream
@@ -117,7 +118,7 @@ class StreamReplay:
     def __init__(self, stream: Stream, options: ReplayOptions, sinks: SinkFactory) -> None:
         self.stream = stream
         self.options = options
-        self.v2 = stream.api == API_V2
+        self.v2 = stream.api == Api.V2
         self.feed: BookFeed = feed_for(stream.api)
         self.lines = LineFeed(self.feed)
         capacity = row_group_rows(options.levels)
@@ -233,7 +234,7 @@ class StreamReplay:
 
     def _replay_v2_segment(self, info: SegmentInfo) -> None:
         """A v2 segment, line by line through ``_apply`` (no ``LineFeed`` hot loop)."""
-        reader = RecordReader(info.path, API_V2)
+        reader = RecordReader(info.path, Api.V2)
         apply = self._apply
         for record in reader:
             apply(record)

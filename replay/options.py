@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from kbook.api import parse_api
 from kbook.errors import UsageError
 from kbook.pairs import common_name, parse_pair
 from kbook.units import parse_duration
-from kbook.v2 import APIS
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -63,8 +63,8 @@ def make_options(
         raise UsageError(
             f"empty time range: --start {format_ns(start_ns)} is not before --end {format_ns(end_ns)}"
         )
-    if api is not None and api not in APIS:
-        raise UsageError(f"--api {api!r} is not one of {', '.join(APIS)}")
+    if api is not None:
+        api = parse_api(api)
     return ReplayOptions(
         api=api,
         every_ns=every_ns,

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kbook.api import Api
 from kbook.errors import FrameError, UsageError
 from kbook.feed import channel_depth
 from kbook.pairs import common_name
-from kbook.v2 import API_V1, API_V2
 from replay.options import ReplayOptions
 from replay.survey import SegmentInfo
 
@@ -36,7 +36,7 @@ class Stream:
     segments: tuple[SegmentInfo, ...]
     channels: dict[str, str]
     """Common pair name -> followed channel (``"book-100"``), for the pairs to output."""
-    api: str = API_V1
+    api: str = Api.V1
     """The Kraken WebSocket API of every segment of the stream."""
 
     @property
@@ -71,10 +71,10 @@ def plan_streams(infos: Sequence[SegmentInfo], options: ReplayOptions) -> list[S
 
 def _check_apis(infos: Sequence[SegmentInfo], options: ReplayOptions) -> None:
     """Refuse a wanted pair recorded under both APIs: its rows would have two sources."""
-    names: dict[str, set[str]] = {API_V1: set(), API_V2: set()}
+    names: dict[str, set[str]] = {Api.V1: set(), Api.V2: set()}
     for info in infos:
         names.setdefault(info.api, set()).update(common_name(pair) for pair, _ in info.books)
-    both = names[API_V1] & names[API_V2]
+    both = names[Api.V1] & names[Api.V2]
     if options.pairs is not None:
         both &= options.pairs
     if both:

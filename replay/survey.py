@@ -30,11 +30,12 @@ from typing import Any
 import orjson
 import zstandard
 
+from kbook.api import DEPTHS, Api
 from kbook.errors import FrameError, SegmentError
 from kbook.feed import channel_depth
 from kbook.lines import native_core
 from kbook.segment import SegmentReader
-from kbook.v2 import API_V1, API_V2, DEPTHS, parse_ack, parse_status, segment_api
+from kbook.v2 import parse_ack, parse_status, segment_api
 
 _CHUNK = 1 << 20
 _BOOK_END = re.compile(rb'"(book-\d+)"\s*,\s*"([^"\n]*)"\s*\]')
@@ -63,13 +64,13 @@ class SegmentInfo:
     connection_at_end: int | None
     """If ``connection_changed``: the ``connectionID`` in force after the last line (None after a
     connect/disconnect), as ``BookFeed.connection_id`` will hold it."""
-    api: str = API_V1
+    api: str = Api.V1
     """The Kraken WebSocket API of its frames (``kbook.v2.segment_api``): ``v1`` or ``v2``."""
 
 
 def survey_segment(path: Path) -> SegmentInfo:
     """Survey one segment (a damaged tail is tolerated here; the replay reports it)."""
-    if segment_api(path) == API_V2:
+    if segment_api(path) == Api.V2:
         return _survey_v2(path)
     scan = _Scan()
     first_ns: int | None = None
@@ -169,7 +170,7 @@ def _survey_v2(path: Path) -> SegmentInfo:
         head_checkpoints=frozenset(scan.head),
         connection_changed=scan.connection_changed,
         connection_at_end=scan.connection,
-        api=API_V2,
+        api=Api.V2,
     )
 
 

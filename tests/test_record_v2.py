@@ -21,13 +21,14 @@ from record_support import (
     updates_on,
 )
 
+from kbook.api import URLS, Api
+from kbook.dialect import NOT_JSON, V2Dialect
 from kbook.errors import RecordError, UsageError
 from kbook.segment import PARTIAL_SUFFIX
 from kbook.sim import Simulator, SimulatorConfig
-from kbook.v2 import V2_URL, segment_api
+from kbook.v2 import segment_api
 from kbook.verify import verify_paths
 from recorder import RecordConfig
-from recorder.dialect import NOT_JSON, V2Dialect
 from recorder.lock import lock_path
 from recorder.subscriptions import State, Subscriptions
 
@@ -134,7 +135,7 @@ def test_v2_decode_keeps_number_lexemes_and_json_as_orjson_reads_it() -> None:
 
 
 def test_v2_config_defaults_to_the_v2_address() -> None:
-    assert RecordConfig(pairs=("BTC/USD",), api="v2").url == V2_URL
+    assert RecordConfig(pairs=("BTC/USD",), api="v2").url == URLS[Api.V2]
     assert RecordConfig(pairs=("BTC/USD",)).url == "wss://ws.kraken.com"
     assert RecordConfig(pairs=("BTC/USD",), api="v2", url="ws://x").describe()["api"] == "v2"
     with pytest.raises(UsageError, match="--api 'v3' is not one of v1, v2"):

@@ -111,7 +111,7 @@ def test_record_reader_v1_matches_segment_reader(capture_segment: Callable[[str]
 
     path = capture_segment("orderbook-v1.json")
     assert list(RecordReader(path)) == list(SegmentReader(path))
-    with pytest.raises(ValueError, match="api must be one of"):
+    with pytest.raises(ValueError, match="not a valid Api"):
         RecordReader(path, "v3")
 
 

@@ -34,9 +34,10 @@ spellings share one market, and subscribing to both is ``Already subscribed``. I
 frames keep the recorded pair name, so both echo modes answer with the recorded spelling.
 """
 
+from kbook.api import DEPTHS
 from kbook.sim.config import KINDS, SentFrame, SimulatorConfig
 from kbook.sim.faults import Fault, Faults
-from kbook.sim.market import DEPTHS, Market, PairSpec, spec_for
+from kbook.sim.market import Market, PairSpec, spec_for
 from kbook.sim.market_v2 import V2Market, v2_spec
 from kbook.sim.playback import Capture, load_capture
 from kbook.sim.simulator import Simulator

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kbook.api import parse_api
 from kbook.errors import UsageError
 from kbook.pairs import parse_pair
 from kbook.sim import protocol
-from kbook.sim.dialect import APIS
 from kbook.sim.market import canonical_pair
 
 KINDS = ("status", "subscription", "snapshot", "update", "heartbeat", "pong", "error", "raw")
@@ -64,8 +64,7 @@ class SimulatorConfig:
         pairs = (self.pairs,) if isinstance(self.pairs, str) else tuple(self.pairs)
         canonical = tuple(dict.fromkeys(canonical_pair(parse_pair(p)) for p in pairs))
         object.__setattr__(self, "pairs", canonical)
-        if self.api not in APIS:
-            raise UsageError(f"--api {self.api!r} is not one of {', '.join(APIS)}")
+        object.__setattr__(self, "api", parse_api(self.api))
         if self.btc not in protocol.BTC_MODES:
             modes = ", ".join(protocol.BTC_MODES)
             raise UsageError(f"--btc {self.btc!r} is not one of {modes}")

@@ -14,14 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kbook.api import Api
 from kbook.sim import protocol, protocol_v2
 from kbook.sim.market import Market
 from kbook.sim.market_v2 import V2Market
 from kbook.sim.protocol import PairDecision, Request
-
-API_V1 = "v1"
-API_V2 = "v2"
-APIS = (API_V1, API_V2)
 
 DepthsFor = Callable[[str], tuple[int, ...]]
 IsActive = Callable[[tuple[str, int]], bool]
@@ -34,7 +31,7 @@ UNSUBSCRIBE = "unsubscribe"
 class Dialect:
     """The v1 dialect; ``V2Dialect`` overrides every text."""
 
-    api = API_V1
+    api = Api.V1
     heartbeat = protocol.HEARTBEAT
 
     def status(self, connection_id: int, system: str = "online") -> str:
@@ -105,7 +102,7 @@ class Dialect:
 class V2Dialect(Dialect):
     """Kraken WebSocket v2 (``kbook.sim.protocol_v2``); the ``btc`` mode does not apply."""
 
-    api = API_V2
+    api = Api.V2
     heartbeat = protocol_v2.HEARTBEAT
 
     def status(self, connection_id: int, system: str = "online") -> str:
@@ -189,7 +186,7 @@ class V2Dialect(Dialect):
 
 def dialect_for(api: str) -> Dialect:
     """The dialect of ``api`` (``v1`` or ``v2``)."""
-    return V2Dialect() if api == API_V2 else Dialect()
+    return V2Dialect() if api == Api.V2 else Dialect()
 
 
 def _known(name: Any) -> str | None:

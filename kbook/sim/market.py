@@ -42,9 +42,6 @@ from dataclasses import dataclass
 from kbook.book import CHECKSUM_LEVELS, checksum_piece
 from kbook.pairs import v1_alias
 
-DEPTHS = (10, 25, 100, 500, 1000)
-"""The depths Kraken v1 accepts for a book subscription."""
-
 ZERO_VOLUME = "0.00000000"
 VOLUME_DECIMALS = 8
 VOLUME_UNIT = 10**VOLUME_DECIMALS

@@ -48,12 +48,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from kbook.api import DEPTHS
 from kbook.feed import BookFeed
 from kbook.sim import protocol
 from kbook.sim.config import BOOK_KINDS, SentFrame, SimulatorConfig
 from kbook.sim.dialect import PING, SUBSCRIBE, UNSUBSCRIBE, dialect_for
 from kbook.sim.faults import BAD_CHECKSUM, DROP, MAINTENANCE, MALFORMED, NON_JSON, STALL, Fault
-from kbook.sim.market import DEPTHS, Market, canonical_pair
+from kbook.sim.market import Market, canonical_pair
 from kbook.sim.playback import Capture, PlaybackFrame
 
 logger = logging.getLogger("kbook.sim")

@@ -26,14 +26,9 @@ from typing import Any
 import orjson
 
 from kbook import v2
+from kbook.api import URLS, Api
 from kbook.feed import BookFeed
 from kbook.pairs import common_name, v1_alias
-
-API_V1 = v2.API_V1
-API_V2 = v2.API_V2
-APIS = v2.APIS
-V1_URL = "wss://ws.kraken.com"
-V2_URL = v2.V2_URL
 
 NOT_JSON = object()
 """What ``decode`` returns for a frame that is not JSON (it is recorded as ``raw``)."""
@@ -71,8 +66,8 @@ def spellings(pair: str) -> tuple[str, ...]:
 class Dialect:
     """Kraken WebSocket v1; ``V2Dialect`` overrides what v2 says differently."""
 
-    api = API_V1
-    url = V1_URL
+    api = Api.V1
+    url = URLS[Api.V1]
 
     # -- frames in --------------------------------------------------------------------------------
 
@@ -173,8 +168,8 @@ class Dialect:
 class V2Dialect(Dialect):
     """Kraken WebSocket v2 (``kbook.v2``)."""
 
-    api = API_V2
-    url = V2_URL
+    api = Api.V2
+    url = URLS[Api.V2]
 
     def decode(self, text: str) -> tuple[Any, bool]:
         """As v1's, but decoded with ``kbook.v2.decode``: orjson would turn ``0.10000000`` into a
@@ -248,4 +243,4 @@ class V2Dialect(Dialect):
 
 def dialect_for(api: str) -> Dialect:
     """The dialect of ``api`` (``v1`` or ``v2``)."""
-    return V2Dialect() if api == API_V2 else Dialect()
+    return V2Dialect() if api == Api.V2 else Dialect()
