@@ -423,10 +423,87 @@ static int parse_line(const char *text, Py_ssize_t n, Line *line) {
 
 /* -- the state of one followed book during a run ----------------------------------------------- */
 
+/* The Python attributes the core reads and writes: its whole interface to kbook, declared once
+ * here and in kbook.lines.NATIVE_INTERFACE (owner class -> names), which must agree (kbook.lines
+ * checks at import, and tests/test_native.py checks that every class has its attributes). */
 static PyObject *s_routes, *s_feed, *s_clock, *s_channel, *s_book, *s_limit, *s_stats, *s_key,
     *s_valid, *s_depth, *s_scale, *s_asks, *s_bids, *s_keys, *s_levels, *s_top, *s_dirty,
     *s_ask_crc, *s_bid_text, *s_checksum, *s_frames, *s_updates, *s_checksums_ok,
     *s_checksums_failed, *s_last_ns, *s_last_key, *s_become_invalid;
+
+typedef struct {
+    const char *owner, *name;
+    PyObject **interned;
+} Attribute;
+
+static const Attribute INTERFACE[] = {
+    {"LineFeed", "routes", &s_routes},
+    {"LineFeed", "feed", &s_feed},
+    {"LineFeed", "clock", &s_clock},
+    {"Route", "key", &s_key},
+    {"Route", "channel", &s_channel},
+    {"Route", "book", &s_book},
+    {"Route", "limit", &s_limit},
+    {"Route", "stats", &s_stats},
+    {"BookFeed", "last_key", &s_last_key},
+    {"Book", "valid", &s_valid},
+    {"Book", "depth", &s_depth},
+    {"Book", "scale", &s_scale},
+    {"Book", "asks", &s_asks},
+    {"Book", "bids", &s_bids},
+    {"Book", "_ask_crc", &s_ask_crc},
+    {"Book", "_bid_text", &s_bid_text},
+    {"Book", "_checksum", &s_checksum},
+    {"_Side", "keys", &s_keys},
+    {"_Side", "levels", &s_levels},
+    {"_Side", "top", &s_top},
+    {"_Side", "dirty", &s_dirty},
+    {"PairStats", "frames", &s_frames},
+    {"PairStats", "updates", &s_updates},
+    {"PairStats", "checksums_ok", &s_checksums_ok},
+    {"PairStats", "checksums_failed", &s_checksums_failed},
+    {"PairStats", "last_ns", &s_last_ns},
+    {"PairStats", "become_invalid", &s_become_invalid},
+};
+
+#define INTERFACE_SIZE ((Py_ssize_t)(sizeof(INTERFACE) / sizeof(INTERFACE[0])))
+
+/* interface() -> {owner: (name, ...)}, in the order of INTERFACE. */
+static PyObject *native_interface(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    PyObject *lists = PyDict_New(), *result = PyDict_New();
+    if (lists == NULL || result == NULL)
+        goto failed;
+    for (Py_ssize_t i = 0; i < INTERFACE_SIZE; i++) {
+        PyObject *names = PyDict_GetItemString(lists, INTERFACE[i].owner); /* borrowed */
+        if (names == NULL) {
+            if ((names = PyList_New(0)) == NULL)
+                goto failed;
+            int added = PyDict_SetItemString(lists, INTERFACE[i].owner, names);
+            Py_DECREF(names); /* the dict holds it */
+            if (added < 0)
+                goto failed;
+        }
+        if (PyList_Append(names, *INTERFACE[i].interned) < 0)
+            goto failed;
+    }
+    PyObject *owner, *names;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(lists, &pos, &owner, &names)) {
+        PyObject *frozen = PyList_AsTuple(names);
+        int added = frozen != NULL && PyDict_SetItem(result, owner, frozen) == 0;
+        Py_XDECREF(frozen);
+        if (!added)
+            goto failed;
+    }
+    Py_DECREF(lists);
+    return result;
+failed:
+    Py_XDECREF(lists);
+    Py_XDECREF(result);
+    return NULL;
+}
 
 typedef struct {
     PyObject *keys, *levels, *top; /* borrowed from the side object, which the book holds */
@@ -1293,6 +1370,8 @@ done:
 static PyMethodDef methods[] = {
     {"run", (PyCFunction)(void (*)(void))native_run, METH_FASTCALL,
      "run(line_feed, lines, start) -> index: kbook.lines.LineFeed.run, natively."},
+    {"interface", native_interface, METH_NOARGS,
+     "interface() -> {class name: (attribute, ...)}: every attribute the core reads or writes."},
     {"survey_body", native_survey_body, METH_O,
      "survey_body(body) -> (rare line spans, [(pair, channel)]): replay.survey's scan."},
     {NULL, NULL, 0, NULL},
@@ -1309,32 +1388,7 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     crc_init();
-    INTERN(s_routes, "routes");
-    INTERN(s_feed, "feed");
-    INTERN(s_clock, "clock");
-    INTERN(s_channel, "channel");
-    INTERN(s_book, "book");
-    INTERN(s_limit, "limit");
-    INTERN(s_stats, "stats");
-    INTERN(s_key, "key");
-    INTERN(s_valid, "valid");
-    INTERN(s_depth, "depth");
-    INTERN(s_scale, "scale");
-    INTERN(s_asks, "asks");
-    INTERN(s_bids, "bids");
-    INTERN(s_keys, "keys");
-    INTERN(s_levels, "levels");
-    INTERN(s_top, "top");
-    INTERN(s_dirty, "dirty");
-    INTERN(s_ask_crc, "_ask_crc");
-    INTERN(s_bid_text, "_bid_text");
-    INTERN(s_checksum, "_checksum");
-    INTERN(s_frames, "frames");
-    INTERN(s_updates, "updates");
-    INTERN(s_checksums_ok, "checksums_ok");
-    INTERN(s_checksums_failed, "checksums_failed");
-    INTERN(s_last_ns, "last_ns");
-    INTERN(s_last_key, "last_key");
-    INTERN(s_become_invalid, "become_invalid");
+    for (Py_ssize_t i = 0; i < INTERFACE_SIZE; i++)
+        INTERN(*INTERFACE[i].interned, INTERFACE[i].name);
     return PyModule_Create(&module_def);
 }

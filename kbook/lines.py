@@ -24,6 +24,11 @@ to it line for line:
   ``clock = max(clock, recv_ns)``: on the book, on its ``PairStats`` and on ``feed.last_key``;
 - it reads ``Route.channel``, ``Route.book`` and ``Route.limit``, and writes only books, stats,
   ``feed.last_key``, the feed's malformed count and ``clock``.
+
+The native core reaches these objects by attribute name; ``NATIVE_INTERFACE`` lists every name it
+uses, per class, and is the one place to look before renaming one. The core declares the same
+table (``_native.interface()``): at import a core whose table differs (built from another
+version of kbook) is not used, and ``tests/test_native.py`` checks that each class has them all.
 """
 
 from __future__ import annotations
@@ -39,10 +44,37 @@ from kbook.book import Book
 from kbook.errors import FrameError
 from kbook.feed import NO_SIDE, BookFeed, PairStats
 
+NATIVE_INTERFACE: dict[str, tuple[str, ...]] = {
+    "LineFeed": ("routes", "feed", "clock"),
+    "Route": ("key", "channel", "book", "limit", "stats"),
+    "BookFeed": ("last_key",),
+    "Book": ("valid", "depth", "scale", "asks", "bids", "_ask_crc", "_bid_text", "_checksum"),
+    "_Side": ("keys", "levels", "top", "dirty"),
+    "PairStats": (
+        "frames",
+        "updates",
+        "checksums_ok",
+        "checksums_failed",
+        "last_ns",
+        "become_invalid",
+    ),
+}
+"""Every attribute the native core reads, writes or calls, by the name of the class that has it
+(``kbook.book.Book`` and its ``_Side``, ``kbook.feed.BookFeed`` and ``PairStats``, and this
+module's ``LineFeed`` and ``Route``). ``Book``'s three checksum caches are in it: the core keeps
+them in step with the sides, as ``Book.checksum`` expects."""
+
+_stale_core = False
+"""True when a native core was built but declares another interface (an old build)."""
+
 try:
     from kbook import _native as _native_core
 except ImportError:  # no C compiler at install: the pure-Python loop does the same work
     _native_core = None
+else:
+    _declared = getattr(_native_core, "interface", None)
+    if _declared is None or _declared() != NATIVE_INTERFACE:
+        _native_core, _stale_core = None, True
 
 NEVER = 1 << 126
 """A clock later than any receive time."""
@@ -81,6 +113,8 @@ def core_description() -> str:
         return "native core"
     if _native_core is not None:
         return "pure Python: KBOOK_NATIVE=0"
+    if _stale_core:
+        return "pure Python: the native core was built from another version (reinstall kbook)"
     return "pure Python: the native core was not built"
 
 

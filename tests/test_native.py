@@ -42,7 +42,7 @@ from kbook.book import CHECKSUM_LEVELS, Book, _Side, checksum_piece
 from kbook.captures import read_capture
 from kbook.errors import FrameError
 from kbook.feed import NO_SIDE, BookFeed
-from kbook.lines import LineFeed, native_core
+from kbook.lines import NATIVE_INTERFACE, LineFeed, native_core
 from kbook.segment import frame_line, is_json_text, meta_line
 from kbook.sim import Market
 
@@ -1329,7 +1329,41 @@ def test_a_negative_start_is_refused(native: bool) -> None:
         line_feed.run([b""], -1)
 
 
-# -- the build ------------------------------------------------------------------------------------
+# -- the interface and the build ------------------------------------------------------------------
+
+
+def test_every_attribute_of_the_native_interface_exists() -> None:
+    """The core reaches kbook's objects by attribute name (``kbook.lines.NATIVE_INTERFACE``): a
+    rename of any of them must fail here, not make the core fail at its first line."""
+    feed = BookFeed()
+    line_feed = LineFeed(feed, native=False)
+    route = line_feed.follow("XBT/USD", "book-10")
+    book = Book(10)
+    instances = {
+        "LineFeed": line_feed,
+        "Route": route,
+        "BookFeed": feed,
+        "Book": book,
+        "_Side": book.asks,
+        "PairStats": route.stats,
+    }
+    assert set(NATIVE_INTERFACE) == set(instances)
+    missing = [
+        f"{owner}.{name}"
+        for owner, names in NATIVE_INTERFACE.items()
+        for name in names
+        if not hasattr(instances[owner], name)
+    ]
+    assert not missing, f"the native core uses attributes that are gone: {missing}"
+    assert callable(route.stats.become_invalid)
+
+
+@needs_core
+def test_the_core_declares_the_documented_interface() -> None:
+    """The core's own table of names is ``NATIVE_INTERFACE``, class by class and in order."""
+    assert _native is not None
+    assert _native.interface() == NATIVE_INTERFACE
+    assert native_core() is not None or os.environ.get("KBOOK_NATIVE") == "0"
 
 
 def test_native_core_is_built() -> None:
