@@ -1,16 +1,18 @@
 /* kbook._native: the native core of replay's hot path (kbook.lines.LineFeed.run).
  *
- * It applies plain v1 book updates straight from raw segment line bytes to the very same Python
- * objects the pure-Python path uses (kbook.book.Book: its sides' ``keys`` lists, ``levels`` dicts
+ * It applies plain book updates (Kraken v1 arrays, or v2 objects for a LineFeed of a V2BookFeed)
+ * straight from raw segment line bytes to the very same Python objects the pure-Python path uses (kbook.book.Book: its sides' ``keys`` lists, ``levels`` dicts
  * and ``top`` checksum-piece lists), so every other reader of a book (sampler, checkpoints, the
  * general path) sees one state whichever path applied a frame. It is not a second book.
  *
  * Exactness comes from refusing rather than guessing: a line is applied only when it is a strict,
  * simple instance of the expected shape (ASCII strings without escapes, prices of digits with at
  * most one dot and no more decimals than the book's scale, volumes of digits and dots, a checksum
- * of digits, no duplicate keys, ...). Anything else is handed back untouched to the caller, whose
- * Python path (BookFeed.on_message) is the reference. So a line is either applied here with the
- * exact effect kbook.lines documents, or has had no effect at all.
+ * of digits, no duplicate keys, ...; for v2, each price and quantity is the lexeme of a
+ * non-negative JSON number, taken as written, since Kraken's checksum is over that text). Anything
+ * else is handed back untouched to the caller, whose Python path (BookFeed.on_message,
+ * V2BookFeed.on_message) is the reference. So a line is either applied here with the exact effect
+ * kbook.lines documents, or has had no effect at all.
  *
  * Book and stats attributes that only this loop changes during a run (dirty flags, the cached
  * CRC of the asks, the text of the bids, counters) are read once per run and written back before
@@ -389,8 +391,146 @@ static int msg_value(Cursor *c, Line *line) {
     return 1;
 }
 
-/* ``{"recv_ns": int, "msg": [...], ...}`` and nothing after it. */
-static int parse_line(const char *text, Py_ssize_t n, Line *line) {
+/* -- Kraken v2 lines ---------------------------------------------------------------------------- */
+
+/* A non-negative JSON number's lexeme, exactly as written (v2 prints prices and quantities as
+ * numbers, and the checksum is taken over their text). A ``-`` is refused: ``-0`` would be read
+ * back as the text ``0``, and a negative price or quantity is nothing Kraken sends. */
+static int lexeme(Cursor *c, Span *out, int *integral) {
+    skip_ws(c);
+    const char *s = c->p;
+    if (s >= c->end || *s == '-' || !number(c, integral))
+        return 0;
+    out->p = s;
+    out->n = c->p - s;
+    return 1;
+}
+
+/* ``{"price": number, "qty": number, ...}``; a quantity is zero when its digits before any
+ * exponent are all zero (``0.00000000``, ``0E-8``), as kbook.book.is_zero decides. */
+static int level_v2(Cursor *c, Level *level) {
+    int seen_price = 0, seen_qty = 0, integral;
+    if (!expect(c, '{'))
+        return 0;
+    for (;;) {
+        Span key;
+        if (!plain_string(c, &key) || !expect(c, ':'))
+            return 0;
+        if (span_is(key, "price", 5)) {
+            if (seen_price++ || !lexeme(c, &level->price, &integral))
+                return 0;
+        } else if (span_is(key, "qty", 3)) {
+            if (seen_qty++ || !lexeme(c, &level->volume, &integral))
+                return 0;
+        } else if (!skip_value(c, 1)) {
+            return 0;
+        }
+        if (expect(c, ','))
+            continue;
+        if (!expect(c, '}') || !seen_price || !seen_qty)
+            return 0;
+        break;
+    }
+    level->zero = 1;
+    for (Py_ssize_t i = 0; i < level->volume.n; i++) {
+        char ch = level->volume.p[i];
+        if (ch == 'e' || ch == 'E')
+            break;
+        if (ch >= '1' && ch <= '9')
+            level->zero = 0;
+    }
+    return 1;
+}
+
+/* ``[{"price": ..., "qty": ...}, ...]`` */
+static int levels_v2(Cursor *c, Line *line, Group *group) {
+    if (!expect(c, '['))
+        return 0;
+    group->used = 1;
+    group->start = line->nlevels;
+    group->count = 0;
+    if (expect(c, ']'))
+        return 1;
+    for (;;) {
+        if (line->nlevels >= MAX_LEVELS || !level_v2(c, &line->levels[line->nlevels]))
+            return 0;
+        line->nlevels++;
+        group->count++;
+        if (expect(c, ','))
+            continue;
+        return expect(c, ']');
+    }
+}
+
+/* A data entry: ``symbol``, ``asks`` and ``bids`` levels, an integer ``checksum``. */
+static int entry_v2(Cursor *c, Line *line, Dict *dict) {
+    int seen_symbol = 0, integral;
+    memset(dict, 0, sizeof(*dict));
+    if (!expect(c, '{'))
+        return 0;
+    for (;;) {
+        Span key;
+        if (!plain_string(c, &key) || !expect(c, ':'))
+            return 0;
+        if (span_is(key, "symbol", 6)) {
+            if (seen_symbol++ || !plain_string(c, &line->pair))
+                return 0;
+        } else if (span_is(key, "asks", 4)) {
+            if (dict->a.used || !levels_v2(c, line, &dict->a))
+                return 0;
+        } else if (span_is(key, "bids", 4)) {
+            if (dict->b.used || !levels_v2(c, line, &dict->b))
+                return 0;
+        } else if (span_is(key, "checksum", 8)) {
+            Span text;
+            if (dict->has_c || !lexeme(c, &text, &integral) || !integral)
+                return 0;
+            dict->has_c = 1;
+            uint64_t v = 0;
+            for (Py_ssize_t i = 0; i < text.n; i++) /* at most 19 digits: no wrap */
+                v = v * 10 + (uint64_t)(text.p[i] - '0');
+            dict->c = v;
+        } else if (!skip_value(c, 1)) {
+            return 0;
+        }
+        if (expect(c, ','))
+            continue;
+        return expect(c, '}') && seen_symbol && dict->has_c;
+    }
+}
+
+/* ``{"channel": "book", "type": "update", "data": [entry], ...}`` */
+static int msg_v2(Cursor *c, Line *line) {
+    int seen_channel = 0, seen_type = 0, seen_data = 0;
+    if (!expect(c, '{'))
+        return 0;
+    line->ndicts = 1;
+    for (;;) {
+        Span key, text;
+        if (!plain_string(c, &key) || !expect(c, ':'))
+            return 0;
+        if (span_is(key, "channel", 7)) {
+            if (seen_channel++ || !plain_string(c, &text) || !span_is(text, "book", 4))
+                return 0;
+        } else if (span_is(key, "type", 4)) {
+            if (seen_type++ || !plain_string(c, &text) || !span_is(text, "update", 6))
+                return 0;
+        } else if (span_is(key, "data", 4)) {
+            if (seen_data++ || !expect(c, '[') || !entry_v2(c, line, &line->dicts[0]) ||
+                !expect(c, ']'))
+                return 0;
+        } else if (!skip_value(c, 1)) {
+            return 0;
+        }
+        if (expect(c, ','))
+            continue;
+        return expect(c, '}') && seen_channel && seen_type && seen_data;
+    }
+}
+
+/* ``{"recv_ns": int, "msg": ..., ...}`` and nothing after it; ``msg`` a v1 array or, with
+ * ``v2``, a v2 object. */
+static int parse_line(const char *text, Py_ssize_t n, Line *line, int v2) {
     Cursor c = {text, text + n};
     int seen_recv = 0, seen_msg = 0;
     line->nlevels = 0;
@@ -404,7 +544,7 @@ static int parse_line(const char *text, Py_ssize_t n, Line *line) {
             if (seen_recv++ || !int64_value(&c, &line->recv_ns))
                 return 0;
         } else if (span_is(key, "msg", 3)) {
-            if (seen_msg++ || !msg_value(&c, line))
+            if (seen_msg++ || !(v2 ? msg_v2(&c, line) : msg_value(&c, line)))
                 return 0;
         } else if (span_is(key, "meta", 4) || span_is(key, "raw", 3)) {
             return 0;
@@ -429,7 +569,7 @@ static int parse_line(const char *text, Py_ssize_t n, Line *line) {
 static PyObject *s_routes, *s_feed, *s_clock, *s_channel, *s_book, *s_limit, *s_stats, *s_key,
     *s_valid, *s_depth, *s_scale, *s_asks, *s_bids, *s_keys, *s_levels, *s_top, *s_dirty,
     *s_ask_crc, *s_bid_text, *s_checksum, *s_frames, *s_updates, *s_checksums_ok,
-    *s_checksums_failed, *s_last_ns, *s_last_key, *s_become_invalid;
+    *s_checksums_failed, *s_last_ns, *s_last_key, *s_become_invalid, *s_v2, *s_books;
 
 typedef struct {
     const char *owner, *name;
@@ -440,12 +580,14 @@ static const Attribute INTERFACE[] = {
     {"LineFeed", "routes", &s_routes},
     {"LineFeed", "feed", &s_feed},
     {"LineFeed", "clock", &s_clock},
+    {"LineFeed", "v2", &s_v2},
     {"Route", "key", &s_key},
     {"Route", "channel", &s_channel},
     {"Route", "book", &s_book},
     {"Route", "limit", &s_limit},
     {"Route", "stats", &s_stats},
     {"BookFeed", "last_key", &s_last_key},
+    {"BookFeed", "books", &s_books},
     {"Book", "valid", &s_valid},
     {"Book", "depth", &s_depth},
     {"Book", "scale", &s_scale},
@@ -525,6 +667,7 @@ typedef struct {
     int crc_changed;
     int64_t frames, ok, failed, last_ns;
     int loaded; /* sides and caches read from the book */
+    int shared; /* v2: another valid book of the symbol is there (its lines are handed back) */
 } Route;
 
 /* A Python int as int64, saturating (the clock starts far below any receive time). */
@@ -1040,6 +1183,43 @@ static int load_routes(PyObject *dict, Routes *routes) {
     return 1;
 }
 
+/* kbook.lines.LineFeed.shared_symbols: mark the routes whose symbol has another valid book. */
+static int mark_shared(PyObject *feed, Routes *routes) {
+    PyObject *books = PyObject_GetAttr(feed, s_books);
+    if (books == NULL)
+        return 0;
+    if (!PyDict_CheckExact(books)) {
+        Py_DECREF(books);
+        PyErr_SetString(PyExc_TypeError, "native core: the feed's books must be a dict");
+        return 0;
+    }
+    PyObject *key, *book;
+    Py_ssize_t pos = 0;
+    int ok = 1;
+    while (ok && PyDict_Next(books, &pos, &key, &book)) {
+        Span pair;
+        if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(key, 0)))
+            continue;
+        if (!utf8_span(PyTuple_GET_ITEM(key, 0), &pair)) {
+            ok = 0;
+            break;
+        }
+        Route *r = find_route(routes, pair);
+        if (r == NULL || r->shared || book == r->book)
+            continue;
+        PyObject *valid = PyObject_GetAttr(book, s_valid);
+        int truth = valid ? PyObject_IsTrue(valid) : -1;
+        Py_XDECREF(valid);
+        if (truth < 0)
+            ok = 0;
+        else if (truth)
+            r->shared = 1;
+    }
+    Py_DECREF(books);
+    return ok;
+}
+
 static void free_routes(Routes *routes) {
     for (Py_ssize_t i = 0; i < routes->count; i++)
         PyMem_Free(routes->routes[i].bid_text);
@@ -1134,6 +1314,11 @@ static PyObject *native_run(PyObject *module, PyObject *const *args, Py_ssize_t 
     int clock_changed = 0;
     if (routes_dict == NULL || feed == NULL || !int_attr(self, s_clock, &clock))
         goto finish;
+    PyObject *v2_flag = PyObject_GetAttr(self, s_v2);
+    int v2 = v2_flag ? PyObject_IsTrue(v2_flag) : -1;
+    Py_XDECREF(v2_flag);
+    if (v2 < 0)
+        goto finish;
     if (clock == INT64_MAX) { /* a clock past any int64 receive time: the general path only */
         failed = 0;
         goto finish;
@@ -1142,7 +1327,7 @@ static PyObject *native_run(PyObject *module, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "native core: routes must be a dict");
         goto finish;
     }
-    if (!load_routes(routes_dict, &routes))
+    if (!load_routes(routes_dict, &routes) || (v2 && !mark_shared(feed, &routes)))
         goto finish;
     scratch = PyMem_Malloc(sizeof(Scratch));
     if (scratch == NULL) {
@@ -1153,17 +1338,19 @@ static PyObject *native_run(PyObject *module, PyObject *const *args, Py_ssize_t 
     for (; index < count; index++) {
         PyObject *item = PyList_GET_ITEM(lines, index);
         if (!PyBytes_CheckExact(item) ||
-            !parse_line(PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item), line))
+            !parse_line(PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item), line, v2))
             break;
         Route *r = find_route(&routes, line->pair);
         if (r == NULL)
             break;
         Dict *payload = &line->dicts[0], *carrier = &line->dicts[line->ndicts - 1];
         int64_t now = line->recv_ns > clock ? line->recv_ns : clock;
-        if (now > r->limit || r->book == NULL || !r->valid ||
-            r->channel.n != line->channel.n ||
-            memcmp(r->channel.p, line->channel.p, line->channel.n) ||
-            payload->has_snapshot_key || !carrier->has_c)
+        if (now > r->limit || r->book == NULL || !r->valid || !carrier->has_c)
+            break;
+        if (v2 ? r->shared
+               : r->channel.n != line->channel.n ||
+                     memcmp(r->channel.p, line->channel.p, line->channel.n) ||
+                     payload->has_snapshot_key)
             break;
         if (!r->loaded && !load_book(r))
             goto finish;

@@ -25,6 +25,17 @@ to it line for line:
 - it reads ``Route.channel``, ``Route.book`` and ``Route.limit``, and writes only books, stats,
   ``feed.last_key``, the feed's malformed count and ``clock``.
 
+Kraken v2 lines (a ``LineFeed`` of a ``kbook.v2.V2BookFeed``) keep the same contract with v2's
+reference, ``V2BookFeed.on_message``: ``run`` applies ``{"channel":"book","type":"update",
+"data":[one entry]}`` frames whose entry carries a checksum, of a followed symbol whose route book
+is valid and is the only valid book of that symbol (else the feed and replay would disagree on
+which book an update is for: v2 frames do not name their depth); it hands back everything else.
+The Python loop decodes with ``kbook.v2.decode`` (number lexemes kept as text, see ``kbook.v2``)
+and applies with ``on_message`` itself. The native core reads each price and quantity's lexeme
+from the bytes as they are (``0.10000000`` stays ten characters, ``0E-8`` is a zero) and hands
+back lexemes it cannot key or text it cannot be sure of (a ``-``, an exponent in a price, a
+number with many digits, an escape, a duplicate key).
+
 The native core reaches these objects by attribute name; ``NATIVE_INTERFACE`` lists every name it
 uses, per class, and is the one place to look before renaming one. The core declares the same
 table (``_native.interface()``): at import a core whose table differs (built from another
@@ -43,11 +54,13 @@ import orjson
 from kbook.book import Book
 from kbook.errors import FrameError
 from kbook.feed import NO_SIDE, BookFeed, PairStats
+from kbook.v2 import V2BookFeed
+from kbook.v2 import decode as decode_v2
 
 NATIVE_INTERFACE: dict[str, tuple[str, ...]] = {
-    "LineFeed": ("routes", "feed", "clock"),
+    "LineFeed": ("routes", "feed", "clock", "v2"),
     "Route": ("key", "channel", "book", "limit", "stats"),
-    "BookFeed": ("last_key",),
+    "BookFeed": ("last_key", "books"),
     "Book": ("valid", "depth", "scale", "asks", "bids", "_ask_crc", "_bid_text", "_checksum"),
     "_Side": ("keys", "levels", "top", "dirty"),
     "PairStats": (
@@ -129,6 +142,8 @@ class LineFeed:
             raise RuntimeError("kbook's native core was not built (see README, Performance)")
         self.native = core
         self.feed = feed
+        self.v2 = isinstance(feed, V2BookFeed)
+        """The feed takes Kraken v2 frames (``run`` applies v2 lines, never v1 ones)."""
         self.routes: dict[str, Route] = {}
         self.clock = -NEVER
         """The largest ``recv_ns`` applied so far (the caller advances it for lines it handles)."""
@@ -146,7 +161,64 @@ class LineFeed:
             raise ValueError(f"start must not be negative, got {start}")
         if self.native is not None and type(lines) is list:
             return self.native.run(self, lines, start)
+        if self.v2:
+            return self.run_python_v2(lines, start)
         return self.run_python(lines, start)
+
+    def shared_symbols(self) -> set[str]:
+        """Followed v2 symbols with a valid book other than their route's (``run`` hands their
+        lines back). Only lines of routes are applied in a run, and an update never makes a
+        book valid, so this holds for a whole run."""
+        routes = self.routes
+        return {
+            pair
+            for (pair, _channel), book in self.feed.books.items()
+            if book.valid and pair in routes and routes[pair].book is not book
+        }
+
+    def run_python_v2(self, lines: Sequence[bytes], start: int) -> int:
+        """``run`` of v2 lines in pure Python: the checks of the module docstring, then
+        ``V2BookFeed.on_message``, the reference itself."""
+        routes = self.routes
+        on_message = self.feed.on_message
+        shared = self.shared_symbols()
+        clock = self.clock
+        for index in range(start, len(lines)):
+            try:
+                record = decode_v2(lines[index])
+                recv_ns = record["recv_ns"]
+                msg = record["msg"]
+                data = msg["data"]
+                entry = data[0]
+                symbol = entry["symbol"]
+                route = routes[symbol]
+            except (*_BAD_LINE, RecursionError):  # a deep nest, where orjson gives a ValueError
+                break
+            if type(recv_ns) is not int:
+                break
+            now = recv_ns if recv_ns > clock else clock
+            book = route.book
+            if (
+                now > route.limit
+                or book is None
+                or not book.valid
+                or symbol in shared
+                or type(msg) is not dict
+                or msg.get("channel") != "book"
+                or msg.get("type") != "update"
+                or type(data) is not list
+                or len(data) != 1
+                or type(entry) is not dict
+                or entry.get("checksum") is None
+            ):
+                break
+            clock = now
+            on_message(msg, now)
+        else:
+            self.clock = clock
+            return len(lines)
+        self.clock = clock
+        return index
 
     def run_python(self, lines: Sequence[bytes], start: int) -> int:
         """``run`` in pure Python: the reference the native core is held to."""

@@ -22,6 +22,8 @@ from kbook.feed import BookFeed
 from kbook.pairs import file_name
 from kbook.segment import SegmentWriter, checkpoint_meta, frame_line, meta_line
 from kbook.sim import Market
+from kbook.v2 import V2BookFeed
+from kbook.v2 import decode as decode_v2
 
 SECOND = 1_000_000_000
 START_NS = 1_767_225_600 * SECOND - 90 * SECOND
@@ -188,10 +190,12 @@ def write_recording(
 
 def general(feed: BookFeed, line: bytes | bytearray | memoryview | str, clock: int) -> int:
     """The caller's path for a line ``run`` hands back (``replay.engine`` without its sampler):
-    decode it, advance the clock, apply it with ``on_message`` or ``on_meta``."""
+    decode it (v2 lines, for a ``V2BookFeed``, with their number lexemes kept), advance the
+    clock, apply it with ``on_message`` or ``on_meta``."""
+    loads = decode_v2 if isinstance(feed, V2BookFeed) else orjson.loads
     try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
+        record = loads(line)
+    except (ValueError, TypeError, RecursionError):  # not JSON, or not bytes json can read
         return clock
     if type(record) is not dict or type(record.get("recv_ns")) is not int:
         return clock

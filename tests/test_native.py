@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -44,7 +45,9 @@ from kbook.errors import FrameError
 from kbook.feed import NO_SIDE, BookFeed
 from kbook.lines import NATIVE_INTERFACE, LineFeed, native_core
 from kbook.segment import frame_line, is_json_text, meta_line
-from kbook.sim import Market
+from kbook.sim import Market, V2Market
+from kbook.v2 import V2BookFeed
+from kbook.v2 import decode as decode_v2
 
 from conftest import V1_CAPTURES
 
@@ -153,6 +156,7 @@ def observe(
         "last_key": feed.last_key,
         "connection_id": feed.connection_id,
         "adopt_connection": feed.adopt_connection,
+        "depths": dict(feed.depths) if isinstance(feed, V2BookFeed) else None,
         "clock": clock,
     }
 
@@ -190,13 +194,14 @@ def drive(
     chunks: Sequence[int] = (),
     period: int | None = None,
     strict: bool = False,
+    v2: bool = False,
 ) -> Driven:
     """Replay's loop over ``lines`` with the native core or the Python loop.
 
     ``period`` sets each route's ``limit`` to the next multiple of it after the clock, as
     replay's sampler grid does, so that lines past it are handed back; ``strict`` as for
-    ``book_state``."""
-    feed = BookFeed()
+    ``book_state``; ``v2``: the lines are Kraken v2 ones, for a ``V2BookFeed``."""
+    feed = V2BookFeed() if v2 else BookFeed()
     line_feed = LineFeed(feed, native=native)
     followed = [line_feed.follow(pair, channel) for pair, channel in routes]
 
@@ -261,10 +266,11 @@ def drive_both(
     chunks: Sequence[int] = (),
     period: int | None = None,
     strict: bool = False,
+    v2: bool = False,
 ) -> tuple[Driven, Driven]:
     """Both drives, held equal."""
-    native = drive(lines, True, routes, chunks, period, strict)
-    python = drive(lines, False, routes, chunks, period, strict)
+    native = drive(lines, True, routes, chunks, period, strict, v2)
+    python = drive(lines, False, routes, chunks, period, strict, v2)
     assert_same(native, python)
     return native, python
 
@@ -1294,6 +1300,460 @@ def test_odd_levels_the_general_path_stored_enter_the_top_natively() -> None:
     native, python = drive_both(lines, [("X/Y", "book-25")], (1, 3), strict=True)
     assert native.handed_back == python.handed_back == [0]
     assert native.feed.stats["X/Y"].checksums_ok == 12
+
+
+# -- Kraken v2 lines ------------------------------------------------------------------------------
+
+V2_PAIRS = {"BTC/USD": 10, "DOGE/USD": 25}
+"""The followed v2 books (a v2 snapshot's depth is inferred from its size: 10, 25, ...)."""
+V2_ROUTES: tuple[Key, ...] = tuple((pair, f"book-{depth}") for pair, depth in V2_PAIRS.items())
+
+
+def v2_update_lines(markets: dict[str, V2Market], count: int, seed: int) -> list[bytes]:
+    """Snapshots, then ``count`` updates of the markets with the faults of a real stream."""
+    rng = random.Random(seed)
+    texts = [market.snapshot_frame() for market in markets.values()]
+    for _ in range(count):
+        market = markets[rng.choice(list(markets))]
+        roll = rng.random()
+        if roll < 0.005:
+            texts.append(market.update_frame(bad_checksum=True))
+            texts.append(market.snapshot_frame())
+        elif roll < 0.01:
+            texts.append(market.snapshot_frame())
+        elif roll < 0.02:
+            texts.append('{"channel":"heartbeat"}')
+        else:
+            texts.append(market.update_frame())
+    return [record_line(BASE_NS + i * STEP_NS, i, text) for i, text in enumerate(texts)]
+
+
+@needs_core
+@pytest.mark.parametrize(("depth", "seed"), [(10, 1), (25, 2), (100, 3), (1000, 4)])
+def test_simulated_v2_markets_leave_the_same_books(depth: int, seed: int) -> None:
+    """The v2 market (``0E-8`` deletes, trailing zeros) at ``depth`` and BTC/USD at 10: the core
+    applies every update the Python loop applies, and both leave the same state."""
+    markets = {
+        "DOGE/USD": V2Market("DOGE/USD", depth, seed, clock=fixed_clock),
+        "BTC/USD": V2Market("BTC/USD", 10, seed, clock=fixed_clock),
+    }
+    lines = v2_update_lines(markets, 3000, seed)
+    routes = [("DOGE/USD", f"book-{depth}"), ("BTC/USD", "book-10")]
+    native, python = drive_both(lines, routes, [1, 250, 17, 600], 500 * STEP_NS, True, v2=True)
+    assert native.handed_back == python.handed_back
+    assert len(native.handed_back) < len(lines) // 10
+    assert any(b"0E-8" in line for line in lines)
+    for pair, market in markets.items():
+        stats = native.feed.stats[pair]
+        assert stats.checksums_ok > 2000 // len(markets)
+        assert stats.malformed == 0
+        book = native.feed.books[(pair, f"book-{market.depth}")]
+        assert book.valid
+        assert (book.top_asks(depth), book.top_bids(depth)) == market.window()
+
+
+def v2_capture_lines(captures_dir: Path) -> list[bytes]:
+    from test_v2 import capture_frames
+
+    frames = capture_frames(captures_dir)
+    return [record_line(BASE_NS + i * STEP_NS, i, text) for i, text in enumerate(frames)]
+
+
+@needs_core
+def test_real_v2_capture_verifies_natively(captures_dir: Path) -> None:
+    """Kraken's real v2 capture: 510 of 510 checksums on both paths, every update applied by the
+    core; printed as floats print it (trailing zeros lost) it fails on both, as it must."""
+    lines = v2_capture_lines(captures_dir)
+    native, python = drive_both(lines, [("BTC/USD", "book-10")], (7, 100), strict=True, v2=True)
+    assert native.handed_back == python.handed_back == [0]
+    stats = native.feed.stats["BTC/USD"]
+    assert (stats.checksums_ok, stats.checksums_failed) == (510, 0)
+    floats = [orjson.dumps({"recv_ns": 1 + i, "msg": orjson.loads(line)["msg"]}) for i, line in
+              enumerate(lines)]  # fmt: skip
+    native, python = drive_both(floats, [("BTC/USD", "book-10")], v2=True)
+    assert native.feed.stats["BTC/USD"].checksums_failed >= 1
+
+
+@needs_core
+def test_official_v2_vector_verifies_natively() -> None:
+    """Kraken's official v2 example (3310070434), then an update deleting its best bid with
+    ``0E-8``: applied by the core, checksum verified."""
+    from test_v2 import OFFICIAL_ASKS, OFFICIAL_BIDS, book_frame
+
+    reference = Book(10)
+    reference.apply_snapshot(OFFICIAL_ASKS, OFFICIAL_BIDS[1:])
+    texts = [
+        book_frame("snapshot", "BTC/USD", OFFICIAL_ASKS, OFFICIAL_BIDS, 3310070434),
+        book_frame("update", "BTC/USD", [], [("45283.5", "0E-8")], reference.checksum()),
+    ]
+    lines = [record_line(1 + i, i, text) for i, text in enumerate(texts)]
+    native, _ = drive_both(lines, [("BTC/USD", "book-10")], strict=True, v2=True)
+    assert native.handed_back == [0]
+    assert native.feed.stats["BTC/USD"].checksums_ok == 2
+    assert native.feed.books[("BTC/USD", "book-10")].top_bids(1) == [("45283.4", "1.54582015")]
+
+
+V2_QTYS = [
+    "0E-8", "0e-8", "0E+2", "0.0E-8", "0.00000000", "0", "00", "1E-8", "1.5e3", "1.50000000E0",
+    "5", "0.10000000", "0.1", "-0.0", "-1.0", "-0", "1.", ".5", "1" * 25, "0." + "0" * 30,
+    "1." + "0" * 40, "1e400", "1e-400", "1E+99", "NaN", "Infinity", '"0.1"', '"0E-8"', "null",
+    "true", "[1]", "{}", "0x1", "+1",
+]  # fmt: skip
+"""Quantity lexemes: zeros as decimals in every print, exponents, odd digits, not numbers."""
+V2_PRICES: list[Callable[[str], str]] = [
+    lambda p: p + "0", lambda p: p + "7", lambda p: p.split(".")[0], lambda p: p.split(".")[0] + ".",
+    lambda p: "-" + p, lambda p: "0" + p, lambda p: "1" * 25, lambda p: "9" * 18,
+    lambda p: "9" * 19 + ".5", lambda p: "0." + "0" * 17 + "1", lambda p: p + "0" * 20,
+    lambda p: "2.94302E4", lambda p: p + "e0", lambda p: "1e-30", lambda p: "1e-99", lambda p: "0",
+    lambda p: "0.0", lambda p: f'"{p}"', lambda p: "null", lambda p: "[" + p + "]",
+    lambda p: "1e400",
+]  # fmt: skip
+"""Price lexemes made from a real one (``p``): the core must refuse or key each exactly."""
+V2_CHECKSUMS: list[Callable[[int], str]] = [
+    lambda c: f"{c}", lambda c: f"{c ^ 1}", lambda c: f'"{c}"', lambda c: f"{c}.0",
+    lambda c: f"{c}e0", lambda c: f"-{c}", lambda c: f"{c + 2**32}", lambda c: f"{c + 2**64}",
+    lambda c: f"{c:025d}"[:-25] + "1" * 25, lambda c: "null", lambda c: "true", lambda c: "-0",
+    lambda c: "0", lambda c: f"[{c}]",
+]  # fmt: skip
+"""How ``checksum`` is written, given the checksum the update really has."""
+
+
+def v2_levels(update: dict[str, Any]) -> list[Obj]:
+    return [level for side in ("asks", "bids") for level in update[side] if isinstance(level, Obj)]
+
+
+def m2_qty(entry: dict[str, Any], rng: random.Random) -> None:
+    levels = v2_levels(entry)
+    if levels:
+        level = rng.choice(levels)
+        level[:] = [(k, Raw(rng.choice(V2_QTYS)) if k == "qty" else v) for k, v in level]
+
+
+def m2_price(entry: dict[str, Any], rng: random.Random) -> None:
+    levels = v2_levels(entry)
+    if levels:
+        level = rng.choice(levels)
+        level[:] = [
+            (k, Raw(rng.choice(V2_PRICES)(str(v))) if k == "price" else v) for k, v in level
+        ]
+
+
+def m2_new_level(entry: dict[str, Any], rng: random.Random) -> None:
+    """A level near the top (in the checksum): a new price, an existing one, an odd one."""
+    levels = v2_levels(entry) or [Obj([("price", Raw("27120.0")), ("qty", Raw("1.0"))])]
+    price = str(dict(rng.choice(levels)).get("price", "27120.0"))
+    new = rng.choice([price[:-1] + "3", price + "3", price, rng.choice(V2_PRICES)(price)])
+    qty = rng.choice(["0.10000000", "2", "0E-8", "0.00000000", rng.choice(V2_QTYS)])
+    side = entry[rng.choice(["asks", "bids"])]
+    side.insert(rng.randint(0, len(side)), Obj([("price", Raw(new)), ("qty", Raw(qty))]))
+
+
+def m2_level_shape(entry: dict[str, Any], rng: random.Random) -> None:
+    """A level with keys missing, repeated, reordered, extra, or not an object."""
+    levels = v2_levels(entry)
+    if not levels:
+        return
+    level = rng.choice(levels)
+    price, qty = dict(level).get("price", Raw("27120.0")), dict(level).get("qty", Raw("1.0"))
+    level[:] = rng.choice(
+        [
+            [("price", price)],
+            [("qty", qty)],
+            [("qty", qty), ("price", price)],
+            [("price", price), ("qty", Raw("9.0")), ("qty", qty)],
+            [("price", Raw("1.0")), ("price", price), ("qty", qty)],
+            [("price", price), ("qty", qty), ("r", True), ("x", [[{"y": Raw("1e99")}]])],
+            [("Price", price), ("qty", qty)],
+        ]
+    )
+    if rng.random() < 0.2:
+        side = entry[rng.choice(["asks", "bids"])]
+        side.insert(0, rng.choice([[str(price), str(qty)], None, 5, Obj()]))
+
+
+def m2_entry(entry: dict[str, Any], rng: random.Random) -> None:
+    """The entry's keys: a side repeated, missing, odd; the checksum missing or repeated; the
+    symbol another, odd or escaped; extra keys."""
+    choice = rng.randrange(8)
+    key = rng.choice(["asks", "bids", "checksum", "symbol"])
+    if choice == 0:
+        entry["@extra"].append((key, rng.choice([[], None, CHECKSUM_SLOT, "BTC/USD"])))
+    elif choice == 1:
+        entry["@drop"].add(key)
+    elif choice == 2:
+        entry[rng.choice(["asks", "bids"])] = rng.choice([None, {}, "x", 7, [[]], [None]])
+    elif choice == 3:
+        entry["symbol"] = rng.choice(["ETH/USD", "BTC/USD ", "btc/usd", None, 5, ["BTC/USD"],
+                                      Raw('"BTC\\/USD"'), Raw('"BTC\\u002fUSD"')])  # fmt: skip
+    elif choice == 4:
+        entry["@extra"].append(rng.choice([("x", {"y": [1, None]}), ("", []), ("\u00e9", 1),
+                                           ("checksum ", 1), ("timestamp", "T")]))  # fmt: skip
+    elif choice == 5:
+        entry["@data"] = rng.choice(["two", "empty", "object", "null"])
+    elif choice == 6:
+        entry["@msg"].append(rng.choice([("type", "snapshot"), ("type", "Update"),
+                                         ("channel", "ticker"), ("channel", "book "),
+                                         ("x", [1, 2]), ("type", None)]))  # fmt: skip
+    else:
+        entry["@msg"].append(("@drop", rng.choice(["channel", "type", "data"])))
+
+
+V2_MUTATIONS: dict[str, Callable[[dict[str, Any], random.Random], None]] = {
+    "qty": m2_qty,
+    "price": m2_price,
+    "new_level": m2_new_level,
+    "level_shape": m2_level_shape,
+    "entry": m2_entry,
+}
+"""Changes to a valid v2 update, by name; ``recv_ns``, ``record``, ``bytes`` and ``flip`` are
+v1's, applied to the record around it."""
+V2_RECORD_MUTATIONS = ("recv_ns", "record", "bytes", "flip")
+
+
+def as_obj(text: str) -> Any:
+    """A v2 frame as ``dump`` prints it back exactly: objects as ``Obj``, numbers as ``Raw``."""
+    return json.loads(text, parse_float=Raw, parse_int=Raw, object_pairs_hook=Obj)
+
+
+class V2Scenario:
+    """v2 lines from steps against ``V2_PAIRS``' markets; ``plain`` (a ``V2BookFeed``) follows
+    them on the general path, so that a mutated update can carry the checksum it really has."""
+
+    def __init__(self, seed: int) -> None:
+        self.markets = {
+            pair: V2Market(pair, depth, seed, clock=fixed_clock) for pair, depth in V2_PAIRS.items()
+        }
+        self.plain = V2BookFeed()
+        self.clock = -(1 << 126)
+        self.lines: list[Any] = []
+        for market in self.markets.values():
+            self.add_text(market.snapshot_frame())
+
+    @property
+    def now(self) -> int:
+        return BASE_NS + len(self.lines) * STEP_NS
+
+    def add(self, line: Any) -> None:
+        self.lines.append(line)
+        self.clock = general(self.plain, line, self.clock)
+
+    def add_text(self, text: str) -> None:
+        self.add(record_line(self.now, len(self.lines), text))
+
+    def right_checksum(self, text: str) -> int | None:
+        """The checksum of the book ``text`` (checksum ``0``) leaves, on a copy of ``plain``."""
+        try:
+            msg = decode_v2(text.replace(CHECKSUM_SLOT, "0")).get("msg")
+        except (ValueError, AttributeError, RecursionError):
+            return None
+        feed = copy.deepcopy(self.plain)
+        feed.last_key = None
+        feed.on_message(msg, self.now)
+        book = feed.books.get(feed.last_key) if feed.last_key else None
+        return None if book is None else book.checksum()
+
+    def update(
+        self, pair: str, mutations: Sequence[str], seed: int, checksum: int, noise: int
+    ) -> None:
+        market = self.markets[pair]
+        msg = as_obj(market.update_frame())
+        entry_obj = dict(msg)["data"][0]
+        entry: dict[str, Any] = dict(entry_obj)
+        entry.update({"@extra": [], "@drop": set(), "@data": None, "@msg": []})
+        entry["checksum"] = CHECKSUM_SLOT
+        update = Update(self.now, len(self.lines), None, [], None, None)
+        update.record = Obj([("seq", update.seq)])
+        rng = random.Random(seed)
+        for name in mutations:
+            if name in V2_RECORD_MUTATIONS:
+                MUTATIONS[name](update, rng)
+            else:
+                V2_MUTATIONS[name](entry, rng)
+        pairs = [(k, v) for k, v in entry.items() if not k.startswith("@")]
+        pairs = [(k, v) for k, v in pairs if k not in entry["@drop"]] + entry["@extra"]
+        data: Any = [Obj(pairs)]
+        if entry["@data"] == "two":
+            data = [Obj(pairs), Obj(pairs)]
+        elif entry["@data"] is not None:
+            data = {"empty": [], "object": Obj(pairs), "null": None}[entry["@data"]]
+        frame = Obj([(k, data if k == "data" else v) for k, v in msg])
+        for key, value in entry["@msg"]:
+            if key == "@drop":
+                frame[:] = [(k, v) for k, v in frame if k != value]
+            else:
+                frame.append((key, value))
+        record = Obj([("recv_ns", update.recv_ns), *update.record, ("msg", frame)])
+        if update.recv_ns is None:
+            record = Obj(pair for pair in record if pair[0] != "recv_ns")
+        style = Style(rng, space=0.3 if noise & 1 else 0.0, escape=0.2 if noise & 2 else 0.0)
+        text = style.gap() + dump(record, style) + style.gap()
+        right = self.right_checksum(text)
+        value = market.checksum() if right is None else right
+        line = text.replace(CHECKSUM_SLOT, V2_CHECKSUMS[checksum](value)).encode("utf-8")
+        self.add(update.tail(line))
+        book = self.plain.books.get((pair, market.channel_name))
+        if (book is None or not book.valid) and seed % 4:  # resubscribed: mostly at once
+            self.snapshot(pair, seed % 3)
+
+    def snapshot(self, pair: str, form: int = 0) -> None:
+        """The market's window; ``form`` 1: a few levels only (filed under depth 10, which for
+        DOGE/USD is another book than the followed one); 2: after a subscribe answer."""
+        text = self.markets[pair].snapshot_frame()
+        if form == 1:
+            msg = as_obj(text)
+            entry = dict(msg)["data"][0]
+            sides = {key: value[:3] for key, value in entry if key in ("asks", "bids")}
+            book = Book(10)
+            book.apply_snapshot(
+                *([(str(lv[0][1]), str(lv[1][1])) for lv in sides[key]] for key in ("asks", "bids"))
+            )
+            entry[:] = [
+                (key, sides.get(key, Raw(str(book.checksum())) if key == "checksum" else value))
+                for key, value in entry
+            ]
+            text = dump(msg, Style(random.Random(0)))
+        elif form == 2:
+            depth = V2_PAIRS[pair]
+            self.add_text(
+                f'{{"method":"subscribe","result":{{"channel":"book","depth":{depth},'
+                f'"symbol":"{pair}"}},"success":true}}'
+            )
+        self.add_text(text)
+
+    def event(self, kind: int, seed: int) -> None:
+        rng = random.Random(seed)
+        pair = rng.choice(list(V2_PAIRS))
+        if kind == 0:
+            self.add_text(
+                rng.choice(
+                    [
+                        '{"channel":"heartbeat"}',
+                        f'{{"channel":"status","type":"update","data":[{{"system":"online",'
+                        f'"connection_id":{rng.randrange(3)}}}]}}',
+                        f'{{"channel":"ticker","type":"update","data":[{{"symbol":"{pair}"}}]}}',
+                        f'[1,{{"a":[],"c":"0"}},"book-10","{pair}"]',
+                    ]
+                )
+            )
+        elif kind == 1:
+            book = self.plain.books.get((pair, f"book-{V2_PAIRS[pair]}"))
+            if book is not None and book.valid:
+                asks, bids = book.top_asks(1000), book.top_bids(1000)
+            else:
+                asks, bids = self.markets[pair].window()
+            meta = {"type": "checkpoint", "pair": pair, "channel": f"book-{V2_PAIRS[pair]}"}
+            self.add(meta_line(self.now, {**meta, "asks": asks, "bids": bids}).rstrip(b"\n"))
+        elif kind == 2:
+            self.add(meta_line(self.now, {"type": rng.choice(["connect", "disconnect"])}).rstrip())
+        else:
+            self.add(rng.choice(JUNK + [b"[" * 100_000, b'{"recv_ns":1,"msg":' + b"[" * 5000]))
+
+
+def run_v2_scenario(
+    steps: Sequence[tuple[Any, ...]], seed: int, chunks: Sequence[int], period: int | None
+) -> tuple[Driven, Driven, V2Scenario]:
+    """As ``run_scenario``, for v2 lines."""
+    scenario = V2Scenario(seed)
+    for step in steps:
+        getattr(scenario, step[0])(*step[1:])
+    native, python = drive_both(scenario.lines, V2_ROUTES, chunks, period, v2=True)
+    alone = observe(scenario.plain, scenario.clock, final=True)
+    difference = first_difference(python.states[-1], alone)
+    assert difference is None, f"python loop vs general path alone: {difference}"
+    return native, python, scenario
+
+
+v2_pairs_st = st.sampled_from(list(V2_PAIRS))
+v2_update_st = st.tuples(
+    st.just("update"),
+    v2_pairs_st,
+    st.one_of(
+        st.just(()),
+        st.lists(
+            st.sampled_from([*V2_MUTATIONS, *V2_RECORD_MUTATIONS]), min_size=1, max_size=3
+        ).map(tuple),
+    ),
+    st.integers(0, 2**16),
+    st.one_of(st.just(0), st.integers(0, len(V2_CHECKSUMS) - 1)),
+    st.sampled_from([0, 0, 0, 1, 2, 3]),
+)
+v2_step_st = st.one_of(
+    v2_update_st,
+    v2_update_st,
+    v2_update_st,
+    st.tuples(st.just("snapshot"), v2_pairs_st, st.integers(0, 2)),
+    st.tuples(st.just("event"), st.integers(0, 3), st.integers(0, 2**16)),
+)
+
+
+@needs_core
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(v2_step_st, min_size=1, max_size=50),
+    seed=st.integers(0, 3),
+    chunks=st.lists(st.integers(1, 12), max_size=3),
+    period=st.sampled_from([None, None, 3 * STEP_NS, 7 * STEP_NS]),
+)
+def test_mutated_v2_lines_leave_the_same_state(
+    steps: list[tuple[Any, ...]], seed: int, chunks: list[int], period: int | None
+) -> None:
+    """Valid v2 updates and their mutations (lexemes, shapes, keys, bytes), snapshots of the
+    followed and of another depth, events and junk, in any order."""
+    run_v2_scenario(steps, seed, chunks, period)
+
+
+@needs_core
+@pytest.mark.parametrize("noise", [0, 3])
+@pytest.mark.parametrize("name", [*V2_MUTATIONS, *V2_RECORD_MUTATIONS])
+def test_each_v2_mutation_leaves_the_same_state(name: str, noise: int) -> None:
+    """Every v2 mutation on its own, with every way of writing the checksum, between plain
+    updates of a valid book."""
+    steps: list[tuple[Any, ...]] = []
+    for seed in range(30):
+        pair = list(V2_PAIRS)[seed % len(V2_PAIRS)]
+        steps += [
+            ("update", pair, (name,), seed, seed % len(V2_CHECKSUMS), noise),
+            ("update", pair, (), seed, 0, 0),
+            ("update", pair, (name,), seed + 100, 0, noise),
+            ("update", pair, (), seed, 0, 0),
+            ("snapshot", pair, seed % 3),
+        ]
+    native, _, _ = run_v2_scenario(steps, 0, (5,), None)
+    assert native.handed_back
+
+
+@needs_core
+@pytest.mark.parametrize("index", range(len(V2_QTYS)))
+def test_each_v2_quantity_leaves_the_same_state(index: int) -> None:
+    """Every quantity lexeme on a level of every book, with the checksum it really has."""
+    steps: list[tuple[Any, ...]] = []
+    for seed in range(10):
+        pair = list(V2_PAIRS)[seed % len(V2_PAIRS)]
+        steps += [("update", pair, ("new_level",), seed * 7 + index, 0, 0)]
+        steps += [("update", pair, (), seed, 0, 0), ("update", pair, (), seed, 0, 0)]
+    run_v2_scenario(steps, index % 4, (4,), None)
+
+
+@needs_core
+def test_clean_v2_updates_stay_native() -> None:
+    """Plain v2 updates of both markets, subscribe answers and heartbeats between them: the
+    core hands back only the snapshots and control frames."""
+    steps: list[tuple[Any, ...]] = [("snapshot", "DOGE/USD", 2)]
+    steps += [("update", list(V2_PAIRS)[seed % 2], (), seed, 0, 0) for seed in range(300)]
+    native, python, scenario = run_v2_scenario(steps, 0, (), None)
+    expected = [index for index, line in enumerate(scenario.lines) if b'"update"' not in line]
+    assert native.handed_back == python.handed_back == expected
+
+
+@needs_core
+def test_a_second_valid_book_of_the_symbol_hands_its_lines_back() -> None:
+    """A DOGE/USD snapshot of 3 levels is filed under book-10 next to the followed book-25: v2
+    updates name no depth, so the core must not apply them to the followed book."""
+    steps: list[tuple[Any, ...]] = [("snapshot", "DOGE/USD", 1)]
+    steps += [("update", "DOGE/USD", (), seed, 0, 0) for seed in range(20)]
+    native, python, scenario = run_v2_scenario(steps, 0, (), None)
+    assert scenario.plain.books[("DOGE/USD", "book-10")].valid
+    assert native.handed_back == python.handed_back == list(range(len(scenario.lines)))
 
 
 # -- the start index ------------------------------------------------------------------------------
