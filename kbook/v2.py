@@ -303,23 +303,31 @@ class RecordReader:
 
     def numbered(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """``(line number, record)`` for every good line, so callers can say where a frame is."""
-        if self.api != Api.V2:
-            for number, line in self.reader.raw_lines():
-                record = self.reader.decode(number, line)
-                if record is not None:
-                    yield number, record
-            return
-        problems = self.reader.problems
+        decode_line = self.decode
         for number, line in self.reader.raw_lines():
-            try:
-                record = decode(line)
-            except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
-                problems.append(Problem(self.path, number, "line is not JSON"))
-                continue
-            if type(record) is not dict:
-                problems.append(Problem(self.path, number, "line is not a JSON object"))
-                continue
-            yield number, record
+            record = decode_line(number, line)
+            if record is not None:
+                yield number, record
+
+    def batches(self) -> Iterator[tuple[int, list[bytes]]]:
+        """Raw lines a piece at a time, as ``SegmentReader.batches`` (replay's hot path); a line
+        it hands back goes through ``decode``."""
+        return self.reader.batches()
+
+    def decode(self, number: int, line: bytes) -> dict[str, Any] | None:
+        """Line ``number`` as a dict decoded for the segment's API, or None after noting why it
+        is not one in ``problems``."""
+        if self.api != Api.V2:
+            return self.reader.decode(number, line)
+        try:
+            record = decode(line)
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nests
+            self.reader.problems.append(Problem(self.path, number, "line is not JSON"))
+            return None
+        if type(record) is not dict:
+            self.reader.problems.append(Problem(self.path, number, "line is not a JSON object"))
+            return None
+        return record
 
 
 def iter_records(

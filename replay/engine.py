@@ -19,13 +19,12 @@ Rules beyond the sampler's (``replay.sampler`` has the snapshot semantics):
   when a later one, still before it, starts with checkpoints of every followed book (the recorder
   writes those at each rotation), since the checkpoint replaces the book entirely.
 
-Kraken v2 streams (``Stream.api``) take the general path only: each segment is read with
-``kbook.v2.RecordReader`` (number lexemes kept for the checksum) and every line goes through a
-``kbook.v2.V2BookFeed`` one at a time, with the same rules: status frames (a new
-``connection_id``) and (un)subscribe answers are global events as v1's ``systemStatus`` and
-``subscriptionStatus`` are, checkpoints restore, a damaged tail voids. ``LineFeed`` still keeps
-the clock and the routes, but its v1 hot loop is never run on v2 lines. A v2 stream is never cut
-into chunks (``replay.chunks.plan_chunks``): it replays whole, in one worker.
+Kraken v2 streams (``Stream.api``) take the same loop: ``kbook.v2.RecordReader`` decodes each
+line ``LineFeed`` hands back for its API (v2 number lexemes kept for the checksum), and it goes
+through a ``kbook.v2.V2BookFeed`` with the same rules: status frames (a new ``connection_id``)
+and (un)subscribe answers are global events as v1's ``systemStatus`` and ``subscriptionStatus``
+are, checkpoints restore, a damaged tail voids. A v2 stream is never cut into chunks
+(``replay.chunks.plan_chunks``): it replays whole, in one worker.
 
 The same fact lets one stream run as several ``Chunk``s in parallel (``replay.chunks`` plans and
 joins them): a chunk after the first starts at such a segment, and a chunk before another stops
@@ -209,10 +208,7 @@ class StreamReplay:
     # -- the hot loop ---------------------------------------------------------------------------
 
     def _replay_segment(self, info: SegmentInfo) -> None:
-        if self.v2:
-            self._replay_v2_segment(info)
-            return
-        reader = SegmentReader(info.path)
+        reader = RecordReader(info.path, self.stream.api)
         run = self.lines.run
         handle = self._handle
         for number, lines in reader.batches():
@@ -232,15 +228,7 @@ class StreamReplay:
         ):
             self._global(lambda: self.feed.connection_lost(self.clock))
 
-    def _replay_v2_segment(self, info: SegmentInfo) -> None:
-        """A v2 segment, line by line through ``_apply`` (no ``LineFeed`` hot loop)."""
-        reader = RecordReader(info.path, Api.V2)
-        apply = self._apply
-        for record in reader:
-            apply(record)
-        self._segment_end(info, reader.problems)
-
-    def _handle(self, reader: SegmentReader, number: int, line: bytes) -> None:
+    def _handle(self, reader: RecordReader, number: int, line: bytes) -> None:
         """One line ``LineFeed`` handed back: decode it and apply it the general way."""
         record = reader.decode(number, line)
         if record is not None:
@@ -319,7 +307,7 @@ class StreamReplay:
             for (pair, other), book in feed.books.items()
         )
 
-    def _head(self, reader: SegmentReader, number: int, lines: list[bytes]) -> int:
+    def _head(self, reader: RecordReader, number: int, lines: list[bytes]) -> int:
         """A chunk's start: apply lines one by one up to the first ``msg`` line (returned, not
         applied); by then the head checkpoints must have restored every followed book."""
         for index, line in enumerate(lines):
