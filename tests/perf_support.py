@@ -18,10 +18,11 @@ from pathlib import Path
 
 import orjson
 
+from kbook.api import Api
 from kbook.feed import BookFeed
 from kbook.pairs import file_name
 from kbook.segment import SegmentWriter, checkpoint_meta, frame_line, meta_line
-from kbook.sim import Market
+from kbook.sim import Market, V2Market
 from kbook.v2 import V2BookFeed
 from kbook.v2 import decode as decode_v2
 
@@ -88,16 +89,22 @@ def write_recording(
     rotate_ns: int = 10 * SECOND,
     faults: bool = True,
     shared: bool = False,
+    api: Api = Api.V1,
 ) -> Path:
-    """Write a recording under ``root`` (a folder per stream) and return ``root``."""
+    """Write a recording under ``root`` (a folder per stream) and return ``root``.
+
+    With ``api`` v2 the frames are Kraken v2 ones (``pairs`` then v2 symbols such as
+    ``BTC/USD``), with the same faults in v2's words; v2 has no second depth of a pair."""
     rng = random.Random(seed)
     now = START_NS
     clock = [now / SECOND]
+    v2 = api == Api.V2
+    kind = V2Market if v2 else Market
     books = [
         _Pair(
             pair,
-            Market(pair, depth, seed, clock=lambda: clock[0]),
-            Market(pair, 10, seed, stream=1, clock=lambda: clock[0]),
+            kind(pair, depth, seed, clock=lambda: clock[0]),
+            kind(pair, 10, seed, stream=1, clock=lambda: clock[0]),
         )
         for pair in pairs
     ]
@@ -123,14 +130,22 @@ def write_recording(
         nonlocal connection
         connection += 1
         everywhere(meta_line(now, {"type": "connect"}))
-        status = {"connectionID": connection, "event": "systemStatus", "status": "online"}
+        status: dict[str, object] = {
+            "connectionID": connection,
+            "event": "systemStatus",
+            "status": "online",
+        }
+        if v2:
+            entry = {"system": "online", "connection_id": connection}
+            status = {"channel": "status", "type": "update", "data": [entry]}
         everywhere(line(now, orjson.dumps(status).decode()))
         for book in books:
             book.valid = True
             writer = stream_of[id(book)].writer
             assert writer is not None
             writer.write(line(now, book.market.snapshot_frame(1)))
-            writer.write(line(now, book.shallow.snapshot_frame(2)))
+            if not v2:
+                writer.write(line(now, book.shallow.snapshot_frame(2)))
 
     for stream in streams:
         stream.open(now, now, rotate_ns)
@@ -160,6 +175,9 @@ def write_recording(
             book.valid = False
         elif roll < 0.012:
             status = {"event": "subscriptionStatus", "pair": book.pair, "status": "subscribed"}
+            if v2:
+                result = {"channel": "book", "depth": depth, "symbol": book.pair}
+                status = {"method": "subscribe", "result": result, "success": True}
             writer.write(line(now, orjson.dumps(status).decode()))
             writer.write(line(now, market.snapshot_frame(1)))
             book.valid = True
@@ -168,6 +186,11 @@ def write_recording(
             book.valid = True
         elif roll < 0.018:
             bad = f'[1,{{"a":[["1.0"]],"c":"5"}},"{market.channel_name}","{book.pair}"]'
+            if v2:
+                bad = (
+                    f'{{"channel":"book","type":"update","data":[{{"symbol":"{book.pair}",'
+                    f'"asks":[{{"price":1.0}}],"bids":[],"checksum":5}}]}}'
+                )
             writer.write(line(now, bad))
             book.valid = False
             market.update_frame(1)  # the lost update: the book moves on without us
@@ -176,11 +199,16 @@ def write_recording(
         elif roll < 0.022:
             writer.write(frame_line(now, seq, "not json", False))
         elif roll < 0.030:
-            writer.write(line(now, f'[3,["1.0","2.0"],"ticker","{book.pair}"]'))
-        elif roll < 0.060:
+            ticker = f'[3,["1.0","2.0"],"ticker","{book.pair}"]'
+            if v2:
+                ticker = (
+                    f'{{"channel":"ticker","type":"update","data":[{{"symbol":"{book.pair}"}}]}}'
+                )
+            writer.write(line(now, ticker))
+        elif roll < 0.060 and not v2:
             writer.write(line(now, book.shallow.update_frame(2)))
         elif roll < 0.080:
-            everywhere(line(now, '{"event":"heartbeat"}'))
+            everywhere(line(now, '{"channel":"heartbeat"}' if v2 else '{"event":"heartbeat"}'))
         else:
             writer.write(line(now, market.update_frame(1)))
     for stream in streams:

@@ -4,7 +4,8 @@ Three ways through ``replay.engine``: the native core (the default where it was 
 pure-Python loop of ``LineFeed.run`` (``KBOOK_NATIVE=0``), and the straightforward one, where
 ``run`` applies nothing and every line is decoded and applied by ``BookFeed.on_message`` alone.
 Same files, byte for byte, on the real captures and on recorder-style recordings of the
-benchmark's kind (the simulator's market, with every fault ``perf_support`` sprinkles in).
+benchmark's kind (the simulator's market, with every fault ``perf_support`` sprinkles in), in
+Kraken's v1 and v2 alike.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from perf_support import write_recording
 
 import replay
+from kbook.api import Api
 from kbook.lines import LineFeed, native_core
 
 from conftest import V1_CAPTURES
@@ -71,3 +73,25 @@ def test_simulated_recordings_replay_to_the_same_bytes(
 ) -> None:
     source = write_recording(tmp_path / "raw", pairs, 6_000, seed=11, depth=100, shared=shared)
     assert_same_bytes(source, tmp_path, monkeypatch, "250ms")
+
+
+@pytest.mark.parametrize(
+    ("pairs", "shared"), [(("BTC/USD",), False), (("BTC/USD", "ETH/USD"), True)]
+)
+def test_simulated_v2_recordings_replay_to_the_same_bytes(
+    pairs: tuple[str, ...], shared: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_recording(
+        tmp_path / "raw", pairs, 6_000, seed=12, depth=100, shared=shared, api=Api.V2
+    )
+    assert_same_bytes(source, tmp_path, monkeypatch, "250ms")
+
+
+def test_v2_capture_replays_to_the_same_bytes(
+    captures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_v2 import capture_frames
+    from v2_support import write_v2_segment
+
+    source = write_v2_segment(tmp_path / "capture.jsonl.zst", capture_frames(captures_dir))
+    assert_same_bytes(source, tmp_path, monkeypatch, "10ms")
