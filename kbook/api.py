@@ -11,6 +11,7 @@ meta lines (``"api": "v2"``) and accepted by ``--api``.
 from __future__ import annotations
 
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from kbook.errors import UsageError
 
@@ -22,8 +23,14 @@ class Api(StrEnum):
     V2 = "v2"
 
 
+DEFAULT = Api.V2
+"""The API of a new connection: Kraken recommends v2 for new integrations, v1 is frozen."""
+
 URLS = {Api.V1: "wss://ws.kraken.com", Api.V2: "wss://ws.kraken.com/v2"}
 """Kraken's public addresses, per API."""
+
+URL_PATHS = {Api.V1: "", Api.V2: "/v2"}
+"""The path that makes an address say its API (``api_of_url``), as Kraken's addresses do."""
 
 DEPTHS = (10, 25, 100, 500, 1000)
 """The depths Kraken accepts for the book channel, under v1 and v2 alike."""
@@ -36,6 +43,31 @@ def parse_api(text: str, option: str = "--api") -> Api:
     except ValueError:
         choices = ", ".join(Api)
         raise UsageError(f"{option} {text!r} is not one of {choices}") from None
+
+
+def api_of_url(url: str) -> Api:
+    """The API an address says: a path ending in ``/v2`` is v2, anything else v1.
+
+    That is how Kraken spells its two addresses (``URLS``), and how ``kbook simulate`` prints its
+    own; a trailing ``/`` is ignored.
+    """
+    path = urlsplit(url).path.rstrip("/")
+    return Api.V2 if path.endswith(URL_PATHS[Api.V2]) else Api.V1
+
+
+def choose_api(api: str | None, url: str | None) -> tuple[Api, str]:
+    """``(api, url)`` of a connection from ``--api`` and ``--url``, either of which may be None.
+
+    ``--api`` given always wins; without it the API follows ``--url`` (``api_of_url``); with
+    neither, ``DEFAULT``. The address defaults to Kraken's of the chosen API.
+    """
+    if api is not None:
+        chosen = parse_api(api)
+    elif url is not None:
+        chosen = api_of_url(url)
+    else:
+        chosen = DEFAULT
+    return chosen, url if url is not None else URLS[chosen]
 
 
 def parse_depth(depth: int, option: str = "--depth") -> int:

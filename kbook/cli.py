@@ -17,6 +17,7 @@ import orjson
 import typer
 
 from kbook import __version__
+from kbook.api import Api
 from kbook.errors import KbookError
 
 app = typer.Typer(
@@ -82,7 +83,7 @@ def verify(
         for pair, s in sorted(report.pairs.items()):
             table.add_row(
                 pair,
-                report.apis.get(pair, "v1"),
+                report.apis.get(pair, Api.V1),  # segments that name no API are v1
                 str(s.frames),
                 str(s.snapshots + s.checkpoints),
                 str(s.updates),
@@ -117,13 +118,17 @@ def record(
         Path, typer.Option(help="Output folder; segments go to OUT/raw/PAIR/DATE/.")
     ] = Path("data"),
     api: Annotated[
-        str, typer.Option(help="Kraken WebSocket API: v1 or v2 (one API per run).")
-    ] = "v1",
+        str | None,
+        typer.Option(
+            help="Kraken WebSocket API: v2, or v1 (frozen by Kraken); one API per run "
+            "[default: the one --url says (a path ending in /v2 is v2, else v1), else v2]."
+        ),
+    ] = None,
     url: Annotated[
         str | None,
         typer.Option(
-            help="Kraken WebSocket address [default: wss://ws.kraken.com, or "
-            "wss://ws.kraken.com/v2 with --api v2]."
+            help="Kraken WebSocket address [default: wss://ws.kraken.com/v2, or "
+            "wss://ws.kraken.com with --api v1]."
         ),
     ] = None,
     duration: Annotated[
@@ -261,9 +266,12 @@ def simulate(
         typer.Option(help="v1's answer to BTC/USD (and DOGE/...): echo-xbt, echo-btc or reject."),
     ] = "echo-xbt",
     api: Annotated[
-        str,
-        typer.Option(help="WebSocket API to speak, whatever the URL path: v1 or v2 (BTC/USD)."),
-    ] = "v1",
+        str | None,
+        typer.Option(
+            help="WebSocket API to speak, whatever the URL path: v2 (BTC/USD) or v1 "
+            "[default: v2; v1 with --from]. The URL printed ends in /v2 for v2."
+        ),
+    ] = None,
     idle_timeout: Annotated[
         str, typer.Option(help="Close a connection the client said nothing on for this long.")
     ] = "60s",
@@ -306,7 +314,7 @@ def simulate(
         bool, typer.Option(help="Apply the per-connection faults to every connection, not one.")
     ] = False,
 ) -> None:
-    """Serve a simulated Kraken v1 (or --api v2) book feed on 127.0.0.1; prints its URL first."""
+    """Serve a simulated Kraken v2 (or --api v1) book feed on 127.0.0.1; prints its URL first."""
     import math
 
     from kbook.errors import UsageError
@@ -479,15 +487,15 @@ def watch(
     api: Annotated[
         str | None,
         typer.Option(
-            help="Kraken WebSocket API: v1 or v2 [default: v1; with --from, the API of the first "
-            "recorded book of PAIR]."
+            help="Kraken WebSocket API: v2 or v1 [default: the one --url says (a path ending in "
+            "/v2 is v2, else v1), else v2; with --from, the API of the first recorded book of PAIR]."
         ),
     ] = None,
     url: Annotated[
         str | None,
         typer.Option(
-            help="Kraken WebSocket address [default: wss://ws.kraken.com, or "
-            "wss://ws.kraken.com/v2 with --api v2]."
+            help="Kraken WebSocket address [default: wss://ws.kraken.com/v2, or "
+            "wss://ws.kraken.com with --api v1]."
         ),
     ] = None,
     sources: Annotated[

@@ -1,8 +1,9 @@
 """``kbook demo``: the whole product in one command, on this machine alone.
 
-It starts the bundled simulator on a free loopback port, records a few pairs with the real
-recorder for about 15 seconds (dropping the connection once, a third of the way in, so that the reconnect, the
-fresh snapshot and the marked gap can be seen), checks every checksum with ``verify``, replays the
+It starts the bundled simulator on a free loopback port (speaking Kraken's WebSocket v2, the API
+``kbook record`` uses by default), records a few pairs with the real recorder for about 15 seconds
+(dropping the connection once, a third of the way in, so that the reconnect, the fresh snapshot
+and the marked gap can be seen), checks every checksum with ``verify``, replays the
 recording at 1 s into Parquet with the real replay engine, and draws the book when matplotlib is
 installed. Everything goes under one folder (``data/demo`` by default), replaced on each run.
 
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kbook.api import Api
 from kbook.errors import OutputError, UsageError
 
 MARKER = ".kbook-demo"
@@ -74,8 +76,9 @@ def run_demo(
 
     prepare_folder(folder)
     raw, snapshots = folder / "raw", folder / "snapshots"
-    with Simulator(SimulatorConfig(pairs=(), rate=rate, seed=7)) as sim:
-        say(f"1/4 simulator: Kraken v1 book feed on {sim.url} (seeded, {rate:.0f} updates/s)")
+    with Simulator(SimulatorConfig(pairs=(), rate=rate, seed=7, api=Api.V2)) as sim:
+        # The recorder follows the address: its path (/v2) says the API.
+        say(f"1/4 simulator: Kraken v2 book feed on {sim.url} (seeded, {rate:.0f} updates/s)")
         # A third of the way in, the connection drops without a close frame, as a network fault
         # would, and the next two attempts are refused (HTTP 503), as an overloaded edge would.
         sim.faults.drop_after(round(rate * seconds / 3))

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from kbook import v2
-from kbook.api import URLS, Api
+from kbook.api import DEFAULT, URLS, Api
 from kbook.feed import BookFeed
 from kbook.pairs import common_name, v1_alias
 
@@ -241,6 +241,10 @@ class V2Dialect(Dialect):
         return v2.ping_request(reqid)
 
 
-def dialect_for(api: str) -> Dialect:
-    """The dialect of ``api`` (``v1`` or ``v2``)."""
-    return V2Dialect() if api == Api.V2 else Dialect()
+DIALECTS: dict[Api, type[Dialect]] = {Api.V1: Dialect, Api.V2: V2Dialect}
+
+
+def dialect_for(api: str | None) -> Dialect:
+    """The dialect of ``api`` (``v1`` or ``v2``); None: of ``kbook.api.DEFAULT``, the API a
+    connection speaks when nothing says otherwise."""
+    return DIALECTS[Api(api) if api is not None else DEFAULT]()

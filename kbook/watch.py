@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from kbook.api import Api, parse_api, parse_depth
+from kbook.api import DEFAULT, Api, choose_api, parse_api, parse_depth
 from kbook.book import Book
 from kbook.dialect import dialect_for, spellings
 from kbook.errors import UsageError
@@ -294,7 +294,8 @@ class WatchOptions:
     url: str | None = None
     """Kraken's address; None: the one of the API (``wss://ws.kraken.com[/v2]``)."""
     api: str | None = None
-    """``v1`` or ``v2``; None: v1 live, and in a replay the API of the pair's first recorded book."""
+    """``v1`` or ``v2``; None: live, the one ``url`` says, else v2 (``kbook.api.choose_api``); in
+    a replay, the API of the pair's first recorded book."""
     paths: tuple[Path, ...] = ()
     """``--from``: segments or folders to replay instead of connecting."""
     speed: float = 1.0
@@ -312,8 +313,10 @@ class WatchOptions:
             )
         if self.api is not None:
             object.__setattr__(self, "api", parse_api(self.api))
-        if self.url is None:
-            object.__setattr__(self, "url", dialect_for(self.api or Api.V1).url)
+        api, url = choose_api(self.api, self.url)
+        object.__setattr__(self, "url", url)
+        if not self.paths:  # live, the API is settled here; a replay's is the recording's
+            object.__setattr__(self, "api", api)
         if not str(self.url).startswith(("ws://", "wss://")):
             raise UsageError(f"--url {self.url!r} is not a ws:// or wss:// address")
         if not self.speed >= 0 or math.isinf(self.speed):
@@ -350,7 +353,7 @@ def live_config(options: WatchOptions, **timings: Any) -> RecordConfig:
         pairs=(options.pair,),
         depth=options.depth or 10,
         url=options.url,
-        api=options.api or Api.V1,
+        api=options.api,
     )
     return replace(config, **timings)
 
@@ -359,7 +362,7 @@ def run_watch(options: WatchOptions, stdout: TextIO) -> WatchSummary:
     """Show the book until Ctrl+C (live) or the end of the recording (``--from``)."""
     replay: ReplaySource | None = None
     channel = f"book-{options.depth}" if options.depth else None
-    api = options.api or Api.V1
+    api = options.api or DEFAULT
     skipped: list[Problem] = []
     if options.paths:
         files = find_segments(options.paths)

@@ -1,8 +1,9 @@
 """``kbook record``: record Kraken's v1 or v2 order book feed losslessly into per-pair segments.
 
 Library first: ``Recorder(RecordConfig(pairs=("BTC/USD",), depth=100)).run()`` returns a
-``RecordSummary``; ``Recorder.stop()`` ends it cleanly from another thread (``api="v2"`` records
-Kraken's WebSocket v2). One module per stage: ``dialect`` (v1 and v2 wire shapes, no I/O),
+``RecordSummary``; ``Recorder.stop()`` ends it cleanly from another thread. It records Kraken's
+WebSocket v2 unless ``api="v1"`` or a ``url`` whose path does not end in ``/v2`` says v1
+(``kbook.api.choose_api``). One module per stage: ``dialect`` (v1 and v2 wire shapes, no I/O),
 ``connection`` (the WebSocket session), ``subscriptions`` (what to request, no I/O),
 ``segments`` (files, rotation, checkpoints), ``lock``, ``status``, ``signals``, ``record``.
 """

@@ -10,16 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbook.api import URLS, Api, parse_api, parse_depth
-from kbook.dialect import dialect_for
+from kbook.api import choose_api, parse_depth
 from kbook.errors import UsageError
 from kbook.pairs import file_name, parse_pair
 
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
-DEFAULT_URL = URLS[Api.V1]
-"""The v1 address; ``RecordConfig`` picks the address of its ``api`` from ``URLS``."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +28,7 @@ class RecordConfig:
     depth: int = 10
     out: Path = Path("data")
     url: str | None = None
-    """Kraken's WebSocket address; None: the one of ``api`` (``wss://ws.kraken.com[/v2]``)."""
+    """Kraken's WebSocket address; None: the one of ``api`` (``wss://ws.kraken.com/v2`` for v2)."""
     duration_ns: int | None = None
     """Stop cleanly after this long; None records until stopped."""
     rotate_ns: int = HOUR
@@ -64,16 +61,17 @@ class RecordConfig:
     quiet: bool = False
     arguments: tuple[str, ...] = field(default=())
     """The command line, kept in ``session_start`` for provenance."""
-    api: str = "v1"
-    """Kraken's WebSocket API: ``v1`` or ``v2`` (``kbook.dialect``)."""
+    api: str | None = None
+    """Kraken's WebSocket API, ``v1`` or ``v2`` (``kbook.dialect``); None: the one ``url`` says,
+    v2 without a ``url`` (``kbook.api.choose_api``)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "pairs", _normalise_pairs(self.pairs))
         set_(self, "out", Path(self.out))
-        set_(self, "api", parse_api(self.api))
-        if self.url is None:
-            set_(self, "url", dialect_for(self.api).url)
+        api, url = choose_api(self.api, self.url)
+        set_(self, "api", api)
+        set_(self, "url", url)
         parse_depth(self.depth)
         if not str(self.url).startswith(("ws://", "wss://")):
             raise UsageError(f"--url {self.url!r} is not a ws:// or wss:// address")

@@ -15,21 +15,24 @@ import fcntl
 import os
 from pathlib import Path
 
+from kbook.api import DEFAULT, Api
 from kbook.errors import OutputError, RecordError
 from kbook.pairs import file_name
 
 
-def lock_path(out: Path, pairs: tuple[str, ...], api: str = "v1") -> Path:
-    """The lock file for ``pairs`` (any order, any spelling) of ``api`` under ``out``."""
+def lock_path(out: Path, pairs: tuple[str, ...], api: str | None = Api.V1) -> Path:
+    """The lock file for ``pairs`` (any order, any spelling) of ``api`` under ``out`` (None:
+    ``kbook.api.DEFAULT``, as for ``kbook.dialect.dialect_for``)."""
     names = sorted({file_name(pair) for pair in pairs})
-    prefix = "" if api == "v1" else f"{api}."  # v1's name is the one older recorders take
+    api = api or DEFAULT
+    prefix = "" if api == Api.V1 else f"{api}."  # v1's name is the one older recorders take
     return out / f".kbook-record.{prefix}{'+'.join(names)}.lock"
 
 
 class OutputLock:
     """An exclusive, non-blocking lock; ``acquire`` raises ``RecordError`` if another run holds it."""
 
-    def __init__(self, out: Path, pairs: tuple[str, ...], api: str = "v1") -> None:
+    def __init__(self, out: Path, pairs: tuple[str, ...], api: str | None = Api.V1) -> None:
         self.path = lock_path(out, pairs, api)
         self._fd: int | None = None
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from kbook.api import Api
 from kbook.captures import capture_to_segment
-from kbook.sim import Simulator
+from kbook.sim import Simulator, SimulatorConfig
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "kraken" / "captures"
 V1_CAPTURES = {
@@ -41,8 +42,8 @@ def capture_segment(captures_dir: Path, tmp_path: Path) -> Callable[[str], Path]
 
 @pytest.fixture
 def simulator() -> Iterator[Simulator]:
-    """A started Kraken v1 simulator (default ``SimulatorConfig``) on 127.0.0.1, a free port."""
-    with Simulator() as sim:
+    """A started Kraken v1 simulator on 127.0.0.1, a free port."""
+    with Simulator(SimulatorConfig(api=Api.V1)) as sim:
         yield sim
 
 

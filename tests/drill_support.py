@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from record_support import Background, Output, match_connections, read_output, wait_until
 
+from kbook.api import Api
 from kbook.pairs import common_name, file_name
 from kbook.segment import PARTIAL_SUFFIX, SegmentReader, find_segments
 from kbook.sim import SentFrame, Simulator, SimulatorConfig
@@ -179,7 +180,9 @@ def report(summary: DrillSummary, basetemp: Path) -> Path:
 
 def drill_simulator(seed: int, rate: float = 2000.0) -> Simulator:
     """The four pairs at ``rate`` updates/s; heartbeats well inside the drill's stall timeout."""
-    return Simulator(SimulatorConfig(pairs=PAIRS, rate=rate, seed=seed, heartbeat_interval=0.2))
+    return Simulator(
+        SimulatorConfig(api=Api.V1, pairs=PAIRS, rate=rate, seed=seed, heartbeat_interval=0.2)
+    )
 
 
 def drill_config(sim: Simulator, out: Path, **overrides: Any) -> RecordConfig:

@@ -14,6 +14,7 @@ import pytest
 from drill_support import DROPS, SEED, report, run_fault_drill
 from sim_support import Client
 
+from kbook.api import Api
 from kbook.sim import Simulator, SimulatorConfig
 
 
@@ -33,7 +34,7 @@ def test_many_faults_at_random_points_lose_nothing(
 def test_a_fault_armed_for_now_fires_while_updates_stream() -> None:
     """Found by the drill: ``drop_after(0)`` was lost when the simulator's pump sent a book frame
     before the task that checks a fault armed for "now" ran (the count had to match exactly)."""
-    with Simulator(SimulatorConfig(pairs=("XBT/USD",), rate=0.0, seed=3)) as sim:
+    with Simulator(SimulatorConfig(api=Api.V1, pairs=("XBT/USD",), rate=0.0, seed=3)) as sim:
         for attempt in range(5):
             with Client(sim.url, timeout=5.0) as client:
                 client.subscribe(["XBT/USD"], depth=100)

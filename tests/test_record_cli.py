@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from record_support import match_connections, read_output, updates_on, wait_until
 
+from kbook.api import Api
 from kbook.errors import SegmentError
 from kbook.segment import PARTIAL_SUFFIX
 from kbook.sim import Simulator, SimulatorConfig
@@ -24,7 +25,9 @@ KBOOK = [sys.executable, "-m", "kbook"]
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    with Simulator(SimulatorConfig(pairs=tuple(PAIRS), rate=200.0, seed=11)) as simulator:
+    with Simulator(
+        SimulatorConfig(api=Api.V1, pairs=tuple(PAIRS), rate=200.0, seed=11)
+    ) as simulator:
         yield simulator
 
 

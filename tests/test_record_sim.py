@@ -15,6 +15,7 @@ from record_support import (
     updates_on,
 )
 
+from kbook.api import Api
 from kbook.errors import RecordError
 from kbook.segment import PARTIAL_SUFFIX
 from kbook.sim import Simulator, SimulatorConfig
@@ -25,7 +26,7 @@ PAIRS = ("XBT/USD", "ETH/USD")
 
 @pytest.fixture
 def sim() -> Simulator:
-    with Simulator(SimulatorConfig(pairs=PAIRS, rate=200.0, seed=7)) as simulator:
+    with Simulator(SimulatorConfig(api=Api.V1, pairs=PAIRS, rate=200.0, seed=7)) as simulator:
         yield simulator
 
 
@@ -207,7 +208,7 @@ def test_non_json_frame_is_kept_raw(sim: Simulator, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["echo-xbt", "echo-btc", "reject"])
 def test_btc_usd_in_every_answer_mode(mode: str, tmp_path: Path) -> None:
-    with Simulator(SimulatorConfig(pairs=("XBT/USD",), rate=200.0, btc=mode)) as sim:
+    with Simulator(SimulatorConfig(api=Api.V1, pairs=("XBT/USD",), rate=200.0, btc=mode)) as sim:
         with Background(fast_config(sim, tmp_path, ("BTC/USD",), depth=100)) as run:
             sim.wait_for(lambda s: updates_on(s, 1) >= 200, timeout=10)
             summary = run.finish()
@@ -273,7 +274,7 @@ def test_status_line_is_plain_text(sim: Simulator, tmp_path: Path) -> None:
 
 
 def test_pings_keep_an_idle_connection_open(tmp_path: Path) -> None:
-    config = SimulatorConfig(pairs=("ETH/USD",), rate=20.0, idle_timeout=1.0)
+    config = SimulatorConfig(api=Api.V1, pairs=("ETH/USD",), rate=20.0, idle_timeout=1.0)
     with Simulator(config) as sim:
         fast = fast_config(sim, tmp_path, ("ETH/USD",), ping_interval_ns=300_000_000)
         with Background(fast) as run:

@@ -136,7 +136,8 @@ def test_v2_decode_keeps_number_lexemes_and_json_as_orjson_reads_it() -> None:
 
 def test_v2_config_defaults_to_the_v2_address() -> None:
     assert RecordConfig(pairs=("BTC/USD",), api="v2").url == URLS[Api.V2]
-    assert RecordConfig(pairs=("BTC/USD",)).url == "wss://ws.kraken.com"
+    assert RecordConfig(pairs=("BTC/USD",)).url == URLS[Api.V2]
+    assert RecordConfig(pairs=("BTC/USD",), api=Api.V1).url == "wss://ws.kraken.com"
     assert RecordConfig(pairs=("BTC/USD",), api="v2", url="ws://x").describe()["api"] == "v2"
     with pytest.raises(UsageError, match="--api 'v3' is not one of v1, v2"):
         RecordConfig(pairs=("BTC/USD",), api="v3")
@@ -311,7 +312,7 @@ def test_v2_pings_and_heartbeats_keep_a_quiet_connection_open(tmp_path: Path) ->
 
 
 def test_v1_and_v2_of_one_pair_in_one_out_stay_apart(tmp_path: Path) -> None:
-    v1 = SimulatorConfig(pairs=("XBT/USD",), rate=200.0, btc="echo-btc", seed=3)
+    v1 = SimulatorConfig(api=Api.V1, pairs=("XBT/USD",), rate=200.0, btc="echo-btc", seed=3)
     v2 = SimulatorConfig(api="v2", pairs=("XBT/USD",), rate=200.0, seed=4)
     # Side by side: the lock is per API, and the two runs' segments take distinct names.
     with (

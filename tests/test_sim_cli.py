@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from sim_support import Client
 
+from kbook.api import Api, api_of_url
+
 KBOOK = Path(sys.executable).parent / "kbook"
 
 
-def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+def start(*args: str, api: Api = Api.V1) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [str(KBOOK), "simulate", "--port", "0", *args],
+        [str(KBOOK), "simulate", "--port", "0", "--api", api, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -28,6 +30,7 @@ def start(*args: str) -> tuple[subprocess.Popen[str], str]:
 def test_simulate_prints_url_first_and_stops_after_duration() -> None:
     process, url = start("--duration", "2s", "--rate", "500")
     assert url.startswith("ws://127.0.0.1:")
+    assert api_of_url(url) is Api.V1  # no /v2 path
     with Client(url) as client:
         client.subscribe(["BTC/USD"])
         ack = client.recv()

@@ -10,6 +10,7 @@ import pytest
 import websocket
 from sim_support import Client
 
+from kbook.api import Api
 from kbook.feed import Outcome
 from kbook.sim import Simulator, SimulatorConfig
 from kbook.sim.protocol import NON_JSON_FRAME
@@ -34,7 +35,7 @@ def subscribed_and_paused(sim: Simulator, pair: str = "XBT/USD") -> Client:
 
 @pytest.fixture
 def fast() -> Iterator[Simulator]:
-    with Simulator(SimulatorConfig(rate=2_000, heartbeat_interval=0.05)) as sim:
+    with Simulator(SimulatorConfig(api=Api.V1, rate=2_000, heartbeat_interval=0.05)) as sim:
         yield sim
 
 

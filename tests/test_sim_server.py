@@ -6,6 +6,7 @@ import orjson
 import pytest
 from sim_support import Client, strip_timestamps
 
+from kbook.api import Api
 from kbook.errors import UsageError
 from kbook.feed import Outcome
 from kbook.sim import Simulator, SimulatorConfig
@@ -172,7 +173,7 @@ def test_ping_pong_and_unknown_event(simulator: Simulator) -> None:
     ("mode", "echoed"), [("echo-xbt", "XBT/USD"), ("echo-btc", "BTC/USD"), ("reject", None)]
 )
 def test_btc_modes(mode: str, echoed: str | None) -> None:
-    with Simulator(SimulatorConfig(btc=mode)) as sim, Client(sim.url) as client:
+    with Simulator(SimulatorConfig(api=Api.V1, btc=mode)) as sim, Client(sim.url) as client:
         client.subscribe(["BTC/USD"], reqid=1)
         ack = client.recv()
         if echoed is None:
@@ -191,7 +192,7 @@ def test_btc_modes(mode: str, echoed: str | None) -> None:
 
 
 def test_doge_alias_follows_the_btc_mode() -> None:
-    with Simulator(SimulatorConfig(btc="echo-xbt")) as sim, Client(sim.url) as client:
+    with Simulator(SimulatorConfig(api=Api.V1, btc="echo-xbt")) as sim, Client(sim.url) as client:
         client.subscribe(["DOGE/USD"])
         assert client.recv()["pair"] == "XDG/USD"
         snapshot = client.recv()
@@ -201,7 +202,7 @@ def test_doge_alias_follows_the_btc_mode() -> None:
 
 @pytest.mark.parametrize("depth", [10, 1000])
 def test_10000_updates_verify_over_the_socket(depth: int) -> None:
-    config = SimulatorConfig(pairs=("XBT/USD", "ETH/USD"), rate=20_000, record=False)
+    config = SimulatorConfig(api=Api.V1, pairs=("XBT/USD", "ETH/USD"), rate=20_000, record=False)
     with Simulator(config) as sim, Client(sim.url) as client:
         client.subscribe(["XBT/USD", "ETH/USD"], depth=depth)
         client.read_updates(10_000)
@@ -212,7 +213,7 @@ def test_10000_updates_verify_over_the_socket(depth: int) -> None:
 
 
 def test_client_book_matches_simulator_book_after_pause() -> None:
-    with Simulator(SimulatorConfig(rate=5_000)) as sim, Client(sim.url) as client:
+    with Simulator(SimulatorConfig(api=Api.V1, rate=5_000)) as sim, Client(sim.url) as client:
         client.subscribe(["XBT/USD"], depth=100)
         client.read_updates(500)
         sim.pause()
@@ -229,7 +230,7 @@ def test_client_book_matches_simulator_book_after_pause() -> None:
 
 def test_same_seed_same_frames_over_the_socket() -> None:
     def run() -> list[str]:
-        config = SimulatorConfig(rate=10_000, seed=11)
+        config = SimulatorConfig(api=Api.V1, rate=10_000, seed=11)
         with Simulator(config) as sim, Client(sim.url) as client:
             client.subscribe(["XBT/USD", "XDG/USD"], depth=25, reqid=1)
             client.read_updates(300)
@@ -242,7 +243,7 @@ def test_same_seed_same_frames_over_the_socket() -> None:
 
 
 def test_heartbeats_while_subscribed() -> None:
-    config = SimulatorConfig(rate=50, heartbeat_interval=0.05)
+    config = SimulatorConfig(api=Api.V1, rate=50, heartbeat_interval=0.05)
     with Simulator(config) as sim, Client(sim.url) as client:
         client.subscribe(["ETH/USD"])
         client.recv_event("heartbeat")
@@ -251,7 +252,7 @@ def test_heartbeats_while_subscribed() -> None:
 
 
 def test_idle_connection_is_closed() -> None:
-    config = SimulatorConfig(rate=10, idle_timeout=0.3)
+    config = SimulatorConfig(api=Api.V1, rate=10, idle_timeout=0.3)
     with Simulator(config) as sim, Client(sim.url) as client:
         client.subscribe(["ETH/USD"])
         assert client.read_to_end() == 1001
@@ -260,7 +261,7 @@ def test_idle_connection_is_closed() -> None:
 
 
 def test_pinging_keeps_a_connection_alive() -> None:
-    config = SimulatorConfig(rate=100, idle_timeout=0.4)
+    config = SimulatorConfig(api=Api.V1, rate=100, idle_timeout=0.4)
     with Simulator(config) as sim, Client(sim.url) as client:
         client.subscribe(["ETH/USD"])
         for reqid in range(6):  # 6 x 0.1 s of updates, pinging each time: longer than 0.4 s
@@ -271,14 +272,17 @@ def test_pinging_keeps_a_connection_alive() -> None:
 
 
 def test_port_in_use_is_a_usage_error(simulator: Simulator) -> None:
-    taken = SimulatorConfig(port=simulator.port)
+    taken = SimulatorConfig(api=Api.V1, port=simulator.port)
     with pytest.raises(UsageError, match=f"cannot listen on 127.0.0.1:{simulator.port}"):
         Simulator(taken).start()
 
 
 def test_bad_config_names_the_option() -> None:
     with pytest.raises(UsageError, match="--btc 'xbt' is not one of"):
-        SimulatorConfig(btc="xbt")
+        SimulatorConfig(api=Api.V1, btc="xbt")
     with pytest.raises(UsageError, match="pair 'XBTUSD' is not BASE/QUOTE"):
-        SimulatorConfig(pairs=("XBTUSD",))
-    assert SimulatorConfig(pairs=("btc/usd", "DOGE/USD")).pairs == ("XBT/USD", "XDG/USD")
+        SimulatorConfig(api=Api.V1, pairs=("XBTUSD",))
+    assert SimulatorConfig(api=Api.V1, pairs=("btc/usd", "DOGE/USD")).pairs == (
+        "XBT/USD",
+        "XDG/USD",
+    )

@@ -313,16 +313,19 @@ def test_bare_session_without_meta_is_v2_too(session: list[str], tmp_path: Path)
 KBOOK = Path(sys.executable).parent / "kbook"
 
 
-def test_simulate_api_v2_serves_v2() -> None:
+@pytest.mark.parametrize("api_args", [[], ["--api", "v2"]], ids=["default", "api-v2"])
+def test_simulate_api_v2_serves_v2(api_args: list[str]) -> None:
     process = subprocess.Popen(
-        [str(KBOOK), "simulate", "--port", "0", "--api", "v2", "--duration", "2s", "--rate", "500"],
+        [str(KBOOK), "simulate", "--port", "0", *api_args, "--duration", "2s", "--rate", "500"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     assert process.stdout is not None
     url = process.stdout.readline().strip()
-    with V2Client(url + "/v2") as client:
+    assert url.startswith("ws://127.0.0.1:")
+    assert url.endswith("/v2")  # the path says the API
+    with V2Client(url) as client:
         assert client.status["data"][0]["api_version"] == "v2"
         client.subscribe(["BTC/USD"], req_id=1)
         assert client.recv_method("subscribe")["result"]["symbol"] == "BTC/USD"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from record_support import FAST, SECOND, Background, fast_config, updates_on, wait_until
 
+from kbook.api import Api
 from kbook.book import Book
 from kbook.feed import BookFeed
 from kbook.segment import SegmentReader, find_segments
@@ -92,7 +93,9 @@ def best_prices(text: str) -> tuple[str, str]:
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    with Simulator(SimulatorConfig(pairs=("XBT/USD",), rate=200.0, seed=3)) as simulator:
+    with Simulator(
+        SimulatorConfig(api=Api.V1, pairs=("XBT/USD",), rate=200.0, seed=3)
+    ) as simulator:
         yield simulator
 
 
@@ -148,7 +151,7 @@ def test_reconnects_after_a_drop_and_shows_the_new_book(sim: Simulator) -> None:
 
 def test_btc_usd_refused_is_retried_as_xbt_usd() -> None:
     with (
-        Simulator(SimulatorConfig(pairs=("XBT/USD",), rate=200.0, btc="reject")) as sim,
+        Simulator(SimulatorConfig(api=Api.V1, pairs=("XBT/USD",), rate=200.0, btc="reject")) as sim,
         watching(sim.url, pair="BTC/USD") as screen,
     ):
         wait_for(screen, lambda s: s.checksums_ok >= 5, "the XBT/USD book under BTC/USD")

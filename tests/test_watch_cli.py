@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from kbook.api import Api
 from kbook.feed import BookFeed
 from kbook.segment import SegmentReader
 from kbook.sim import Simulator, SimulatorConfig
@@ -33,7 +34,9 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    with Simulator(SimulatorConfig(pairs=("XBT/USD",), rate=200.0, seed=5)) as simulator:
+    with Simulator(
+        SimulatorConfig(api=Api.V1, pairs=("XBT/USD",), rate=200.0, seed=5)
+    ) as simulator:
         yield simulator
 
 

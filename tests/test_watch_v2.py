@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from record_support import FAST, SECOND, Background, fast_config, updates_on, wait_until
 
+from kbook.api import Api
 from kbook.book import Book
 from kbook.segment import find_segments
 from kbook.sim import Simulator, SimulatorConfig
@@ -186,7 +187,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     """BTC/USD recorded from v1 (echoed as BTC/USD), then from v2 with a drop and rotations,
     into one output folder."""
     out = tmp_path_factory.mktemp("watch-v2")
-    v1 = SimulatorConfig(pairs=("XBT/USD",), rate=200.0, btc="echo-btc", seed=8)
+    v1 = SimulatorConfig(api=Api.V1, pairs=("XBT/USD",), rate=200.0, btc="echo-btc", seed=8)
     with Simulator(v1) as sim, Background(fast_config(sim, out, ("BTC/USD",))) as run:
         wait_until(lambda: updates_on(sim, 1) >= 50, what="v1 updates")
         run.finish()

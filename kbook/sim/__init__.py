@@ -1,9 +1,9 @@
-"""A Kraken WebSocket ``book`` simulator (v1, or v2 with ``api="v2"``): a real server for tests
-and for ``kbook simulate``.
+"""A Kraken WebSocket ``book`` simulator (v2 by default, or v1 with ``api="v1"``): a real server
+for tests and for ``kbook simulate``.
 
     from kbook.sim import Simulator, SimulatorConfig
-    with Simulator(SimulatorConfig(pairs=("XBT/USD",), rate=1000)) as sim:
-        ...  # connect to sim.url; arm sim.faults; inspect sim.sent; sim.wait_for(...)
+    with Simulator(SimulatorConfig(pairs=("BTC/USD",), rate=1000)) as sim:
+        ...  # connect to sim.url (``/v2`` for v2); arm sim.faults; inspect sim.sent; sim.wait_for(...)
 
 Layers, no I/O at the bottom: ``market`` (a seeded exchange book that emits v1 frames with correct
 checksums) and ``market_v2`` (the same market printed as v2 frames), ``protocol`` and
@@ -13,10 +13,11 @@ checksums) and ``market_v2`` (the same market printed as v2 frames), ``protocol`
 ``simulator`` (``Simulator``: the server in a background thread). ``run`` is ``kbook simulate`` as
 a library call.
 
-v2 (``SimulatorConfig(api="v2")``, ``kbook simulate --api v2``): the same server, markets and
-faults, speaking Kraken's v2 shapes (``kbook.sim.protocol_v2``, ``kbook.sim.market_v2``); symbols
-are ``BTC/USD`` and ``DOGE/USD`` only, so the BTC modes below do not apply. Maintenance is a
-``status`` frame with ``"system":"maintenance"``. Playback (``capture``) is v1 only.
+v2 (the default; ``kbook simulate``): the same server, markets and faults speak Kraken's v2 shapes
+(``kbook.sim.protocol_v2``, ``kbook.sim.market_v2``); symbols are ``BTC/USD`` and ``DOGE/USD``
+only, so the BTC modes below do not apply. Maintenance is a ``status`` frame with
+``"system":"maintenance"``. v1 (``SimulatorConfig(api="v1")``, ``kbook simulate --api v1``) speaks
+Kraken's frozen v1 API. Playback (``capture``) is v1 only, and the API it picks when none is given.
 
 BTC/USD handling (``SimulatorConfig.btc``, ``kbook simulate --btc``). Kraken v1 data frames name
 pairs by their ``wsname`` (``XBT/USD``, ``XDG/USD``), but Kraken's v1 pages show ``BTC/USD`` and no

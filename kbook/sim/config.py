@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kbook.api import parse_api
+from kbook.api import DEFAULT, Api, parse_api
 from kbook.errors import UsageError
 from kbook.pairs import parse_pair
 from kbook.sim import protocol
@@ -48,8 +48,9 @@ class SimulatorConfig:
     btc: str = "echo-xbt"
     """``echo-xbt``, ``echo-btc`` or ``reject``: how v1 answers ``BTC/...`` and ``DOGE/...``.
     Not used in v2, which knows only ``BTC/...`` and ``DOGE/...`` and rejects ``XBT``/``XDG``."""
-    api: str = "v1"
-    """``v1`` or ``v2``: the WebSocket API spoken (``kbook.sim.dialect``), whatever the URL path."""
+    api: str | None = None
+    """``v1`` or ``v2``: the WebSocket API spoken (``kbook.sim.dialect``), whatever the URL path;
+    None: v2 (``kbook.api.DEFAULT``), or v1 to play back a ``capture``, which is v1 only."""
     capture: Path | None = None
     """A segment or capture to play back instead of the simulated market."""
     speed: float = 1.0
@@ -64,7 +65,10 @@ class SimulatorConfig:
         pairs = (self.pairs,) if isinstance(self.pairs, str) else tuple(self.pairs)
         canonical = tuple(dict.fromkeys(canonical_pair(parse_pair(p)) for p in pairs))
         object.__setattr__(self, "pairs", canonical)
-        object.__setattr__(self, "api", parse_api(self.api))
+        if self.api is not None:
+            object.__setattr__(self, "api", parse_api(self.api))
+        else:
+            object.__setattr__(self, "api", Api.V1 if self.capture is not None else DEFAULT)
         if self.btc not in protocol.BTC_MODES:
             modes = ", ".join(protocol.BTC_MODES)
             raise UsageError(f"--btc {self.btc!r} is not one of {modes}")
@@ -80,5 +84,5 @@ class SimulatorConfig:
             raise UsageError(f"--idle-timeout {self.idle_timeout} must be positive")
         if self.capture is not None:
             object.__setattr__(self, "capture", Path(self.capture))
-            if self.api != "v1":
+            if self.api != Api.V1:
                 raise UsageError("--from plays back v1 recordings only; leave out --api v2")

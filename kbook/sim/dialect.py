@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kbook.api import Api
+from kbook.api import DEFAULT, Api
 from kbook.sim import protocol, protocol_v2
 from kbook.sim.market import Market
 from kbook.sim.market_v2 import V2Market
@@ -48,6 +48,11 @@ class Dialect:
     def malformed(self, received: float) -> str:
         """The answer to a frame that is not a JSON object."""
         return protocol.error(protocol.MALFORMED)
+
+    def malformed_update(self, wire: str, depth: int, channel_id: int) -> str:
+        """An update shaped like a book frame whose price is not a number (the malformed fault)."""
+        level = '["not-a-price","1.00000000","0.000000"]'
+        return f'[{channel_id},{{"a":[{level}],"c":"0"}},"book-{depth}","{wire}"]'
 
     def unsupported(self, msg: Mapping[str, Any], received: float) -> str:
         return protocol.error(protocol.UNSUPPORTED_EVENT, msg.get("reqid"))
@@ -117,6 +122,11 @@ class V2Dialect(Dialect):
     def malformed(self, received: float) -> str:
         return protocol_v2.error(protocol.MALFORMED, None, None, received, time.time())
 
+    def malformed_update(self, wire: str, depth: int, channel_id: int) -> str:
+        level = '{"price":true,"qty":1.00000000}'
+        entry = f'{{"symbol":"{wire}","bids":[{level}],"asks":[],"checksum":0}}'
+        return f'{{"channel":"book","type":"update","data":[{entry}]}}'
+
     def unsupported(self, msg: Mapping[str, Any], received: float) -> str:
         return protocol_v2.error(
             protocol_v2.METHOD_NOT_FOUND,
@@ -184,9 +194,13 @@ class V2Dialect(Dialect):
         return V2Market(wire, depth, seed, stream=stream)
 
 
-def dialect_for(api: str) -> Dialect:
-    """The dialect of ``api`` (``v1`` or ``v2``)."""
-    return V2Dialect() if api == Api.V2 else Dialect()
+DIALECTS: dict[Api, type[Dialect]] = {Api.V1: Dialect, Api.V2: V2Dialect}
+
+
+def dialect_for(api: str | None) -> Dialect:
+    """The dialect of ``api`` (``v1`` or ``v2``); None: of ``kbook.api.DEFAULT``, the API a
+    connection speaks when nothing says otherwise."""
+    return DIALECTS[Api(api) if api is not None else DEFAULT]()
 
 
 def _known(name: Any) -> str | None:

@@ -27,8 +27,9 @@ are answered as unsupported. When the capture is exhausted the connection stays 
 The steps above are the same in v2 (``SimulatorConfig(api="v2")``); only the texts differ, and they
 come from a ``kbook.sim.dialect.Dialect``: the ``status`` channel instead of ``systemStatus``, one
 acknowledgement per symbol with ``req_id`` and times, v2 book frames from ``V2Market``,
-``{"channel":"heartbeat"}``. The server ignores the URL path, so ``ws://host:port/v2`` works as
-well as ``ws://host:port``.
+``{"channel":"heartbeat"}``. The server ignores the URL path: it prints ``ws://host:port/v2`` for
+v2 and ``ws://host:port`` for v1 (``Simulator.url``), so that a client left to follow the address
+picks the right API, and accepts either.
 """
 
 from __future__ import annotations
@@ -331,15 +332,6 @@ class SimServer:
             return True
         return False
 
-    def _malformed_update(self, sub: _Subscription) -> str:
-        """An update shaped like a book frame whose price is not a number."""
-        if self.config.api == "v2":
-            level = '{"price":true,"qty":1.00000000}'
-            entry = f'{{"symbol":"{sub.wire}","bids":[{level}],"asks":[],"checksum":0}}'
-            return f'{{"channel":"book","type":"update","data":[{entry}]}}'
-        level = '["not-a-price","1.00000000","0.000000"]'
-        return f'[{sub.channel_id},{{"a":[{level}],"c":"0"}},"book-{sub.depth}","{sub.wire}"]'
-
     async def _check_faults(self, conn: _Connection) -> None:
         """Fire the faults due at the current book frame count."""
         faults = conn.faults
@@ -347,7 +339,9 @@ class SimServer:
         if _due(faults, NON_JSON, count):
             await self._send(conn, protocol.NON_JSON_FRAME, "raw")
         if _due(faults, MALFORMED, count) and conn.live:
-            await self._send(conn, self._malformed_update(conn.live[0]), "raw")
+            sub = conn.live[0]
+            text = self.dialect.malformed_update(sub.wire, sub.depth, sub.channel_id)
+            await self._send(conn, text, "raw")
         if _due(faults, MAINTENANCE, count):
             await self._send(conn, self.dialect.status(conn.connection_id, "maintenance"), "status")
             conn.open = False

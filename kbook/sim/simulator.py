@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from kbook.api import URL_PATHS
 from kbook.errors import UsageError
 from kbook.sim.config import SentFrame, SimulatorConfig
 from kbook.sim.faults import Faults
@@ -128,7 +129,8 @@ class Simulator:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self._server.port}"
+        """The address to connect to; its path says the API (``kbook.api.api_of_url``)."""
+        return f"ws://{self.config.host}:{self._server.port}{URL_PATHS[self._server.dialect.api]}"
 
     @property
     def sent(self) -> list[SentFrame]:

@@ -1,0 +1,77 @@
+"""Which Kraken API a connection speaks: ``--api`` wins, else the address says, else v2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kbook.api import DEFAULT, URLS, Api, api_of_url, choose_api
+from kbook.errors import UsageError
+from kbook.sim import Simulator, SimulatorConfig
+from kbook.watch import WatchOptions, live_config
+from recorder import RecordConfig
+
+
+@pytest.mark.parametrize(
+    ("url", "api"),
+    [
+        ("wss://ws.kraken.com/v2", Api.V2),
+        ("wss://ws.kraken.com/v2/", Api.V2),
+        ("ws://127.0.0.1:8765/v2", Api.V2),
+        ("ws://127.0.0.1:8765/feeds/v2?x=1", Api.V2),
+        ("wss://ws.kraken.com", Api.V1),
+        ("wss://ws.kraken.com/", Api.V1),
+        ("ws://127.0.0.1:8765", Api.V1),
+        ("ws://127.0.0.1:8765/v2x", Api.V1),
+        ("ws://127.0.0.1:8765/v1", Api.V1),
+        ("ws://host/?path=/v2", Api.V1),
+    ],
+)
+def test_the_address_says_the_api(url: str, api: Api) -> None:
+    assert api_of_url(url) is api
+
+
+def test_api_given_wins_else_the_url_else_v2() -> None:
+    assert DEFAULT is Api.V2
+    assert choose_api(None, None) == (Api.V2, URLS[Api.V2])
+    assert choose_api("v1", None) == (Api.V1, URLS[Api.V1])
+    assert choose_api("v2", None) == (Api.V2, URLS[Api.V2])
+    assert choose_api(None, "ws://h:1") == (Api.V1, "ws://h:1")
+    assert choose_api(None, "ws://h:1/v2") == (Api.V2, "ws://h:1/v2")
+    # An explicit --api wins over what the address says, both ways.
+    assert choose_api("v2", "ws://h:1") == (Api.V2, "ws://h:1")
+    assert choose_api("v1", "ws://h:1/v2") == (Api.V1, "ws://h:1/v2")
+    with pytest.raises(UsageError, match="--api 'v3' is not one of v1, v2"):
+        choose_api("v3", "ws://h:1/v2")
+
+
+def test_record_and_watch_default_to_v2_and_follow_the_url() -> None:
+    assert (RecordConfig(pairs=("BTC/USD",)).api, RecordConfig(pairs=("BTC/USD",)).url) == (
+        Api.V2,
+        URLS[Api.V2],
+    )
+    assert RecordConfig(pairs=("BTC/USD",), url="ws://h:1").api is Api.V1
+    assert RecordConfig(pairs=("BTC/USD",), url="ws://h:1/v2").api is Api.V2
+    assert RecordConfig(pairs=("BTC/USD",), url="ws://h:1/v2", api="v1").api is Api.V1
+    assert RecordConfig(pairs=("BTC/USD",), api="v1").url == URLS[Api.V1]
+    live = WatchOptions(pair="BTC/USD")
+    assert (live.api, live.url) == (Api.V2, URLS[Api.V2])
+    assert live_config(live).api is Api.V2
+    assert WatchOptions(pair="BTC/USD", url="ws://h:1").api is Api.V1
+    assert live_config(WatchOptions(pair="BTC/USD", url="ws://h:1")).api is Api.V1
+    assert WatchOptions(pair="BTC/USD", url="ws://h:1", api="v2").api is Api.V2
+    # With --from the recording decides, unless --api is given.
+    assert WatchOptions(pair="BTC/USD", paths=(Path("x"),)).api is None
+    assert WatchOptions(pair="BTC/USD", paths=(Path("x"),), api="v1").api is Api.V1
+
+
+def test_the_simulator_defaults_to_v2_and_its_url_says_its_api(tmp_path: Path) -> None:
+    assert SimulatorConfig().api is Api.V2
+    assert SimulatorConfig(capture=tmp_path / "capture.json").api is Api.V1
+    with pytest.raises(UsageError, match="--from plays back v1 recordings only"):
+        SimulatorConfig(capture=tmp_path / "capture.json", api="v2")
+    for api in Api:
+        with Simulator(SimulatorConfig(api=api, rate=0.0)) as sim:
+            assert api_of_url(sim.url) is api
+            assert RecordConfig(pairs=("BTC/USD",), url=sim.url).api is api
