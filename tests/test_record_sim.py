@@ -1,10 +1,16 @@
-"""The recorder against the real simulator on 127.0.0.1: every frame kept, every fault survived."""
+"""The recorder against the real simulator on 127.0.0.1: every frame kept, every fault survived.
+
+Scenarios that hold for both of Kraken's APIs run once per API (``case``, ``apis.CASES``); the
+recorder follows the simulator's URL to its API. The v2-only pure parts are in test_record_v2."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from apis import CASES, ApiCase
 from record_support import (
     SECOND,
     Background,
@@ -19,22 +25,38 @@ from kbook.api import Api
 from kbook.errors import RecordError
 from kbook.segment import PARTIAL_SUFFIX
 from kbook.sim import Simulator, SimulatorConfig
+from kbook.v2 import segment_api
 from kbook.verify import verify_paths
 
 PAIRS = ("XBT/USD", "ETH/USD")
+LEVEL_TEXT = re.compile(r"\d+\.\d+")
 
 
 @pytest.fixture
-def sim() -> Simulator:
+def sim() -> Iterator[Simulator]:
+    """The v1 simulator of the v1-only scenarios (v1's BTC answer modes, ...)."""
     with Simulator(SimulatorConfig(api=Api.V1, pairs=PAIRS, rate=200.0, seed=7)) as simulator:
         yield simulator
 
 
-def assert_clean_verify(out: Path, failed: int = 0) -> None:
+@pytest.fixture(params=CASES, ids=str)
+def case(request: pytest.FixtureRequest) -> ApiCase:
+    return request.param
+
+
+@pytest.fixture
+def any_sim(case: ApiCase) -> Iterator[Simulator]:
+    """A simulator of each API in turn; the recorder follows its URL to the API."""
+    with Simulator(case.sim_config(pairs=PAIRS, rate=200.0, seed=7)) as simulator:
+        yield simulator
+
+
+def assert_clean_verify(out: Path, failed: int = 0, api: Api = Api.V1) -> None:
     report = verify_paths([out / "raw"])
     assert report.problems == []
     assert report.checksums_failed == failed
     assert report.checksums_ok >= 50
+    assert set(report.apis.values()) == {api}
 
 
 def assert_all_recorded(output: Output, sim: Simulator, lost_on_last: int = 0) -> dict[int, int]:
@@ -44,54 +66,6 @@ def assert_all_recorded(output: Output, sim: Simulator, lost_on_last: int = 0) -
     assert {conn: lost[conn] for conn in earlier} == dict.fromkeys(earlier, 0)
     assert lost[last] <= lost_on_last
     return lost
-
-
-def test_every_frame_kept_in_order_across_rotations(sim: Simulator, tmp_path: Path) -> None:
-    config = fast_config(
-        sim, tmp_path, ("BTC/USD", "ETH/USD"), depth=25, rotate_ns=SECOND, max_segment_bytes=6000
-    )
-    with Background(config) as run:
-        sim.wait_for(lambda s: updates_on(s, 1) >= 900, timeout=12)
-        sent_at_stop = len(sim.sent)
-        summary = run.finish()
-    output = read_output(tmp_path)
-    assert len(output.texts) >= sent_at_stop
-    assert match_connections(output.texts, sim.sent) == {1: len(sim.sent) - len(output.texts)}
-    assert sorted(output.frames) == list(range(len(output.frames)))
-    assert not list(tmp_path.rglob("*" + PARTIAL_SUFFIX))
-    for name, wire in (("BTC-USD", "XBT/USD"), ("ETH-USD", "ETH/USD")):
-        files = output.files_of(name)
-        assert len(files) >= 3
-        for path in files:
-            lines = output.lines[path]
-            pairs = {r["msg"][-1] for r in lines if isinstance(r.get("msg"), list)}
-            assert pairs <= {wire}
-            assert lines[-1]["meta"]["type"] == "segment_end"
-        for path in output.opened_with_a_book(name):
-            head = output.lines[path][0]["meta"]
-            assert head["type"] == "checkpoint"
-            assert head["pair"] == wire
-            assert head["channel"] == "book-25"
-        first = output.lines[files[0]][0]["meta"]
-        assert first["type"] == "session_start"
-        assert first["api"] == "v1"
-    assert summary.checksums_failed == 0
-    assert set(summary.segments) == set(output.files)
-    assert_clean_verify(tmp_path)
-
-
-def test_dropped_connection_is_survived(sim: Simulator, tmp_path: Path) -> None:
-    with Background(fast_config(sim, tmp_path, PAIRS)) as run:
-        sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)
-        sim.faults.drop_after(40)
-        sim.wait_for(lambda s: updates_on(s, 2) >= 200, timeout=10)
-        summary = run.finish()
-    output = read_output(tmp_path)
-    assert_all_recorded(output, sim, lost_on_last=len(sim.sent))
-    assert summary.reconnects == 1
-    assert len(output.metas("disconnect", output.files_of("ETH-USD")[0])) == 2
-    assert sim.count("snapshot", 2) == 2
-    assert_clean_verify(tmp_path)
 
 
 def test_stalled_connection_is_dropped_and_replaced(sim: Simulator, tmp_path: Path) -> None:
@@ -105,24 +79,6 @@ def test_stalled_connection_is_dropped_and_replaced(sim: Simulator, tmp_path: Pa
     reasons = [m["reason"] for m in output.metas("disconnect", output.files_of("BTC-USD")[0])]
     assert reasons[0].startswith("stalled: no frame for")
     assert_clean_verify(tmp_path)
-
-
-def test_wrong_checksum_resubscribes_for_a_fresh_snapshot(sim: Simulator, tmp_path: Path) -> None:
-    with Background(fast_config(sim, tmp_path, PAIRS)) as run:
-        sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)
-        sim.faults.bad_checksum_at(10)
-        sim.wait_for(lambda s: s.count("snapshot", 1) == 3, timeout=10)
-        sim.wait_for(lambda s: updates_on(s, 1) >= 400, timeout=10)
-        run.finish()
-    output = read_output(tmp_path)
-    assert_all_recorded(output, sim, lost_on_last=len(sim.sent))
-    [mismatch] = output.metas("checksum_mismatch")
-    [resubscribe] = output.metas("resubscribe")
-    assert resubscribe["request"]["event"] == "unsubscribe"
-    assert resubscribe["request"]["pair"] == [mismatch["pair"]]
-    assert mismatch["expected"] != mismatch["computed"]
-    assert len(output.metas("connect", output.files_of("ETH-USD")[0])) == 1
-    assert_clean_verify(tmp_path, failed=1)
 
 
 def test_malformed_update_resubscribes_for_a_fresh_snapshot(sim: Simulator, tmp_path: Path) -> None:
@@ -145,38 +101,6 @@ def test_malformed_update_resubscribes_for_a_fresh_snapshot(sim: Simulator, tmp_
     assert report.checksums_failed == 0
     assert report.feed.malformed_frames == 1
     assert sum(s.snapshots for s in report.pairs.values()) == 3
-
-
-def test_maintenance_waits_before_reconnecting(sim: Simulator, tmp_path: Path) -> None:
-    with Background(fast_config(sim, tmp_path, PAIRS)) as run:
-        sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)
-        sim.faults.maintenance_after(30)
-        sim.wait_for(lambda s: updates_on(s, 2) >= 200, timeout=10)
-        run.finish()
-    output = read_output(tmp_path)
-    assert_all_recorded(output, sim, lost_on_last=len(sim.sent))
-    first = output.files_of("ETH-USD")[0]
-    [gone, _] = output.metas("disconnect", first)
-    assert "1001" in gone["reason"]
-    [_, again] = output.metas("connect", first)
-    assert again["recv_ns"] - gone["recv_ns"] >= 600_000_000
-    assert any('"status":"maintenance"' in text for text in output.texts)
-    assert_clean_verify(tmp_path)
-
-
-def test_rate_limited_subscribe_is_retried(sim: Simulator, tmp_path: Path) -> None:
-    sim.faults.rate_limit_next_subscribe()
-    with Background(fast_config(sim, tmp_path, PAIRS)) as run:
-        sim.wait_for(lambda s: updates_on(s, 1) >= 200, timeout=10)
-        run.finish()
-    output = read_output(tmp_path)
-    assert_all_recorded(output, sim, lost_on_last=len(sim.sent))
-    assert any("Exceeded msg rate" in text for text in output.texts)
-    subscribes = output.metas("subscribe", output.files_of("ETH-USD")[0])
-    assert len(subscribes) == 2
-    assert subscribes[1]["recv_ns"] - subscribes[0]["recv_ns"] >= 300_000_000
-    assert sim.connections == 1
-    assert_clean_verify(tmp_path)
 
 
 def test_refused_reconnects_are_retried(sim: Simulator, tmp_path: Path) -> None:
@@ -228,28 +152,6 @@ def test_btc_usd_in_every_answer_mode(mode: str, tmp_path: Path) -> None:
     assert_clean_verify(tmp_path)
 
 
-def test_unknown_pair_is_reported_and_others_keep_recording(sim: Simulator, tmp_path: Path) -> None:
-    with Background(fast_config(sim, tmp_path, ("ETH/USD", "FOO/BAR"))) as run:
-        sim.wait_for(lambda s: updates_on(s, 1) >= 100, timeout=10)
-        summary = run.finish()
-    assert summary.failed == {"FOO/BAR": "Currency pair not supported FOO/BAR"}
-    assert not (tmp_path / "raw" / "FOO-BAR").exists()
-    output = read_output(tmp_path)
-    [error] = output.metas("subscribe_error")
-    assert error["pair"] == "FOO/BAR"
-    assert "kbook: warning: FOO/BAR: cannot subscribe: Currency pair not supported" in (
-        run.stderr.getvalue()
-    )
-    assert_clean_verify(tmp_path)
-
-
-def test_no_pair_subscribed_is_an_error(sim: Simulator, tmp_path: Path) -> None:
-    run = Background(fast_config(sim, tmp_path, ("FOO/BAR", "BAZ/QUX")))
-    with run, pytest.raises(RecordError, match="no pair could be subscribed"):
-        run.join()
-    assert not (tmp_path / "raw").exists()
-
-
 def test_duration_ends_the_run_cleanly(sim: Simulator, tmp_path: Path) -> None:
     run = Background(fast_config(sim, tmp_path, PAIRS, duration_ns=SECOND))
     with run:
@@ -273,12 +175,184 @@ def test_status_line_is_plain_text(sim: Simulator, tmp_path: Path) -> None:
     assert "reconnects 0" in lines[-1]
 
 
-def test_pings_keep_an_idle_connection_open(tmp_path: Path) -> None:
-    config = SimulatorConfig(api=Api.V1, pairs=("ETH/USD",), rate=20.0, idle_timeout=1.0)
+# -- both APIs ----------------------------------------------------------------------------------
+
+
+def test_every_frame_kept_in_order_across_rotations(
+    case: ApiCase, any_sim: Simulator, tmp_path: Path
+) -> None:
+    sim = any_sim
+    config = fast_config(
+        sim, tmp_path, ("BTC/USD", "ETH/USD"), depth=25, rotate_ns=SECOND, max_segment_bytes=6000
+    )
+    with Background(config) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 900, timeout=12)
+        sent_at_stop = len(sim.sent)
+        summary = run.finish()
+    output = read_output(tmp_path)
+    assert len(output.texts) >= sent_at_stop
+    assert match_connections(output.texts, sim.sent) == {1: len(sim.sent) - len(output.texts)}
+    assert sorted(output.frames) == list(range(len(output.frames)))
+    assert output.texts[0].startswith(case.status_start)
+    assert output.texts[1].startswith(case.answer_start)
+    assert not list(tmp_path.rglob("*" + PARTIAL_SUFFIX))
+    for name, wire in (("BTC-USD", case.btc_wire), ("ETH-USD", "ETH/USD")):
+        files = output.files_of(name)
+        assert len(files) >= 3
+        for path in files:
+            lines = output.lines[path]
+            assert case.book_pairs(lines) <= {wire}
+            assert lines[-1]["meta"]["type"] == "segment_end"
+            assert segment_api(path) == case.api
+        first = output.lines[files[0]][0]["meta"]
+        assert first["type"] == "session_start"
+        assert first["api"] == case.api
+        assert first["config"]["api"] == case.api
+        for path in output.opened_with_a_book(name):
+            head = output.lines[path][0]["meta"]
+            assert head["type"] == "checkpoint"
+            assert (head["api"], head["pair"], head["channel"]) == (case.api, wire, "book-25")
+            levels = [text for level in head["asks"] + head["bids"] for text in level]
+            assert all(type(t) is str and LEVEL_TEXT.fullmatch(t) for t in levels), levels
+            # A later segment alone: its checkpoint's exact texts verify what follows.
+            alone = verify_paths([path])
+            assert alone.checksums_failed == 0
+            assert alone.pairs[wire].checkpoints >= 1
+    assert summary.checksums_failed == 0
+    assert set(summary.segments) == set(output.files)
+    assert_clean_verify(tmp_path, api=case.api)
+
+
+def test_dropped_connection_is_survived(case: ApiCase, any_sim: Simulator, tmp_path: Path) -> None:
+    sim = any_sim
+    with Background(fast_config(sim, tmp_path, PAIRS)) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)
+        sim.faults.drop_after(40)
+        sim.wait_for(lambda s: updates_on(s, 2) >= 200, timeout=10)
+        summary = run.finish()
+    output = read_output(tmp_path)
+    assert_all_recorded(output, sim, lost_on_last=len(sim.sent))
+    assert summary.reconnects == 1
+    assert len(output.metas("disconnect", output.files_of("ETH-USD")[0])) == 2
+    assert sim.count("snapshot", 1) == sim.count("snapshot", 2) == 2
+    assert_clean_verify(tmp_path, api=case.api)
+
+
+def test_wrong_checksum_resubscribes_for_a_fresh_snapshot(
+    case: ApiCase, any_sim: Simulator, tmp_path: Path
+) -> None:
+    sim = any_sim
+    with Background(fast_config(sim, tmp_path, PAIRS)) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)
+        sim.faults.bad_checksum_at(10)
+        sim.wait_for(lambda s: s.count("snapshot", 1) == 3, timeout=10)
+        sim.wait_for(lambda s: updates_on(s, 1) >= 400, timeout=10)
+        run.finish()
+    output = read_output(tmp_path)
+    assert_all_recorded(output, sim, lost_on_last=len(sim.sent))
+    [mismatch] = output.metas("checksum_mismatch")
+    assert mismatch["pair"] in (case.btc_wire, "ETH/USD")
+    assert mismatch["channel"] == "book-10"
+    assert isinstance(mismatch["expected"], int)
+    assert mismatch["expected"] != mismatch["computed"]
+    [resubscribe] = output.metas("resubscribe")
+    assert case.request_method(resubscribe["request"]) == "unsubscribe"
+    assert case.request_pairs(resubscribe["request"]) == [mismatch["pair"]]
+    # The fresh snapshot after the resync is in the resynced pair's stream.
+    name = "ETH-USD" if mismatch["pair"] == "ETH/USD" else "BTC-USD"
+    texts = [
+        output.frames[r["seq"]]
+        for p in output.files_of(name)
+        for r in output.lines[p]
+        if "msg" in r
+    ]
+    assert sum(case.snapshot_mark in text for text in texts) == 2
+    assert len(output.metas("connect", output.files_of("ETH-USD")[0])) == 1
+    assert_clean_verify(tmp_path, failed=1, api=case.api)
+
+
+def test_maintenance_waits_before_reconnecting(
+    case: ApiCase, any_sim: Simulator, tmp_path: Path
+) -> None:
+    sim = any_sim
+    with Background(fast_config(sim, tmp_path, PAIRS)) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)
+        sim.faults.maintenance_after(30)
+        sim.wait_for(lambda s: updates_on(s, 2) >= 200, timeout=10)
+        run.finish()
+    output = read_output(tmp_path)
+    assert_all_recorded(output, sim, lost_on_last=len(sim.sent))
+    for name in ("ETH-USD", "BTC-USD"):
+        first = output.files_of(name)[0]
+        [gone, _] = output.metas("disconnect", first)
+        assert "1001" in gone["reason"]
+        [_, again] = output.metas("connect", first)
+        assert again["recv_ns"] - gone["recv_ns"] >= 600_000_000
+    assert any(case.maintenance in text for text in output.texts)
+    assert_clean_verify(tmp_path, api=case.api)
+
+
+def test_rate_limited_subscribe_is_retried(
+    case: ApiCase, any_sim: Simulator, tmp_path: Path
+) -> None:
+    sim = any_sim
+    sim.faults.rate_limit_next_subscribe()
+    with Background(fast_config(sim, tmp_path, PAIRS)) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 200, timeout=10)
+        run.finish()
+    output = read_output(tmp_path)
+    assert_all_recorded(output, sim, lost_on_last=len(sim.sent))
+    assert any("Exceeded msg rate" in text for text in output.texts)
+    subscribes = output.metas("subscribe", output.files_of("ETH-USD")[0])
+    assert len(subscribes) == 2
+    assert subscribes[1]["recv_ns"] - subscribes[0]["recv_ns"] >= 300_000_000
+    # The same request again, in full: a rate limit refuses the request, not a pair.
+    [first, again] = (case.request_pairs(m["request"]) for m in subscribes)
+    assert first == again
+    assert len(first) == 2
+    assert output.metas("alias") == []
+    assert sim.connections == 1
+    assert_clean_verify(tmp_path, api=case.api)
+
+
+def test_unknown_pair_is_reported_and_others_keep_recording(
+    case: ApiCase, any_sim: Simulator, tmp_path: Path
+) -> None:
+    sim = any_sim
+    with Background(fast_config(sim, tmp_path, ("XBT/USD", "FOO/BAR"))) as run:
+        sim.wait_for(lambda s: updates_on(s, 1) >= 100, timeout=10)
+        summary = run.finish()
+    assert sim.connections == 1
+    assert summary.subscribed == ("XBT/USD",)
+    assert summary.failed == {"FOO/BAR": "Currency pair not supported FOO/BAR"}
+    assert not (tmp_path / "raw" / "FOO-BAR").exists()
+    output = read_output(tmp_path)
+    assert_all_recorded(output, sim, lost_on_last=len(sim.sent))
+    [error] = output.metas("subscribe_error")
+    assert error["pair"] == "FOO/BAR"
+    assert "kbook: warning: FOO/BAR: cannot subscribe: Currency pair not supported" in (
+        run.stderr.getvalue()
+    )
+    assert_clean_verify(tmp_path, api=case.api)
+
+
+def test_no_pair_subscribed_is_an_error(case: ApiCase, any_sim: Simulator, tmp_path: Path) -> None:
+    run = Background(fast_config(any_sim, tmp_path, ("FOO/BAR", "BAZ/QUX")))
+    reason = r"no pair could be subscribed \(.*FOO/BAR: Currency pair not supported FOO/BAR"
+    with run, pytest.raises(RecordError, match=reason):
+        run.join()
+    assert not (tmp_path / "raw").exists()
+
+
+def test_pings_and_heartbeats_keep_a_quiet_connection_open(case: ApiCase, tmp_path: Path) -> None:
+    # Fewer updates than the stall timeout needs: heartbeats must count as traffic, and the
+    # idle timeout closes the connection unless pings are sent.
+    config = case.sim_config(pairs=("ETH/USD",), rate=0.2, idle_timeout=1.0, heartbeat_interval=0.2)
     with Simulator(config) as sim:
         fast = fast_config(sim, tmp_path, ("ETH/USD",), ping_interval_ns=300_000_000)
         with Background(fast) as run:
-            sim.wait_for(lambda s: s.count("pong") >= 5, timeout=10)
-            run.finish()
+            sim.wait_for(lambda s: s.count("pong") >= 6, timeout=10)
+            summary = run.finish()
         assert sim.connections == 1
+        assert summary.reconnects == 0
         assert_all_recorded(read_output(tmp_path), sim, lost_on_last=len(sim.sent))

@@ -90,8 +90,8 @@ def test_simulated_v2_recordings_replay_to_the_same_bytes(
 def test_v2_capture_replays_to_the_same_bytes(
     captures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from sim_support import write_v2_segment
     from test_v2 import capture_frames
-    from v2_support import write_v2_segment
 
     source = write_v2_segment(tmp_path / "capture.jsonl.zst", capture_frames(captures_dir))
     assert_same_bytes(source, tmp_path, monkeypatch, "10ms")

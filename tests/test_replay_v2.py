@@ -17,8 +17,8 @@ import pytest
 import zstandard
 from record_support import SECOND, Background, fast_config, updates_on
 from replay_support import RefBook, SynthMarket, assert_rows_match, write_frames
+from sim_support import write_v2_segment
 from test_v2 import capture_frames
-from v2_support import write_v2_segment
 
 from kbook.cli import main
 from kbook.errors import UsageError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from v2_support import V2Client
+from sim_support import V2Client
 
 from kbook.sim import Simulator, SimulatorConfig
 from kbook.v2 import (

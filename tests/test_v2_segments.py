@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sim_support import START_NS, write_v2_segment
 from test_v2 import capture_frames
-from v2_support import START_NS, write_v2_segment
 
 from kbook.feed import Outcome
 from kbook.segment import SegmentWriter, frame_line, meta_line, write_segment

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import websocket
-from v2_support import V2Client, book_texts, strip_v2_times, write_v2_segment
+from sim_support import V2Client, book_texts, strip_v2_times, write_v2_segment
 
 from kbook.errors import UsageError
 from kbook.feed import Outcome

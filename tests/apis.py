@@ -1,0 +1,86 @@
+"""The per-API fixture table: what a test needs to know to run the same scenario on Kraken's v1 and
+v2. A test takes an ``ApiCase`` (``@pytest.mark.parametrize("case", CASES, ids=str)``, or a
+fixture parametrised the same way) and asks it for everything that differs between the APIs,
+instead of being written twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sim_support import Client, V2Client
+
+from kbook.api import Api
+from kbook.sim import SimulatorConfig
+
+
+@dataclass(frozen=True)
+class ApiCase:
+    """One API's answers to "what does it look like here"."""
+
+    api: Api
+    client: type[Client]
+    """A plain websocket-client of this API with a book builder checking every checksum."""
+    btc_wire: str
+    """How book frames name BTC/USD when asked for either spelling (v1: the simulator's default
+    ``echo-xbt``)."""
+    status_start: str
+    """How the first frame of a connection (the system status) begins."""
+    answer_start: str
+    """How a successful subscribe answer begins."""
+    maintenance: str
+    """Text in the frame that announces maintenance."""
+    snapshot_mark: str
+    """Text only a book snapshot frame holds."""
+    request_key: str
+    """The key naming a request's method: ``event`` (v1) or ``method`` (v2)."""
+
+    def __str__(self) -> str:
+        return str(self.api)
+
+    def sim_config(self, **fields: Any) -> SimulatorConfig:
+        """A simulator speaking this API."""
+        return SimulatorConfig(api=self.api, **fields)
+
+    def request_method(self, request: dict[str, Any]) -> Any:
+        """``subscribe``/``unsubscribe``/``ping`` of a request kbook sent."""
+        return request[self.request_key]
+
+    def request_pairs(self, request: dict[str, Any]) -> Any:
+        """The pairs a (un)subscribe request names."""
+        return request["pair"] if self.api is Api.V1 else request["params"]["symbol"]
+
+    def book_pairs(self, lines: list[dict[str, Any]]) -> set[str]:
+        """The pairs named by the book frames among segment ``lines``."""
+        if self.api is Api.V1:
+            return {r["msg"][-1] for r in lines if isinstance(r.get("msg"), list)}
+        return {
+            entry["symbol"]
+            for record in lines
+            if isinstance(record.get("msg"), dict) and record["msg"].get("channel") == "book"
+            for entry in record["msg"]["data"]
+        }
+
+
+V1 = ApiCase(
+    api=Api.V1,
+    client=Client,
+    btc_wire="XBT/USD",
+    status_start='{"connectionID":',
+    answer_start='{"channelID":',
+    maintenance='"status":"maintenance"',
+    snapshot_mark='"as":[',
+    request_key="event",
+)
+V2 = ApiCase(
+    api=Api.V2,
+    client=V2Client,
+    btc_wire="BTC/USD",
+    status_start='{"channel":"status"',
+    answer_start='{"method":"subscribe","result":{"channel":"book"',
+    maintenance='"system":"maintenance"',
+    snapshot_mark='"type":"snapshot"',
+    request_key="method",
+)
+CASES = (V1, V2)
