@@ -6,6 +6,7 @@ instead of being written twice.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +36,16 @@ class ApiCase:
     """Text only a book snapshot frame holds."""
     request_key: str
     """The key naming a request's method: ``event`` (v1) or ``method`` (v2)."""
+    price: re.Pattern[str]
+    """A BTC/USD price as the simulator prints it: 5 decimals in v1, 1 in v2."""
 
     def __str__(self) -> str:
         return str(self.api)
+
+    @property
+    def other(self) -> ApiCase:
+        """The other API."""
+        return V2 if self is V1 else V1
 
     def sim_config(self, **fields: Any) -> SimulatorConfig:
         """A simulator speaking this API."""
@@ -72,6 +80,7 @@ V1 = ApiCase(
     maintenance='"status":"maintenance"',
     snapshot_mark='"as":[',
     request_key="event",
+    price=re.compile(r"\b\d{4,6}\.\d{5}\b"),
 )
 V2 = ApiCase(
     api=Api.V2,
@@ -82,5 +91,6 @@ V2 = ApiCase(
     maintenance='"system":"maintenance"',
     snapshot_mark='"type":"snapshot"',
     request_key="method",
+    price=re.compile(r"\b\d{4,6}\.\d\b"),
 )
 CASES = (V1, V2)

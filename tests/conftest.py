@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from apis import CASES, ApiCase
 
 from kbook.api import Api
 from kbook.captures import capture_to_segment
@@ -55,3 +56,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("reliability drills")
         for summary in reports:
             terminalreporter.write_line(summary.line())
+
+
+@pytest.fixture(params=CASES, ids=str)
+def case(request: pytest.FixtureRequest) -> ApiCase:
+    """Each of Kraken's APIs in turn, with what differs between them (tests/apis.py)."""
+    return request.param

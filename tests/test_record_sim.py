@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from apis import CASES, ApiCase
+from apis import ApiCase
 from record_support import (
     SECOND,
     Background,
@@ -37,11 +37,6 @@ def sim() -> Iterator[Simulator]:
     """The v1 simulator of the v1-only scenarios (v1's BTC answer modes, ...)."""
     with Simulator(SimulatorConfig(api=Api.V1, pairs=PAIRS, rate=200.0, seed=7)) as simulator:
         yield simulator
-
-
-@pytest.fixture(params=CASES, ids=str)
-def case(request: pytest.FixtureRequest) -> ApiCase:
-    return request.param
 
 
 @pytest.fixture

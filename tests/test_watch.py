@@ -1,94 +1,26 @@
 """``kbook watch`` in-process: the Watcher fed by the recorder's connection handling against the real
-simulator, and by replayed segments; every state it shows goes through the plain-text view."""
+simulator (once per API where both behave alike), and by replayed segments; every state it shows
+goes through the plain-text view. What only v2 recordings show is in test_watch_v2."""
 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from record_support import FAST, SECOND, Background, fast_config, updates_on, wait_until
+from apis import ApiCase
+from record_support import SECOND, Background, fast_config, updates_on, wait_until
+from watch_support import Screen, best_prices, wait_for, watching
 
 from kbook.api import Api
-from kbook.book import Book
 from kbook.feed import BookFeed
 from kbook.segment import SegmentReader, find_segments
 from kbook.sim import Simulator, SimulatorConfig
-from kbook.watch import Watcher, WatchOptions, live_config
-from kbook.watch_sources import LiveSource, Pacer, ReplaySource
-from kbook.watch_view import WatchStatus, render_text
-
-LIVE_TIMINGS = {key: value for key, value in FAST.items() if key != "quiet"}
-
-
-@dataclass
-class Screen:
-    """A display that keeps every view it is shown (interval 0: one per tick of the loop)."""
-
-    interval_ns: int = 0
-    shown: list[tuple[WatchStatus, str]] = field(default_factory=list)
-
-    def show(self, book: Book | None, status: WatchStatus) -> None:
-        self.shown.append((status, render_text(book, status, 10)))
-
-    @property
-    def last(self) -> WatchStatus:
-        return self.shown[-1][0]
-
-    def states_since(self, index: int) -> list[str]:
-        return [status.checksum for status, _ in self.shown[index:]]
-
-
-@contextmanager
-def watching(url: str, pair: str = "XBT/USD", **timings: int) -> Iterator[Screen]:
-    """A live watch of ``pair`` in a thread, with the recorder's test timings; stopped on exit."""
-    screen = Screen()
-    options = WatchOptions(pair=pair, url=url)
-    source = LiveSource(live_config(options, **{**LIVE_TIMINGS, **timings}))
-    watcher = Watcher(options.pair, screen, url)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            source.run(watcher)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="watch", daemon=True)
-    thread.start()
-    try:
-        yield screen
-    finally:
-        source.stop()
-        thread.join(timeout=10)
-    assert not thread.is_alive(), "the watch did not stop"
-    assert errors == []
-
-
-def wait_for(
-    screen: Screen, predicate: Callable[[WatchStatus], bool], what: str, start: int = 0
-) -> int:
-    """Wait until a view from ``start`` on satisfies ``predicate``; the first such view's index."""
-    found: list[int] = []
-
-    def seen() -> bool:
-        shown = screen.shown[:]
-        found[:] = [i for i in range(start, len(shown)) if predicate(shown[i][0])][:1]
-        return bool(found)
-
-    wait_until(seen, timeout=10, what=what)
-    return found[0]
-
-
-def best_prices(text: str) -> tuple[str, str]:
-    """(best bid, best ask) from a plain-text view: the row under the column headers."""
-    lines = text.splitlines()
-    row = lines[next(i for i, line in enumerate(lines) if "bid price" in line) + 1].split()
-    return row[2], row[4]
+from kbook.watch import Watcher
+from kbook.watch_sources import Pacer, ReplaySource
+from kbook.watch_view import render_text
 
 
 @pytest.fixture
@@ -99,13 +31,21 @@ def sim() -> Iterator[Simulator]:
         yield simulator
 
 
-def test_live_view_matches_the_simulators_book(sim: Simulator) -> None:
+@pytest.fixture
+def any_sim(case: ApiCase) -> Iterator[Simulator]:
+    """A simulator of each API in turn; the watch follows its URL to the API."""
+    with Simulator(case.sim_config(pairs=("XBT/USD", "ETH/USD"), rate=200.0, seed=3)) as simulator:
+        yield simulator
+
+
+def test_live_view_matches_the_simulators_book(case: ApiCase, any_sim: Simulator) -> None:
+    sim = any_sim
     with watching(sim.url) as screen:
         wait_for(screen, lambda s: s.checksums_ok >= 50, "50 good checksums")
         sim.pause()
         sent = sim.count()
         wait_until(lambda: screen.last.frames >= sim.count("snapshot") + sim.count("update"))
-        asks, bids = sim.book("XBT/USD")
+        asks, bids = sim.book(case.btc_wire)
         status, text = screen.shown[-1]
     assert sim.count() >= sent
     assert status.checksum == "ok"
@@ -113,10 +53,17 @@ def test_live_view_matches_the_simulators_book(sim: Simulator) -> None:
     assert status.connection == "connected"
     assert status.channel == "book-10"
     assert best_prices(text) == (bids[0][0], asks[0][0])
-    assert f"mid {(float(bids[0][0]) + float(asks[0][0])) / 2:.2f}" in text
+    mid = (Decimal(bids[0][0]) + Decimal(asks[0][0])) / 2  # exact, as the view computes it
+    assert f"mid {mid:f}" in text
+    # Prices exactly as this API prints them (v1: 5 decimals, v2: 1), never the other's way.
+    assert len(case.price.findall(text)) >= 20
+    assert case.other.price.findall(text) == []
 
 
-def test_checksum_failure_shows_failed_or_resyncing_then_ok_again(sim: Simulator) -> None:
+def test_checksum_failure_shows_failed_or_resyncing_then_ok_again(
+    case: ApiCase, any_sim: Simulator
+) -> None:
+    sim = any_sim
     # A long resync interval makes the second failure wait for its resync: "failed" is then
     # on screen until the paced unsubscribe goes out, as the recorder paces it.
     with watching(sim.url, resubscribe_interval_ns=SECOND) as screen:
@@ -124,6 +71,7 @@ def test_checksum_failure_shows_failed_or_resyncing_then_ok_again(sim: Simulator
         sim.faults.bad_checksum_at(3)
         first = wait_for(screen, lambda s: s.checksums_failed == 1, "the first failure")
         back = wait_for(screen, lambda s: s.checksum == "ok", "recovery", start=first)
+        assert sim.count("snapshot") == 2  # the fresh snapshot of the resync
         sim.faults.bad_checksum_at(3)
         second = wait_for(screen, lambda s: s.checksums_failed == 2, "the second failure")
         wait_for(screen, lambda s: s.checksum == "ok", "recovery", start=second)
@@ -140,7 +88,8 @@ def test_checksum_failure_shows_failed_or_resyncing_then_ok_again(sim: Simulator
     assert screen.last.reconnects == 0
 
 
-def test_reconnects_after_a_drop_and_shows_the_new_book(sim: Simulator) -> None:
+def test_reconnects_after_a_drop_and_shows_the_new_book(case: ApiCase, any_sim: Simulator) -> None:
+    sim = any_sim
     with watching(sim.url) as screen:
         wait_for(screen, lambda s: s.checksums_ok >= 20, "20 good checksums")
         sim.faults.drop_after(5)

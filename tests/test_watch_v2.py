@@ -9,26 +9,23 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from record_support import FAST, SECOND, Background, fast_config, updates_on, wait_until
+from record_support import SECOND, Background, fast_config, updates_on, wait_until
+from watch_support import Screen, best_prices
 
 from kbook.api import Api
 from kbook.book import Book
 from kbook.segment import find_segments
 from kbook.sim import Simulator, SimulatorConfig
 from kbook.v2 import RecordReader, V2BookFeed, segment_api
-from kbook.watch import Watcher, WatchOptions, live_config
-from kbook.watch_sources import LiveSource, ReplaySource
-from kbook.watch_view import WatchStatus, render_text
+from kbook.watch import Watcher
+from kbook.watch_sources import ReplaySource
 
 KBOOK = [sys.executable, "-m", "kbook"]
-LIVE_TIMINGS = {key: value for key, value in FAST.items() if key != "quiet"}
 V2_PRICE = re.compile(r"\b\d{4,6}\.\d\b")
 """A BTC/USD price as v2 prints it: 1 decimal (v1: 5)."""
 V1_PRICE = re.compile(r"\b\d{4,6}\.\d{5}\b")
@@ -40,69 +37,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-@dataclass
-class Screen:
-    """A display that keeps every view it is shown (interval 0: one per tick of the loop)."""
-
-    interval_ns: int = 0
-    shown: list[tuple[WatchStatus, str]] = field(default_factory=list)
-
-    def show(self, book: Book | None, status: WatchStatus) -> None:
-        self.shown.append((status, render_text(book, status, 10)))
-
-    @property
-    def last(self) -> WatchStatus:
-        return self.shown[-1][0]
-
-
-def wait_for(
-    screen: Screen, predicate: Callable[[WatchStatus], bool], what: str, start: int = 0
-) -> int:
-    """Wait until a view from ``start`` on satisfies ``predicate``; the first such view's index."""
-    found: list[int] = []
-
-    def seen() -> bool:
-        shown = screen.shown[:]
-        found[:] = [i for i in range(start, len(shown)) if predicate(shown[i][0])][:1]
-        return bool(found)
-
-    wait_until(seen, timeout=10, what=what)
-    return found[0]
-
-
-def best_prices(text: str) -> tuple[str, str]:
-    """(best bid, best ask) from a plain-text view: the row under the column headers."""
-    lines = text.splitlines()
-    row = lines[next(i for i, line in enumerate(lines) if "bid price" in line) + 1].split()
-    return row[2], row[4]
-
-
-@contextmanager
-def watching(url: str, pair: str = "BTC/USD", **timings: int) -> Iterator[Screen]:
-    """A live v2 watch of ``pair`` in a thread, with the recorder's test timings."""
-    screen = Screen()
-    options = WatchOptions(pair=pair, url=url, api="v2")
-    source = LiveSource(live_config(options, **{**LIVE_TIMINGS, **timings}))
-    watcher = Watcher(options.pair, screen, url, api="v2")
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            source.run(watcher)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="watch-v2", daemon=True)
-    thread.start()
-    try:
-        yield screen
-    finally:
-        source.stop()
-        thread.join(timeout=10)
-    assert not thread.is_alive(), "the watch did not stop"
-    assert errors == []
-
-
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
     config = SimulatorConfig(api="v2", pairs=("XBT/USD", "ETH/USD"), rate=200.0, seed=3)
@@ -111,31 +45,6 @@ def sim() -> Iterator[Simulator]:
 
 
 # -- live -----------------------------------------------------------------------------------------
-
-
-def test_live_v2_view_matches_the_simulators_book(sim: Simulator) -> None:
-    with watching(sim.url) as screen:
-        wait_for(screen, lambda s: s.checksums_ok >= 50, "50 good checksums")
-        sim.pause()
-        wait_until(lambda: screen.last.frames >= sim.count("snapshot") + sim.count("update"))
-        asks, bids = sim.book("BTC/USD")
-        status, text = screen.shown[-1]
-    assert (status.checksum, status.checksums_failed, status.channel) == ("ok", 0, "book-10")
-    assert status.connection == "connected"
-    assert best_prices(text) == (bids[0][0], asks[0][0])
-    assert len(V2_PRICE.findall(text)) >= 20
-    assert V1_PRICE.findall(text) == []
-
-
-def test_live_v2_checksum_failure_resyncs_to_ok(sim: Simulator) -> None:
-    with watching(sim.url) as screen:
-        wait_for(screen, lambda s: s.checksums_ok >= 20, "20 good checksums")
-        sim.faults.bad_checksum_at(3)
-        first = wait_for(screen, lambda s: s.checksums_failed == 1, "the failure")
-        wait_for(screen, lambda s: s.checksum == "ok", "recovery", start=first)
-    assert sim.count("snapshot") == 2  # the fresh snapshot of the resync
-    assert screen.last.reconnects == 0
-    assert any(status.checksum == "resyncing" for status, _ in screen.shown[first:])
 
 
 def test_pipe_live_v2_shows_ok_and_one_decimal_prices(sim: Simulator) -> None:
