@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from apis import ApiCase
 from sim_support import Client, strip_timestamps
 
 from kbook.api import Api
@@ -212,17 +213,18 @@ def test_10000_updates_verify_over_the_socket(depth: int) -> None:
         assert client.outcomes[Outcome.MALFORMED] == 0
 
 
-def test_client_book_matches_simulator_book_after_pause() -> None:
-    with Simulator(SimulatorConfig(api=Api.V1, rate=5_000)) as sim, Client(sim.url) as client:
-        client.subscribe(["XBT/USD"], depth=100)
+def test_client_book_matches_simulator_book_after_pause(case: ApiCase) -> None:
+    config = case.sim_config(rate=5_000)
+    with Simulator(config) as sim, case.client(sim.url) as client:
+        client.subscribe(["BTC/USD"], depth=100)
         client.read_updates(500)
         sim.pause()
         sent = sim.count("update")
         while sim.count("update", connection=1) > client.outcomes[Outcome.UPDATE_OK]:
             client.recv()
         assert client.outcomes[Outcome.UPDATE_OK] == sent
-        book = client.feed.books[("XBT/USD", "book-100")]
-        asks, bids = sim.book("XBT/USD")
+        book = client.feed.books[(case.btc_wire, "book-100")]
+        asks, bids = sim.book(case.btc_wire)
         assert book.top_asks(100) == asks
         assert book.top_bids(100) == bids
         assert len(asks) == len(bids) == 100

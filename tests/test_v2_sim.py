@@ -199,19 +199,6 @@ def test_heartbeats_and_no_snapshot_subscription(v2sim: Simulator) -> None:
     assert '{"channel":"heartbeat"}' in [f.text for f in v2sim.sent if f.kind == "heartbeat"]
 
 
-def test_client_book_matches_simulator_book_after_pause() -> None:
-    with Simulator(SimulatorConfig(api="v2", rate=5_000)) as sim, V2Client(sim.url) as client:
-        client.subscribe(["BTC/USD"], depth=100)
-        client.read_updates(500)
-        sim.pause()
-        while sim.count("update", connection=1) > client.outcomes[Outcome.UPDATE_OK]:
-            client.recv()
-        book = client.feed.books[("BTC/USD", "book-100")]
-        asks, bids = sim.book("BTC/USD")
-        assert book.top_asks(100) == asks
-        assert book.top_bids(100) == bids
-
-
 def test_bad_checksum_fault(v2sim: Simulator) -> None:
     with V2Client(v2sim.url) as client:
         client.subscribe(["BTC/USD"])
