@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 
+import kbook
 from kbook.api import DEFAULT, URLS, Api, api_of_url, choose_api
 from kbook.errors import UsageError
 from kbook.sim import Simulator, SimulatorConfig
@@ -75,3 +77,36 @@ def test_the_simulator_defaults_to_v2_and_its_url_says_its_api(tmp_path: Path) -
         with Simulator(SimulatorConfig(api=api, rate=0.0)) as sim:
             assert api_of_url(sim.url) is api
             assert RecordConfig(pairs=("BTC/USD",), url=sim.url).api is api
+
+
+ROOT = Path(kbook.__file__).resolve().parent.parent
+API_HOMES = {"kbook/api.py", "kbook/dialect.py", "kbook/sim/dialect.py"}
+"""Where the APIs are named (``Api``) and where what differs between them lives (the dialects)."""
+NOT_AN_API = {("kbook/lines.py", "v2")}
+"""``"v2"`` there names the native ``LineFeed.v2`` attribute in its declared interface, not an API."""
+
+
+def api_literals(path: Path) -> list[tuple[int, str]]:
+    """``(line, text)`` of every string constant in ``path`` that is exactly an API's name."""
+    tree = ast.parse(path.read_text(), str(path))
+    names = {str(api) for api in Api}
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
+    ]
+
+
+def test_no_bare_api_names_outside_the_api_type_and_the_dialects() -> None:
+    found = []
+    for folder in ("kbook", "recorder", "replay", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            name = path.relative_to(ROOT).as_posix()
+            if name in API_HOMES:
+                continue
+            found += [
+                f"{name}:{line}: {text!r}"
+                for line, text in api_literals(path)
+                if (name, text) not in NOT_AN_API
+            ]
+    assert found == [], "use Api.V1 / Api.V2 (kbook.api), or ask the dialect"

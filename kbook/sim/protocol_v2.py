@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from kbook.api import Api
 from kbook.pairs import common_name
 from kbook.sim.market import canonical_pair
 from kbook.sim.market_v2 import rfc3339
@@ -57,7 +58,7 @@ def dumps(obj: Mapping[str, Any]) -> str:
 def status(connection_id: int, system: str = "online") -> str:
     """The status channel frame; ``system`` is ``online``, ``maintenance``, ``cancel_only``..."""
     entry = {
-        "api_version": "v2",
+        "api_version": Api.V2,
         "connection_id": connection_id,
         "system": system,
         "version": VERSION,
