@@ -1,8 +1,14 @@
-"""What the recorder and ``kbook watch`` say to Kraken and how they read its frames, per API.
+"""What kbook says to Kraken and how it reads Kraken's frames, live and recorded, per API.
 
 The recorder's loop (``recorder.record``), its subscription state machine (``subscriptions``),
 its connection (pings) and ``kbook watch`` are the same for Kraken's WebSocket v1 and v2; every
-difference of wire shape lives here, in a ``Dialect`` (v1) or a ``V2Dialect``. No I/O.
+difference of wire shape lives here, in a ``Dialect`` (v1) or a ``V2Dialect``. So do the offline
+questions that readers of segments (verify, replay, watch ``--from``) ask of a frame: how to decode
+a segment's line (``decode_line``), what kind of frame it is (``kind``: book snapshot or update,
+system status, an answer to a request, other control), which books it touches (``BookNamer``,
+which follows what sets a v2 book's depth), its levels as exact text (``entries``) and a status
+frame's connection id (``connection_id``); ``segment_dialect`` picks the dialect of a segment.
+No I/O but ``segment_dialect``'s read of a segment's first lines.
 
 | | v1 (``shared/kraken/README.md`` section 1) | v2 (section 5) |
 |---|---|---|
@@ -20,14 +26,20 @@ connection's stall timer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from kbook import v2
-from kbook.api import DEFAULT, URLS, Api
-from kbook.feed import BookFeed
+from kbook.api import DEFAULT, DEPTHS, URLS, Api
+from kbook.errors import FrameError
+from kbook.feed import BookFeed, channel_depth
 from kbook.pairs import common_name, v1_alias
 
 NOT_JSON = object()
@@ -44,6 +56,39 @@ OTHER = "other"
 """A v1 ``subscriptionStatus`` with a status the recorder does not act on."""
 
 RATE_LIMITED = "exceeded msg rate"
+
+
+class FrameKind(StrEnum):
+    """What a decoded frame is, in either API's shape (``Dialect.kind``)."""
+
+    SNAPSHOT = "snapshot"
+    """A book snapshot (v2: every entry of the frame is one)."""
+    UPDATE = "update"
+    """A book update."""
+    STATUS = "status"
+    """Kraken's system status: the first frame of a connection, and maintenance."""
+    ANSWER = "answer"
+    """An answer to a request: (un)subscribed, refused, rate limited (``Dialect.answer``)."""
+    CONTROL = "control"
+    """Any other control frame: heartbeat, pong, another channel's control object."""
+    OTHER = "other"
+    """Not a frame of this API's shapes (another channel's data, a malformed book frame)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BookEntry:
+    """One book's part of a book frame, levels as exact text (``Dialect.entries``)."""
+
+    pair: str
+    """The pair as the frame names it."""
+    snapshot: bool
+    asks: list[tuple[str, str]]
+    """``(price, qty)`` texts exactly as Kraken printed them, in the frame's order."""
+    bids: list[tuple[str, str]]
+    checksum: int | None
+    """The CRC32 the frame carries, if any."""
+    channel: str | None = None
+    """``book-N`` when the frame says it (v1); None for v2, whose frames never do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +136,7 @@ class Dialect:
     def book_frame(self, msg: Any, feed: BookFeed) -> tuple[str, str | None] | None:
         """``(pair as on the wire, "book-N")`` of a well-formed book data frame, else None. The
         channel is None when the frame does not say it and ``feed`` does not know it yet."""
-        if type(msg) is not list or len(msg) < 4 or not isinstance(msg[-1], str):
-            return None
-        channel = msg[-2]
-        if type(channel) is not str or not channel.startswith("book-"):
-            return None
-        return msg[-1], channel
+        return _v1_book(msg)
 
     def route(self, msg: Any) -> Any:
         """The pair name a frame is filed under (its pair's stream); None: every stream.
@@ -139,6 +179,73 @@ class Dialect:
         """``(pair, channel, checksum sent)`` of a book frame ``feed`` found a wrong checksum in."""
         expected = msg[-3].get("c")
         return msg[-1], msg[-2], int(expected) if expected is not None else None
+
+    # -- frames recorded ------------------------------------------------------------------------
+
+    tag = ""
+    """Appended to a pair's name where books of both APIs are listed together."""
+
+    def decode_line(self, line: bytes | str) -> Any:
+        """A segment line (or a frame's text) decoded as this API needs; ``ValueError`` (or
+        ``RecursionError``) when it is not JSON. orjson is exact for v1, whose numbers are text."""
+        return orjson.loads(line)
+
+    def kind(self, msg: Any) -> FrameKind:
+        """What a decoded frame is."""
+        if type(msg) is list:
+            if _v1_book(msg) is None:
+                return FrameKind.OTHER
+            payloads = msg[1:-2]
+            if not payloads or not all(type(p) is dict for p in payloads):
+                return FrameKind.OTHER
+            snapshot = any("as" in p or "bs" in p for p in payloads)
+            return FrameKind.SNAPSHOT if snapshot else FrameKind.UPDATE
+        if type(msg) is not dict:
+            return FrameKind.OTHER
+        if self.system_status(msg) is not None:
+            return FrameKind.STATUS
+        return FrameKind.ANSWER if self.answer(msg) is not None else FrameKind.CONTROL
+
+    def connection_id(self, msg: Any) -> int | None:
+        """The connection id a status frame announces, else None."""
+        if self.system_status(msg) is None:
+            return None
+        found = msg.get("connectionID")
+        return found if type(found) is int else None
+
+    def entries(self, msg: Any) -> list[BookEntry]:
+        """The books of a book frame with their levels as exact text; ``FrameError`` when a
+        snapshot or update is malformed. v1 sends one payload or two (asks, then bids and the
+        checksum); they are joined, asks before bids, as the book applies them."""
+        kind = self.kind(msg)
+        if kind not in (FrameKind.SNAPSHOT, FrameKind.UPDATE):
+            raise FrameError(f"not a v1 book frame: {str(msg)[:80]}")
+        snapshot = kind is FrameKind.SNAPSHOT
+        asks: list[tuple[str, str]] = []
+        bids: list[tuple[str, str]] = []
+        for payload in msg[1:-2]:
+            asks += _v1_levels(payload.get("as" if snapshot else "a", ()))
+            bids += _v1_levels(payload.get("bs" if snapshot else "b", ()))
+        checksum = msg[-3].get("c")
+        try:
+            crc = int(checksum) if checksum is not None else None
+        except (TypeError, ValueError):
+            raise FrameError(f"checksum {checksum!r} is not a number") from None
+        return [BookEntry(msg[-1], snapshot, asks, bids, crc, msg[-2])]
+
+    def books(
+        self, msg: Any, depths: Mapping[str, int], configured: int | None
+    ) -> list[tuple[str, str]]:
+        """``(pair, "book-N")`` of each book a frame touches, as this API's feed files them.
+        ``depths`` (per pair) and ``configured`` (the recorder's ``--depth``) are what v2 needs,
+        whose frames do not say their depth; v1 frames do."""
+        frame = _v1_book(msg)
+        return [frame] if frame is not None else []
+
+    def answer_depth(self, msg: Any) -> tuple[str, int] | None:
+        """``(pair, depth)`` a subscribe answer settles for the frames after it, when the API's
+        book frames do not say their depth (v2); None for v1, whose frames say it."""
+        return None
 
     # -- requests out -----------------------------------------------------------------------------
 
@@ -227,6 +334,82 @@ class V2Dialect(Dialect):
         channel = feed.last_key[1] if feed.last_key is not None else None
         return str(v2.frame_symbol(msg)), channel, v2.frame_checksum(msg)
 
+    tag = " (v2)"
+
+    def decode_line(self, line: bytes | str) -> Any:
+        """``kbook.v2.decode``: each number's exact text kept (orjson would make floats of
+        them and break the checksum)."""
+        return v2.decode(line)
+
+    def kind(self, msg: Any) -> FrameKind:
+        if type(msg) is not dict:
+            return FrameKind.OTHER
+        if self.is_book(msg):
+            kind = msg.get("type")
+            data = msg.get("data")
+            if type(data) is not list or not data:
+                return FrameKind.OTHER
+            if kind == "snapshot":
+                return FrameKind.SNAPSHOT
+            return FrameKind.UPDATE if kind == "update" else FrameKind.OTHER
+        if v2.parse_status(msg) is not None:
+            return FrameKind.STATUS
+        return FrameKind.ANSWER if self.answer(msg) is not None else FrameKind.CONTROL
+
+    def connection_id(self, msg: Any) -> int | None:
+        status = v2.parse_status(msg)
+        return status[1] if status is not None else None
+
+    def entries(self, msg: Any) -> list[BookEntry]:
+        kind = self.kind(msg)
+        if kind not in (FrameKind.SNAPSHOT, FrameKind.UPDATE):
+            raise FrameError(f"not a v2 book frame: {str(msg)[:80]}")
+        found = []
+        for entry in msg["data"]:
+            symbol = entry.get("symbol") if type(entry) is dict else None
+            if not isinstance(symbol, str):
+                raise FrameError("a v2 book entry names no symbol")
+            try:
+                asks = _v2_levels(entry.get("asks") or ())
+                bids = _v2_levels(entry.get("bids") or ())
+                checksum = entry.get("checksum")
+                crc = int(checksum) if checksum is not None else None
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                raise FrameError(f"malformed v2 book entry for {symbol}: {exc}") from None
+            found.append(BookEntry(symbol, kind is FrameKind.SNAPSHOT, asks, bids, crc))
+        return found
+
+    def books(
+        self, msg: Any, depths: Mapping[str, int], configured: int | None
+    ) -> list[tuple[str, str]]:
+        kind = self.kind(msg)
+        if kind not in (FrameKind.SNAPSHOT, FrameKind.UPDATE):
+            return []
+        found = []
+        for entry in msg["data"]:
+            symbol = entry.get("symbol") if type(entry) is dict else None
+            if not isinstance(symbol, str):
+                continue
+            depth = depths.get(symbol)
+            if depth is None and kind is FrameKind.SNAPSHOT:
+                # No answer said the depth: the smallest one that holds the snapshot, as
+                # ``V2BookFeed`` infers it.
+                asks, bids = entry.get("asks"), entry.get("bids")
+                size = max(
+                    len(asks) if type(asks) is list else 0, len(bids) if type(bids) is list else 0
+                )
+                depth = next((d for d in DEPTHS if d >= size), size)
+            depth = depth or configured
+            if depth:
+                found.append(v2.book_key(symbol, depth))
+        return found
+
+    def answer_depth(self, msg: Any) -> tuple[str, int] | None:
+        ack = v2.parse_ack(msg)
+        if ack is None or not ack.success or ack.method != "subscribe" or not ack.depth:
+            return None
+        return ack.symbol or "", ack.depth
+
     def spellings(self, pair: str) -> tuple[str, ...]:
         # v2 knows only the common names and rejects XBT/XDG: nothing to retry under.
         return (common_name(pair),)
@@ -241,6 +424,105 @@ class V2Dialect(Dialect):
         return v2.ping_request(reqid)
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+"""A JSON number's lexeme, as v1 prints its prices and quantities inside strings."""
+
+
+def _v1_book(msg: Any) -> tuple[str, str] | None:
+    """``(pair, "book-N")`` of a v1 book data frame ``[id, {...}(, {...}), "book-N", pair]``."""
+    if type(msg) is not list or len(msg) < 4 or not isinstance(msg[-1], str):
+        return None
+    channel = msg[-2]
+    if type(channel) is not str or not channel.startswith("book-"):
+        return None
+    return msg[-1], channel
+
+
+def _v1_levels(levels: Any) -> list[tuple[str, str]]:
+    """v1 levels ``[price, qty, time(, "r")]`` as ``(price, qty)`` texts (v1 prints strings)."""
+    if type(levels) not in (list, tuple):
+        raise FrameError("v1 levels are not a list")
+    found = []
+    for level in levels:
+        if type(level) is not list or len(level) < 2:
+            raise FrameError(f"v1 level {level!r} is not [price, qty, time]")
+        price, qty = level[0], level[1]
+        if type(price) is not str or type(qty) is not str:
+            raise FrameError(f"v1 level {level!r} does not print its numbers as text")
+        if not (_NUMBER.fullmatch(price) and _NUMBER.fullmatch(qty)):
+            raise FrameError(f"v1 level {level!r} holds text that is not a number")
+        found.append((price, qty))
+    return found
+
+
+def _v2_levels(levels: Any) -> list[tuple[str, str]]:
+    """v2 levels ``{"price": p, "qty": q}`` as ``(price, qty)`` texts: the lexemes
+    ``kbook.v2.decode`` kept (integers are exact either way)."""
+    if type(levels) not in (list, tuple):
+        raise FrameError("v2 levels are not a list")
+    return [(_v2_number(level["price"]), _v2_number(level["qty"])) for level in levels]
+
+
+def _v2_number(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if type(value) is int:
+        return str(value)
+    if type(value) is float:
+        raise FrameError("v2 numbers were decoded as floats; decode with kbook.v2.decode")
+    raise FrameError(f"v2 level number {value!r} is not a number")
+
+
+@dataclass
+class BookNamer:
+    """Names the books of a segment's frames as its API's feed files them, ``(pair, "book-N")``,
+    line after line: v2 frames do not say their depth, so it follows what does (subscribe answers,
+    checkpoints, the recorder's ``--depth`` in ``session_start``), as ``V2BookFeed`` does."""
+
+    dialect: Dialect
+    depths: dict[str, int] = field(default_factory=dict)
+    """Depth per pair as the feed knows it: answers, then checkpoints."""
+    configured: int | None = None
+    """The recorder's ``--depth``, for updates whose depth nothing else gave."""
+
+    def on_meta(self, meta: Mapping[str, Any]) -> None:
+        """A segment's meta line: a ``session_start`` or a ``checkpoint`` may tell a depth."""
+        kind = meta.get("type")
+        if kind == "session_start":
+            config = meta.get("config")
+            depth = config.get("depth") if isinstance(config, Mapping) else None
+            if type(depth) is int and depth > 0:
+                self.configured = depth
+        elif kind == "checkpoint":
+            pair, channel = meta.get("pair"), meta.get("channel")
+            if isinstance(pair, str) and isinstance(channel, str):
+                with contextlib.suppress(FrameError):
+                    self.depths.setdefault(pair, channel_depth(channel))
+
+    def on_frame(self, msg: Any) -> list[tuple[str, str]]:
+        """The books a decoded frame touches (none for a control frame, which may set a depth)."""
+        settled = self.dialect.answer_depth(msg)
+        if settled is not None:
+            self.depths[settled[0]] = settled[1]
+            return []
+        return self.dialect.books(msg, self.depths, self.configured)
+
+    def on_records(self, records: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
+        """Every book named in a segment's decoded ``records`` (frames and checkpoints)."""
+        found: set[tuple[str, str]] = set()
+        for record in records:
+            meta, msg = record.get("meta"), record.get("msg")
+            if isinstance(meta, Mapping):
+                self.on_meta(meta)
+                if meta.get("type") == "checkpoint":
+                    pair, channel = meta.get("pair"), meta.get("channel")
+                    if isinstance(pair, str) and isinstance(channel, str):
+                        found.add((pair, channel))
+            elif msg is not None:
+                found.update(self.on_frame(msg))
+        return found
+
+
 DIALECTS: dict[Api, type[Dialect]] = {Api.V1: Dialect, Api.V2: V2Dialect}
 
 
@@ -248,3 +530,9 @@ def dialect_for(api: str | None) -> Dialect:
     """The dialect of ``api`` (``v1`` or ``v2``); None: of ``kbook.api.DEFAULT``, the API a
     connection speaks when nothing says otherwise."""
     return DIALECTS[Api(api) if api is not None else DEFAULT]()
+
+
+def segment_dialect(path: Path) -> Dialect:
+    """The dialect of the frames in the segment at ``path`` (``kbook.v2.segment_api``: the API
+    its meta lines name, else the shape of its first frames, else v1)."""
+    return dialect_for(v2.segment_api(path))

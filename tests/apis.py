@@ -13,6 +13,7 @@ from typing import Any
 from sim_support import Client, V2Client
 
 from kbook.api import Api
+from kbook.dialect import Dialect, V2Dialect
 from kbook.sim import SimulatorConfig
 
 
@@ -21,6 +22,8 @@ class ApiCase:
     """One API's answers to "what does it look like here"."""
 
     api: Api
+    dialect: Dialect
+    """The dialect kbook reads and speaks this API with (``kbook.dialect``)."""
     client: type[Client]
     """A plain websocket-client of this API with a book builder checking every checksum."""
     btc_wire: str
@@ -73,6 +76,7 @@ class ApiCase:
 
 V1 = ApiCase(
     api=Api.V1,
+    dialect=Dialect(),
     client=Client,
     btc_wire="XBT/USD",
     status_start='{"connectionID":',
@@ -84,6 +88,7 @@ V1 = ApiCase(
 )
 V2 = ApiCase(
     api=Api.V2,
+    dialect=V2Dialect(),
     client=V2Client,
     btc_wire="BTC/USD",
     status_start='{"channel":"status"',
