@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from apis import V1, ApiCase
 
 from kbook.api import Api
 from kbook.feed import BookFeed
@@ -22,8 +23,6 @@ from kbook.segment import SegmentReader
 from kbook.sim import Simulator, SimulatorConfig
 
 KBOOK = [sys.executable, "-m", "kbook"]
-PRICE = re.compile(r"\b\d{4,6}\.\d{5}\b")
-"""A price as the simulator prints XBT/USD prices: 5 decimals."""
 
 
 def _env() -> dict[str, str]:
@@ -37,6 +36,13 @@ def sim() -> Iterator[Simulator]:
     with Simulator(
         SimulatorConfig(api=Api.V1, pairs=("XBT/USD",), rate=200.0, seed=5)
     ) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def any_sim(case: ApiCase) -> Iterator[Simulator]:
+    """A simulator of each API in turn."""
+    with Simulator(case.sim_config(pairs=("XBT/USD",), rate=200.0, seed=5)) as simulator:
         yield simulator
 
 
@@ -133,7 +139,7 @@ def test_terminal_view_updates_in_place_and_ctrl_c_exits_0(sim: Simulator, tmux:
         "a live book with good checksums",
     )
     assert "XBT/USD  book-10  ws://127.0.0.1:" in screen
-    assert len(PRICE.findall(screen)) >= 20  # 10 bids and 10 asks
+    assert len(V1.price.findall(screen)) >= 20  # 10 bids and 10 asks
     assert "\x1b" not in screen
     first = screen
     later = tmux.wait_screen(lambda s: s != first and "checksum ok" in s, "a redraw")
@@ -208,9 +214,12 @@ def test_closed_pipe_ends_quietly_with_exit_0(capture_segment: Callable[[str], P
     assert "Traceback" not in err
 
 
-def test_pipe_live_prints_a_block_a_second_and_sigint_exits_0(sim: Simulator) -> None:
+def test_pipe_live_prints_a_block_a_second_and_sigint_exits_0(
+    case: ApiCase, any_sim: Simulator
+) -> None:
+    # No --api: the watch follows the simulator's URL to its API.
     process = subprocess.Popen(
-        [*KBOOK, "watch", "XBT/USD", "--url", sim.url, "--levels", "3"],
+        [*KBOOK, "watch", "BTC/USD", "--url", any_sim.url, "--levels", "3"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -219,7 +228,8 @@ def test_pipe_live_prints_a_block_a_second_and_sigint_exits_0(sim: Simulator) ->
     try:
         lines: list[str] = []
         assert process.stdout is not None
-        while sum(1 for line in lines if line == "\n") < 2:  # two blocks
+        # Blocks end with an empty line, one a second: read two, and on to one with a good book.
+        while sum(line == "\n" for line in lines) < 2 or "checksum ok | " not in "".join(lines):
             line = process.stdout.readline()
             assert line, "kbook watch ended early"
             lines.append(line)
@@ -235,6 +245,10 @@ def test_pipe_live_prints_a_block_a_second_and_sigint_exits_0(sim: Simulator) ->
     assert len(re.findall(r"^.* \| .*$", first, re.M)) >= 4  # status + header + 3 levels
     stamps = [time_of(block) for block in (first, second)]
     assert 0.5 < stamps[1] - stamps[0] < 2.0
+    assert all("  BTC/USD  book-10  ws://127.0.0.1:" in block for block in (first, second))
+    good = next(block for block in blocks(text) if "checksum ok | " in block)
+    assert len(case.price.findall(good)) >= 6  # 3 bids and 3 asks, printed the API's way
+    assert case.other.price.findall(text) == []
     assert err.strip().startswith("kbook watch: stopped: ")
 
 
@@ -289,9 +303,9 @@ def test_pair_missing_from_the_recording_names_what_is_there(
         )
 
 
-def test_pair_kraken_refuses_is_one_line_and_exit_1(sim: Simulator) -> None:
+def test_pair_kraken_refuses_is_one_line_and_exit_1(case: ApiCase, any_sim: Simulator) -> None:
     done = subprocess.run(
-        [*KBOOK, "watch", "FOO/BAR", "--url", sim.url],
+        [*KBOOK, "watch", "FOO/BAR", "--url", any_sim.url],
         capture_output=True,
         text=True,
         timeout=15,
