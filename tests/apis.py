@@ -39,6 +39,8 @@ class ApiCase:
     """Text only a book snapshot frame holds."""
     request_key: str
     """The key naming a request's method: ``event`` (v1) or ``method`` (v2)."""
+    rate_limited: re.Pattern[str]
+    """The whole text of the answer to a rate-limited subscribe (v2's holds times)."""
     price: re.Pattern[str]
     """A BTC/USD price as the simulator prints it: 5 decimals in v1, 1 in v2."""
 
@@ -57,6 +59,12 @@ class ApiCase:
     def request_method(self, request: dict[str, Any]) -> Any:
         """``subscribe``/``unsubscribe``/``ping`` of a request kbook sent."""
         return request[self.request_key]
+
+    def pong_id(self, msg: Any) -> Any:
+        """The request id a pong echoes, or None for any other frame."""
+        if type(msg) is not dict or msg.get(self.request_key) != "pong":
+            return None
+        return msg.get("reqid" if self.api is Api.V1 else "req_id")
 
     def request_pairs(self, request: dict[str, Any]) -> Any:
         """The pairs a (un)subscribe request names."""
@@ -84,6 +92,7 @@ V1 = ApiCase(
     maintenance='"status":"maintenance"',
     snapshot_mark='"as":[',
     request_key="event",
+    rate_limited=re.compile(re.escape('{"errorMessage":"Exceeded msg rate","event":"error"}')),
     price=re.compile(r"\b\d{4,6}\.\d{5}\b"),
 )
 V2 = ApiCase(
@@ -96,6 +105,10 @@ V2 = ApiCase(
     maintenance='"system":"maintenance"',
     snapshot_mark='"type":"snapshot"',
     request_key="method",
+    rate_limited=re.compile(
+        re.escape('{"error":"Exceeded msg rate","method":"subscribe","success":false,')
+        + r'"time_in":"[^"]+","time_out":"[^"]+","req_id":1\}'
+    ),
     price=re.compile(r"\b\d{4,6}\.\d\b"),
 )
 CASES = (V1, V2)

@@ -14,6 +14,7 @@ import orjson
 import websocket
 
 from kbook import v2
+from kbook.dialect import Answer, Dialect, FrameKind, V2Dialect
 from kbook.feed import BookFeed, Outcome
 from kbook.segment import frame_line, meta_line, write_segment
 
@@ -51,6 +52,8 @@ class Client:
     decode: Callable[[str], Any] = staticmethod(orjson.loads)
     """How frames are read: orjson is exact for v1, whose numbers are strings."""
     new_feed: Callable[[], BookFeed] = BookFeed
+    dialect: Dialect = Dialect()
+    """How kbook reads and speaks this API (``kbook.dialect``)."""
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.ws = websocket.create_connection(url, timeout=timeout)
@@ -130,6 +133,25 @@ class Client:
             if type(msg) is list and "as" not in msg[1] and "bs" not in msg[1]:
                 seen += 1
 
+    def book_frames(self, texts: list[str] | None = None) -> int:
+        """How many of ``texts`` (default: every text received) are book snapshots or updates."""
+        count = 0
+        for text in self.texts if texts is None else texts:
+            try:
+                msg = self.decode(text)
+            except ValueError:  # the non-JSON fault
+                continue
+            count += self.dialect.kind(msg) in (FrameKind.SNAPSHOT, FrameKind.UPDATE)
+        return count
+
+    def recv_answer(self, limit: int = 100_000) -> Answer:
+        """Read (feeding books) until an answer to a request arrives (``Dialect.answer``)."""
+        for _ in range(limit):
+            answer = self.dialect.answer(self.recv())
+            if answer is not None:
+                return answer
+        raise AssertionError(f"no answer within {limit} frames")
+
     def close(self) -> None:
         """Close politely if still open; always release the socket."""
         self.ws.close(timeout=0.5)
@@ -150,6 +172,7 @@ class V2Client(Client):
 
     decode = staticmethod(v2.decode)
     new_feed = v2.V2BookFeed
+    dialect = V2Dialect()
 
     def subscribe(
         self,

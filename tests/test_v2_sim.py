@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import websocket
 from sim_support import V2Client, book_texts, strip_v2_times, write_v2_segment
 
 from kbook.errors import UsageError
@@ -197,55 +196,6 @@ def test_heartbeats_and_no_snapshot_subscription(v2sim: Simulator) -> None:
         assert client.outcomes[Outcome.SNAPSHOT] == 0
         assert client.outcomes[Outcome.DROPPED] >= 20  # nothing to apply them to
     assert '{"channel":"heartbeat"}' in [f.text for f in v2sim.sent if f.kind == "heartbeat"]
-
-
-def test_bad_checksum_fault(v2sim: Simulator) -> None:
-    with V2Client(v2sim.url) as client:
-        client.subscribe(["BTC/USD"])
-        client.read_updates(5)
-        v2sim.faults.bad_checksum_at(3)
-        while client.outcomes[Outcome.CHECKSUM_FAILED] == 0:
-            client.recv()
-        client.read_updates(5)
-        assert client.outcomes[Outcome.CHECKSUM_FAILED] == 1
-        assert client.outcomes[Outcome.DROPPED] >= 5  # the book stays void until a snapshot
-
-
-def test_maintenance_is_a_status_frame_then_close(v2sim: Simulator) -> None:
-    with V2Client(v2sim.url) as client:
-        client.subscribe(["BTC/USD"])
-        client.read_updates(2)
-        v2sim.faults.maintenance_after(3)
-        assert client.read_to_end() == 1001
-        last = json.loads(client.texts[-1])
-        assert last["channel"] == "status"
-        assert last["data"][0]["system"] == "maintenance"
-        assert last["data"][0]["connection_id"] == client.status["data"][0]["connection_id"]
-
-
-def test_drop_and_refuse_work_in_v2(v2sim: Simulator) -> None:
-    v2sim.faults.drop_after(1)
-    with V2Client(v2sim.url) as client:
-        client.subscribe(["BTC/USD"])
-        assert client.read_to_end() is None
-        assert len(book_texts(client.texts)) == 1
-        assert client.outcomes[Outcome.SNAPSHOT] == 1
-    v2sim.faults.refuse_connections(count=1)
-    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-        V2Client(v2sim.url)
-    assert refused.value.status_code == 503
-    with V2Client(v2sim.url) as client:
-        client.send({"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"]}})
-        client.read_updates(5)
-
-
-def test_rate_limited_subscribe(v2sim: Simulator) -> None:
-    v2sim.faults.rate_limit_next_subscribe()
-    with V2Client(v2sim.url) as client:
-        client.subscribe(["BTC/USD"], req_id=1)
-        answer = client.recv_method("subscribe")
-        assert answer["error"] == "Exceeded msg rate"
-        assert answer["success"] is False
 
 
 def test_config_api() -> None:
