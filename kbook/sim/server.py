@@ -24,8 +24,9 @@ served instead, at the recorded pace divided by ``speed``, from the start of the
 connection first subscribes; only the channel id is rewritten. Pairs and depths not in the capture
 are answered as unsupported. When the capture is exhausted the connection stays open, heartbeating.
 
-The steps above are the same in v2 (``SimulatorConfig(api="v2")``); only the texts differ, and they
-come from a ``kbook.sim.dialect.Dialect``: the ``status`` channel instead of ``systemStatus``, one
+The steps above (in v1's words) are the same in v2, the default, and in v1
+(``SimulatorConfig(api="v1")``); only the texts differ, and they come from a
+``kbook.sim.dialect.Dialect``. In v2: the ``status`` channel instead of ``systemStatus``, one
 acknowledgement per symbol with ``req_id`` and times, v2 book frames from ``V2Market``,
 ``{"channel":"heartbeat"}``. The server ignores the URL path: it prints ``ws://host:port/v2`` for
 v2 and ``ws://host:port`` for v1 (``Simulator.url``), so that a client left to follow the address
