@@ -21,7 +21,7 @@ matching feed; never put frames of both APIs through one feed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -229,8 +229,10 @@ _API_PROBE_LINES = 1000
 
 
 def feed_for(api: str) -> BookFeed:
-    """A fresh feed for frames of ``api``: ``BookFeed`` (v1) or ``V2BookFeed``."""
-    return V2BookFeed() if api == Api.V2 else BookFeed()
+    """A fresh feed for frames of ``api``: ``BookFeed`` (v1) or ``V2BookFeed`` (its dialect's)."""
+    from kbook.dialect import dialect_for  # the dialects build on this module
+
+    return dialect_for(api).feed()
 
 
 def segment_api(path: Path) -> str:
@@ -285,13 +287,17 @@ class RecordReader:
     path: Path
     api: str | None = None
     reader: SegmentReader = field(init=False)
+    _decode_line: Callable[[bytes], Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        from kbook.dialect import dialect_for  # the dialects build on this module
+
         self.reader = SegmentReader(self.path)
         if self.api is None:
             self.api = segment_api(self.path)
         else:
             self.api = Api(self.api)
+        self._decode_line = dialect_for(self.api).decode_line
 
     @property
     def problems(self) -> list[Problem]:
@@ -317,10 +323,8 @@ class RecordReader:
     def decode(self, number: int, line: bytes) -> dict[str, Any] | None:
         """Line ``number`` as a dict decoded for the segment's API, or None after noting why it
         is not one in ``problems``."""
-        if self.api != Api.V2:
-            return self.reader.decode(number, line)
         try:
-            record = decode(line)
+            record = self._decode_line(line)
         except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nests
             self.reader.problems.append(Problem(self.path, number, "line is not JSON"))
             return None
