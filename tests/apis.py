@@ -7,10 +7,11 @@ instead of being written twice.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sim_support import Client, V2Client
+from sim_support import Client, V2Client, strip_timestamps, strip_v2_times
 
 from kbook.api import Api
 from kbook.dialect import Dialect, V2Dialect
@@ -29,6 +30,12 @@ class ApiCase:
     btc_wire: str
     """How book frames name BTC/USD when asked for either spelling (v1: the simulator's default
     ``echo-xbt``)."""
+    doge_wire: str
+    """How book frames name DOGE/USD (v1: ``XDG/USD``)."""
+    heartbeat: str
+    """The heartbeat frame, whole."""
+    strip_times: Callable[[str], str]
+    """A frame with its times blanked, to compare runs of one seed."""
     status_start: str
     """How the first frame of a connection (the system status) begins."""
     answer_start: str
@@ -87,6 +94,9 @@ V1 = ApiCase(
     dialect=Dialect(),
     client=Client,
     btc_wire="XBT/USD",
+    doge_wire="XDG/USD",
+    heartbeat='{"event":"heartbeat"}',
+    strip_times=strip_timestamps,
     status_start='{"connectionID":',
     answer_start='{"channelID":',
     maintenance='"status":"maintenance"',
@@ -100,6 +110,9 @@ V2 = ApiCase(
     dialect=V2Dialect(),
     client=V2Client,
     btc_wire="BTC/USD",
+    doge_wire="DOGE/USD",
+    heartbeat='{"channel":"heartbeat"}',
+    strip_times=strip_v2_times,
     status_start='{"channel":"status"',
     answer_start='{"method":"subscribe","result":{"channel":"book"',
     maintenance='"system":"maintenance"',

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from apis import ApiCase
-from sim_support import Client, strip_timestamps
+from sim_support import Client
 
 from kbook.api import Api
 from kbook.errors import UsageError
@@ -230,47 +230,50 @@ def test_client_book_matches_simulator_book_after_pause(case: ApiCase) -> None:
         assert len(asks) == len(bids) == 100
 
 
-def test_same_seed_same_frames_over_the_socket() -> None:
+def test_same_seed_same_frames_over_the_socket(case: ApiCase) -> None:
     def run() -> list[str]:
-        config = SimulatorConfig(api=Api.V1, rate=10_000, seed=11)
-        with Simulator(config) as sim, Client(sim.url) as client:
-            client.subscribe(["XBT/USD", "XDG/USD"], depth=25, reqid=1)
+        config = case.sim_config(rate=10_000, seed=11)
+        with Simulator(config) as sim, case.client(sim.url) as client:
+            client.subscribe([case.btc_wire, case.doge_wire], 25, 1)
             client.read_updates(300)
             frames = [t for t in client.texts if '"heartbeat"' not in t]
-            return [strip_timestamps(t) for t in frames[:300]]
+            return [case.strip_times(t) for t in frames[:300]]
 
     first, second = run(), run()
     assert first == second
-    assert first[0].startswith('{"connectionID":')
+    assert first[0].startswith(case.status_start)
+    assert f'"{case.doge_wire}"' in "".join(first)
 
 
-def test_heartbeats_while_subscribed() -> None:
-    config = SimulatorConfig(api=Api.V1, rate=50, heartbeat_interval=0.05)
-    with Simulator(config) as sim, Client(sim.url) as client:
+def test_heartbeats_while_subscribed(case: ApiCase) -> None:
+    config = case.sim_config(rate=50, heartbeat_interval=0.05)
+    with Simulator(config) as sim, case.client(sim.url) as client:
         client.subscribe(["ETH/USD"])
-        client.recv_event("heartbeat")
+        while case.heartbeat not in client.texts:
+            client.recv()
         text = next(f.text for f in sim.sent if f.kind == "heartbeat")
-        assert text == '{"event":"heartbeat"}'
+        assert text == case.heartbeat
 
 
-def test_idle_connection_is_closed() -> None:
-    config = SimulatorConfig(api=Api.V1, rate=10, idle_timeout=0.3)
-    with Simulator(config) as sim, Client(sim.url) as client:
+def test_idle_connection_is_closed(case: ApiCase) -> None:
+    config = case.sim_config(rate=10, idle_timeout=0.3)
+    with Simulator(config) as sim, case.client(sim.url) as client:
         client.subscribe(["ETH/USD"])
         assert client.read_to_end() == 1001
         assert client.outcomes[Outcome.UPDATE_OK] > 0
     assert sim.connections == 1
 
 
-def test_pinging_keeps_a_connection_alive() -> None:
-    config = SimulatorConfig(api=Api.V1, rate=100, idle_timeout=0.4)
-    with Simulator(config) as sim, Client(sim.url) as client:
+def test_pinging_keeps_a_connection_alive(case: ApiCase) -> None:
+    config = case.sim_config(rate=100, idle_timeout=0.4)
+    with Simulator(config) as sim, case.client(sim.url) as client:
         client.subscribe(["ETH/USD"])
         for reqid in range(6):  # 6 x 0.1 s of updates, pinging each time: longer than 0.4 s
             sent = sim.count("update")
             sim.wait_for(lambda s, sent=sent: s.count("update") >= sent + 10)
-            client.send({"event": "ping", "reqid": reqid})
-            assert client.recv_event("pong")["reqid"] == reqid
+            client.send(client.dialect.ping(reqid))
+            pong = next(msg for msg in iter(client.recv, None) if case.pong_id(msg) is not None)
+            assert case.pong_id(pong) == reqid
 
 
 def test_port_in_use_is_a_usage_error(simulator: Simulator) -> None:
