@@ -184,6 +184,8 @@ class Dialect:
 
     tag = ""
     """Appended to a pair's name where books of both APIs are listed together."""
+    lock_prefix = ""
+    """Before the pairs in a recorder's lock file name: v1's is the name older recorders take."""
 
     def decode_line(self, line: bytes | str) -> Any:
         """A segment line (or a frame's text) decoded as this API needs; ``ValueError`` (or
@@ -335,6 +337,7 @@ class V2Dialect(Dialect):
         return str(v2.frame_symbol(msg)), channel, v2.frame_checksum(msg)
 
     tag = " (v2)"
+    lock_prefix = "v2."
 
     def decode_line(self, line: bytes | str) -> Any:
         """``kbook.v2.decode``: each number's exact text kept (orjson would make floats of

@@ -15,17 +15,17 @@ import fcntl
 import os
 from pathlib import Path
 
-from kbook.api import DEFAULT, Api
+from kbook.api import Api
+from kbook.dialect import dialect_for
 from kbook.errors import OutputError, RecordError
 from kbook.pairs import file_name
 
 
 def lock_path(out: Path, pairs: tuple[str, ...], api: str | None = Api.V1) -> Path:
     """The lock file for ``pairs`` (any order, any spelling) of ``api`` under ``out`` (None:
-    ``kbook.api.DEFAULT``, as for ``kbook.dialect.dialect_for``)."""
+    ``kbook.api.DEFAULT``'s), named by its dialect (``Dialect.lock_prefix``)."""
     names = sorted({file_name(pair) for pair in pairs})
-    api = api or DEFAULT
-    prefix = "" if api == Api.V1 else f"{api}."  # v1's name is the one older recorders take
+    prefix = dialect_for(api).lock_prefix
     return out / f".kbook-record.{prefix}{'+'.join(names)}.lock"
 
 
