@@ -182,6 +182,9 @@ def test_every_frame_kept_in_order_across_rotations(
     )
     with Background(config) as run:
         sim.wait_for(lambda s: updates_on(s, 1) >= 900, timeout=12)
+        # Paused, every frame counted has left the simulator: on the socket, the recorder must
+        # keep it (``sent`` also counts a frame the simulator is still handing to the socket).
+        sim.pause()
         sent_at_stop = len(sim.sent)
         summary = run.finish()
     output = read_output(tmp_path)
