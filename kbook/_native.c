@@ -1558,8 +1558,7 @@ done:
 
 static const char V2_UPDATE[] = "\"msg\":{\"channel\":\"book\",\"type\":\"update\",\"data\":[{\"symbol\":\"";
 
-/* replay.survey._plain_update_symbol: the symbol of a v2 book update line with one entry, when
- * the line is JSON by skip_value's grammar (else the caller decodes it). */
+/* replay.survey._plain_update_symbol: the symbol of a v2 book update line with one entry. */
 static int plain_update_symbol(const char *p, Py_ssize_t n, Span *out) {
     const char *end = p + n, *q = p;
     const char *at = memmem(p, (size_t)n, V2_UPDATE, sizeof(V2_UPDATE) - 1);
@@ -1576,20 +1575,24 @@ static int plain_update_symbol(const char *p, Py_ssize_t n, Span *out) {
     const char *e = memchr(s, '"', (size_t)(end - s));
     if (e == NULL || memchr(s, '\\', (size_t)(e - s)) != NULL)
         return 0;
-    Cursor c = {p, end}; /* and the whole line is JSON (a broken line is decoded, and dropped) */
-    skip_ws(&c);
-    if (c.p >= end || *c.p != '{' || !skip_value(&c, 0))
-        return 0;
-    skip_ws(&c);
-    if (c.p != end)
-        return 0;
     out->p = s;
     out->n = e - s;
     return 1;
 }
 
+/* The whole line is JSON by skip_value's grammar (a broken line is decoded, and dropped). */
+static int json_line(const char *p, Py_ssize_t n) {
+    Cursor c = {p, p + n};
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p != '{' || !skip_value(&c, 0))
+        return 0;
+    skip_ws(&c);
+    return c.p == c.end;
+}
+
 /* survey_v2_lines(lines, start) -> items in line order: the index of a line to decode, or the
- * symbol (bytes) of a run of update lines of that symbol (again after every decoded line). */
+ * symbol (bytes) of a run of update lines of that symbol (again after every decoded line; a
+ * line of the run that is not JSON names the run's symbol, which the survey has already). */
 static PyObject *native_survey_v2_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 2 || !PyList_CheckExact(args[0])) {
@@ -1609,12 +1612,19 @@ static PyObject *native_survey_v2_lines(PyObject *module, PyObject *const *args,
         Span symbol;
         if (PyBytes_CheckExact(line) && PyBytes_GET_SIZE(line) == 0)
             continue;
-        if (PyBytes_CheckExact(line) &&
-            plain_update_symbol(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line), &symbol)) {
+        const char *text = PyBytes_CheckExact(line) ? PyBytes_AS_STRING(line) : NULL;
+        if (text != NULL && plain_update_symbol(text, PyBytes_GET_SIZE(line), &symbol)) {
+            /* The run's symbol again says nothing new (the depths change only at decoded
+             * lines), so only a line that names a new one must be JSON to count. */
             if (last.p != NULL && last.n == symbol.n && !memcmp(last.p, symbol.p, symbol.n))
                 continue;
-            last = symbol;
-            item = PyBytes_FromStringAndSize(symbol.p, symbol.n);
+            if (json_line(text, PyBytes_GET_SIZE(line))) {
+                last = symbol;
+                item = PyBytes_FromStringAndSize(symbol.p, symbol.n);
+            } else {
+                last.p = NULL;
+                item = PyLong_FromSsize_t(i);
+            }
         } else {
             last.p = NULL;
             item = PyLong_FromSsize_t(i);
