@@ -1,7 +1,8 @@
 """How fast replay runs, against the parse floor and a naive book; memory, recorder cost, cores.
 
     .venv/bin/python benchmarks/replay_speed.py [--frames 1000000] [--repeat 3]
-        [--long-frames 8000000] [--cache DIR] [--only e2e,book,floor,naive,memory,recorder,workers]
+        [--long-frames 8000000] [--api-frames 300000] [--cache DIR]
+        [--only e2e,book,floor,naive,memory,recorder,workers,apis]
 
 ``KBOOK_NATIVE=0`` in the environment measures the pure-Python path instead of the native core.
 
@@ -13,14 +14,18 @@ heartbeats and a flush every second, about 1,000 frames a second (exponential ga
 - ``single``: XBT/USD at depth 100, ``--frames`` updates;
 - ``multi``: four pairs at depth 100 sharing one connection, ``--frames`` updates in all;
 - ``long``: as ``single`` with ``--long-frames`` updates (only for the workers' figure: a worker
-  takes a fixed ~0.3 s to start, which a one-second replay cannot hide).
+  takes a fixed ~0.3 s to start, which a one-second replay cannot hide);
+- for the ``apis`` table: ``single`` with ``--api-frames`` updates at depths 10, 100 and 1000,
+  each once as Kraken v1 frames and once as v2 frames of the same market (BTC/USD).
 
 Then prints, as the median of ``--repeat`` runs, frames per second of: the end-to-end replay
 (segments -> books with every checksum verified -> 1 s snapshots -> Parquet), the book alone
 (decode + ``BookFeed``), the parse floor (zstd + line split + ``orjson.loads``, no book) and a
 deliberately naive book (dicts, ``sorted()`` per checksum, ``Decimal``, stdlib ``json``); the
 peak RSS of a replay (in a child process); the recorder's writing cost; and the speed-up of
-``workers=2`` over ``workers=1``. Not a test: figures drift 15-30% between runs on a shared
+``workers=2`` over ``workers=1``; and the ``apis`` table: end to end, ``kbook verify``
+(``verify_paths``) and peak RSS for v1 and v2 side by side at each depth, with the ratios v2/v1
+and verify/end to end. Not a test: figures drift 15-30% between runs on a shared
 machine, so compare the ratios printed within one run.
 """
 
@@ -47,6 +52,7 @@ import orjson
 import pyarrow.parquet as pq
 import zstandard
 
+from kbook.api import URLS, Api
 from kbook.feed import BookFeed
 from kbook.pairs import file_name
 from kbook.segment import (
@@ -57,7 +63,9 @@ from kbook.segment import (
     is_json_text,
     meta_line,
 )
-from kbook.sim import Market
+from kbook.sim import Market, V2Market
+from kbook.v2 import subscribe_request
+from kbook.verify import verify_paths
 
 SECOND = 1_000_000_000
 START_NS = 1_767_607_200 * SECOND
@@ -66,7 +74,7 @@ DEPTH = 100
 SINGLE = ("XBT/USD",)
 MULTI = ("XBT/USD", "ETH/USD", "XDG/USD", "SOL/USD")
 CONNECTION_ID = 17_843_232_920_108_168_701
-FORMAT = 2
+FORMAT = 3
 """Bump when the generated data changes, so stale caches are not reused."""
 
 
@@ -106,13 +114,24 @@ class _Stream:
         self.writer = None
 
 
-def generate(root: Path, pairs: tuple[str, ...], frames: int, rotate_s: int, seed: int) -> None:
-    """Write a recording of ``frames`` updates over ``pairs`` into ``root/raw``."""
+def generate(
+    root: Path,
+    pairs: tuple[str, ...],
+    frames: int,
+    rotate_s: int,
+    seed: int,
+    api: Api = Api.V1,
+    depth: int = DEPTH,
+) -> None:
+    """Write a recording of ``frames`` updates over ``pairs`` into ``root/raw``, in Kraken's
+    ``api`` (v2: the same market printed as v2 frames, ``pairs`` v2 symbols)."""
     rng = random.Random(seed)
     now = START_NS
     clock = [now / SECOND]
+    v2 = api == Api.V2
+    kind = V2Market if v2 else Market
     streams = [
-        _Stream(root, pair, Market(pair, DEPTH, seed, clock=lambda: clock[0])) for pair in pairs
+        _Stream(root, pair, kind(pair, depth, seed, clock=lambda: clock[0])) for pair in pairs
     ]
     rotate = rotate_s * SECOND
     seq = 0
@@ -123,21 +142,32 @@ def generate(root: Path, pairs: tuple[str, ...], frames: int, rotate_s: int, see
         return frame_line(ns, seq - 1, text, is_json_text(text))
 
     status = orjson.dumps(
-        {"connectionID": CONNECTION_ID, "event": "systemStatus", "status": "online"}
+        {"channel": "status", "type": "update", "data": [{"connection_id": CONNECTION_ID}]}
+        if v2
+        else {"connectionID": CONNECTION_ID, "event": "systemStatus", "status": "online"}
     ).decode()
     for stream in streams:
-        sub = {"event": "subscribe", "pair": [stream.pair], "subscription": {"name": "book"}}
-        ack = {
+        sub: dict[str, Any] = {
+            "event": "subscribe",
+            "pair": [stream.pair],
+            "subscription": {"name": "book"},
+        }
+        ack: dict[str, Any] = {
             "channelID": 336,
             "channelName": stream.market.channel_name,
             "event": "subscriptionStatus",
             "pair": stream.pair,
             "status": "subscribed",
-            "subscription": {"depth": DEPTH, "name": "book"},
+            "subscription": {"depth": depth, "name": "book"},
         }
+        if v2:
+            sub = subscribe_request([stream.pair], depth, 1)
+            result = {"channel": "book", "depth": depth, "symbol": stream.pair}
+            ack = {"method": "subscribe", "result": result, "success": True, "req_id": 1}
+        start = {"type": "session_start", "kbook": "bench", "pair": stream.pair, "api": api}
         head = [
-            meta_line(now, {"type": "session_start", "kbook": "bench", "pair": stream.pair}),
-            meta_line(now, {"type": "connect", "url": "wss://ws.kraken.com"}),
+            meta_line(now, start),
+            meta_line(now, {"type": "connect", "url": URLS[api]}),
             line(now, status),
             meta_line(now, {"type": "subscribe", "request": sub}),
             line(now, orjson.dumps(ack).decode()),
@@ -146,7 +176,7 @@ def generate(root: Path, pairs: tuple[str, ...], frames: int, rotate_s: int, see
         stream.open(now, now, head)
         stream.boundary = (now // rotate + 1) * rotate
     next_second = (now // SECOND + 1) * SECOND
-    heartbeat = '{"event":"heartbeat"}'
+    heartbeat = '{"channel":"heartbeat"}' if v2 else '{"event":"heartbeat"}'
     for _ in range(frames):
         now += 1 + int(rng.expovariate(1.0) * 1_000_000)  # about 1,000 frames a second
         while now >= next_second:
@@ -168,18 +198,31 @@ def generate(root: Path, pairs: tuple[str, ...], frames: int, rotate_s: int, see
         stream.close(now, "stopped")
 
 
-def recording(cache: Path, kind: str, frames: int, rotate_s: int, seed: int) -> Path:
+def recording(
+    cache: Path,
+    kind: str,
+    frames: int,
+    rotate_s: int,
+    seed: int,
+    api: Api = Api.V1,
+    depth: int = DEPTH,
+) -> Path:
     """The cached recording ``kind`` (``single``/``long``: one pair, ``multi``: four), generated
-    when missing."""
+    when missing; ``api`` v2 records the same market as v2 frames (BTC/USD for XBT/USD)."""
     pairs = MULTI if kind == "multi" else SINGLE
-    folder = cache / f"{kind}-{frames}-r{rotate_s}-s{seed}-v{FORMAT}"
+    if api == Api.V2:
+        pairs = tuple(pair.replace("XBT", "BTC").replace("XDG", "DOGE") for pair in pairs)
+    folder = cache / f"{kind}-{api}-d{depth}-{frames}-r{rotate_s}-s{seed}-v{FORMAT}"
     if (folder / "done").exists():
         return folder / "raw"
     shutil.rmtree(folder, ignore_errors=True)
     started = time.perf_counter()
-    generate(folder, pairs, frames, rotate_s, seed)
+    generate(folder, pairs, frames, rotate_s, seed, api, depth)
     (folder / "done").write_text("ok\n")
-    print(f"  generated {kind}: {frames:,} frames in {time.perf_counter() - started:.1f} s")
+    print(
+        f"  generated {kind} ({api}, depth {depth}): {frames:,} frames in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     return folder / "raw"
 
 
@@ -263,6 +306,38 @@ def hot_path(raw: Path) -> int:
                         route.book = feed.books.get(route.key)
                 index = fast.run(lines, index + 1)
     return sum(stats.frames for stats in feed.stats.values())
+
+
+def verify_rate(raw: Path) -> int:
+    """``kbook verify``'s library call over the recording; returns the book frames."""
+    report = verify_paths([raw])
+    assert report.checksums_failed == 0
+    return sum(stats.frames for stats in report.pairs.values())
+
+
+def apis_table(args: argparse.Namespace, work: Path) -> None:
+    """v1 and v2 of the same market side by side, at depths 10, 100 and 1000: end to end,
+    ``kbook verify`` and peak RSS, with the ratios the targets are stated in."""
+    print(
+        f"v1 and v2 of one market, {args.api_frames:,} updates each (frames per CPU second, "
+        "median; peak RSS of the replay):"
+    )
+    print(f"{'depth':>6} {'api':>4} {'end to end':>11} {'verify':>9} {'verify/e2e':>11} {'RSS':>7}")
+    for depth in (10, 100, 1000):
+        e2e = {}
+        for api in Api:
+            raw = recording(
+                args.cache, "single", args.api_frames, args.rotate, args.seed, api, depth
+            )
+            runs = [replay_in_child(raw, work / "apis", 1) for _ in range(args.repeat)]
+            e2e[api] = statistics.median(r["frames"] / r["cpu"] for r in runs)
+            rss = max(r["rss_kib"] for r in runs) / 1024
+            verify, _ = median_rate(lambda raw=raw: verify_rate(raw), args.repeat)
+            print(
+                f"{depth:>6} {api:>4} {e2e[api]:>11,.0f} {verify:>9,.0f} "
+                f"{verify / e2e[api]:>11.2f} {rss:>5,.0f} MB"
+            )
+        print(f"{'':>6} v2/v1 end to end: {e2e[Api.V2] / e2e[Api.V1]:.2f}")
 
 
 class NaiveBook:
@@ -446,7 +521,13 @@ def main() -> None:
         help="updates of the long one-pair recording that workers are also measured on",
     )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "kbook-bench")
-    parser.add_argument("--only", default="e2e,book,floor,naive,memory,recorder,workers")
+    parser.add_argument(
+        "--api-frames",
+        type=int,
+        default=300_000,
+        help="updates of each recording of the v1/v2 table (one per API and depth)",
+    )
+    parser.add_argument("--only", default="e2e,book,floor,naive,memory,recorder,workers,apis")
     args = parser.parse_args()
     wanted = set(args.only.split(","))
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -473,6 +554,8 @@ def main() -> None:
                 f"({wall:,.0f} frames/s wall)"
             )
             print(f"peak RSS of that replay: {rss:,.0f} MB")
+        if "apis" in wanted:
+            apis_table(args, work)
         if "book" in wanted:
             rate, _ = median_rate(lambda: book_only(single), args.repeat)
             print(f"book alone (decode + BookFeed.on_message): {rate:,.0f} frames/s")

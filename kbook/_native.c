@@ -1554,6 +1554,91 @@ done:
     return result;
 }
 
+/* -- the survey of a v2 segment's lines (replay.survey._survey_v2) -------------------------------- */
+
+static const char V2_UPDATE[] = "\"msg\":{\"channel\":\"book\",\"type\":\"update\",\"data\":[{\"symbol\":\"";
+
+/* replay.survey._plain_update_symbol: the symbol of a v2 book update line with one entry. */
+static int plain_update_symbol(const char *p, Py_ssize_t n, Span *out) {
+    const char *end = p + n, *q = p;
+    const char *at = memmem(p, (size_t)n, V2_UPDATE, sizeof(V2_UPDATE) - 1);
+    if (at == NULL)
+        return 0;
+    int count = 0;
+    while ((q = memmem(q, (size_t)(end - q), "\"symbol\"", 8)) != NULL) {
+        count++;
+        q += 8;
+    }
+    if (count != 1)
+        return 0;
+    const char *s = at + sizeof(V2_UPDATE) - 1;
+    const char *e = memchr(s, '"', (size_t)(end - s));
+    if (e == NULL || memchr(s, '\\', (size_t)(e - s)) != NULL)
+        return 0;
+    out->p = s;
+    out->n = e - s;
+    return 1;
+}
+
+/* The whole line is JSON by skip_value's grammar (a broken line is decoded, and dropped). */
+static int json_line(const char *p, Py_ssize_t n) {
+    Cursor c = {p, p + n};
+    skip_ws(&c);
+    if (c.p >= c.end || *c.p != '{' || !skip_value(&c, 0))
+        return 0;
+    skip_ws(&c);
+    return c.p == c.end;
+}
+
+/* survey_v2_lines(lines, start) -> items in line order: the index of a line to decode, or the
+ * symbol (bytes) of a run of update lines of that symbol (again after every decoded line; a
+ * line of the run that is not JSON names the run's symbol, which the survey has already). */
+static PyObject *native_survey_v2_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "survey_v2_lines(lines: list[bytes], start)");
+        return NULL;
+    }
+    PyObject *lines = args[0];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *items = PyList_New(0);
+    if (items == NULL)
+        return NULL;
+    Span last = {NULL, 0};
+    for (Py_ssize_t i = start < 0 ? 0 : start; i < PyList_GET_SIZE(lines); i++) {
+        PyObject *line = PyList_GET_ITEM(lines, i), *item;
+        Span symbol;
+        if (PyBytes_CheckExact(line) && PyBytes_GET_SIZE(line) == 0)
+            continue;
+        const char *text = PyBytes_CheckExact(line) ? PyBytes_AS_STRING(line) : NULL;
+        if (text != NULL && plain_update_symbol(text, PyBytes_GET_SIZE(line), &symbol)) {
+            /* The run's symbol again says nothing new (the depths change only at decoded
+             * lines), so only a line that names a new one must be JSON to count. */
+            if (last.p != NULL && last.n == symbol.n && !memcmp(last.p, symbol.p, symbol.n))
+                continue;
+            if (json_line(text, PyBytes_GET_SIZE(line))) {
+                last = symbol;
+                item = PyBytes_FromStringAndSize(symbol.p, symbol.n);
+            } else {
+                last.p = NULL;
+                item = PyLong_FromSsize_t(i);
+            }
+        } else {
+            last.p = NULL;
+            item = PyLong_FromSsize_t(i);
+        }
+        int added = item != NULL && PyList_Append(items, item) == 0;
+        Py_XDECREF(item);
+        if (!added) {
+            Py_DECREF(items);
+            return NULL;
+        }
+    }
+    return items;
+}
+
 static PyMethodDef methods[] = {
     {"run", (PyCFunction)(void (*)(void))native_run, METH_FASTCALL,
      "run(line_feed, lines, start) -> index: kbook.lines.LineFeed.run, natively."},
@@ -1561,6 +1646,8 @@ static PyMethodDef methods[] = {
      "interface() -> {class name: (attribute, ...)}: every attribute the core reads or writes."},
     {"survey_body", native_survey_body, METH_O,
      "survey_body(body) -> (rare line spans, [(pair, channel)]): replay.survey's scan."},
+    {"survey_v2_lines", (PyCFunction)(void (*)(void))native_survey_v2_lines, METH_FASTCALL,
+     "survey_v2_lines(lines, start) -> [index | symbol]: replay.survey's v2 scan."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,7 +23,9 @@ to it line for line:
 - each applied line has exactly the effect of ``BookFeed.on_message(msg, clock)`` with
   ``clock = max(clock, recv_ns)``: on the book, on its ``PairStats`` and on ``feed.last_key``;
 - it reads ``Route.channel``, ``Route.book`` and ``Route.limit``, and writes only books, stats,
-  ``feed.last_key``, the feed's malformed count and ``clock``.
+  ``feed.last_key``, the feed's malformed count, ``malformed_lines`` and ``clock``;
+- an applied line counted malformed (the Python loops apply a few the core hands back) has its
+  index appended to ``malformed_lines``, so that ``kbook verify`` can name its line.
 
 Kraken v2 lines (a ``LineFeed`` of a ``kbook.v2.V2BookFeed``) keep the same contract with v2's
 reference, ``V2BookFeed.on_message``: ``run`` applies ``{"channel":"book","type":"update",
@@ -53,7 +55,7 @@ import orjson
 
 from kbook.book import Book
 from kbook.errors import FrameError
-from kbook.feed import NO_SIDE, BookFeed, PairStats
+from kbook.feed import NO_SIDE, BookFeed, Outcome, PairStats
 from kbook.v2 import V2BookFeed
 from kbook.v2 import decode as decode_v2
 
@@ -147,6 +149,8 @@ class LineFeed:
         self.routes: dict[str, Route] = {}
         self.clock = -NEVER
         """The largest ``recv_ns`` applied so far (the caller advances it for lines it handles)."""
+        self.malformed_lines: list[int] = []
+        """Indices (into the ``lines`` of their ``run``) of applied lines counted malformed."""
 
     def follow(self, pair: str, channel: str) -> Route:
         """Let ``run`` apply frames of ``pair`` (wire name) on ``channel``."""
@@ -213,7 +217,8 @@ class LineFeed:
             ):
                 break
             clock = now
-            on_message(msg, now)
+            if on_message(msg, now) is Outcome.MALFORMED:
+                self.malformed_lines.append(index)
         else:
             self.clock = clock
             return len(lines)
@@ -289,6 +294,7 @@ class LineFeed:
                     stats.become_invalid(now)
             except _BAD_FRAME:
                 feed.malformed(stats, book, now)
+                self.malformed_lines.append(index)
         else:
             self.clock = clock
             return len(lines)

@@ -13,6 +13,12 @@ is split by API too: v1 files go through a ``BookFeed`` decoded by orjson, v2 fi
 ``V2BookFeed`` decoded with ``kbook.v2.decode`` (a float parser would break every v2 checksum).
 The two never share a feed or a book. Pairs are reported by the name on the wire; a v2 pair whose
 name a v1 stream also used (``BTC/USD`` echoed by v1) is reported as ``"BTC/USD (v2)"``.
+
+Plain updates go through ``kbook.lines.LineFeed`` (the native core where it was built), as in
+replay, and every other line through the feed one at a time; each book is followed once a frame
+made it. So frames count as received at the largest receive time seen so far in the stream, as
+replay applies them: after the wall clock stepped back, invalid time is measured on that clock,
+never on one running backwards.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 from kbook.api import Api
 from kbook.feed import BookFeed, Outcome, PairStats
+from kbook.lines import LineFeed
 from kbook.segment import Problem, find_segments
 from kbook.v2 import RecordReader, feed_for, segment_api
 
@@ -101,8 +108,9 @@ def verify_paths(paths: Iterable[Path]) -> VerifyReport:
     done: list[tuple[str, BookFeed]] = []
     for (_name, api), stream_files in streams.items():
         feed = feed_for(api)
+        lines = LineFeed(feed)
         for path in stream_files:
-            _verify_file(path, api, feed, report)
+            _verify_file(path, api, lines, report)
         feed.finish()
         done.append((api, feed))
     v1_names = {pair for api, feed in done if api == Api.V1 for pair in feed.stats}
@@ -120,28 +128,55 @@ MAX_FRAME_PROBLEMS = 20
 """Malformed frames reported one by one per file; the rest are summed up in one more line."""
 
 
-def _verify_file(path: Path, api: str, feed: BookFeed, report: VerifyReport) -> None:
+def _verify_file(path: Path, api: str, lines: LineFeed, report: VerifyReport) -> None:
     reader = RecordReader(path, api)
+    run = lines.run
     malformed: list[int] = []
-    for number, record in reader.numbered():
-        recv_ns = record.get("recv_ns")
-        if type(recv_ns) is not int:
-            continue
-        if "msg" in record:
-            if feed.on_message(record["msg"], recv_ns) is Outcome.MALFORMED:
-                malformed.append(number)
-        elif "meta" in record:
-            meta = record["meta"]
-            if type(meta) is dict:
-                feed.on_meta(meta, recv_ns)
-        elif "raw" in record:
-            report.raw_frames += 1
+    for first, batch in reader.batches():
+        lines.malformed_lines.clear()
+        index = run(batch, 0)
+        while index < len(batch):
+            if batch[index]:
+                record = reader.decode(first + index, batch[index])
+                if record is not None and _verify_record(record, lines, report):
+                    malformed.append(first + index)
+            index = run(batch, index + 1)
+        malformed.extend(sorted(first + index for index in lines.malformed_lines))
     report.problems.extend(reader.problems)
+    malformed.sort()
     for number in malformed[:MAX_FRAME_PROBLEMS]:
         report.problems.append(Problem(path, number, "JSON, but not a well-formed Kraken frame"))
     if len(malformed) > MAX_FRAME_PROBLEMS:
         more = len(malformed) - MAX_FRAME_PROBLEMS
         report.problems.append(Problem(path, 0, f"{more} more malformed frames"))
+
+
+def _verify_record(record: dict[str, Any], lines: LineFeed, report: VerifyReport) -> bool:
+    """A line ``LineFeed`` handed back, applied at the stream's clock; True when it is a
+    malformed frame. A book it made is followed from then on."""
+    recv_ns = record.get("recv_ns")
+    if type(recv_ns) is not int:
+        return False
+    if recv_ns > lines.clock:
+        lines.clock = recv_ns
+    clock = lines.clock
+    feed = lines.feed
+    outcome = None
+    if "msg" in record:
+        outcome = feed.on_message(record["msg"], clock)
+    elif "meta" in record:
+        meta = record["meta"]
+        if type(meta) is dict:
+            feed.on_meta(meta, clock)
+    elif "raw" in record:
+        report.raw_frames += 1
+    key = feed.last_key
+    if key is not None and key[0] not in lines.routes:
+        lines.follow(*key)
+    books = feed.books
+    for route in lines.routes.values():
+        route.book = books.get(route.key)
+    return outcome is Outcome.MALFORMED
 
 
 def _add_counts(total: BookFeed, feed: BookFeed, rename: dict[str, str]) -> None:

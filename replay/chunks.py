@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from kbook.api import Api
 from kbook.pairs import common_name
 from replay.columns import file_schema
 from replay.engine import Chunk, ChunkResult, StreamResult, span
@@ -48,13 +47,10 @@ def plan_chunks(stream: Stream, options: ReplayOptions, target: int) -> list[Chu
     ``target`` compressed bytes, at segments that can start a chunk; one chunk when none can.
 
     The cuts are the allowed segments nearest to even shares of the stream, and no chunk is
-    smaller than ``options.min_chunk_bytes``. A Kraken v2 stream is one chunk: it replays
-    sequentially (still in parallel with other streams)."""
+    smaller than ``options.min_chunk_bytes``. Kraken v1 and v2 streams are cut alike: the
+    recorder's checkpoints are the same in both, and a v2 checkpoint also gives the depth that
+    v2 frames never say (``V2BookFeed.restore``)."""
     first, stop = span(stream, options)
-    if stream.api == Api.V2:
-        # v2 streams replay whole: StreamReplay's chunk start/end (``_head``/``_peek``) and the
-        # survey's cut points are written for v1 lines.
-        return [Chunk(stream, first, stop)]
     points = cut_points(stream, first, stop)
     before = {first: 0}  # compressed bytes of the span before each segment
     for index in range(first, stop):

@@ -23,8 +23,7 @@ Kraken v2 streams (``Stream.api``) take the same loop: ``kbook.v2.RecordReader``
 line ``LineFeed`` hands back for its API (v2 number lexemes kept for the checksum), and it goes
 through a ``kbook.v2.V2BookFeed`` with the same rules: status frames (a new ``connection_id``)
 and (un)subscribe answers are global events as v1's ``systemStatus`` and ``subscriptionStatus``
-are, checkpoints restore, a damaged tail voids. A v2 stream is never cut into chunks
-(``replay.chunks.plan_chunks``): it replays whole, in one worker.
+are, checkpoints restore, a damaged tail voids; a v2 stream is cut into chunks as v1 is.
 
 The same fact lets one stream run as several ``Chunk``s in parallel (``replay.chunks`` plans and
 joins them): a chunk after the first starts at such a segment, and a chunk before another stops

@@ -1419,7 +1419,8 @@ V2_CHECKSUMS: list[Callable[[int], str]] = [
 
 
 def v2_levels(update: dict[str, Any]) -> list[Obj]:
-    return [level for side in ("asks", "bids") for level in update[side] if isinstance(level, Obj)]
+    sides = [update[side] for side in ("asks", "bids") if isinstance(update[side], list)]
+    return [level for side in sides for level in side if isinstance(level, Obj)]
 
 
 def m2_qty(entry: dict[str, Any], rng: random.Random) -> None:
@@ -1445,7 +1446,8 @@ def m2_new_level(entry: dict[str, Any], rng: random.Random) -> None:
     new = rng.choice([price[:-1] + "3", price + "3", price, rng.choice(V2_PRICES)(price)])
     qty = rng.choice(["0.10000000", "2", "0E-8", "0.00000000", rng.choice(V2_QTYS)])
     side = entry[rng.choice(["asks", "bids"])]
-    side.insert(rng.randint(0, len(side)), Obj([("price", Raw(new)), ("qty", Raw(qty))]))
+    if isinstance(side, list):
+        side.insert(rng.randint(0, len(side)), Obj([("price", Raw(new)), ("qty", Raw(qty))]))
 
 
 def m2_level_shape(entry: dict[str, Any], rng: random.Random) -> None:
@@ -1466,8 +1468,8 @@ def m2_level_shape(entry: dict[str, Any], rng: random.Random) -> None:
             [("Price", price), ("qty", qty)],
         ]
     )
-    if rng.random() < 0.2:
-        side = entry[rng.choice(["asks", "bids"])]
+    side = entry[rng.choice(["asks", "bids"])]
+    if rng.random() < 0.2 and isinstance(side, list):
         side.insert(0, rng.choice([[str(price), str(qty)], None, 5, Obj()]))
 
 

@@ -3,8 +3,8 @@
 ``replay.chunks`` cuts a stream at segments that start with checkpoints of every followed book and
 joins the pieces; these tests compare, batch for batch and Parquet byte for byte, against one worker
 on recordings full of trouble (``perf_support``), with the options that move the boundaries around:
-a dense grid, ``--start``/``--end``, fewer levels. ``min_chunk_bytes=0`` lets small recordings be cut
-as finely as their segments allow.
+a dense grid, ``--start``/``--end``, fewer levels, in Kraken's v1 and v2. ``min_chunk_bytes=0``
+lets small recordings be cut as finely as their segments allow.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 from perf_support import SECOND, START_NS, write_recording
 
 import replay
+from kbook.api import Api
 from kbook.segment import SegmentWriter, find_segments, frame_line, meta_line
 from kbook.sim import Market
 from replay.api import run_replay
@@ -45,6 +46,10 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             root / "shared", ("XBT/USD", "ETH/USD", "XDG/USD"), 6_000, seed=3, shared=True
         ),
         "clean": write_recording(root / "clean", ("ETH/USD",), 3_000, seed=4, faults=False),
+        "v2 one pair": write_recording(root / "v2", ("BTC/USD",), 4_000, seed=5, api=Api.V2),
+        "v2 two pairs, one stream": write_recording(
+            root / "v2shared", ("BTC/USD", "ETH/USD"), 5_000, seed=6, shared=True, api=Api.V2
+        ),
     }
 
 
@@ -67,6 +72,12 @@ CASES = [
     ("three pairs, one stream", "7ms", True),
     ("three pairs, one stream", "start", False),
     ("clean", "100ms-5", True),
+    ("v2 one pair", "1s", True),
+    ("v2 one pair", "7ms", False),
+    ("v2 one pair", "range", True),
+    ("v2 one pair", "start", False),
+    ("v2 two pairs, one stream", "100ms-5", True),
+    ("v2 two pairs, one stream", "7ms", False),
 ]
 
 

@@ -95,3 +95,53 @@ def test_v2_capture_replays_to_the_same_bytes(
 
     source = write_v2_segment(tmp_path / "capture.jsonl.zst", capture_frames(captures_dir))
     assert_same_bytes(source, tmp_path, monkeypatch, "10ms")
+
+
+def test_v2_survey_reads_updates_off_the_text_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The v2 survey reads a book update's symbol off its text (natively, or in Python with
+    ``KBOOK_NATIVE=0``) and decodes every other line: an update of two entries, an escaped
+    symbol, a line that only looks like an update, and depths that acknowledgements and
+    checkpoints change between updates all give the books the feed files them under."""
+    from kbook.segment import frame_line, meta_line, write_segment
+    from replay.survey import survey_segment
+
+    def update(*symbols: str) -> str:
+        entries = ",".join(f'{{"symbol":"{s}","bids":[],"asks":[],"checksum":1}}' for s in symbols)
+        return f'{{"channel":"book","type":"update","data":[{entries}]}}'
+
+    def ack(symbol: str, depth: int) -> str:
+        result = f'{{"channel":"book","depth":{depth},"symbol":"{symbol}"}}'
+        return f'{{"method":"subscribe","result":{result},"success":true}}'
+
+    texts = [
+        ack("BTC/USD", 25),
+        update("BTC/USD"),
+        update("BTC/USD"),
+        update("ETH/USD", "SOL/USD"),  # SOL/USD only here: both entries count
+        update("ETH\\/EUR"),  # an escape: decoded, "ETH/EUR"
+        ack("BTC/USD", 10),
+        update("BTC/USD"),  # the same symbol as two lines before, at a new depth
+    ]
+    lines = [meta_line(1, {"type": "session_start", "api": Api.V2, "config": {"depth": 100}})]
+    lines += [frame_line(2 + i, i, text, True) for i, text in enumerate(texts)]
+    lines.append(b'{"recv_ns":99,"msg":{"channel":"book","type":"update","data":[{"symbol":"X"\n')
+    checkpoint = {"type": "checkpoint", "pair": "DOGE/USD", "channel": "book-500"}
+    lines.append(meta_line(100, {**checkpoint, "asks": [], "bids": []}))
+    lines.append(frame_line(101, 9, update("DOGE/USD"), True))
+    path = write_segment(tmp_path / "ALL.20231114T221320Z.jsonl.zst", lines)
+    expected = {
+        ("BTC/USD", "book-25"),
+        ("BTC/USD", "book-10"),
+        ("ETH/USD", "book-100"),
+        ("SOL/USD", "book-100"),
+        ("ETH/EUR", "book-100"),
+        ("DOGE/USD", "book-500"),
+    }
+    for native in ("1", "0"):
+        with monkeypatch.context() as patch:
+            patch.setenv("KBOOK_NATIVE", native)
+            info = survey_segment(path)
+        assert info.books == expected, f"KBOOK_NATIVE={native}"
+        assert info.first_ns == 1
