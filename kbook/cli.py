@@ -142,16 +142,39 @@ def record(
     ] = None,
     retries: Annotated[
         int,
-        typer.Option(help="Failed connection attempts in a row before giving up (0: never)."),
-    ] = 30,
+        typer.Option(
+            help="Failed connection attempts in a row before giving up (exit 1); "
+            "0: never give up, backing off up to 60 s between attempts. [default: 0]"
+        ),
+    ] = 0,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status lines; warnings only.")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port at /metrics (0: any free port)."),
+    ] = None,
+    metrics_addr: Annotated[
+        str, typer.Option(help="Address the metrics server listens on.")
+    ] = "127.0.0.1",
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Rewrite this file atomically every second with the metrics "
+            "(node_exporter's textfile format; name it *.prom)."
+        ),
+    ] = None,
 ) -> None:
     """Record the order book of PAIRS into zstd segments until stopped (SIGINT/SIGTERM: exit 0)."""
+    from kbook.errors import UsageError
     from kbook.units import parse_duration
     from recorder import RecordConfig, Recorder, stop_on_signals
+    from recorder.metrics import Metrics
+    from recorder.monitor import Monitor
     from recorder.status import human_bytes, utc_stamp
+
+    if retries < 0:
+        raise UsageError(f"--retries {retries}: give a number of attempts, or 0 to never give up")
 
     config = RecordConfig(
         pairs=tuple(pairs),
@@ -166,9 +189,18 @@ def record(
         quiet=quiet,
         arguments=tuple(sys.argv[1:]),
     )
-    recorder = Recorder(config)
-    with stop_on_signals(recorder):
-        summary = recorder.run()
+    metrics = Metrics(out) if metrics_port is not None or metrics_file is not None else None
+    monitor = Monitor(metrics, metrics_file)
+    recorder = Recorder(config, monitor=monitor)
+    try:
+        if metrics is not None and metrics_port is not None:
+            port = metrics.serve(metrics_addr, metrics_port)
+            recorder.reporter.note(f"metrics on http://{metrics_addr}:{port}/metrics")
+        with stop_on_signals(recorder):
+            summary = recorder.run()
+    finally:
+        if metrics is not None:
+            metrics.close()
     if not quiet:
         typer.echo(
             f"{utc_stamp(summary.ended_ns)} kbook record: stopped ({summary.stop_reason}): "
