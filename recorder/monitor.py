@@ -38,7 +38,8 @@ class Monitor:
         self.uploader = uploader
         self.interval_ns = interval_ns
         self._next_mono = 0
-        self._handed = 0
+        self._handed: dict[str, int] = {}
+        """Segments of each pair already handed to the uploader."""
         self._textfile_failed = False
 
     def tick(self, recorder: Recorder, now_mono: int, force: bool = False) -> None:
@@ -48,10 +49,11 @@ class Monitor:
             return
         self._next_mono = now_mono + self.interval_ns
         if self.uploader is not None:
-            finished = recorder.streams.finished
-            if len(finished) > self._handed:
-                self.uploader.notify(finished[self._handed :])
-                self._handed = len(finished)
+            for pair, stream in recorder.streams.streams.items():
+                handed = self._handed.get(pair, 0)
+                if len(stream.finished) > handed:
+                    self.uploader.notify(stream.finished[handed:])
+                    self._handed[pair] = len(stream.finished)
         if self.metrics is None:
             return
         self.metrics.update(recorder_state(recorder, time.time_ns()))
