@@ -326,7 +326,8 @@ class Uploader:
 
     @property
     def backlog_files(self) -> int:
-        return len(self._pending)
+        """Segments waiting: pending, and handed over but not looked at yet."""
+        return len(self._pending) + self._notified.qsize()
 
     @property
     def last_success_ns(self) -> int | None:
@@ -368,7 +369,7 @@ class Uploader:
             self._take_notified()
             if now >= self._retry_mono:
                 self.upload_pending()
-            self._retain()
+            self.retain()
             self._wake.wait(self.interval_ns / SECOND)
             self._wake.clear()
 
@@ -418,7 +419,8 @@ class Uploader:
                 self._failing = False
                 self.warn(f"uploads to {self.destination} work again")
 
-    def _retain(self) -> None:
+    def retain(self) -> None:
+        """Apply the retention rules once (the thread does after every round of uploads)."""
         result = apply_retention(self.raw, self.ledger, self.retention)
         self.deleted += len(result.deleted)
         if result.below_floor and not self._below_floor:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from record_support import SECOND, Background, fast_config, match_connections, read_output
 from record_support import wait_until as wait_for
 from s3_support import S3Server, aws_env, s3_server
@@ -36,6 +37,10 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def sim() -> Iterator[Simulator]:
     with Simulator(SimulatorConfig(pairs=("XBT/USD", "ETH/USD"), rate=300.0, seed=5)) as s:
         yield s
+
+
+def prometheus_text(metrics: Metrics) -> str:
+    return generate_latest(metrics.registry).decode()
 
 
 def local_segments(raw: Path) -> dict[str, bytes]:
@@ -211,3 +216,23 @@ def test_min_free_on_a_small_disk_keeps_the_recording_going(s3: S3Server, tmp_pa
             assert uploaded[relative] == data
         assert set(names) - set(local_segments(raw)) <= set(ledger.entries)
     assert not any("no uploaded segment is left" in w for w in warnings)
+
+
+def test_below_the_floor_with_nothing_uploaded_nothing_is_deleted(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    (raw / "X" / "2026-01-01").mkdir(parents=True)
+    segment = raw / "X" / "2026-01-01" / "X.20260101T000000Z.jsonl.zst"
+    segment.write_bytes(b"not uploaded")
+    warnings: list[str] = []
+    floor = Retention(keep_local_ns=0, min_free_bytes=1 << 62)  # more than any disk has
+    uploader = uploader_for(raw, "s3://kbook/unreachable", floor)
+    uploader.warn = warnings.append
+    uploader.retain()
+    assert segment.exists()
+    assert uploader.below_floor
+    assert any("no uploaded segment is left to delete" in w for w in warnings)
+    metrics = Metrics(tmp_path)
+    metrics.upload = uploader
+    text = prometheus_text(metrics)
+    assert "kbook_disk_below_floor 1.0" in text
+    assert "kbook_upload_backlog_files 0.0" in text
