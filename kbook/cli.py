@@ -67,14 +67,27 @@ def verify(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as one JSON object.")
     ] = False,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write the counts as Prometheus metrics to this file (*.prom)."),
+    ] = None,
 ) -> None:
     """Check every checksum in recorded segments; exit 1 if any failed, 2 for unusable input."""
+    import time
+
     from rich.console import Console
     from rich.table import Table
 
     from kbook.verify import verify_paths
 
+    started = time.monotonic()
     report = verify_paths(paths)
+    if metrics_file is not None:
+        from kbook import job_metrics
+
+        job_metrics.write(
+            metrics_file, job_metrics.verify_metrics(report, time.monotonic() - started)
+        )
     if as_json:
         sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -280,6 +293,10 @@ def replay(
             "recorded with both. [default: all]"
         ),
     ] = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write what was replayed as Prometheus metrics to this file."),
+    ] = None,
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
     from kbook.lines import native_core
@@ -307,6 +324,10 @@ def replay(
             api=api,
         )
     print_summary(summary)
+    if metrics_file is not None:
+        from kbook import job_metrics
+
+        job_metrics.write(metrics_file, job_metrics.replay_metrics(summary))
     for problem in summary.problems:
         typer.echo(f"kbook: warning: {problem}", err=True)
 
