@@ -164,18 +164,17 @@ class Ledger:
     cut by a crash is ignored when read (that segment is then checked again, which is harmless).
     """
 
-    def __init__(self, raw: Path, destination: str) -> None:
+    def __init__(self, raw: Path, destination: str, compact: bool = False) -> None:
+        """``compact``: first rewrite the file without the segments no longer on disk."""
+        self.raw = raw
         self.path = raw / LEDGER_NAME
         self.destination = destination
         self.entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
-        try:
-            text = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot read the upload ledger ({exc})") from exc
-        for line in text.splitlines():
+        lines = self._read()
+        if compact:
+            lines = self._compact(lines)
+        for line in lines:
             try:
                 record = orjson.loads(line)
                 entry = Entry(record["path"], int(record["size"]), str(record["sha256"]))
@@ -183,6 +182,38 @@ class Ledger:
                 continue
             if record.get("dest") == destination:
                 self.entries[entry.path] = entry
+
+    def _read(self) -> list[bytes]:
+        try:
+            return self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot read the upload ledger ({exc})") from exc
+
+    def _compact(self, lines: list[bytes]) -> list[bytes]:
+        """Keep the lines of segments still on disk (for any destination), replacing the file
+        atomically: the ledger stays as small as the folder however long the recorder runs."""
+        kept = []
+        for line in lines:
+            try:
+                relative = orjson.loads(line)["path"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+            if isinstance(relative, str) and (self.raw / relative).exists():
+                kept.append(line)
+        if len(kept) == len(lines):
+            return lines
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with temporary.open("wb") as file:
+                file.write(b"".join(line + b"\n" for line in kept))
+                file.flush()
+                os.fsync(file.fileno())
+            temporary.replace(self.path)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot rewrite the upload ledger ({exc})") from exc
+        return kept
 
     def __contains__(self, relative: str) -> bool:
         return relative in self.entries
@@ -307,7 +338,7 @@ class Uploader:
         self.backoff = backoff or Backoff(immediate=0, base_ns=SECOND, cap_ns=60 * SECOND)
         self.interval_ns = interval_ns
         self.rescan_ns = rescan_ns
-        self.ledger = Ledger(raw, destination)
+        self.ledger = Ledger(raw, destination, compact=True)
         self.uploaded = 0
         """Segments uploaded by this uploader."""
         self.deleted = 0
@@ -451,7 +482,7 @@ def upload_folder(
     if not raw.is_dir():
         raise UsageError(f"{raw}: no such folder of segments (give the recorder's OUT/raw)")
     fs, base = open_destination(destination)
-    ledger = Ledger(raw, destination)
+    ledger = Ledger(raw, destination, compact=True)
     summary = UploadSummary()
     for path in closed_segments(raw):
         if path.relative_to(raw).as_posix() in ledger:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from metrics_support import parse, value
 from prometheus_client import generate_latest
 from record_support import SECOND, Background, fast_config, match_connections, read_output
 from record_support import wait_until as wait_for
@@ -172,6 +173,10 @@ def test_keep_local_deletes_only_uploaded_segments(tmp_path: Path, sim: Simulato
         uploader.stop()
     held_back.rename(not_uploaded)
     assert closed_segments(raw) == [not_uploaded]
+    # The next start forgets the segments deleted here: the ledger shrinks with the folder.
+    assert len((raw / LEDGER_NAME).read_bytes().splitlines()) == len(segments) - 1
+    assert Ledger(raw, str(destination), compact=True).entries == {}
+    assert (raw / LEDGER_NAME).read_bytes() == b""
     stored = sorted(p.relative_to(destination).as_posix() for p in destination.rglob("*.zst"))
     assert stored == sorted(p.relative_to(raw).as_posix() for p in segments[:-1])
 
@@ -236,3 +241,63 @@ def test_below_the_floor_with_nothing_uploaded_nothing_is_deleted(tmp_path: Path
     text = prometheus_text(metrics)
     assert "kbook_disk_below_floor 1.0" in text
     assert "kbook_upload_backlog_files 0.0" in text
+
+
+def test_kbook_record_uploads_and_serves_metrics_until_sigterm(
+    s3: S3Server, sim: Simulator, tmp_path: Path
+) -> None:
+    textfile = tmp_path / "kbook.prom"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "kbook", "record", "BTC/USD", "--url", sim.url,
+            "--out", str(tmp_path), "--rotate", "1s", "--quiet", "--metrics-file", str(textfile),
+            "--upload", "s3://kbook/cli", "--keep-local", "0s",
+        ],
+        env={**os.environ, **s3.env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: len(s3.objects("cli")) >= 3 or process.poll() is not None,
+            timeout=60,
+            what="three segments uploaded",
+        )
+        samples = parse(textfile.read_text())
+        assert value(samples, "kbook_upload_last_success_timestamp_seconds") is not None
+        assert value(samples, "kbook_connected") == 1
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    raw = tmp_path / "raw"
+    ledger = Ledger(raw, "s3://kbook/cli")
+    objects = s3.objects("cli")
+    # Every segment still local is either not uploaded yet (closed at the stop) or the same bytes.
+    for relative, data in local_segments(raw).items():
+        assert relative not in ledger or objects[relative] == data
+    assert len(ledger.entries) >= 3
+    assert all(objects[e.path] for e in ledger.entries.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--keep-local", "1d"],
+            "--keep-local and --min-free delete uploaded segments: add --upload",
+        ),
+        (
+            ["--upload", "s3://kbook/x", "--min-free", "lots"],
+            "size 'lots' is not a number with a unit",
+        ),
+        (["--upload", "ftp://host/x"], "give s3://bucket/prefix or a local folder"),
+        (["--upload", "s3://"], "name a bucket"),
+    ],
+)
+def test_upload_options_are_checked(args: list[str], message: str, tmp_path: Path) -> None:
+    done = kbook("record", "BTC/USD", "--out", str(tmp_path), *args, env={})
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("kbook: error: ")
+    assert message in line
