@@ -246,7 +246,7 @@ def record(
             summary = recorder.run()
     finally:
         if uploader is not None:
-            uploader.stop()
+            uploader.stop(drain=True)
         if metrics is not None:
             metrics.close()
     if not quiet:

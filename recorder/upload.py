@@ -352,6 +352,7 @@ class Uploader:
         self._below_floor = False
         self._failing = False
         self._retry_mono = 0
+        self._draining = False
 
     # -- what the metrics read (from another thread) --------------------------------------------
 
@@ -381,8 +382,12 @@ class Uploader:
             self._notified.put(path)
         self._wake.set()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the segment being uploaded; the rest waits for the next run."""
+    def stop(self, drain: bool = False, timeout: float = 30.0) -> None:
+        """Stop after the segment being uploaded. With ``drain``, first try once more to upload
+        what is pending (the segments closed as the recording stopped), for up to ``timeout``
+        seconds; whatever is left waits for the next run (an unfinished upload leaves no object,
+        S3 writes being all or nothing)."""
+        self._draining = drain
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -403,6 +408,10 @@ class Uploader:
             self.retain()
             self._wake.wait(self.interval_ns / SECOND)
             self._wake.clear()
+        if self._draining:
+            self._take_notified()
+            self.upload_pending()
+            self.retain()
 
     def _rescan(self) -> None:
         try:
@@ -427,7 +436,7 @@ class Uploader:
     def upload_pending(self) -> None:
         """Upload what is pending, oldest first; on a failure, back off and try again later."""
         for path in sorted(self._pending, key=_start_key):
-            if self._stop.is_set():
+            if self._stop.is_set() and not self._draining:
                 return
             try:
                 entry, _sent = upload_segment(self.fs, self.base, self.raw, path)
