@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from apis import CASES, ApiCase
 from metrics_support import Samples, parse, scrape, value
 from record_support import Background, fast_config, wait_until
 
@@ -26,6 +27,13 @@ def sim() -> Iterator[Simulator]:
 
 
 @pytest.fixture
+def any_sim(case: ApiCase) -> Iterator[Simulator]:
+    """A simulator of each API in turn; the recorder follows its URL to the API."""
+    with Simulator(case.sim_config(pairs=("XBT/USD", "ETH/USD"), rate=200.0, seed=11)) as s:
+        yield s
+
+
+@pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Metrics, int]]:
     """Metrics served on 127.0.0.1, a free port."""
     metrics = Metrics(tmp_path)
@@ -34,9 +42,11 @@ def served(tmp_path: Path) -> Iterator[tuple[Metrics, int]]:
     metrics.close()
 
 
+@pytest.mark.parametrize("case", CASES, ids=str)
 def test_scraped_metrics_follow_a_recording_with_faults(
-    sim: Simulator, served: tuple[Metrics, int], tmp_path: Path
+    case: ApiCase, any_sim: Simulator, served: tuple[Metrics, int], tmp_path: Path
 ) -> None:
+    sim = any_sim
     metrics, port = served
     config = fast_config(sim, tmp_path, PAIRS, connect_retries=None)
     seen: list[Samples] = []
@@ -77,7 +87,7 @@ def test_scraped_metrics_follow_a_recording_with_faults(
     final = scrape(port)
     report = verify_paths([tmp_path / "raw"])
     for pair in PAIRS:
-        stats = report.pairs[{"BTC/USD": "XBT/USD"}.get(pair, pair)]
+        stats = report.pairs[{"BTC/USD": case.btc_wire}.get(pair, pair)]
         assert value(final, "kbook_frames_total", pair=pair) == stats.frames
         assert value(final, "kbook_checksums_total", pair=pair, result="ok") == stats.checksums_ok
         failed = value(final, "kbook_checksums_total", pair=pair, result="failed")
