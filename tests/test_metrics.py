@@ -3,6 +3,10 @@ and the textfile read while it is rewritten every second."""
 
 from __future__ import annotations
 
+import re
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +154,45 @@ def test_the_textfile_is_never_read_half_written(sim: Simulator, tmp_path: Path)
     assert frames > 0
     assert value(final, "kbook_bytes_written_total") == summary.bytes_written
     assert list(tmp_path.glob("kbook.prom.*")) == []  # no temporary file left behind
+
+
+def test_kbook_record_serves_metrics_on_the_port_it_names(sim: Simulator, tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kbook", "record", "BTC/USD", "--url", sim.url, "--out",
+         str(tmp_path), "--metrics-port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()  # the first line names the address
+        match = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", line)
+        assert match, line
+        port = int(match.group(1))
+        wait_until(
+            lambda: (value(scrape(port), "kbook_frames_total", pair="BTC/USD") or 0) > 0,
+            what="frames counted",
+        )
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+
+
+def test_a_metrics_port_in_use_is_one_line(sim: Simulator, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "kbook", "record", "BTC/USD", "--url", sim.url, "--out",
+             str(tmp_path), "--metrics-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"kbook: error: --metrics-port {port}: cannot listen on 127.0.0.1")
+    assert not (tmp_path / "raw").exists()
