@@ -11,7 +11,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -19,6 +19,9 @@ import typer
 from kbook import __version__
 from kbook.api import Api
 from kbook.errors import KbookError
+
+if TYPE_CHECKING:
+    from recorder.upload import Retention
 
 app = typer.Typer(
     name="kbook",
@@ -64,14 +67,27 @@ def verify(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as one JSON object.")
     ] = False,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write the counts as Prometheus metrics to this file (*.prom)."),
+    ] = None,
 ) -> None:
     """Check every checksum in recorded segments; exit 1 if any failed, 2 for unusable input."""
+    import time
+
     from rich.console import Console
     from rich.table import Table
 
     from kbook.verify import verify_paths
 
+    started = time.monotonic()
     report = verify_paths(paths)
+    if metrics_file is not None:
+        from kbook import job_metrics
+
+        job_metrics.write(
+            metrics_file, job_metrics.verify_metrics(report, time.monotonic() - started)
+        )
     if as_json:
         sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -142,16 +158,61 @@ def record(
     ] = None,
     retries: Annotated[
         int,
-        typer.Option(help="Failed connection attempts in a row before giving up (0: never)."),
-    ] = 30,
+        typer.Option(
+            help="Failed connection attempts in a row before giving up (exit 1); "
+            "0: never give up, backing off up to 60 s between attempts."
+        ),
+    ] = 0,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status lines; warnings only.")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port at /metrics (0: any free port)."),
+    ] = None,
+    metrics_addr: Annotated[
+        str, typer.Option(help="Address the metrics server listens on.")
+    ] = "127.0.0.1",
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Rewrite this file atomically every second with the metrics "
+            "(node_exporter's textfile format; name it *.prom)."
+        ),
+    ] = None,
+    upload: Annotated[
+        str | None,
+        typer.Option(
+            help="Upload each closed segment to s3://bucket/prefix (or a folder), verified, "
+            "beside recording; credentials and endpoint from the AWS variables."
+        ),
+    ] = None,
+    keep_local: Annotated[
+        str | None,
+        typer.Option(
+            help="With --upload: delete a local segment this long after it closed, once uploaded "
+            "(e.g. 7d, 0s); without it, kept forever."
+        ),
+    ] = None,
+    min_free: Annotated[
+        str | None,
+        typer.Option(
+            help="With --upload: below this free space (e.g. 2GB) delete the oldest uploaded "
+            "segments; never one not uploaded."
+        ),
+    ] = None,
 ) -> None:
     """Record the order book of PAIRS into zstd segments until stopped (SIGINT/SIGTERM: exit 0)."""
+    from kbook.errors import UsageError
     from kbook.units import parse_duration
     from recorder import RecordConfig, Recorder, stop_on_signals
+    from recorder.metrics import Metrics
+    from recorder.monitor import Monitor
     from recorder.status import human_bytes, utc_stamp
+    from recorder.upload import Uploader
+
+    if retries < 0:
+        raise UsageError(f"--retries {retries}: give a number of attempts, or 0 to never give up")
 
     config = RecordConfig(
         pairs=tuple(pairs),
@@ -166,9 +227,28 @@ def record(
         quiet=quiet,
         arguments=tuple(sys.argv[1:]),
     )
-    recorder = Recorder(config)
-    with stop_on_signals(recorder):
-        summary = recorder.run()
+    retention = _retention(keep_local, min_free, upload)
+    metrics = Metrics(out) if metrics_port is not None or metrics_file is not None else None
+    monitor = Monitor(metrics, metrics_file)
+    recorder = Recorder(config, monitor=monitor)
+    uploader = None
+    try:
+        if upload is not None:
+            uploader = Uploader(out / "raw", upload, retention, warn=recorder.reporter.warning)
+            monitor.uploader = uploader
+            if metrics is not None:
+                metrics.upload = uploader
+            uploader.start()
+        if metrics is not None and metrics_port is not None:
+            port = metrics.serve(metrics_addr, metrics_port)
+            recorder.reporter.note(f"metrics on http://{metrics_addr}:{port}/metrics")
+        with stop_on_signals(recorder):
+            summary = recorder.run()
+    finally:
+        if uploader is not None:
+            uploader.stop(drain=True)
+        if metrics is not None:
+            metrics.close()
     if not quiet:
         typer.echo(
             f"{utc_stamp(summary.ended_ns)} kbook record: stopped ({summary.stop_reason}): "
@@ -213,6 +293,10 @@ def replay(
             "recorded with both. [default: all]"
         ),
     ] = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write what was replayed as Prometheus metrics to this file."),
+    ] = None,
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
     from kbook.lines import native_core
@@ -240,6 +324,10 @@ def replay(
             api=api,
         )
     print_summary(summary)
+    if metrics_file is not None:
+        from kbook import job_metrics
+
+        job_metrics.write(metrics_file, job_metrics.replay_metrics(summary))
     for problem in summary.problems:
         typer.echo(f"kbook: warning: {problem}", err=True)
 
@@ -362,6 +450,50 @@ def simulate(
         f"connection(s), {summary.refused} refused, {summary.frames} frames sent",
         err=True,
     )
+
+
+def _retention(keep_local: str | None, min_free: str | None, upload: str | None) -> Retention:
+    """The retention options, checked: they only make sense with somewhere to upload to."""
+    from kbook.errors import UsageError
+    from kbook.units import parse_duration, parse_size
+    from recorder.upload import Retention
+
+    if upload is None and (keep_local is not None or min_free is not None):
+        raise UsageError("--keep-local and --min-free delete uploaded segments: add --upload")
+    keep_ns = parse_duration(keep_local) if keep_local is not None else None
+    if keep_ns is not None and keep_ns < 0:
+        raise UsageError(f"--keep-local {keep_local} must not be negative")
+    return Retention(keep_ns, parse_size(min_free) if min_free is not None else None)
+
+
+@app.command()
+def upload(
+    raw: Annotated[Path, typer.Argument(help="The folder of segments, e.g. data/raw.")],
+    destination: Annotated[
+        str, typer.Argument(help="s3://bucket/prefix (AWS variables) or a local folder.")
+    ],
+    keep_local: Annotated[
+        str | None,
+        typer.Option(help="Delete local segments closed longer ago than this, once uploaded."),
+    ] = None,
+    min_free: Annotated[
+        str | None,
+        typer.Option(help="Below this free space delete the oldest uploaded segments first."),
+    ] = None,
+) -> None:
+    """Upload closed segments not yet uploaded, verify each by reading it back; idempotent."""
+    from recorder.upload import upload_folder
+
+    summary = upload_folder(raw, destination, _retention(keep_local, min_free, destination))
+    typer.echo(
+        f"kbook upload: {summary.uploaded} uploaded, {summary.already} already there, "
+        f"{len(summary.failed)} failed, {summary.deleted} local copies deleted",
+        err=True,
+    )
+    for failure in summary.failed:
+        typer.echo(f"kbook: warning: {failure}", err=True)
+    if summary.failed:
+        raise KbookError(f"{len(summary.failed)} segment(s) could not be uploaded; run it again")
 
 
 def _default_raw() -> Path:

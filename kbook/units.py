@@ -40,3 +40,29 @@ def parse_duration(text: str) -> int:
     if value != value.to_integral_value():
         raise UsageError(f"duration {text!r} is not a whole number of nanoseconds")
     return int(value)
+
+
+SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """``"500MB"`` -> 500_000_000, ``"2GiB"`` -> 2_147_483_648 (decimal and binary units, as
+    ``df -H`` and ``df -h`` show them); a unit is required. Raises ``UsageError`` naming the text."""
+    match = _SIZE.match(text.lower())
+    if match is None or match.group(2) not in SIZE_UNITS:
+        raise UsageError(
+            f"size {text!r} is not a number with a unit (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB), "
+            "e.g. 2GB"
+        )
+    return int(Decimal(match.group(1)) * SIZE_UNITS[match.group(2)])

@@ -35,8 +35,9 @@ class RecordConfig:
     """Segment length, aligned to UTC boundaries (1 h: a segment per hour on the hour)."""
     max_segment_bytes: int | None = None
     """Also rotate when a segment's compressed size reaches this."""
-    connect_retries: int | None = 30
-    """Consecutive failed connection attempts before giving up (None: never give up)."""
+    connect_retries: int | None = None
+    """Consecutive failed connection attempts before giving up (None, the default: never give
+    up, waiting up to ``backoff_cap_ns`` between attempts, as a service supervisor expects)."""
     immediate_retries: int = 3
     backoff_base_ns: int = 5 * SECOND
     backoff_cap_ns: int = 60 * SECOND

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from kbook import __version__
 from kbook.dialect import Dialect, dialect_for
@@ -40,6 +40,9 @@ from recorder.lock import OutputLock
 from recorder.segments import SegmentStreams
 from recorder.status import Reporter
 from recorder.subscriptions import Action, State, Subscriptions
+
+if TYPE_CHECKING:
+    from recorder.monitor import Monitor
 
 _V1 = Dialect()
 
@@ -60,9 +63,11 @@ class Recorder:
         config: RecordConfig,
         stderr: TextIO | None = None,
         clock: Callable[[], int] = time.time_ns,
+        monitor: Monitor | None = None,
     ) -> None:
         """``stderr`` takes the status lines and warnings (default: ``sys.stderr`` as it is now);
-        ``clock`` is the wall clock that stamps ``recv_ns`` (a seam for tests of clock steps)."""
+        ``clock`` is the wall clock that stamps ``recv_ns`` (a seam for tests of clock steps);
+        ``monitor`` is called every pass of the loop (metrics, upload: ``recorder.monitor``)."""
         self.config = config
         self.clock = clock
         self.run_id = uuid.uuid4().hex
@@ -88,6 +93,11 @@ class Recorder:
         self._last_flush_mono = 0
         self._latest_ns = 0
         self._clock_behind = False
+        self.monitor = monitor
+        self.connected = False
+        """True while a connection is open (for the metrics)."""
+        self.last_flush_ns: int | None = None
+        """Wall time of the last timed flush (for the metrics)."""
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -121,6 +131,7 @@ class Recorder:
             self.streams.close(self._now(), self._stop_reason)
         finally:
             lock.release()
+            self._tick_monitor()
         return self._summary(started_ns)
 
     # -- the run --------------------------------------------------------------------------------
@@ -152,6 +163,7 @@ class Recorder:
                 )
             except ConnectFailed as exc:
                 self._connect_failures += 1
+                self._tick_monitor()
                 self._give_up_if_spent(str(exc))
                 self.reporter.note(f"cannot connect to {self.config.url}: {exc}; retrying")
                 continue
@@ -184,9 +196,11 @@ class Recorder:
 
     def _session(self, conn: Connection) -> str | None:
         """Read one connection until it drops (returns the reason) or the run stops (None)."""
+        self.connected = True
         try:
             return self._read(conn)
         finally:
+            self.connected = False
             conn.close()
 
     def _read(self, conn: Connection) -> str | None:
@@ -227,6 +241,12 @@ class Recorder:
         self.subs.on_disconnect()
         self._meta({"type": "disconnect", "reason": reason})
         self.reporter.note(f"disconnected: {reason}; reconnecting")
+        self._tick_monitor()
+
+    def _tick_monitor(self) -> None:
+        """Show a change of connection in the metrics now, not at the next frame."""
+        if self.monitor is not None:
+            self.monitor.tick(self, time.monotonic_ns(), force=True)
 
     def _now(self) -> int:
         """The wall clock for a stamp, never behind a stamp already given in this run.
@@ -335,6 +355,7 @@ class Recorder:
         if now_mono - self._last_flush_mono >= self.config.flush_interval_ns:
             self.streams.flush()
             self._last_flush_mono = now_mono
+            self.last_flush_ns = time.time_ns()
         if self.reporter.status_due(now_mono):
             stats = self.feed.stats.values()
             self.reporter.status(
@@ -346,6 +367,8 @@ class Recorder:
                 bytes_written=self.streams.bytes_written,
                 current=self.streams.current(),
             )
+        if self.monitor is not None:
+            self.monitor.tick(self, now_mono)
 
     def _act(self, conn: Connection, actions: list[Action]) -> None:
         for action in actions:

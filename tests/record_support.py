@@ -20,6 +20,7 @@ import orjson
 from kbook.segment import SegmentReader, find_segments
 from kbook.sim import SentFrame, Simulator
 from recorder import RecordConfig, Recorder, RecordSummary
+from recorder.monitor import Monitor
 
 MS = 1_000_000
 SECOND = 1_000_000_000
@@ -52,9 +53,9 @@ def fast_config(
 class Background:
     """``Recorder.run`` in a thread; ``finish`` stops it and returns the summary (or raises)."""
 
-    def __init__(self, config: RecordConfig) -> None:
+    def __init__(self, config: RecordConfig, monitor: Monitor | None = None) -> None:
         self.stderr = io.StringIO()
-        self.recorder = Recorder(config, stderr=self.stderr)
+        self.recorder = Recorder(config, stderr=self.stderr, monitor=monitor)
         self.summary: RecordSummary | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="recorder", daemon=True)
