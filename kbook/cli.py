@@ -289,14 +289,20 @@ def replay(
     api: Annotated[
         str | None,
         typer.Option(
-            help="Replay only segments of this Kraken API, v1 or v2; needed when a pair was "
-            "recorded with both. [default: all]"
+            help="Replay only segments of this Kraken API, v1 or v2 (a pair recorded with both "
+            "is one timeline). [default: all]"
         ),
     ] = None,
     metrics_file: Annotated[
         Path | None,
         typer.Option(help="Also write what was replayed as Prometheus metrics to this file."),
     ] = None,
+    max_silence: Annotated[
+        str,
+        typer.Option(
+            help="A source's book is stale (rows invalid) once it has received nothing this long."
+        ),
+    ] = "10s",
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
     from kbook.lines import native_core
@@ -322,6 +328,7 @@ def replay(
             workers=workers,
             progress=progress,
             api=api,
+            max_silence=max_silence,
         )
     print_summary(summary)
     if metrics_file is not None:

@@ -12,6 +12,7 @@ streams run on a process pool, and the output is the same as with one worker.
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -25,11 +26,14 @@ import pyarrow.compute as pc
 
 from kbook import __version__
 from kbook.errors import InputError, UsageError
+from kbook.feed import channel_depth
 from kbook.pairs import file_name
 from kbook.segment import Problem, find_segments
-from replay.columns import TIMESTAMP, table_schema
+from replay.chunks import read_spool
+from replay.columns import TIMESTAMP, file_schema, row_group_rows, table_schema
 from replay.engine import StreamResult, merge_results
 from replay.options import (
+    MAX_SILENCE_NS,
     DurationLike,
     ReplayOptions,
     TimeLike,
@@ -41,15 +45,19 @@ from replay.options import (
 )
 from replay.parallel import Rows, Workers, run_streams, share
 from replay.parquet import (
+    SOURCES,
+    DatasetWriter,
     check_output,
     discard,
     publish,
+    source_spool,
     temporary_folder,
     write_manifest,
 )
-from replay.plan import plan_streams
+from replay.plan import Stream, plan_streams
 from replay.sampler import PairSummary
 from replay.survey import SegmentInfo, survey_segment
+from replay.timeline import SourceRows, merge
 
 PathsLike = Iterable[str | Path] | str | Path
 Tick = Callable[[int], None]
@@ -87,6 +95,7 @@ class ReplaySummary:
             "kbook_version": __version__,
             "every_ns": options.every_ns,
             "levels": options.levels,
+            "max_silence_ns": options.max_silence_ns,
             "start": format_ns(options.start_ns) if options.start_ns is not None else None,
             "end": format_ns(options.end_ns) if options.end_ns is not None else None,
             "segments": len(self.segments),
@@ -94,6 +103,7 @@ class ReplaySummary:
             "pairs": {
                 pair: {
                     "channel": s.channel,
+                    "sources": s.sources,
                     "rows": s.rows,
                     "valid_rows": s.valid_rows,
                     "first": format_ns(s.first_ts),
@@ -117,12 +127,14 @@ def replay_table(
     end: TimeLike = None,
     workers: int | None = 1,
     api: str | None = None,
+    max_silence: DurationLike = MAX_SILENCE_NS,
 ) -> pa.Table:
     """Replay segments into one in-memory ``pyarrow.Table`` (sorted by pair, then ``ts``).
 
-    ``api`` (``"v1"``/``"v2"``) keeps the segments of one Kraken API; it is required when a
-    replayed pair was recorded under both (see ``replay.plan``)."""
-    options = make_options(every, levels, pairs, start, end, workers, api)
+    ``api`` (``"v1"``/``"v2"``) keeps the segments of one Kraken API (by default a pair
+    recorded under both is one timeline, see ``replay.plan``); ``max_silence`` is the staleness
+    bound (``replay.sampler``)."""
+    options = make_options(every, levels, pairs, start, end, workers, api, max_silence)
     tables: dict[str, list[pa.Table]] = {}
     infos, outcomes = run_replay(paths, options, None, None)
     for _result, batches in outcomes:
@@ -149,11 +161,12 @@ def replay_to_dataset(
     workers: int | None = 1,
     progress: ProgressCallback | None = None,
     api: str | None = None,
+    max_silence: DurationLike = MAX_SILENCE_NS,
 ) -> ReplaySummary:
     """Replay segments into a Parquet dataset at ``out``, atomically (see ``replay.parquet``);
-    ``api`` as in ``replay_table``."""
+    ``api`` and ``max_silence`` as in ``replay_table``."""
     began = time.monotonic()
-    options = make_options(every, levels, pairs, start, end, workers, api)
+    options = make_options(every, levels, pairs, start, end, workers, api, max_silence)
     out = Path(out)
     check_output(out, force)
     folder: Path | None = None
@@ -272,7 +285,60 @@ def run_replay(
             if progress is not None:
                 progress(done, total)
 
-        return infos, run_streams(streams, options, folder, tick, workers)
+        outcomes = run_streams(streams, options, folder, tick, workers)
+    return infos, outcomes + _timelines(streams, outcomes, options, folder)
+
+
+def _timelines(
+    streams: list[Stream],
+    outcomes: list[tuple[StreamResult, Rows]],
+    options: ReplayOptions,
+    folder: Path | None,
+) -> list[tuple[StreamResult, Rows]]:
+    """Merge each pair with several sources into one timeline (``replay.timeline``): their
+    rows leave the streams' outcomes, and one more outcome holds the merged rows."""
+    holders: dict[str, list[int]] = {}
+    for index, stream in enumerate(streams):
+        for pair in sorted(stream.shared):
+            holders.setdefault(pair, []).append(index)
+    if not holders:
+        return []
+    merged = StreamResult()
+    capacity = row_group_rows(options.levels)
+    schema = file_schema(options.levels)
+    batches: dict[str, list[pa.Table]] = {}
+    writer = None if folder is None else DatasetWriter(folder, options.levels)
+    try:
+        for pair, indexes in sorted(holders.items()):
+            parts = [outcomes[index][0].pairs.pop(pair) for index in indexes]
+            sources = []
+            for index in indexes:
+                stream = streams[index]
+                depth = channel_depth(stream.channels[pair])
+                if folder is None:
+                    held = outcomes[index][1]
+                    assert isinstance(held, dict)  # in-memory batches per pair
+                    tables = held.pop(pair, [])
+                    assert isinstance(tables, list)
+                    sources.append(SourceRows(depth, iter(tables)))
+                else:
+                    path = source_spool(folder, pair, stream.rank)
+                    spooled = read_spool(path) if path.exists() else iter(())
+                    sources.append(SourceRows(depth, spooled))
+            channels = sorted({p.channel for p in parts}, key=channel_depth, reverse=True)
+            sink = batches.setdefault(pair, []).append if writer is None else writer.sink(pair)
+            summary = merge(
+                pair, ", ".join(channels), sources, options.every_ns, capacity, sink, schema
+            )
+            summary.frames = sum(p.frames for p in parts)
+            summary.checksum_failures = sum(p.checksum_failures for p in parts)
+            summary.sources = [label for p in parts for label in p.sources]
+            merged.pairs[pair] = summary
+    finally:
+        if writer is not None:
+            writer.close()
+            shutil.rmtree(folder / SOURCES, ignore_errors=True)  # type: ignore[operator]
+    return [(merged, batches if writer is None else writer.files)]
 
 
 def _warm_up() -> None:

@@ -9,7 +9,8 @@ chunks' results back into what one run over the whole stream gives, in three ste
 
 1. **Check each boundary.** The chunk before must have ended with a clock no later than the next
    chunk's first receive time (otherwise the clock max rule would give the next chunk other
-   times), with the connection id the next chunk assumed, and its look at the next chunk's head
+   times) and no more than ``--max-silence`` before it (a silence there is the whole replay's to
+   see), with the connection id the next chunk assumed, and its look at the next chunk's head
    must have found every checkpoint; the next chunk's checkpoints must have restored every
    followed book. If any check fails, the stream is replayed again in one piece: still the right
    output, only not in parallel.
@@ -103,7 +104,9 @@ class Joined:
     """``(pair, chunk number)`` -> (frames, failed checksums) to add to that chunk's first row."""
 
 
-def join(chunks: Sequence[Chunk], outcomes: Sequence[ChunkResult], every: int) -> Joined | None:
+def join(
+    chunks: Sequence[Chunk], outcomes: Sequence[ChunkResult], every: int, max_silence: int
+) -> Joined | None:
     """Join a stream's chunk results (in order); None when a boundary fails its checks."""
     for before, after, chunk in zip(outcomes, outcomes[1:], chunks[1:], strict=False):
         first_ns = chunk.stream.segments[chunk.first].first_ns
@@ -112,6 +115,7 @@ def join(chunks: Sequence[Chunk], outcomes: Sequence[ChunkResult], every: int) -
             or not after.clean_start
             or first_ns is None
             or before.end_clock > first_ns
+            or first_ns - before.end_clock > max_silence
             or before.end_connection != after.start_connection
         ):
             return None
@@ -136,7 +140,7 @@ def join(chunks: Sequence[Chunk], outcomes: Sequence[ChunkResult], every: int) -
 
 def merge_summaries(parts: Sequence[PairSummary], every: int) -> PairSummary:
     """One pair's summary over consecutive chunks (their rows follow each other on the grid)."""
-    merged = PairSummary(parts[0].pair, parts[0].channel)
+    merged = PairSummary(parts[0].pair, parts[0].channel, sources=list(parts[0].sources))
     spans = merged.invalid_spans
     for part in parts:
         merged.rows += part.rows

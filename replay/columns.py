@@ -26,7 +26,14 @@ EXTRA_FIELDS = (
     pa.field("updates", pa.int32(), nullable=False),
     pa.field("checksum_failures", pa.int32(), nullable=False),
     pa.field("last_update", TIMESTAMP, nullable=False),
+    pa.field("depth", pa.int16()),
+    pa.field("source", pa.string()),
 )
+"""After the levels: counts, the latest frame's time, and where the row came from: ``depth`` of
+the followed channel and ``source`` (``replay.plan.Stream.label``), both null when the row is
+invalid (no source had a valid book)."""
+NULL_DEPTH = pa.scalar(None, pa.int16())
+NULL_SOURCE = pa.scalar(None, pa.string())
 ROW_GROUP_BYTES = 32 << 20
 MAX_ROW_GROUP_ROWS = 65_536
 MIN_ROW_GROUP_ROWS = 4_096
@@ -71,9 +78,20 @@ class RowBuffer:
         "updates",
         "failures",
         "last_update",
+        "depth",
+        "source",
     )
 
-    def __init__(self, levels: int, capacity: int, sink: Callable[[pa.Table], None]) -> None:
+    def __init__(
+        self,
+        levels: int,
+        capacity: int,
+        sink: Callable[[pa.Table], None],
+        depth: int = 0,
+        source: str = "",
+    ) -> None:
+        self.depth = depth
+        self.source = source
         self.levels = levels
         self.capacity = capacity
         self.sink = sink
@@ -173,6 +191,9 @@ class RowBuffer:
             _wrap(pa.int32(), n, self.failures),
             _wrap(TIMESTAMP, n, self.last_update),
         ]
+        valid = columns[1]
+        columns.append(pc.if_else(valid, pa.scalar(self.depth, pa.int16()), NULL_DEPTH))
+        columns.append(pc.if_else(valid, pa.scalar(self.source, pa.string()), NULL_SOURCE))
         return pa.Table.from_arrays(columns, schema=self.schema)
 
 

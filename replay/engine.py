@@ -11,6 +11,11 @@ Rules beyond the sampler's (``replay.sampler`` has the snapshot semantics):
 
 - frames are applied in file order then line order, never re-sorted; the clock is the largest
   ``recv_ns`` seen so far in the stream;
+- the stream is one source (``replay.plan``): a line received more than ``--max-silence`` after
+  the one before it ends a silence, and every pair's rows in it are invalid
+  (``PairSampler.silence``). Every line that ends such a silence reaches ``_apply``: a grid time
+  inside it is past each started pair's next grid time, so ``LineFeed.run`` hands the line back
+  (lines of books not followed and control frames it always hands back);
 - frames of pairs not asked for, of other channels (ticker, trade) and of a pair's shallower book
   are skipped and counted, never applied;
 - a segment that ends damaged (torn zstd frame, cut last line) voids every book at its last line:
@@ -42,8 +47,8 @@ from typing import Any
 import pyarrow as pa
 
 from kbook.api import Api
-from kbook.feed import BookFeed, Outcome
-from kbook.lines import LineFeed, Route
+from kbook.feed import BookFeed, Outcome, channel_depth
+from kbook.lines import NEVER, LineFeed, Route
 from kbook.pairs import common_name
 from kbook.segment import Problem, SegmentReader
 from kbook.v2 import RecordReader, V2BookFeed, book_key, feed_for, frame_symbol
@@ -130,9 +135,13 @@ class StreamReplay:
                 options.end_ns,
                 capacity,
                 sinks(pair),
+                channel_depth(channel),
+                stream.label(pair),
             )
             for pair, channel in stream.channels.items()
         }
+        for pair, sampler in self.samplers.items():
+            sampler.summary.sources = [stream.label(pair)]
         wires = sorted({wire for info in stream.segments for wire, _ in info.books})
         self.by_wire = {
             wire: self.samplers[common_name(wire)]
@@ -184,8 +193,9 @@ class StreamReplay:
         self.result.malformed_frames = self.feed.malformed_frames
         if chunk.last:
             later = {common_name(wire) for info in segments[chunk.stop :] for wire, _ in info.books}
+            silence = self.options.max_silence_ns
             for pair, sampler in self.samplers.items():
-                sampler.finish(continues=pair in later)
+                sampler.finish(pair in later, self.clock, silence)
         else:
             done.clean_end = self._peek(segments[chunk.stop])
         for pair, sampler in self.samplers.items():
@@ -237,7 +247,10 @@ class StreamReplay:
         recv_ns = record.get("recv_ns")
         if type(recv_ns) is not int:
             return
-        if recv_ns > self.lines.clock:
+        life = self.lines.clock
+        if recv_ns > life:
+            if recv_ns - life > self.options.max_silence_ns and life != -NEVER:
+                self._silence(life, recv_ns)
             self.lines.clock = recv_ns
         clock = self.lines.clock
         feed = self.feed
@@ -267,6 +280,12 @@ class StreamReplay:
             self._on_meta(record["meta"])
         elif "raw" in record:
             self.result.raw_frames += 1
+        self._sync()
+
+    def _silence(self, life: int, now: int) -> None:
+        """Nothing was received from ``life`` to ``now``: the books were stale meanwhile."""
+        for sampler in self.samplers.values():
+            sampler.silence(life, now, self.options.max_silence_ns)
         self._sync()
 
     def _apply_v2(self, msg: dict[str, Any], clock: int) -> None:

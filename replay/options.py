@@ -18,6 +18,9 @@ from kbook.pairs import common_name, parse_pair
 from kbook.units import parse_duration
 
 NS_PER_DAY = 86_400 * 1_000_000_000
+MAX_SILENCE_NS = 10_000_000_000
+"""``--max-silence``'s default: the recorder's stall bound (Kraken sends a heartbeat every second
+on an idle connection, so ten silent seconds mean the connection was gone)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 TimeLike = str | datetime | date | int | None
@@ -42,6 +45,9 @@ class ReplayOptions:
     bytes (``replay.chunks``); smaller pieces would cost more to join than they save."""
     api: str | None = None
     """Replay only segments of this Kraken WebSocket API (``v1``/``v2``), or None for all."""
+    max_silence_ns: int = MAX_SILENCE_NS
+    """A source's book is valid at ``t`` only if the source received a line (any frame,
+    heartbeats included) within this long before ``t`` (``replay.sampler``)."""
 
 
 def make_options(
@@ -52,6 +58,7 @@ def make_options(
     end: TimeLike = None,
     workers: int | None = 1,
     api: str | None = None,
+    max_silence: DurationLike = MAX_SILENCE_NS,
 ) -> ReplayOptions:
     """Check and convert user input; raises ``UsageError`` naming the bad value."""
     every_ns = parse_every(every)
@@ -65,7 +72,9 @@ def make_options(
         )
     if api is not None:
         api = parse_api(api)
+    max_silence_ns = parse_every(max_silence, "--max-silence")
     return ReplayOptions(
+        max_silence_ns=max_silence_ns,
         api=api,
         every_ns=every_ns,
         levels=levels,
@@ -76,8 +85,8 @@ def make_options(
     )
 
 
-def parse_every(value: DurationLike) -> int:
-    """The sampling interval in ns; must be positive."""
+def parse_every(value: DurationLike, name: str = "--every") -> int:
+    """A positive duration in ns (the sampling interval, or ``--max-silence``)."""
     if isinstance(value, timedelta):
         ns = (value.days * 86_400 + value.seconds) * 1_000_000_000 + value.microseconds * 1_000
     elif isinstance(value, int) and not isinstance(value, bool):
@@ -85,9 +94,9 @@ def parse_every(value: DurationLike) -> int:
     elif isinstance(value, str):
         ns = parse_duration(value)
     else:
-        raise UsageError(f"--every must be a duration such as 1s or 100ms, got {value!r}")
+        raise UsageError(f"{name} must be a duration such as 1s or 100ms, got {value!r}")
     if ns <= 0:
-        raise UsageError(f"--every must be positive, got {value!r}")
+        raise UsageError(f"{name} must be positive, got {value!r}")
     return ns
 
 

@@ -207,7 +207,8 @@ def work(unit: Unit, options: ReplayOptions, tick: Tick | None = None) -> tuple[
         return _run(unit, options, sinks, tick), batches
     writer: DatasetWriter | Spool
     if unit.whole:
-        writer = DatasetWriter(unit.folder, options.levels)
+        stream = unit.chunk.stream
+        writer = DatasetWriter(unit.folder, options.levels, stream.shared, stream.rank)
     else:
         name = f"{unit.stream}-{unit.chunk.number}"
         writer = Spool(unit.folder / SPOOL / name, options.levels)
@@ -241,7 +242,7 @@ def _join(
     folder: Path | None,
 ) -> tuple[StreamResult, Rows]:
     """Join a cut stream's chunks; replay it whole here when a boundary does not hold."""
-    joined = join(chunks, [part[0] for part in parts], options.every_ns)
+    joined = join(chunks, [part[0] for part in parts], options.every_ns, options.max_silence_ns)
     if folder is not None:
         spools = [folder / SPOOL / f"{index}-{chunk.number}" for chunk in chunks]
     if joined is None:
@@ -260,7 +261,8 @@ def _join(
                     stitcher.add(table, joined.patches.get((pair, number)) if order == 0 else None)
             stitcher.flush()
         return joined.result, {pair: tables for pair, tables in batches.items() if tables}
-    writer = DatasetWriter(folder, options.levels)
+    stream = chunks[0].stream
+    writer = DatasetWriter(folder, options.levels, stream.shared, stream.rank)
     try:
         for pair in pairs:
             stitcher = Stitcher(capacity, writer.sink(pair))

@@ -36,20 +36,47 @@ from replay.columns import file_schema
 from replay.options import day_of
 
 MANIFEST = "_kbook_replay.json"
+SOURCES = ".sources"
+"""Folder inside the dataset's temporary folder where the rows of each source of a pair with
+several wait for ``replay.timeline``: ``.sources/<pair>/<rank>.arrow``."""
+
+
+def source_spool(root: Path, pair: str, rank: int) -> Path:
+    """Where a source's rows of ``pair`` wait for the timeline (see ``SOURCES``)."""
+    return root / SOURCES / file_name(pair) / f"{rank}.arrow"
 
 
 class DatasetWriter:
-    """Writes each pair's row batches (one UTC day per batch) to its partition files."""
+    """Writes each pair's row batches (one UTC day per batch) to its partition files; the rows
+    of ``spooled`` pairs go to the source spool of source ``rank`` instead (``SOURCES``)."""
 
-    def __init__(self, root: Path, levels: int) -> None:
+    def __init__(
+        self, root: Path, levels: int, spooled: frozenset[str] = frozenset(), rank: int = 0
+    ) -> None:
         self.root = root
         self.schema = file_schema(levels)
         self.files: list[Path] = []
         self._open: dict[str, tuple[str, pq.ParquetWriter]] = {}
+        self.spooled = spooled
+        self.rank = rank
+        self._spools: dict[str, pa.ipc.RecordBatchFileWriter] = {}
 
     def sink(self, pair: str) -> Callable[[pa.Table], None]:
         """Where ``pair``'s batches go (batches arrive in time order, never spanning a day)."""
+        if pair in self.spooled:
+            return lambda table: self.spool(pair, table)
         return lambda table: self.write(pair, table)
+
+    def spool(self, pair: str, table: pa.Table) -> None:
+        writer = self._spools.get(pair)
+        try:
+            if writer is None:
+                path = source_spool(self.root, pair, self.rank)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = self._spools[pair] = pa.ipc.new_file(path, self.schema)
+            writer.write_table(table)
+        except OSError as exc:
+            raise OutputError(f"{self.root}: cannot write snapshots: {exc}") from exc
 
     def write(self, pair: str, table: pa.Table) -> None:
         day = day_of(table.column("ts")[0].value)
@@ -67,6 +94,9 @@ class DatasetWriter:
         for _day, writer in self._open.values():
             writer.close()
         self._open.clear()
+        for spool in self._spools.values():
+            spool.close()
+        self._spools.clear()
 
     def _writer(self, pair: str, day: str) -> pq.ParquetWriter:
         folder = self.root / f"pair={file_name(pair)}" / f"date={day}"
@@ -80,7 +110,7 @@ class DatasetWriter:
                 path,
                 self.schema,
                 compression="zstd",
-                use_dictionary=False,
+                use_dictionary=["source"],
                 write_statistics=True,
             )
         except OSError as exc:

@@ -1,19 +1,34 @@
-"""From surveyed segments to independent streams, each replayed through one ``BookFeed``.
+"""From surveyed segments to sources, each replayed through its own ``BookFeed``.
 
-A *stream* is a set of segments whose books must share one feed: segments are joined when they
-hold a common pair (by common name, so ``XBT/USD`` and ``BTC/USD`` are one pair). The recorder
-writes one stream of segments per pair, so pairs replay independently (and in parallel); a
-capture holding ten pairs in one file is one stream of ten pairs. Inside a stream, segments keep
-the order of ``kbook.segment.find_segments`` (first receive time, then name).
+A *source* is one book as one recorder delivered it: the segments of one Kraken API, one recorder
+run (or one bare recording), holding one channel per pair. Each source replays through its own
+feed exactly as a lone recording does (checksums, invalidation rules), and ``replay.timeline``
+then picks, per grid time, the best source of each pair. Nothing recorded is left out because
+another source exists.
 
-Each pair follows one book: its deepest recorded channel (``book-1000`` over ``book-10`` when
-both were recorded). ``--levels`` beyond that depth and ``--pair`` names never recorded are
-refused here, before any output exists.
+Which segments make a source (``Stream``):
 
-Kraken v1 and v2 recordings never share a stream (nor a feed): segments are joined by (API, pair)
-(``SegmentInfo.api``). Output is named by common pair name whatever the API, so a pair recorded
-under both APIs would write two streams into one partition: that is refused, naming the pair,
-unless ``--api v1`` or ``--api v2`` (``ReplayOptions.api``) keeps the segments of one API only.
+- segments are grouped by API and by pairs they share (by common name, so ``XBT/USD`` and
+  ``BTC/USD`` are one pair): the recorder writes one stream of segments per pair, so pairs replay
+  independently (and in parallel); a capture holding ten pairs in one file is one source of ten;
+- within a group, in time order (``kbook.segment.find_segments``), a segment that opens with a
+  recorder's ``session_start`` line starts a new source named by its run id; any other segment
+  continues the source that ended most recently at or before its first receive time and follows
+  the same channel of each pair (a rotated segment of a run, the next file of a bare recording);
+  a segment that overlaps every such source (a second recorder running at the same time) starts a
+  source of its own. A run's later segments carry no run id, so two runs rotating at the same
+  instant may swap continuations: harmless, since a rotation opens with checkpoints of every book,
+  which replace it entirely;
+- a source follows, per pair, its deepest channel (``book-1000`` over ``book-10`` when one
+  connection subscribed both); a change of ``--depth`` between runs gives two sources.
+
+``--levels`` is refused only when no source of a wanted pair is that deep (a shallower source's
+rows have nulls beyond its depth), and ``--pair`` names never recorded are refused, both before
+any output exists. v1 and v2 recordings of one pair are sources of one timeline; ``--api``
+(``ReplayOptions.api``) keeps the segments of one API only.
+
+The *fixed order* of sources, the timeline's last tie-break: v2 before v1, then by first receive
+time, then by first segment path; ``Stream.rank`` is the position in that order.
 """
 
 from __future__ import annotations
@@ -31,13 +46,19 @@ from replay.survey import SegmentInfo
 
 @dataclass(frozen=True, slots=True)
 class Stream:
-    """Segments replayed in order through one feed, and the book each wanted pair follows."""
+    """A source: segments replayed in order through one feed, and the book each pair follows."""
 
     segments: tuple[SegmentInfo, ...]
     channels: dict[str, str]
     """Common pair name -> followed channel (``"book-100"``), for the pairs to output."""
     api: str = Api.V1
     """The Kraken WebSocket API of every segment of the stream."""
+    run_id: str | None = None
+    """The recorder run that wrote it, when its first segment says (``session_start``)."""
+    rank: int = 0
+    """Position in the fixed order of sources (see the module docstring)."""
+    shared: frozenset[str] = frozenset()
+    """Pairs that other sources hold too: their rows wait for ``replay.timeline``."""
 
     @property
     def size(self) -> int:
@@ -48,40 +69,95 @@ class Stream:
         """Every (wire pair, channel) with a frame or checkpoint in the stream's segments."""
         return frozenset(book for info in self.segments for book in info.books)
 
+    def label(self, pair: str) -> str:
+        """The ``source`` column's value for ``pair``: ``v2 book-100 run 1f2e3d4c`` (the first
+        eight digits of the recorder's run id), or ``v1 book-10`` for a recording without one."""
+        label = f"{self.api} {self.channels[pair]}"
+        return f"{label} run {self.run_id[:8]}" if self.run_id else label
+
+    @property
+    def first_ns(self) -> int | None:
+        return next((info.first_ns for info in self.segments if info.first_ns is not None), None)
+
 
 def plan_streams(infos: Sequence[SegmentInfo], options: ReplayOptions) -> list[Stream]:
-    """Group segments into streams and check ``--pair``/``--levels``/``--api`` against what was
-    recorded."""
+    """Find the sources and check ``--pair``/``--levels``/``--api`` against what was recorded."""
     if options.api is not None:
         infos = [info for info in infos if info.api == options.api]
         if not any(info.books for info in infos):
             raise UsageError(f"no Kraken {options.api} order book frames in the segments given")
-    _check_apis(infos, options)
-    channels = _deepest_channels(infos)
-    wanted = _wanted_pairs(channels, options)
-    _check_levels(channels, wanted, options.levels)
-    streams = []
-    for group in _group(infos):
-        pairs = {common_name(pair) for info in group for pair, _ in info.books}
-        followed = {pair: channels[pair] for pair in sorted(pairs & wanted)}
+    chains = [chain for group in _group(infos) for chain in _chains(group)]
+    if not chains:
+        raise UsageError("no order book frames in the segments given")
+    depths: dict[str, int] = {}
+    for chain in chains:
+        for pair, channel in _deepest_channels(chain).items():
+            depths[pair] = max(depths.get(pair, 0), channel_depth(channel))
+    wanted = _wanted_pairs(depths, options)
+    _check_levels(depths, wanted, options.levels)
+    chains.sort(key=_order)
+    sources = []
+    for chain in chains:
+        followed = {
+            pair: channel
+            for pair, channel in sorted(_deepest_channels(chain).items())
+            if pair in wanted
+        }
         if followed:
-            streams.append(Stream(segments=tuple(group), channels=followed, api=group[0].api))
-    return streams
-
-
-def _check_apis(infos: Sequence[SegmentInfo], options: ReplayOptions) -> None:
-    """Refuse a wanted pair recorded under both APIs: its rows would have two sources."""
-    names: dict[str, set[str]] = {Api.V1: set(), Api.V2: set()}
-    for info in infos:
-        names.setdefault(info.api, set()).update(common_name(pair) for pair, _ in info.books)
-    both = names[Api.V1] & names[Api.V2]
-    if options.pairs is not None:
-        both &= options.pairs
-    if both:
-        raise UsageError(
-            f"{', '.join(sorted(both))} recorded with both Kraken APIs (v1 and v2) in the "
-            "segments given; pass --api v1 or --api v2 to replay one of them"
+            sources.append((chain, followed))
+    holders: dict[str, int] = {}
+    for _, followed in sources:
+        for pair in followed:
+            holders[pair] = holders.get(pair, 0) + 1
+    return [
+        Stream(
+            segments=tuple(chain),
+            channels=followed,
+            api=chain[0].api,
+            run_id=chain[0].run_id,
+            rank=rank,
+            shared=frozenset(pair for pair in followed if holders[pair] > 1),
         )
+        for rank, (chain, followed) in enumerate(sources)
+    ]
+
+
+def _order(chain: list[SegmentInfo]) -> tuple[int, int, str]:
+    """The fixed order of sources: v2 first, then by first receive time, then by path."""
+    first = next((info.first_ns for info in chain if info.first_ns is not None), 1 << 126)
+    return (0 if chain[0].api == Api.V2 else 1, first, str(chain[0].path))
+
+
+def _chains(group: list[SegmentInfo]) -> list[list[SegmentInfo]]:
+    """Split a group's segments (in time order) into sources, as the module docstring says."""
+    chains: list[list[SegmentInfo]] = []
+    ends: list[int | None] = []
+    known: list[dict[str, str]] = []
+    """Each chain's followed channel per pair so far."""
+    for info in group:
+        channels = _deepest_channels([info])
+        choice = None
+        if info.run_id is None and info.first_ns is not None:
+            best = None
+            for index, end in enumerate(ends):
+                if end is None or end > info.first_ns or chains[index][0].api != info.api:
+                    continue
+                held = known[index]
+                if any(held.get(pair, channel) != channel for pair, channel in channels.items()):
+                    continue
+                if best is None or end >= best:
+                    best, choice = end, index
+        if choice is None:
+            chains.append([info])
+            ends.append(info.last_ns)
+            known.append(channels)
+            continue
+        chains[choice].append(info)
+        last, end = info.last_ns, ends[choice]
+        ends[choice] = last if end is None or (last is not None and last > end) else end
+        for pair, channel in channels.items():
+            known[choice].setdefault(pair, channel)
+    return chains
 
 
 def _deepest_channels(infos: Sequence[SegmentInfo]) -> dict[str, str]:
@@ -99,27 +175,27 @@ def _deepest_channels(infos: Sequence[SegmentInfo]) -> dict[str, str]:
     return channels
 
 
-def _wanted_pairs(channels: dict[str, str], options: ReplayOptions) -> set[str]:
-    if not channels:
+def _wanted_pairs(depths: dict[str, int], options: ReplayOptions) -> set[str]:
+    if not depths:
         raise UsageError("no order book frames in the segments given")
     if options.pairs is None:
-        return set(channels)
-    missing = sorted(options.pairs - channels.keys())
+        return set(depths)
+    missing = sorted(options.pairs - depths.keys())
     if missing:
         raise UsageError(
             f"pair {', '.join(missing)} not found in the segments; recorded: "
-            + ", ".join(sorted(channels))
+            + ", ".join(sorted(depths))
         )
     return set(options.pairs)
 
 
-def _check_levels(channels: dict[str, str], wanted: set[str], levels: int) -> None:
+def _check_levels(depths: dict[str, int], wanted: set[str], levels: int) -> None:
     for pair in sorted(wanted):
-        depth = channel_depth(channels[pair])
+        depth = depths[pair]
         if levels > depth:
             raise UsageError(
-                f"--levels {levels} is deeper than the recorded book of {pair} "
-                f"({channels[pair]}); use --levels {depth} or less"
+                f"--levels {levels} is deeper than every recorded book of {pair} "
+                f"(the deepest is book-{depth}); use --levels {depth} or less"
             )
 
 

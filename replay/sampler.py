@@ -14,6 +14,12 @@ Exact semantics (also in the README):
   changed. ``--start`` (inclusive) and ``--end`` (exclusive) narrow that span.
 - ``valid`` is False, and every level null, from a failed checksum, a malformed frame, a
   disconnect, a new connection or a resubscription until the next snapshot or checkpoint.
+- Staleness: a source's book is valid at ``t`` only if the source received a line (any frame,
+  heartbeats included) within ``max_silence`` before ``t``. After a longer silence its rows are
+  invalid until its next line (the same connection lost nothing over TCP; a new one voids the
+  book until its snapshot anyway). Such invalid rows are written up to the end of the UTC day
+  of the silence's start; the rows resume at the next line's grid time, so days without any
+  line get no rows at all (``silence``).
 - ``updates``/``checksum_failures`` count the frames of the pair's book, and the failed checksums
   among them, received in ``(t - every, t]`` (for the first row: since the first snapshot);
   ``last_update`` is the receive time of the latest such frame at or before ``t``.
@@ -35,6 +41,7 @@ import pyarrow as pa
 from kbook.book import Book
 from kbook.feed import PairStats
 from replay.columns import RowBuffer
+from replay.options import NS_PER_DAY
 
 NAN = float("nan")
 NEVER = 1 << 126
@@ -55,6 +62,8 @@ class PairSummary:
     checksum_failures: int = 0
     invalid_spans: list[tuple[int, int]] = field(default_factory=list)
     """``(first, last)`` grid times of each run of invalid rows."""
+    sources: list[str] = field(default_factory=list)
+    """The sources the rows came from (``replay.plan.Stream.label``), in the fixed order."""
 
     def note_rows(self, t: int, n: int, every: int, valid: bool) -> None:
         last = t + (n - 1) * every
@@ -115,6 +124,7 @@ class PairSampler:
         "empty_row",
         "buffer",
         "summary",
+        "silent",
     )
 
     def __init__(
@@ -127,6 +137,8 @@ class PairSampler:
         end: int | None,
         capacity: int,
         sink: Callable[[pa.Table], None],
+        depth: int = 0,
+        source: str = "",
     ) -> None:
         self.pair = pair
         self.channel = channel
@@ -149,8 +161,10 @@ class PairSampler:
         self.empty_row = [NAN] * (4 * levels)
         self.row = self.empty_row
         self.row_valid = False
-        self.buffer = RowBuffer(levels, capacity, sink)
+        self.buffer = RowBuffer(levels, capacity, sink, depth, source)
         self.summary = PairSummary(pair, channel)
+        self.silent = False
+        """True while rows of a silence are emitted (``silence``): they are invalid."""
 
     @property
     def started(self) -> bool:
@@ -199,6 +213,23 @@ class PairSampler:
         self.last_event = clock
         self.dirty = True
 
+    def silence(self, life: int, now: int, max_silence: int) -> None:
+        """The source received nothing from ``life`` until ``now``, longer than ``max_silence``:
+        rows up to ``life + max_silence`` show the book as usual, later ones are invalid up to
+        the end of that UTC day, and the grid resumes at ``now`` (see the module docstring)."""
+        if self.book is None:
+            return
+        stale = life + max_silence
+        self.catch_up(stale + 1)
+        day_end = (stale // NS_PER_DAY + 1) * NS_PER_DAY
+        self.silent = self.dirty = True
+        self.catch_up(min(now, day_end))
+        self.silent = False
+        self.dirty = True
+        resume = -(-now // self.every) * self.every
+        if resume > self.next_t:
+            self.next_t = resume
+
     # -- rows -----------------------------------------------------------------------------------
 
     def catch_up(self, clock: int) -> None:
@@ -234,11 +265,14 @@ class PairSampler:
         self.zeroed = self.zeroed or "row"
         self.next_t = t + n * self.every
 
-    def finish(self, continues: bool) -> None:
-        """Emit the last rows: up to the last book event, or to ``--end`` if the pair goes on."""
+    def finish(self, continues: bool, life: int, max_silence: int) -> None:
+        """Emit the last rows: up to the last book event, or to ``--end`` if the pair goes on
+        (``life``: the source's last line, for the staleness rule)."""
         if self.book is None:
             return
         last = self.counts()[2]
+        if continues and self.end - life > max_silence:
+            self.silence(life, self.end, max_silence)
         self.catch_up(self.end if continues else max(last, self.last_event) + 1)
         self._close()
 
@@ -266,7 +300,7 @@ class PairSampler:
 
     def _build_row(self) -> None:
         book = self.book
-        if book is None or not book.valid:
+        if book is None or not book.valid or self.silent:
             self.row = self.empty_row
             self.row_valid = False
             return

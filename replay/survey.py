@@ -40,7 +40,6 @@ from kbook.v2 import parse_ack, parse_status, segment_api
 _CHUNK = 1 << 20
 _BOOK_END = re.compile(rb'"(book-\d+)"\s*,\s*"([^"\n]*)"\s*\]')
 _RARE = re.compile(rb'"meta"\s*:|"connectionID"\s*:')
-_RECV = re.compile(rb'"recv_ns"\s*:\s*(\d+)')
 
 Book = tuple[str, str]
 """(wire pair, channel name), as ``BookFeed`` keys its books."""
@@ -66,6 +65,11 @@ class SegmentInfo:
     connect/disconnect), as ``BookFeed.connection_id`` will hold it."""
     api: str = Api.V1
     """The Kraken WebSocket API of its frames (``kbook.v2.segment_api``): ``v1`` or ``v2``."""
+    last_ns: int | None = None
+    """``recv_ns`` of the last whole line (the recorder's stamps never go back within a run)."""
+    run_id: str | None = None
+    """The recorder run that wrote it, when its head holds the run's ``session_start`` line (the
+    first segment of each pair of a run; later segments of the run carry no run id)."""
 
 
 def survey_segment(path: Path) -> SegmentInfo:
@@ -74,9 +78,11 @@ def survey_segment(path: Path) -> SegmentInfo:
         return _survey_v2(path)
     scan = _Scan()
     first_ns: int | None = None
+    last_body = b""
     for body in _bodies(path):
-        if first_ns is None and (match := _RECV.search(body, 0, 200)):
-            first_ns = int(match.group(1))
+        if first_ns is None:
+            first_ns = _line_recv_ns(body, first=True)
+        last_body = body
         first_msg = -1 if scan.seen_msg else body.find(b'"msg":')
         rare, books = _scan_body(body)
         for start, stop in rare:
@@ -91,7 +97,24 @@ def survey_segment(path: Path) -> SegmentInfo:
         head_checkpoints=frozenset(scan.head),
         connection_changed=scan.connection_changed,
         connection_at_end=scan.connection,
+        last_ns=_line_recv_ns(last_body, first=False),
+        run_id=scan.run_id,
     )
+
+
+def _line_recv_ns(body: bytes, first: bool) -> int | None:
+    """``recv_ns`` of the first (or last) line of ``body`` that has one, decoded as JSON: the
+    format does not fix the order of keys, so no pattern over the text can be trusted."""
+    lines = body.split(b"\n", 8) if first else body.rsplit(b"\n", 8)
+    for line in lines if first else reversed(lines):
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        recv_ns = record.get("recv_ns") if type(record) is dict else None
+        if type(recv_ns) is int:
+            return recv_ns
+    return None
 
 
 @dataclass
@@ -103,6 +126,7 @@ class _Scan:
     seen_msg: bool = False
     connection_changed: bool = False
     connection: int | None = None
+    run_id: str | None = None
 
     def rare_line(self, line: bytes, after_msg: bool) -> None:
         """A meta or systemStatus line: track checkpoints and connections as ``BookFeed`` will."""
@@ -125,6 +149,10 @@ class _Scan:
                     self.head.add((pair, channel))
             elif kind in ("connect", "disconnect"):
                 self.connection_changed, self.connection = True, None
+            elif kind == "session_start" and not after_msg:
+                run_id = meta.get("run_id")
+                if isinstance(run_id, str) and 0 < len(run_id) <= 64:
+                    self.run_id = run_id
         elif type(msg) is dict and msg.get("event") == "systemStatus":
             self.connection_changed, self.connection = True, msg.get("connectionID")
 
@@ -178,7 +206,10 @@ def _survey_v2(path: Path) -> SegmentInfo:
 
     reader = SegmentReader(path)
     core = native_core()
+    tail: list[bytes] = []
+    """The last lines read, for the last receive time."""
     for number, lines in reader.batches():
+        tail = (tail + lines)[-8:]
         index = 0
         while first_ns is None and index < len(lines):  # the first receive time: decoded
             if lines[index]:
@@ -207,6 +238,8 @@ def _survey_v2(path: Path) -> SegmentInfo:
         connection_changed=scan.connection_changed,
         connection_at_end=scan.connection,
         api=Api.V2,
+        last_ns=_line_recv_ns(b"\n".join(tail), first=False),
+        run_id=scan.run_id,
     )
 
 

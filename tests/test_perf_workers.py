@@ -138,7 +138,11 @@ def crafted(folder: Path, trouble: str) -> Path:
                 frame_line(now, seq + 1, market.snapshot_frame(1), True),
             ]
         else:
-            start = now - 3 * SECOND if trouble == "clock steps back" and number == 2 else now
+            start = now
+            if trouble == "clock steps back" and number == 2:
+                start = now - 3 * SECOND
+            elif trouble == "silence" and number == 2:
+                start = now + 30 * SECOND
             asks, bids = market.window()
             if trouble == "bad checkpoint" and number == 2:
                 asks = [["not a price", "1.0"]]
@@ -161,7 +165,18 @@ def crafted(folder: Path, trouble: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("trouble", ["clock steps back", "torn tail", "bad checkpoint"])
+def test_a_segment_starting_before_the_last_one_ended_is_another_source(tmp_path: Path) -> None:
+    """The recorder's stamps never go back within a run: an overlap is a second recorder."""
+    raw = crafted(tmp_path / "raw", "clock steps back")
+    options = dataclasses.replace(make_options(every="100ms"), workers=2, min_chunk_bytes=0)
+    streams = plan_streams([survey_segment(p) for p in find_segments([raw])], options)
+    assert [len(stream.segments) for stream in streams] == [2, 1]
+    _, one = run_replay([raw], dataclasses.replace(options, workers=1), None, None)
+    _, two = run_replay([raw], options, None, None)
+    assert two == one
+
+
+@pytest.mark.parametrize("trouble", ["silence", "torn tail", "bad checkpoint"])
 def test_a_boundary_that_cannot_be_proven_falls_back_to_one_piece(
     trouble: str, tmp_path: Path
 ) -> None:
@@ -173,8 +188,8 @@ def test_a_boundary_that_cannot_be_proven_falls_back_to_one_piece(
     results = [
         StreamReplay(stream, options, lambda _pair: lambda _t: None).run_chunk(c) for c in chunks
     ]
-    assert join(chunks[:2], results[:2], options.every_ns) is not None
-    assert join(chunks, results, options.every_ns) is None
+    assert join(chunks[:2], results[:2], options.every_ns, options.max_silence_ns) is not None
+    assert join(chunks, results, options.every_ns, options.max_silence_ns) is None
     _, one = run_replay([raw], dataclasses.replace(options, workers=1), None, None)
     _, two = run_replay([raw], options, None, None)
     assert two[0][0] == one[0][0]

@@ -48,7 +48,10 @@ def segment(tmp_path: Path) -> Path:
         (["--every", "0"], "duration '0' is not a number with a unit"),
         (["--every", "0s"], "--every must be positive"),
         (["--every", "-1s"], "--every must be positive"),
-        (["--levels", "11"], "--levels 11 is deeper than the recorded book of BTC/USD (book-10)"),
+        (
+            ["--levels", "11"],
+            "--levels 11 is deeper than every recorded book of BTC/USD (the deepest is book-10)",
+        ),
         (["--levels", "0"], "--levels must be a positive whole number"),
     ],
 )

@@ -272,27 +272,28 @@ def both_apis(captures_dir: Path, tmp_path: Path) -> Path:
     return folder
 
 
-def test_one_pair_in_both_apis_needs_api(both_apis: Path) -> None:
-    with pytest.raises(UsageError) as info:
-        replay_table([both_apis])
-    message = str(info.value)
-    assert "BTC/USD recorded with both Kraken APIs" in message
-    assert "--api v1 or --api v2" in message
-    assert "\n" not in message
+def test_one_pair_in_both_apis_is_one_timeline(both_apis: Path) -> None:
+    """A pair recorded under v1, then under v2 (a migration), replays as one timeline; --api
+    only restricts it to one API's sources."""
+    both = one_pair(replay_table([both_apis], every="10ms"))
     v1 = one_pair(replay_table([both_apis], every="10ms", api="v1"))
     v2 = one_pair(replay_table([both_apis], every="10ms", api="v2"))
     assert v1.column("ts")[0].value == 1_763_683_200_000_000_000
     assert v1.column("ts")[0] != v2.column("ts")[0]
     assert all(v1.column("valid").to_pylist())
     assert all(v2.column("valid").to_pylist())
+    sources = {label.split()[0] for label in both.column("source").drop_null().to_pylist()}
+    assert sources == {"v1", "v2"}
+    # Where one API alone has a row, the timeline's row is that one, level for level.
+    joined = {row["ts"]: row for row in both.to_pylist()}
+    for alone in (v1, v2):
+        for row in alone.to_pylist():
+            other = v2 if alone is v1 else v1
+            if other.column("ts")[0].as_py() <= row["ts"] <= other.column("ts")[-1].as_py():
+                continue
+            assert joined[row["ts"]] == row
     with pytest.raises(UsageError, match="--api 'v3' is not one of v1, v2"):
         replay_table([both_apis], every="10ms", api="v3")
-    # A pair held by one API only is no conflict: --pair narrows the check too.
-    eth = SynthMarket("ETH/USD", depth=10, seed=4)
-    write_frames(both_apis / "eth.jsonl.zst", eth.frames(20, 1_763_683_200_000_000_000, 10**8))
-    assert set(
-        replay_table([both_apis], every="10ms", pairs="ETH/USD").column("pair").to_pylist()
-    ) == {"ETH/USD"}
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> object:
@@ -311,12 +312,9 @@ def test_replay_command_api_option(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "snapshots"
-    assert run_cli(monkeypatch, str(both_apis), "--out", str(out)) != 0
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "BTC/USD" in err
-    assert "--api" in err
-    assert not out.exists()
+    assert run_cli(monkeypatch, str(both_apis), "--out", str(out), "--every", "10ms") == 0
+    assert (out / "pair=BTC-USD").is_dir()
+    shutil.rmtree(out)
     for api in ("v1", "v2"):
         args = ("--out", str(out), "--api", api, "--every", "10ms")
         assert run_cli(monkeypatch, str(both_apis), *args) == 0
