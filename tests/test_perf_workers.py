@@ -120,6 +120,28 @@ def test_public_api_cuts_one_pair_across_workers(tmp_path: Path) -> None:
     assert parquet_files(tmp_path / "two") == parquet_files(tmp_path / "one")
 
 
+@pytest.mark.parametrize("option", ["1s", "7ms", "start"])
+def test_two_workers_write_what_one_writes_for_a_pair_of_two_sources(
+    recordings: dict[str, Path], option: str, tmp_path: Path
+) -> None:
+    """Two recordings of one pair at once: the timeline of their chunks' rows is the same too."""
+    paths = [recordings["one pair"], recordings["one pair, other seed"]]
+    streams = plan_streams(
+        [survey_segment(p) for p in find_segments(paths)], options_for(option, 2)
+    )
+    assert len(streams) == 2
+    assert all(stream.shared == {"BTC/USD"} for stream in streams)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    _, outcomes_one = run_replay(paths, options_for(option, 1), one, None)
+    _, outcomes_two = run_replay(paths, options_for(option, 2), two, None)
+    assert [o[0] for o in outcomes_two] == [o[0] for o in outcomes_one]
+    assert parquet_files(two) == parquet_files(one)
+    assert len(parquet_files(one)) >= 1
+    assert not (two / ".sources").exists()
+
+
 # -- boundaries the join must refuse ----------------------------------------------------------------
 
 

@@ -13,6 +13,9 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from replay_support import (
     RefBook,
     SynthMarket,
@@ -189,3 +192,99 @@ def checkpoint(book: RefBook) -> dict[str, Any]:
         "bids": [list(level) for level in book.sorted_bids()],
         "checksum": book.checksum(),
     }
+
+
+# -- the stitching rule against a naive reference -------------------------------------------------
+
+
+@st.composite
+def source_plans(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """One to four recordings of one pair: depth, start, length, pace, and maybe a silence."""
+    plans = []
+    for number in range(draw(st.integers(1, 4))):
+        plans.append(
+            {
+                "run": f"{number:x}" * 32,
+                "depth": draw(st.sampled_from([10, 25, 100])),
+                "start": draw(st.integers(0, 240)) * STEP,
+                "count": draw(st.integers(8, 120)),
+                "step": draw(st.sampled_from([STEP, SECOND, 3 * SECOND])),
+                "silence": draw(st.one_of(st.none(), st.integers(1, 100))),
+                "seed": draw(st.integers(0, 1000)),
+            }
+        )
+    return plans
+
+
+def write_source(folder: Path, plan: dict[str, Any]) -> Path:
+    market = SynthMarket(depth=plan["depth"], seed=plan["seed"])
+    frames = list(market.frames(plan["count"], T0 + plan["start"], plan["step"]))
+    if plan["silence"] is not None and plan["silence"] < len(frames):
+        cut = plan["silence"]  # the connection goes quiet for 12 s, then the same frames go on
+        frames = frames[:cut] + [(ns + 12 * SECOND, text) for ns, text in frames[cut:]]
+    records: list[tuple[int, str | dict[str, Any]]] = [
+        (frames[0][0], session(plan["run"], plan["depth"]))
+    ]
+    return write_records(folder / f"XBT-USD.{plan['run'][:4]}.jsonl.zst", records + frames)
+
+
+def naive_timeline(alone: list[tuple[int, str, list[dict[str, Any]]]], every: int) -> list[Any]:
+    """The rule, spelled out row by row over each source replayed alone: ``alone`` holds
+    ``(first receive time, path, rows)`` per source."""
+    order = sorted(range(len(alone)), key=lambda i: (alone[i][0], alone[i][1]))
+    by_time = [{row["ts"].value: row for row in alone[i][2]} for i in order]
+    times = sorted({t for rows in by_time for t in rows})
+    wanted: list[int] = []
+    for t in times:  # dense within a UTC day
+        if wanted and wanted[-1] // DAY == t // DAY:
+            wanted += range(wanted[-1] + every, t, every)
+        wanted.append(t)
+    out = []
+    seen = None
+    for t in wanted:
+        present = [rows[t] for rows in by_time if t in rows]
+        valid = [row for row in present if row["valid"]]
+        if valid:
+            best = valid[0]
+            for row in valid[1:]:
+                key = (row["depth"], row["last_update"])
+                if key > (best["depth"], best["last_update"]):
+                    best = row
+            row = dict(best)
+        elif present:
+            row = dict(present[0])
+        else:
+            row = {"valid": False, "updates": 0, "checksum_failures": 0, "last_update": seen}
+        if not row["valid"] and not present:
+            row["last_update"] = seen
+        seen = row["last_update"] if seen is None else max(seen, row["last_update"])
+        row["ts"] = t
+        out.append(row)
+    return out
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(plans=source_plans())
+def test_the_timeline_follows_the_rule_row_by_row(
+    plans: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    folder = tmp_path_factory.mktemp("sources")
+    paths = [write_source(folder, plan) for plan in plans]
+    every = SECOND
+    table = replay.replay_table(folder, every=every, levels=10)
+    alone = []
+    for path, plan in zip(paths, plans, strict=True):
+        rows = replay.replay_table(path, every=every, levels=10).to_pylist()
+        alone.append((T0 + plan["start"], str(path), rows))
+    expected = naive_timeline(alone, every)
+    got = table.to_pylist()
+    assert [row["ts"].value for row in got] == [row["ts"] for row in expected]
+    for row, want in zip(got, expected, strict=True):
+        assert row["valid"] is want["valid"]
+        assert row["last_update"] == want["last_update"]
+        for name in ("depth", "source", "updates", "checksum_failures", "bid_px_0", "ask_sz_9"):
+            assert row[name] == want.get(name), (row["ts"], name)
