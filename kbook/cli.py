@@ -92,13 +92,16 @@ def verify(
         sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         table = Table(title=f"kbook verify: {len(report.files)} segment(s)")
-        for column in ("pair", "api", "frames", "snapshots", "updates", "ok", "failed", "dropped"):
-            table.add_column(column, justify="left" if column in ("pair", "api") else "right")
+        names = ("pair", "wire", "api", "frames", "snapshots", "updates", "ok", "failed", "dropped")
+        for column in names:
+            left = column in ("pair", "wire", "api")
+            table.add_column(column, justify="left" if left else "right")
         for column in ("first receive (UTC)", "last receive (UTC)", "invalid"):
             table.add_column(column)
         for pair, s in sorted(report.pairs.items()):
             table.add_row(
                 pair,
+                ", ".join(sorted(report.wires.get(pair, ()))),
                 report.apis.get(pair, Api.V1),  # segments that name no API are v1
                 str(s.frames),
                 str(s.snapshots + s.checkpoints),

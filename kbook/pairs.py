@@ -14,12 +14,25 @@ _COMMON = {v1: common for common, v1 in _V1_ALIASES.items()}
 
 
 def parse_pair(text: str) -> str:
-    """A user's pair, upper-cased and checked to be ``BASE/QUOTE``; raises ``UsageError``."""
+    """A user's pair, upper-cased and checked to be ``BASE/QUOTE``; raises ``UsageError``.
+
+    Each side is letters and digits, with dots inside (Kraken lists ``ETH2.S/ETH``)."""
     pair = text.strip().upper().replace("-", "/")
     base, sep, quote = pair.partition("/")
-    if not sep or not base.isalnum() or not quote.isalnum():
+    if not sep or not _is_asset(base) or not _is_asset(quote):
         raise UsageError(f"pair {text!r} is not BASE/QUOTE (for example BTC/USD)")
     return pair
+
+
+def _is_asset(name: str) -> bool:
+    """Letters and digits, dots allowed between them, at most 32 characters."""
+    return (
+        0 < len(name) <= 32
+        and name.isascii()
+        and name.replace(".", "").isalnum()
+        and not name.startswith(".")
+        and not name.endswith(".")
+    )
 
 
 def v1_alias(pair: str) -> str | None:

@@ -11,8 +11,10 @@ reconnect void B's book at the wrong moment. Counts of a pair found in several s
 Each segment holds frames of one WebSocket API, v1 or v2 (``kbook.v2.segment_api``), and a stream
 is split by API too: v1 files go through a ``BookFeed`` decoded by orjson, v2 files through a
 ``V2BookFeed`` decoded with ``kbook.v2.decode`` (a float parser would break every v2 checksum).
-The two never share a feed or a book. Pairs are reported by the name on the wire; a v2 pair whose
-name a v1 stream also used (``BTC/USD`` echoed by v1) is reported as ``"BTC/USD (v2)"``.
+The two never share a feed or a book. Pairs are reported by their common name (``BTC/USD``, as
+replay, watch and the Python API name them, ``kbook.pairs.common_name``), with the name(s) seen on
+the wire (``XBT/USD``) beside it; a pair recorded under both APIs is one row whose counts add up,
+and ``by_api`` keeps each API's counts apart.
 
 Plain updates go through ``kbook.lines.LineFeed`` (the native core where it was built), as in
 replay, and every other line through the feed one at a time; each book is followed once a frame
@@ -31,11 +33,9 @@ from typing import Any
 from kbook.api import Api
 from kbook.feed import BookFeed, Outcome, PairStats
 from kbook.lines import LineFeed
+from kbook.pairs import common_name
 from kbook.segment import Problem, find_segments
 from kbook.v2 import RecordReader, feed_for, segment_api
-
-V2_SUFFIX = " (v2)"
-"""Appended to a v2 pair's name when a v1 stream reports the same name."""
 
 
 @dataclass
@@ -48,7 +48,11 @@ class VerifyReport:
     raw_frames: int = 0
     """Frames kept as ``raw`` (not JSON) by the recorder."""
     apis: dict[str, str] = field(default_factory=dict)
-    """Reported pair name -> the API its frames came in (``v1`` or ``v2``)."""
+    """Common pair name -> the API(s) its frames came in (``v1``, ``v2`` or ``v1+v2``)."""
+    wires: dict[str, set[str]] = field(default_factory=dict)
+    """Common pair name -> the names its frames used on the wire (``XBT/USD``)."""
+    by_api: dict[str, dict[str, PairStats]] = field(default_factory=dict)
+    """Common pair name -> API -> that API's counts (their sum is ``pairs``)."""
 
     @property
     def pairs(self) -> dict[str, PairStats]:
@@ -69,6 +73,15 @@ class VerifyReport:
             "pairs": {
                 pair: {
                     "api": self.apis.get(pair, Api.V1),
+                    "wire": sorted(self.wires.get(pair, ())),
+                    "by_api": {
+                        str(api): {
+                            "frames": c.frames,
+                            "checksums_ok": c.checksums_ok,
+                            "checksums_failed": c.checksums_failed,
+                        }
+                        for api, c in sorted(self.by_api.get(pair, {}).items())
+                    },
                     "frames": s.frames,
                     "snapshots": s.snapshots,
                     "checkpoints": s.checkpoints,
@@ -113,14 +126,16 @@ def verify_paths(paths: Iterable[Path]) -> VerifyReport:
             _verify_file(path, api, lines, report)
         feed.finish()
         done.append((api, feed))
-    v1_names = {pair for api, feed in done if api == Api.V1 for pair in feed.stats}
+    apis: dict[str, set[str]] = {}
     for api, feed in done:
-        rename: dict[str, str] = {}
-        if api == Api.V2:
-            rename = {pair: pair + V2_SUFFIX for pair in feed.stats if pair in v1_names}
+        rename = {pair: common_name(pair) for pair in feed.stats}
         _add_counts(total, feed, rename)
-        for pair in feed.stats:
-            report.apis[rename.get(pair, pair)] = api
+        for pair, stats in feed.stats.items():
+            name = rename[pair]
+            apis.setdefault(name, set()).add(api)
+            report.wires.setdefault(name, set()).add(pair)
+            _add_stats(report.by_api.setdefault(name, {}).setdefault(api, PairStats()), stats)
+    report.apis = {name: "+".join(sorted(map(str, used))) for name, used in apis.items()}
     return report
 
 
@@ -184,17 +199,19 @@ def _add_counts(total: BookFeed, feed: BookFeed, rename: dict[str, str]) -> None
     total.other_channel_frames += feed.other_channel_frames
     total.malformed_frames += feed.malformed_frames
     for pair, stats in feed.stats.items():
-        into = total.pair_stats(rename.get(pair, pair))
-        for name in _SUMMED:
-            setattr(into, name, getattr(into, name) + getattr(stats, name))
-        if stats.first_ns is not None:
-            into.first_ns = (
-                stats.first_ns if into.first_ns is None else min(into.first_ns, stats.first_ns)
-            )
-        if stats.last_ns is not None:
-            into.last_ns = (
-                stats.last_ns if into.last_ns is None else max(into.last_ns, stats.last_ns)
-            )
+        _add_stats(total.pair_stats(rename.get(pair, pair)), stats)
+
+
+def _add_stats(into: PairStats, stats: PairStats) -> None:
+    """Add one feed's counts of a pair into ``into``."""
+    for name in _SUMMED:
+        setattr(into, name, getattr(into, name) + getattr(stats, name))
+    if stats.first_ns is not None:
+        into.first_ns = (
+            stats.first_ns if into.first_ns is None else min(into.first_ns, stats.first_ns)
+        )
+    if stats.last_ns is not None:
+        into.last_ns = stats.last_ns if into.last_ns is None else max(into.last_ns, stats.last_ns)
 
 
 _SUMMED = (

@@ -36,7 +36,7 @@ from kbook.book import Book
 from kbook.dialect import dialect_for, spellings
 from kbook.errors import UsageError
 from kbook.feed import BookFeed, Outcome
-from kbook.pairs import file_name, parse_pair
+from kbook.pairs import common_name, file_name, parse_pair
 from kbook.segment import Problem, find_segments
 from kbook.v2 import segment_api
 from kbook.verify import stream_name
@@ -209,7 +209,7 @@ class Watcher:
             self._recent.popleft()
         stats = [s for name, s in self.feed.stats.items() if name in self.names]
         return WatchStatus(
-            pair=self.pair,
+            pair=common_name(self.pair),
             channel=self._key[1] if self._key else self.channel,
             source=self.source,
             connection=self.connection,
@@ -400,7 +400,7 @@ def run_watch(options: WatchOptions, stdout: TextIO) -> WatchSummary:
             ended = "output closed"
     status = watcher.status(0)
     return WatchSummary(
-        pair=options.pair,
+        pair=common_name(options.pair),
         frames=watcher.frames,
         checksums_ok=status.checksums_ok,
         checksums_failed=status.checksums_failed,

@@ -30,6 +30,7 @@ from kbook.api import Api
 from kbook.dialect import NOT_JSON, dialect_for, spellings
 from kbook.errors import InputError, KbookError
 from kbook.feed import Outcome
+from kbook.pairs import common_name
 from kbook.segment import Problem
 from kbook.v2 import RecordReader, V2BookFeed
 from recorder.backoff import Backoff
@@ -302,7 +303,8 @@ def find_book(
             wanted = channel is None or name == channel
             if wire in names and wanted and (api is None or file_api == api):
                 return name, file_api
-            seen.add(f"{wire} {name}{tag}")
+            seen.add(f"{common_name(wire)} {name}{tag}")
+    pair = common_name(pair)
     wanted_book = f"{pair} {channel}" if channel else f"{pair} book"
     if api is not None:
         wanted_book += f" ({api})"

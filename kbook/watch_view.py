@@ -35,7 +35,7 @@ class WatchStatus:
     """Everything around the book that the view shows; times are integer ns since the epoch."""
 
     pair: str
-    """The pair as the user named it."""
+    """The pair by its common name (``BTC/USD`` for ``XBT/USD``), as every command names it."""
     channel: str | None
     """``book-N`` once known."""
     source: str

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from kbook import __version__
 from kbook.errors import InputError, UsageError
 from kbook.feed import channel_depth
-from kbook.pairs import file_name
+from kbook.pairs import common_name, file_name
 from kbook.segment import Problem, find_segments
 from replay.chunks import read_spool
 from replay.columns import TIMESTAMP, file_schema, row_group_rows, table_schema
@@ -199,8 +199,9 @@ def read_snapshots(
 ) -> pa.Table:
     """Load part of a snapshot dataset; only the partitions and row groups needed are read.
 
-    ``pair`` takes either spelling; the returned ``pair`` column holds common names (``BTC/USD``),
-    as ``replay_table`` does. ``start`` is inclusive, ``end`` exclusive.
+    ``pair`` takes either spelling; a pair the dataset does not hold is a ``UsageError`` (as
+    ``kbook replay --pair`` refuses one). The returned ``pair`` column holds common names
+    (``BTC/USD``), as ``replay_table`` does. ``start`` is inclusive, ``end`` exclusive.
     """
     import pyarrow.dataset as ds  # here: it imports pandas, which replay workers never need
 
@@ -214,6 +215,16 @@ def read_snapshots(
     condition = None
     names = parse_pairs(pair)
     if names is not None:
+        held = {
+            common_name(path.name.removeprefix("pair=").replace("-", "/", 1))
+            for path in out.glob("pair=*")
+        }
+        missing = sorted(names - held)
+        if missing:
+            raise UsageError(
+                f"pair {', '.join(missing)} not found in the snapshot dataset {out}; it holds: "
+                + (", ".join(sorted(held)) or "no pairs")
+            )
         condition = _and(condition, ds.field("pair").isin([file_name(name) for name in names]))
     start_ns, end_ns = to_ns(start, "start"), to_ns(end, "end")
     if start_ns is not None:

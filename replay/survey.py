@@ -88,7 +88,7 @@ def survey_segment(path: Path) -> SegmentInfo:
         for start, stop in rare:
             scan.rare_line(body[start:stop], after_msg=scan.seen_msg or 0 <= first_msg < start)
         scan.seen_msg = scan.seen_msg or first_msg >= 0
-        scan.books.update((pair.decode(), channel.decode()) for pair, channel in books)
+        scan.books.update((_json_text(pair), channel.decode()) for pair, channel in books)
     return SegmentInfo(
         path=path,
         size=path.stat().st_size,
@@ -100,6 +100,18 @@ def survey_segment(path: Path) -> SegmentInfo:
         last_ns=_line_recv_ns(last_body, first=False),
         run_id=scan.run_id,
     )
+
+
+def _json_text(raw: bytes) -> str:
+    """A JSON string's text from its raw bytes: ``XBT\\/USD`` is ``XBT/USD`` (JSON may escape any
+    slash), as the feed will read it."""
+    if b"\\" not in raw:
+        return raw.decode(errors="replace")
+    try:
+        text = orjson.loads(b'"' + raw + b'"')
+    except orjson.JSONDecodeError:
+        return raw.decode(errors="replace")
+    return text if isinstance(text, str) else raw.decode(errors="replace")
 
 
 def _line_recv_ns(body: bytes, first: bool) -> int | None:

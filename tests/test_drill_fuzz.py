@@ -369,7 +369,7 @@ def test_junk_around_a_real_capture_is_reported_and_the_rest_used(
             if isinstance(line, tuple) and line[0] == "frame"
         }
         assert {problem.line for problem in malformed} <= junk_frames
-        xbt, clean = report.pairs["XBT/USD"], clean_report.pairs["XBT/USD"]
+        xbt, clean = report.pairs["BTC/USD"], clean_report.pairs["BTC/USD"]
         assert (xbt.checksums_ok, xbt.checksums_failed) == (
             clean.checksums_ok,
             clean.checksums_failed,
@@ -391,7 +391,7 @@ def test_junk_in_the_followed_book_invalidates_it_without_crashing(
     path = write_segment(tmp_path / "xbt.jsonl.zst", [line + b"\n" for line in lines])
     report = verify_paths([path])
     assert report.feed.malformed_frames == 1
-    assert report.pairs["XBT/USD"].malformed == 1
+    assert report.pairs["BTC/USD"].malformed == 1
     table = replay_table([path], every="10ms", levels=10)  # the capture's lines are 1 ms apart
     ts = table.column("ts").cast("int64")
     before = table.filter(pc.less(ts, recv_ns))
@@ -420,7 +420,7 @@ def test_damage_in_the_first_flush_keeps_the_rest_for_verify_and_replay(tmp_path
     data[4 : ends[0]] = bytes(ends[0] - 4)
     path.write_bytes(bytes(data))
     report = verify_paths([path])
-    assert report.pairs["XBT/USD"].snapshots == 40
+    assert report.pairs["BTC/USD"].snapshots == 40
     assert [p.reason.split(";")[1] for p in report.problems] == [f" bytes 0-{ends[0] - 1} skipped"]
     table = replay_table([path], every="1s", levels=1)
     ts = table.column("ts").cast("int64").to_pylist()

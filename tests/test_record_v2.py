@@ -176,11 +176,11 @@ def test_v1_and_v2_of_one_pair_in_one_out_stay_apart(tmp_path: Path) -> None:
     assert {segment_api(path) for path in files} == {"v1", "v2"}
     report = verify_paths([tmp_path])
     assert report.problems == []
-    assert report.apis == {"BTC/USD": "v1", "BTC/USD (v2)": "v2"}
+    assert report.apis == {"BTC/USD": "v1+v2"}
     assert report.checksums_failed == 0
-    for name in report.apis:
-        assert report.pairs[name].snapshots == 1
-        assert report.pairs[name].checksums_ok >= 100
+    for counts in report.by_api["BTC/USD"].values():
+        assert counts.snapshots == 1
+        assert counts.checksums_ok >= 100
 
 
 def test_record_command_records_v2(sim: Simulator, tmp_path: Path) -> None:

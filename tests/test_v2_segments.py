@@ -122,14 +122,18 @@ def test_mixed_folder_verifies_both(capture_segment: Callable[[str], Path], tmp_
     code, report, _ = kbook_verify(tmp_path)
     assert code == 0
     assert len(report["files"]) == 2
-    assert report["pairs"]["XBT/USD"]["api"] == "v1"
-    assert report["pairs"]["XBT/USD"]["checksums_ok"] == 979
-    assert report["pairs"]["BTC/USD"]["api"] == "v2"
-    assert report["pairs"]["BTC/USD"]["checksums_ok"] == 1001  # the snapshot has one too
+    # One pair, by its common name: 979 v1 updates (as XBT/USD) and 1001 v2 checksums (the
+    # snapshot has one too).
+    pair = report["pairs"]["BTC/USD"]
+    assert pair["api"] == "v1+v2"
+    assert pair["wire"] == ["BTC/USD", "XBT/USD"]
+    assert pair["by_api"]["v1"]["checksums_ok"] == 979
+    assert pair["by_api"]["v2"]["checksums_ok"] == 1001
+    assert pair["checksums_ok"] == 979 + 1001
     assert report["checksums_failed"] == 0
 
 
-def test_same_name_under_both_apis_gets_a_v2_suffix(tmp_path: Path) -> None:
+def test_same_name_under_both_apis_is_one_pair(tmp_path: Path) -> None:
     # v1 in echo-btc mode prints BTC/USD; the same stream name recorded later in v2.
     v1_segment(
         tmp_path / "BTC-USD.20231121T000000Z.jsonl.zst",
@@ -140,10 +144,12 @@ def test_same_name_under_both_apis_gets_a_v2_suffix(tmp_path: Path) -> None:
     write_v2_segment(tmp_path / "BTC-USD.20231122T000000Z.jsonl.zst", texts)
     code, report, _ = kbook_verify(tmp_path)
     assert code == 0
-    assert report["pairs"]["BTC/USD"]["api"] == "v1"
-    assert report["pairs"]["BTC/USD"]["checksums_ok"] == 100
-    assert report["pairs"]["BTC/USD (v2)"]["api"] == "v2"
-    assert report["pairs"]["BTC/USD (v2)"]["checksums_ok"] == 51
+    assert list(report["pairs"]) == ["BTC/USD"]
+    pair = report["pairs"]["BTC/USD"]
+    assert pair["api"] == "v1+v2"
+    assert pair["by_api"]["v1"]["checksums_ok"] == 100
+    assert pair["by_api"]["v2"]["checksums_ok"] == 51
+    assert pair["checksums_ok"] == 151
 
 
 def test_wrong_v2_checksum_fails_verify(tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ def test_all_captures_together_in_one_folder(
 def test_table_output_names_pairs(capture_segment: Callable[[str], Path]) -> None:
     result = kbook("verify", capture_segment("orderbook-v1.json"))
     assert result.returncode == 0
-    assert "XBT/USD" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if "BTC/USD" in line)
+    assert "XBT/USD" in line  # the common name, and the wire name beside it
     assert "checksums ok: 979, failed: 0" in result.stdout
 
 
@@ -88,7 +89,7 @@ def test_changed_volume_fails_and_book_stays_invalid_until_snapshot(
 
     code, report = verify_json(corrupted_copy(captures_dir, tmp_path, corrupt))
     assert code == 1
-    pair = report["pairs"]["XBT/USD"]
+    pair = report["pairs"]["BTC/USD"]
     # The capture has one snapshot: after the failure every update is dropped, none verified.
     assert pair["checksums_failed"] == 1
     assert pair["checksums_ok"] == 0
@@ -186,7 +187,7 @@ def test_one_pairs_reconnect_does_not_void_another_pairs_book(tmp_path: Path) ->
         write_segment(tmp_path / f"{name}.20261121T000000Z.jsonl.zst", lines)
     code, report = verify_json(tmp_path)
     assert code == 0
-    for pair in ("XBT/USD", "ETH/USD"):
+    for pair in ("BTC/USD", "ETH/USD"):
         assert report["pairs"][pair]["snapshots"] == 2
         assert report["pairs"][pair]["invalid_ns"] == 100_000_000
 

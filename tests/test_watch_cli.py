@@ -138,12 +138,12 @@ def test_terminal_view_updates_in_place_and_ctrl_c_exits_0(sim: Simulator, tmux:
         lambda s: "checksum ok" in s and frames_per_second(s) > 0 and "checksums ok 1" in s,
         "a live book with good checksums",
     )
-    assert "XBT/USD  book-10  ws://127.0.0.1:" in screen
+    assert "BTC/USD  book-10  ws://127.0.0.1:" in screen
     assert len(V1.price.findall(screen)) >= 20  # 10 bids and 10 asks
     assert "\x1b" not in screen
     first = screen
     later = tmux.wait_screen(lambda s: s != first and "checksum ok" in s, "a redraw")
-    assert later.count("XBT/USD  book-10") == 1  # redrawn in place, not scrolled
+    assert later.count("BTC/USD  book-10") == 1  # redrawn in place, not scrolled
     tmux("send-keys", "-t", "watch", "C-c")
     final = tmux.wait_screen(lambda s: "EXIT=" in s, "the exit status")
     assert "EXIT=0" in final
@@ -206,7 +206,7 @@ def test_closed_pipe_ends_quietly_with_exit_0(capture_segment: Callable[[str], P
         env=_env(),
     )
     assert process.stdout is not None
-    assert "XBT/USD  book-10  replay" in process.stdout.readline()
+    assert "BTC/USD  book-10  replay" in process.stdout.readline()
     process.stdout.close()  # as `| head -1` does
     _, err = process.communicate(timeout=10)
     assert process.returncode == 0
@@ -288,7 +288,7 @@ def test_pair_missing_from_the_recording_names_what_is_there(
     segment = capture_segment("orderbook-v1.json")
     for args, missing in (
         (["ETH/USD"], "ETH/USD book"),
-        (["XBT/USD", "--depth", "100"], "XBT/USD book-100"),
+        (["XBT/USD", "--depth", "100"], "BTC/USD book-100"),
     ):
         done = subprocess.run(
             [*KBOOK, "watch", *args, "--from", str(segment)],
@@ -299,7 +299,7 @@ def test_pair_missing_from_the_recording_names_what_is_there(
         )
         assert done.returncode == 2
         assert done.stderr == (
-            f"kbook: error: the recording holds no {missing} (it holds: XBT/USD book-10)\n"
+            f"kbook: error: the recording holds no {missing} (it holds: BTC/USD book-10)\n"
         )
 
 
