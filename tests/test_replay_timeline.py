@@ -135,14 +135,23 @@ def recorder_segments(
     run_id: str,
     outage: tuple[int, int] | None = None,
     rotate: int | None = 20 * SECOND,
+    outages: tuple[tuple[int, int], ...] = (),
+    begin: int = 0,
 ) -> None:
     """Segments as the recorder writes them: ``session_start`` first, a rotation every ``rotate``
-    opening with a checkpoint, and ``outage`` as a disconnect, then a reconnect and snapshot."""
-    segments: list[list[tuple[int, str | dict[str, Any]]]] = [[(frames[0][0], session(run_id, 10))]]
-    boundary = frames[0][0] + rotate if rotate is not None else 1 << 126
+    opening with a checkpoint, and each outage as a disconnect, then a reconnect and snapshot.
+    The run starts at ``frames[begin]`` (with a snapshot of the book there)."""
+    outages = (*outages, *([outage] if outage is not None else []))
+    start = frames[begin][0]
+    segments: list[list[tuple[int, str | dict[str, Any]]]] = [[(start, session(run_id, 10))]]
+    if begin:
+        segments[0].append((start, snapshot(book_at(frames, begin))))
+    boundary = start + rotate if rotate is not None else 1 << 126
     down = False
     for index, (ns, text) in enumerate(frames):
-        if outage is not None and outage[0] <= ns < outage[1]:
+        if index < begin:
+            continue
+        if any(a <= ns < b for a, b in outages):
             if not down:
                 segments[-1].append((ns, {"type": "disconnect", "reason": "test outage"}))
                 down = True
@@ -288,3 +297,42 @@ def test_the_timeline_follows_the_rule_row_by_row(
         assert row["last_update"] == want["last_update"]
         for name in ("depth", "source", "updates", "checksum_failures", "bid_px_0", "ask_sz_9"):
             assert row[name] == want.get(name), (row["ts"], name)
+
+
+def test_two_recorders_give_a_timeline_without_gaps(tmp_path: Path) -> None:
+    """The README's redundancy recipe: two recorders on the same pair (two hosts, or two cron
+    runs offset in time) into two folders, replayed together. Each has outages and one ends
+    before the other; the timeline is valid wherever either was up, exactly the complete book,
+    and invalid only where both were down at once."""
+    frames = list(SynthMarket(seed=8).frames(640, T0, STEP))  # 160 s
+    s = SECOND
+    recorder_segments(
+        tmp_path / "host-a" / "raw", frames[:400], "a" * 32, outages=((T0 + 20 * s, T0 + 40 * s),)
+    )
+    recorder_segments(
+        tmp_path / "host-b" / "raw",
+        frames,
+        "b" * 32,
+        outages=((T0 + 60 * s, T0 + 80 * s), (T0 + 120 * s, T0 + 125 * s)),
+        begin=40,  # starts 10 s later
+    )
+    table = replay.replay_table([tmp_path / "host-a", tmp_path / "host-b"], every="1s")
+    alone = write_records(tmp_path / "complete.jsonl.zst", list(frames))
+    expected = {
+        t: (valid, bids, asks)
+        for t, valid, bids, asks in reference_rows(
+            read_records(alone), "XBT/USD", "book-10", SECOND, 10
+        )
+    }
+    both_down = range(T0 + 120 * s, T0 + 125 * s, s)  # up again with the snapshot at 125 s
+    rows = table.to_pylist()
+    assert [row["ts"].value for row in rows] == sorted(expected)
+    for row in rows:
+        t = row["ts"].value
+        assert row["valid"] is (t not in both_down), t
+        if row["valid"]:
+            _, bids, asks = expected[t]
+            assert row["bid_px_0"] == float(bids[0][0])
+            assert [row[f"ask_sz_{i}"] for i in range(len(asks))] == [float(v) for _, v in asks]
+    sources = {row["source"] for row in rows if row["valid"]}
+    assert sources == {"v1 book-10 run aaaaaaaa", "v1 book-10 run bbbbbbbb"}
