@@ -288,6 +288,14 @@ def replay(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing dataset at --out.")
     ] = False,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Rewrite only the pair-days of the dataset at --out whose segments changed "
+            "(nightly cron); same options as the dataset was built with.",
+        ),
+    ] = False,
     workers: Annotated[int, typer.Option(help="Worker processes; 0 means every core.")] = 0,
     api: Annotated[
         str | None,
@@ -332,6 +340,7 @@ def replay(
             progress=progress,
             api=api,
             max_silence=max_silence,
+            update=update,
         )
     print_summary(summary)
     if metrics_file is not None:

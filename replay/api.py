@@ -11,6 +11,7 @@ streams run on a process pool, and the output is the same as with one worker.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import shutil
 import time
@@ -45,6 +46,7 @@ from replay.options import (
 )
 from replay.parallel import Rows, Workers, run_streams, share
 from replay.parquet import (
+    MANIFEST,
     SOURCES,
     DatasetWriter,
     check_output,
@@ -58,6 +60,19 @@ from replay.plan import Stream, plan_streams
 from replay.sampler import PairSummary
 from replay.survey import SegmentInfo, survey_segment
 from replay.timeline import SourceRows, merge
+from replay.update import (
+    PARTITIONS,
+    SEGMENTS,
+    changed,
+    check_options,
+    fingerprints,
+    known_surveys,
+    options_json,
+    read_manifest,
+    replace_partitions,
+    segment_json,
+    write_manifest_atomically,
+)
 
 PathsLike = Iterable[str | Path] | str | Path
 Tick = Callable[[int], None]
@@ -75,6 +90,10 @@ class ReplaySummary:
     out: Path | None = None
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    updated: int | None = None
+    """With ``update``: partitions rewritten (None for a full replay)."""
+    unchanged: int = 0
+    """With ``update``: partitions left as they were."""
 
     @property
     def pairs(self) -> dict[str, PairSummary]:
@@ -162,12 +181,18 @@ def replay_to_dataset(
     progress: ProgressCallback | None = None,
     api: str | None = None,
     max_silence: DurationLike = MAX_SILENCE_NS,
+    update: bool = False,
 ) -> ReplaySummary:
     """Replay segments into a Parquet dataset at ``out``, atomically (see ``replay.parquet``);
-    ``api`` and ``max_silence`` as in ``replay_table``."""
+    ``api`` and ``max_silence`` as in ``replay_table``. ``update`` rewrites only the partitions
+    of an existing dataset whose inputs changed (``replay.update``)."""
     began = time.monotonic()
     options = make_options(every, levels, pairs, start, end, workers, api, max_silence)
     out = Path(out)
+    if update and force:
+        raise UsageError("--update keeps what did not change and --force replaces it all: pick one")
+    if update and (out / MANIFEST).is_file():
+        return _update(paths, out, options, progress, began)
     check_output(out, force)
     folder: Path | None = None
     done = False
@@ -180,7 +205,7 @@ def replay_to_dataset(
         files = sorted(path for outcome in outcomes for path in outcome[1])  # type: ignore[union-attr]
         summary = ReplaySummary(options, segments, result, out, files)
         summary.seconds = time.monotonic() - began
-        write_manifest(folder, summary.to_json())
+        write_manifest(folder, _manifest(summary, infos))
         publish(folder, out, force)
         done = True
         summary.files = [out / path.relative_to(folder) for path in files]
@@ -188,6 +213,69 @@ def replay_to_dataset(
     finally:
         if folder is not None and not done:
             discard(folder)
+
+
+def _manifest(
+    summary: ReplaySummary, infos: list[SegmentInfo], pairs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The dataset's manifest: the run's summary, the options, and what ``--update`` needs."""
+    options = summary.options
+    manifest = summary.to_json() | options_json(options)
+    if pairs is not None:
+        manifest["pairs"] = pairs | manifest["pairs"]
+    manifest[PARTITIONS] = fingerprints(plan_streams(infos, options), options)
+    manifest[SEGMENTS] = {str(info.path): segment_json(info) for info in infos}
+    return manifest
+
+
+def _update(
+    paths: PathsLike,
+    out: Path,
+    options: ReplayOptions,
+    progress: ProgressCallback | None,
+    began: float,
+) -> ReplaySummary:
+    """``replay_to_dataset(update=True)`` on an existing dataset (see ``replay.update``)."""
+    manifest = read_manifest(out / MANIFEST)
+    check_options(manifest, options, out)
+    known = known_surveys(manifest)
+    segments = find_segments(_as_paths(paths))
+    infos = [known.get(path) or survey_segment(path) for path in segments]
+    prints = fingerprints(plan_streams(infos, options), options)
+    old: dict[str, str] = manifest[PARTITIONS]
+    todo = set(changed(old, prints)) | (old.keys() - prints.keys())
+    result = StreamResult()
+    replaced: list[str] = []
+    if todo:
+        first_day = min(to_ns(key.split("/")[1], "date") or 0 for key in todo)
+        start = first_day if options.start_ns is None else max(first_day, options.start_ns)
+        pairs = frozenset(common_name(key.split("/")[0].replace("-", "/", 1)) for key in todo)
+        run = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
+        folder = temporary_folder(out)
+        try:
+            if run.pairs:
+                known = {info.path: info for info in infos}
+                _, outcomes = run_replay(paths, run, folder, progress, known)
+                result = merge_results([outcome[0] for outcome in outcomes])
+            replaced = replace_partitions(folder, out, todo)
+        finally:
+            discard(folder)
+    files = [
+        path
+        for key in replaced
+        for path in sorted((out / "pair={}/date={}".format(*key.split("/"))).glob("*.parquet"))
+    ]
+    summary = ReplaySummary(options, segments, result, out, files)
+    summary.updated = len(replaced)
+    summary.unchanged = len(prints) - len(set(replaced) & prints.keys())
+    summary.seconds = time.monotonic() - began
+    kept = {pair: data for pair, data in manifest.get("pairs", {}).items()}
+    write_manifest_atomically(out / MANIFEST, _manifest(summary, infos, kept))
+    return summary
+
+
+def _recorded(infos: list[SegmentInfo]) -> frozenset[str]:
+    return frozenset(common_name(pair) for info in infos for pair, _ in info.books)
 
 
 def read_snapshots(
@@ -258,6 +346,7 @@ def run_replay(
     options: ReplayOptions,
     folder: Path | None,
     progress: ProgressCallback | None,
+    known: dict[Path, SegmentInfo] | None = None,
 ) -> tuple[list[SegmentInfo], list[tuple[StreamResult, Rows]]]:
     """Find, survey and plan, then run every stream (on a pool when it pays); outcomes in order.
 
@@ -284,7 +373,7 @@ def run_replay(
             # Workers start while this process surveys; work goes to each once it is up.
             started = [pool.submit(_warm_up) for _ in range(options.workers - 1)]
             workers = Workers(pool, started)
-        infos = _survey(segments, workers)
+        infos = _survey(segments, workers, known or {})
         streams = plan_streams(infos, options)
         if progress is not None:
             progress(0, total)
@@ -356,12 +445,19 @@ def _warm_up() -> None:
     """Nothing: importing this module in a worker is the point."""
 
 
-def _survey(segments: list[Path], workers: Workers | None) -> list[SegmentInfo]:
+def _survey(
+    segments: list[Path], workers: Workers | None, known: dict[Path, SegmentInfo]
+) -> list[SegmentInfo]:
+    """Survey each segment (``known`` ones were surveyed before, by an ``--update``'s
+    manifest)."""
+    todo = [path for path in segments if path not in known]
+    found: dict[int, SegmentInfo] = {}
     if workers is None:
-        return [survey_segment(path) for path in segments]
-    infos: dict[int, SegmentInfo] = {}
-    share(workers, survey_segment, segments, infos.__setitem__)
-    return [infos[index] for index in range(len(segments))]
+        found = {index: survey_segment(path) for index, path in enumerate(todo)}
+    else:
+        share(workers, survey_segment, todo, found.__setitem__)
+    surveyed = {path: found[index] for index, path in enumerate(todo)}
+    return [known.get(path) or surveyed[path] for path in segments]
 
 
 def _require_rows(result: StreamResult, options: ReplayOptions, infos: list[SegmentInfo]) -> None:

@@ -74,6 +74,10 @@ def print_summary(summary: ReplaySummary, console: Console | None = None) -> Non
             console.print(f"  {pair} invalid from {_short(first)} to {_short(last)} (rows)")
         if len(s.invalid_spans) > SPANS_SHOWN:
             console.print(f"  {pair}: {len(s.invalid_spans) - SPANS_SHOWN} more invalid spans")
+    if summary.updated is not None:
+        console.print(
+            f"updated {summary.updated} pair-day partition(s), {summary.unchanged} unchanged"
+        )
     where = f" to {summary.out}" if summary.out is not None else ""
     console.print(
         f"wrote {summary.rows} rows in {len(summary.files)} file(s){where} "

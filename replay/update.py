@@ -1,0 +1,218 @@
+"""Incremental replay (``kbook replay --update``): rewrite only the partitions whose inputs changed.
+
+A nightly cron job should not replay a month to add a day. The dataset's manifest
+(``_kbook_replay.json``) records, for every (pair, UTC day) partition, a fingerprint of what it
+was built from, and the survey of every segment read:
+
+- a partition's inputs are the segments of the pair's sources that start before the day ends
+  (path, size and modification time: a recording only grows), and whether any segment of the
+  pair starts after it (a source that goes on changes the day's last rows: they run to the end
+  of the day instead of stopping at the last frame);
+- ``--update`` surveys only segments it has not seen (same path, size and time), computes every
+  partition's fingerprint, and replays only from the first UTC day whose fingerprint changed or
+  is new, only the pairs with such a day (``--start`` at that midnight: the replay reads from the
+  last segment before it that opens with checkpoints, ``replay.engine.span``). Rows from a
+  midnight on are exactly those of a full replay, so the partitions it writes are the bytes a
+  full replay writes;
+- each changed partition replaces the old one by two renames (the old folder aside, the new one
+  in), one at a time; partitions whose fingerprint did not change, or whose new files are the old
+  bytes (the day before an appended one usually), are left alone, untouched; the manifest is
+  replaced last (write, then rename).
+
+The options must be those the dataset was built with (``--every``, ``--levels``,
+``--max-silence``, ``--api``, ``--pair``, ``--start``, ``--end``); anything else is refused, as
+is a dataset written before ``--update`` existed: rebuild those with ``--force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from kbook.errors import OutputError, UsageError
+from kbook.pairs import file_name
+from replay.options import NS_PER_DAY, ReplayOptions, day_of, format_ns
+from replay.plan import Stream
+from replay.survey import SegmentInfo
+
+PARTITIONS = "partitions"
+SEGMENTS = "surveyed"
+SAME_OPTIONS = ("every_ns", "levels", "max_silence_ns", "api", "pair_filter", "start", "end")
+"""Manifest keys an ``--update`` run must match."""
+
+
+def options_json(options: ReplayOptions) -> dict[str, Any]:
+    """The options a dataset was built with, as its manifest keeps them."""
+    return {
+        "every_ns": options.every_ns,
+        "levels": options.levels,
+        "max_silence_ns": options.max_silence_ns,
+        "api": None if options.api is None else str(options.api),
+        "pair_filter": None if options.pairs is None else sorted(options.pairs),
+        "start": format_ns(options.start_ns) if options.start_ns is not None else None,
+        "end": format_ns(options.end_ns) if options.end_ns is not None else None,
+    }
+
+
+def check_options(manifest: dict[str, Any], options: ReplayOptions, out: Path) -> None:
+    """Refuse an ``--update`` whose options differ from the dataset's, naming the first."""
+    if PARTITIONS not in manifest:
+        raise UsageError(
+            f"{out}: written by a kbook without --update; rebuild it once with --force"
+        )
+    wanted = options_json(options)
+    for key in SAME_OPTIONS:
+        if manifest.get(key) != wanted[key]:
+            raise UsageError(
+                f"{out}: built with {key} {manifest.get(key)!r}, not {wanted[key]!r}; --update "
+                "needs the options the dataset was built with (or --force to rebuild it)"
+            )
+
+
+def fingerprints(streams: Iterable[Stream], options: ReplayOptions) -> dict[str, str]:
+    """``"BTC-USD/2026-11-21"`` -> fingerprint of its inputs, for every day with data."""
+    by_pair: dict[str, dict[Path, SegmentInfo]] = {}
+    for stream in streams:
+        for pair in stream.channels:
+            by_pair.setdefault(pair, {}).update((info.path, info) for info in stream.segments)
+    prints: dict[str, str] = {}
+    for pair, held in by_pair.items():
+        infos = [info for info in held.values() if info.first_ns is not None]
+        stamps = {info.path: _stamp(info) for info in infos}
+        days: set[int] = set()
+        for info in infos:
+            first = info.first_ns or 0
+            last = max(first, info.last_ns or first)
+            days.update(range(first // NS_PER_DAY, last // NS_PER_DAY + 1))
+        for day in sorted(days):
+            start, end = day * NS_PER_DAY, (day + 1) * NS_PER_DAY
+            if (options.start_ns is not None and end <= options.start_ns) or (
+                options.end_ns is not None and start >= options.end_ns
+            ):
+                continue
+            inputs = sorted(stamps[i.path] for i in infos if (i.first_ns or 0) < end)
+            more = any((i.first_ns or 0) >= end for i in infos)
+            digest = hashlib.sha256(orjson.dumps([inputs, more])).hexdigest()
+            prints[f"{file_name(pair)}/{day_of(start)}"] = digest
+    return prints
+
+
+def _stamp(info: SegmentInfo) -> list[Any]:
+    stat = info.path.stat()
+    return [str(info.path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def changed(old: dict[str, str], new: dict[str, str]) -> dict[str, str]:
+    """The partitions of ``new`` whose fingerprint is not the one in ``old``."""
+    return {key: value for key, value in new.items() if old.get(key) != value}
+
+
+def replace_partitions(folder: Path, out: Path, keys: Iterable[str]) -> list[str]:
+    """Move each partition ``key`` from ``folder`` into ``out`` (two renames each), unless the
+    new files are byte for byte the old ones; a partition the new replay did not write is
+    removed. Returns the keys replaced or removed."""
+    replaced = []
+    for key in sorted(keys):
+        pair, day = key.split("/")
+        new = folder / f"pair={pair}" / f"date={day}"
+        old = out / f"pair={pair}" / f"date={day}"
+        if _same_files(new, old) or not (new.exists() or old.exists()):
+            continue  # the same bytes, or a day of data that has no row either way
+        aside = old.parent / f".date={day}.old-{uuid.uuid4().hex[:8]}"
+        try:
+            old.parent.mkdir(parents=True, exist_ok=True)
+            if old.exists():
+                os.rename(old, aside)
+            if new.exists():
+                os.rename(new, old)
+        except OSError as exc:
+            if aside.exists() and not old.exists():
+                os.rename(aside, old)
+            raise OutputError(f"{old}: cannot replace the partition: {exc.strerror}") from exc
+        shutil.rmtree(aside, ignore_errors=True)
+        replaced.append(key)
+    return replaced
+
+
+def _same_files(new: Path, old: Path) -> bool:
+    """Both folders hold the same files with the same bytes."""
+    if not new.is_dir() or not old.is_dir():
+        return False
+    names = sorted(path.name for path in new.iterdir())
+    if names != sorted(path.name for path in old.iterdir()):
+        return False
+    for name in names:
+        a, b = new / name, old / name
+        if a.stat().st_size != b.stat().st_size or a.read_bytes() != b.read_bytes():
+            return False
+    return True
+
+
+def segment_json(info: SegmentInfo) -> dict[str, Any]:
+    """What the manifest keeps of a segment's survey (``surveyed``), keyed by its stamp."""
+    return {
+        "size": info.size,
+        "mtime_ns": info.path.stat().st_mtime_ns,
+        "first_ns": info.first_ns,
+        "last_ns": info.last_ns,
+        "books": sorted(info.books),
+        "head_checkpoints": sorted(info.head_checkpoints),
+        "connection_changed": info.connection_changed,
+        "connection_at_end": info.connection_at_end,
+        "api": str(info.api),
+        "run_id": info.run_id,
+    }
+
+
+def known_surveys(manifest: dict[str, Any]) -> dict[Path, SegmentInfo]:
+    """Surveys the manifest holds that still match their segment (same size and time)."""
+    known: dict[Path, SegmentInfo] = {}
+    for name, data in manifest.get(SEGMENTS, {}).items():
+        path = Path(name)
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if stat.st_size != data["size"] or stat.st_mtime_ns != data["mtime_ns"]:
+            continue
+        known[path] = SegmentInfo(
+            path=path,
+            size=data["size"],
+            first_ns=data["first_ns"],
+            books=frozenset(tuple(book) for book in data["books"]),
+            head_checkpoints=frozenset(tuple(book) for book in data["head_checkpoints"]),
+            connection_changed=data["connection_changed"],
+            connection_at_end=data["connection_at_end"],
+            api=data["api"],
+            last_ns=data["last_ns"],
+            run_id=data["run_id"],
+        )
+    return known
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable manifest ({exc}); rebuild with --force") from exc
+    if type(data) is not dict:
+        raise UsageError(f"{path}: not a kbook manifest; rebuild with --force")
+    return data
+
+
+def write_manifest_atomically(path: Path, manifest: dict[str, Any]) -> None:
+    """Write beside, then rename over: a reader sees the old manifest or the new one."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        temporary.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write the manifest: {exc.strerror}") from exc
