@@ -145,7 +145,13 @@ class Book:
     # -- applying Kraken's messages ------------------------------------------------------------
 
     def apply_snapshot(self, asks: Iterable[Level], bids: Iterable[Level]) -> None:
-        """Replace the whole book; it becomes valid (a v1 snapshot carries no checksum)."""
+        """Replace the whole book; it becomes valid (a v1 snapshot carries no checksum).
+
+        A side with more levels than the depth is malformed (``FrameError``, the book untouched):
+        Kraken never sends one, and five million levels would cost gigabytes."""
+        for side in (asks, bids):
+            if isinstance(side, Sequence) and len(side) > self.depth:
+                raise FrameError(f"snapshot of {len(side)} levels for a book of {self.depth}")
         self.asks.clear()
         self.bids.clear()
         self.scale = 0

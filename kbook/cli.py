@@ -349,6 +349,12 @@ def replay(
         job_metrics.write(metrics_file, job_metrics.replay_metrics(summary))
     for problem in summary.problems:
         typer.echo(f"kbook: warning: {problem}", err=True)
+    if summary.result.malformed_frames:
+        typer.echo(
+            f"kbook: warning: {summary.result.malformed_frames} malformed frame(s) skipped "
+            "(kbook verify lists where)",
+            err=True,
+        )
 
 
 @app.command()

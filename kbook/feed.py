@@ -21,8 +21,12 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from kbook.api import DEPTHS
 from kbook.book import Book, Level
 from kbook.errors import FrameError
+
+_DEPTH_OF = {f"book-{depth}": depth for depth in DEPTHS}
+MAX_DEPTH = max(DEPTHS)
 
 
 class Outcome(IntEnum):
@@ -79,14 +83,23 @@ class PairStats:
 
 
 def channel_depth(channel: str) -> int:
-    """The depth in a channel name: ``"book-100"`` -> 100."""
-    try:
-        depth = int(channel[5:])
-    except ValueError:
-        depth = 0
-    if not channel.startswith("book-") or depth < 1:
-        raise FrameError(f"channel name {channel!r} is not book-N")
+    """The depth in a channel name: ``"book-100"`` -> 100. At most ``MAX_DEPTH`` (Kraken's
+    deepest book): ``book-999999999`` is a malformed frame, not a book of a billion levels.
+    (Shallower depths than Kraken's 10 are accepted: tests use ``book-3`` books.)"""
+    depth = _DEPTH_OF.get(channel)
+    if depth is None:
+        digits = channel[5:]
+        if not channel.startswith("book-") or not digits.isascii() or not digits.isdigit():
+            raise FrameError(f"channel name {channel[:40]!r} is not book-N")
+        depth = int(digits) if len(digits) <= 4 else MAX_DEPTH + 1
+        if not 1 <= depth <= MAX_DEPTH:
+            raise FrameError(f"channel name {channel[:40]!r}: no Kraken book is that deep")
     return depth
+
+
+def sane_pair(pair: str) -> bool:
+    """A pair name a book may have: 1 to 255 bytes of printable text (no NUL, no newline)."""
+    return 0 < len(pair) <= 255 and len(pair.encode(errors="replace")) <= 255 and pair.isprintable()
 
 
 @dataclass
@@ -125,6 +138,8 @@ class BookFeed:
         self, pair: str, channel: str, asks: list[Level], bids: list[Level], recv_ns: int
     ) -> Book:
         """Start a book from a recorder checkpoint (a validated book written at rotation)."""
+        if not isinstance(pair, str) or not sane_pair(pair):
+            raise FrameError("checkpoint of a pair without a usable name")
         book = self.books.get((pair, channel))
         if book is None:
             book = self.books[(pair, channel)] = Book(channel_depth(channel))
@@ -211,7 +226,12 @@ class BookFeed:
         if not channel.startswith("book-"):
             self.other_channel_frames += 1
             return Outcome.OTHER_CHANNEL
-        stats = self.stats.get(pair) or self.pair_stats(pair)
+        stats = self.stats.get(pair)
+        if stats is None:
+            if not sane_pair(pair):
+                self.malformed_frames += 1
+                return Outcome.MALFORMED
+            stats = self.pair_stats(pair)
         stats.frames += 1
         if stats.first_ns is None:
             stats.first_ns = recv_ns

@@ -47,6 +47,14 @@ SUFFIX = ".jsonl.zst"
 PARTIAL_SUFFIX = ".partial"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_MAGIC_HIGH = b"\x2a\x4d\x18"
+MAX_LINE_BYTES = 16 << 20
+"""Longer lines are skipped and reported, never assembled: Kraken's largest frame (a book-1000
+snapshot) is about 100 KB, and a hostile file could hold one line of gigabytes."""
+RECV_NS_MIN = 0
+"""Receive times before the Unix epoch are not a clock's; such lines are skipped."""
+RECV_NS_MAX = 4_102_444_800_000_000_000
+"""2100-01-01T00:00Z: receive times from then on are skipped too (a frame stamped in 2255 would
+otherwise stretch a replay over 230 years)."""
 _READ_CHUNK = 1 << 16
 """Compressed bytes per read: small, because each read is decompressed whole (Kraken text
 inflates 5-20x) and split into lines at once, so this bounds the reader's memory."""
@@ -283,13 +291,40 @@ class SegmentReader:
         """
         number = 1
         tail = b""
+        skipping = False
+        """Inside a line longer than ``MAX_LINE_BYTES``: its bytes are dropped up to its end."""
         for chunk in self._decompressed_chunks():
-            lines = (tail + chunk).split(b"\n")
+            if skipping:
+                end = chunk.find(b"\n")
+                if end < 0:
+                    continue
+                chunk = chunk[end + 1 :]
+                skipping = False
+                reason = f"line longer than {MAX_LINE_BYTES} bytes skipped"
+                self.problems.append(Problem(self.path, number, reason))
+                lines = [b""]  # keeps the numbering: the skipped line counts as one
+                self.lines_read += 1
+                yield number, lines
+                number += 1
+            text = tail + chunk
+            lines = text.split(b"\n")
             tail = lines.pop()
+            if len(tail) > MAX_LINE_BYTES:
+                tail, skipping = b"", True
+            if len(text) > MAX_LINE_BYTES:
+                for index, line in enumerate(lines):
+                    if len(line) > MAX_LINE_BYTES:
+                        reason = f"line longer than {MAX_LINE_BYTES} bytes skipped"
+                        self.problems.append(Problem(self.path, number + index, reason))
+                        lines[index] = b""
             if lines:
                 self.lines_read += len(lines)
                 yield number, lines
                 number += len(lines)
+        if skipping:
+            self.problems.append(
+                Problem(self.path, number, f"last line longer than {MAX_LINE_BYTES} bytes skipped")
+            )
         if tail:
             self.problems.append(
                 Problem(self.path, number, f"last line cut short ({len(tail)} bytes dropped)")
@@ -404,13 +439,18 @@ def is_segment_name(path: Path) -> bool:
     return path.name.endswith(SUFFIX) or path.name.endswith(SUFFIX + PARTIAL_SUFFIX)
 
 
+def sane_recv_ns(recv_ns: object) -> bool:
+    """True for an integer receive time within ``RECV_NS_MIN``..``RECV_NS_MAX``."""
+    return type(recv_ns) is int and RECV_NS_MIN <= recv_ns < RECV_NS_MAX
+
+
 def first_recv_ns(path: Path) -> int | None:
     """The receive time of the first line of a segment, or None when it has none."""
     reader = SegmentReader(path)
     for record in reader:
         recv_ns = record.get("recv_ns")
-        if isinstance(recv_ns, int):
-            return recv_ns
+        if sane_recv_ns(recv_ns):
+            return recv_ns  # type: ignore[no-any-return]
     return None
 
 

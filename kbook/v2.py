@@ -32,7 +32,7 @@ import orjson
 from kbook.api import DEPTHS, Api
 from kbook.book import Book, Level
 from kbook.errors import FrameError
-from kbook.feed import BookFeed, Outcome
+from kbook.feed import BookFeed, Outcome, sane_pair
 from kbook.segment import Problem, SegmentReader
 
 decode = partial(json.loads, parse_float=str)
@@ -147,7 +147,7 @@ class V2BookFeed(BookFeed):
 
     def _on_entry(self, is_snapshot: bool, entry: Any, recv_ns: int) -> Outcome:
         symbol = entry.get("symbol") if type(entry) is dict else None
-        if not isinstance(symbol, str):
+        if not isinstance(symbol, str) or (symbol not in self.stats and not sane_pair(symbol)):
             self.malformed_frames += 1
             return Outcome.MALFORMED
         stats = self.pair_stats(symbol)
@@ -160,6 +160,8 @@ class V2BookFeed(BookFeed):
             bids = _levels(entry.get("bids") or ())
             if is_snapshot:
                 depth = self.depths.get(symbol) or _inferred_depth(asks, bids)
+                if not 1 <= depth <= max(DEPTHS):  # a hostile ack, or more levels than any book
+                    raise FrameError(f"a snapshot for a book of {depth} levels")
                 key = book_key(symbol, depth)
                 book = self.books.get(key)
                 if book is None:

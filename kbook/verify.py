@@ -34,7 +34,7 @@ from kbook.api import Api
 from kbook.feed import BookFeed, Outcome, PairStats
 from kbook.lines import LineFeed
 from kbook.pairs import common_name
-from kbook.segment import Problem, find_segments
+from kbook.segment import Problem, find_segments, sane_recv_ns
 from kbook.v2 import RecordReader, feed_for, segment_api
 
 
@@ -47,6 +47,8 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     raw_frames: int = 0
     """Frames kept as ``raw`` (not JSON) by the recorder."""
+    skipped_times: int = 0
+    """Lines skipped for a receive time outside ``kbook.segment.sane_recv_ns``."""
     apis: dict[str, str] = field(default_factory=dict)
     """Common pair name -> the API(s) its frames came in (``v1``, ``v2`` or ``v1+v2``)."""
     wires: dict[str, set[str]] = field(default_factory=dict)
@@ -147,6 +149,7 @@ def _verify_file(path: Path, api: str, lines: LineFeed, report: VerifyReport) ->
     reader = RecordReader(path, api)
     run = lines.run
     malformed: list[int] = []
+    skipped = report.skipped_times
     for first, batch in reader.batches():
         lines.malformed_lines.clear()
         index = run(batch, 0)
@@ -159,6 +162,10 @@ def _verify_file(path: Path, api: str, lines: LineFeed, report: VerifyReport) ->
         malformed.extend(sorted(first + index for index in lines.malformed_lines))
     report.problems.extend(reader.problems)
     malformed.sort()
+    if report.skipped_times > skipped:
+        count = report.skipped_times - skipped
+        reason = f"{count} line(s) with a receive time before 1970 or after 2100 skipped"
+        report.problems.append(Problem(path, 0, reason))
     for number in malformed[:MAX_FRAME_PROBLEMS]:
         report.problems.append(Problem(path, number, "JSON, but not a well-formed Kraken frame"))
     if len(malformed) > MAX_FRAME_PROBLEMS:
@@ -170,7 +177,8 @@ def _verify_record(record: dict[str, Any], lines: LineFeed, report: VerifyReport
     """A line ``LineFeed`` handed back, applied at the stream's clock; True when it is a
     malformed frame. A book it made is followed from then on."""
     recv_ns = record.get("recv_ns")
-    if type(recv_ns) is not int:
+    if not sane_recv_ns(recv_ns):
+        report.skipped_times += type(recv_ns) in (int, float)
         return False
     if recv_ns > lines.clock:
         lines.clock = recv_ns
@@ -182,7 +190,10 @@ def _verify_record(record: dict[str, Any], lines: LineFeed, report: VerifyReport
     elif "meta" in record:
         meta = record["meta"]
         if type(meta) is dict:
+            before = feed.malformed_frames
             feed.on_meta(meta, clock)
+            if feed.malformed_frames > before:  # a checkpoint no book can take
+                outcome = Outcome.MALFORMED
     elif "raw" in record:
         report.raw_frames += 1
     key = feed.last_key

@@ -47,10 +47,11 @@ from typing import Any
 import pyarrow as pa
 
 from kbook.api import Api
-from kbook.feed import BookFeed, Outcome, channel_depth
+from kbook.errors import FrameError
+from kbook.feed import BookFeed, Outcome, channel_depth, sane_pair
 from kbook.lines import NEVER, LineFeed, Route
 from kbook.pairs import common_name
-from kbook.segment import Problem, SegmentReader
+from kbook.segment import Problem, SegmentReader, sane_recv_ns
 from kbook.v2 import RecordReader, V2BookFeed, book_key, feed_for, frame_symbol
 from replay.columns import row_group_rows
 from replay.options import ReplayOptions
@@ -156,6 +157,8 @@ class StreamReplay:
         self.result = StreamResult()
         self._heading = False
         """True until the first ``msg`` line of a chunk that must start at checkpoints."""
+        self._insane = 0
+        """Lines of the current segment whose receive time is outside the sane window."""
         self._clean_start = True
 
     @property
@@ -232,6 +235,10 @@ class StreamReplay:
 
     def _segment_end(self, info: SegmentInfo, problems: list[Problem]) -> None:
         self.result.problems.extend(problems)
+        if self._insane:
+            reason = f"{self._insane} line(s) with a receive time before 1970 or after 2100 skipped"
+            self.result.problems.append(Problem(info.path, 0, reason))
+            self._insane = 0
         if info.path.name.endswith(".partial") or any(
             problem.reason.startswith(_LOST_TAIL) for problem in problems
         ):
@@ -245,7 +252,9 @@ class StreamReplay:
 
     def _apply(self, record: dict[str, Any]) -> None:
         recv_ns = record.get("recv_ns")
-        if type(recv_ns) is not int:
+        if not sane_recv_ns(recv_ns):
+            if type(recv_ns) in (int, float):  # a number, but not a sane time (or above int64)
+                self._insane += 1
             return
         life = self.lines.clock
         if recv_ns > life:
@@ -265,7 +274,10 @@ class StreamReplay:
                 wire = msg[-1]
                 sampler = self.by_wire.get(wire) if type(wire) is str else None
                 if sampler is None or msg[-2] != sampler.channel:
-                    self.result.skipped_frames += 1
+                    if misnamed(wire, msg[-2]):
+                        feed.malformed_frames += 1  # as BookFeed counts it
+                    else:
+                        self.result.skipped_frames += 1
                     return
                 if sampler.next_t < clock:
                     sampler.catch_up(clock)
@@ -406,6 +418,8 @@ class StreamReplay:
             wire = meta.get("pair")
             sampler = self.by_wire.get(wire) if type(wire) is str else None
             if sampler is None or meta.get("channel") != sampler.channel:
+                if misnamed(wire, meta.get("channel")):
+                    self.feed.malformed_frames += 1  # as BookFeed counts it
                 return
             key = (wire, sampler.channel)
             sampler.catch_up(clock)
@@ -437,6 +451,20 @@ class StreamReplay:
             if not sampler.book.valid:  # type: ignore[union-attr]
                 sampler.voided(clock)
         self._sync()
+
+
+def misnamed(pair: object, channel: object) -> bool:
+    """A book frame no feed can file: a ``book-N`` channel of no Kraken depth, or a pair name
+    that is not text of 1 to 255 printable bytes (the plan follows no such book)."""
+    if type(pair) is not str or type(channel) is not str:
+        return True
+    if not channel.startswith("book-"):
+        return False  # another channel (ticker, trade): skipped, not malformed
+    try:
+        channel_depth(channel)
+    except FrameError:
+        return True
+    return not sane_pair(pair)
 
 
 def span(stream: Stream, options: ReplayOptions) -> tuple[int, int]:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from kbook.api import Api
 from kbook.errors import FrameError, UsageError
-from kbook.feed import channel_depth
+from kbook.feed import channel_depth, sane_pair
 from kbook.pairs import common_name
 from replay.options import ReplayOptions
 from replay.survey import SegmentInfo
@@ -167,6 +167,8 @@ def _deepest_channels(infos: Sequence[SegmentInfo]) -> dict[str, str]:
             try:
                 depth = channel_depth(channel)
             except FrameError:  # a malformed name: the feed counts such frames
+                continue
+            if not sane_pair(pair):  # NUL, or over 255 bytes: the feed counts those too
                 continue
             name = common_name(pair)
             known = channels.get(name)

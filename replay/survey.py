@@ -34,7 +34,7 @@ from kbook.api import DEPTHS, Api
 from kbook.errors import FrameError, SegmentError
 from kbook.feed import channel_depth
 from kbook.lines import native_core
-from kbook.segment import SegmentReader
+from kbook.segment import MAX_LINE_BYTES, SegmentReader, sane_recv_ns
 from kbook.v2 import parse_ack, parse_status, segment_api
 
 _CHUNK = 1 << 20
@@ -124,8 +124,8 @@ def _line_recv_ns(body: bytes, first: bool) -> int | None:
         except orjson.JSONDecodeError:
             continue
         recv_ns = record.get("recv_ns") if type(record) is dict else None
-        if type(recv_ns) is int:
-            return recv_ns
+        if sane_recv_ns(recv_ns):
+            return recv_ns  # type: ignore[no-any-return]
     return None
 
 
@@ -193,7 +193,7 @@ def _survey_v2(path: Path) -> SegmentInfo:
         if record is None:
             return
         recv_ns = record.get("recv_ns")
-        if first_ns is None and type(recv_ns) is int:
+        if first_ns is None and sane_recv_ns(recv_ns):
             first_ns = recv_ns
         meta, msg = record.get("meta"), record.get("msg")
         if type(meta) is dict:
@@ -317,10 +317,18 @@ def _bodies(path: Path) -> Iterator[bytes]:
     try:
         with open(path, "rb") as fh:
             reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+            skipping = False  # inside a line longer than MAX_LINE_BYTES (the replay reports it)
             while chunk := reader.read(_CHUNK):
+                if skipping:
+                    end = chunk.find(b"\n")
+                    if end < 0:
+                        continue
+                    chunk, skipping = chunk[end + 1 :], False
                 text = tail + chunk
                 cut = text.rfind(b"\n") + 1
                 tail = text[cut:]
+                if len(tail) > MAX_LINE_BYTES:
+                    tail, skipping = b"", True
                 if cut:
                     yield text[:cut]
     except zstandard.ZstdError:
