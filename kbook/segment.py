@@ -36,7 +36,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import orjson
 import zstandard
@@ -439,7 +439,7 @@ def is_segment_name(path: Path) -> bool:
     return path.name.endswith(SUFFIX) or path.name.endswith(SUFFIX + PARTIAL_SUFFIX)
 
 
-def sane_recv_ns(recv_ns: object) -> bool:
+def sane_recv_ns(recv_ns: object) -> TypeGuard[int]:
     """True for an integer receive time within ``RECV_NS_MIN``..``RECV_NS_MAX``."""
     return type(recv_ns) is int and RECV_NS_MIN <= recv_ns < RECV_NS_MAX
 
@@ -450,7 +450,7 @@ def first_recv_ns(path: Path) -> int | None:
     for record in reader:
         recv_ns = record.get("recv_ns")
         if sane_recv_ns(recv_ns):
-            return recv_ns  # type: ignore[no-any-return]
+            return recv_ns
     return None
 
 

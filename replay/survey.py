@@ -125,7 +125,7 @@ def _line_recv_ns(body: bytes, first: bool) -> int | None:
             continue
         recv_ns = record.get("recv_ns") if type(record) is dict else None
         if sane_recv_ns(recv_ns):
-            return recv_ns  # type: ignore[no-any-return]
+            return recv_ns
     return None
 
 
