@@ -36,6 +36,9 @@ from decimal import Decimal, InvalidOperation
 
 from kbook.errors import FrameError
 
+MAX_SNAPSHOT_LEVELS = 1000
+"""Levels a snapshot side may hold at most: Kraken's deepest book (``kbook.api.DEPTHS``)."""
+
 CHECKSUM_LEVELS = 10
 """How many levels per side Kraken's checksum covers."""
 _PRICE_CACHE_LIMIT = 50_000
@@ -147,10 +150,11 @@ class Book:
     def apply_snapshot(self, asks: Iterable[Level], bids: Iterable[Level]) -> None:
         """Replace the whole book; it becomes valid (a v1 snapshot carries no checksum).
 
-        A side with more levels than the depth is malformed (``FrameError``, the book untouched):
-        Kraken never sends one, and five million levels would cost gigabytes."""
+        A side of more levels than ``MAX_SNAPSHOT_LEVELS`` is malformed (``FrameError``, the book
+        untouched): Kraken's deepest book has 1000, and five million would cost gigabytes. (A few
+        more than the depth are truncated as usual.)"""
         for side in (asks, bids):
-            if isinstance(side, Sequence) and len(side) > self.depth:
+            if isinstance(side, Sequence) and len(side) > max(self.depth, MAX_SNAPSHOT_LEVELS):
                 raise FrameError(f"snapshot of {len(side)} levels for a book of {self.depth}")
         self.asks.clear()
         self.bids.clear()

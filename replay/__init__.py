@@ -1,10 +1,12 @@
 """Replay recorded Kraken book segments into order book snapshots on a time grid.
 
-Stages, one module each: ``survey`` (a fast first pass over segments) -> ``plan`` (independent
-streams, option checks) -> ``parallel`` (streams, or ``chunks`` of one, on every core) ->
-``engine`` (segments through ``kbook.lines`` and ``kbook.feed.BookFeed``) -> ``sampler`` (the time
-grid; its docstring states the snapshot semantics exactly) -> ``columns`` (row buffers, schema)
--> ``parquet`` (the dataset, written atomically). ``api`` is what notebooks and ``kbook replay``
+Stages, one module each: ``survey`` (a fast first pass over segments) -> ``plan`` (sources: one
+book as one recorder delivered it; option checks) -> ``parallel`` (sources, or ``chunks`` of one,
+on every core) -> ``engine`` (segments through ``kbook.lines`` and ``kbook.feed.BookFeed``) ->
+``sampler`` (the time grid and staleness; its docstring states the snapshot semantics exactly)
+-> ``columns`` (row buffers, schema) -> ``timeline`` (per pair with several sources, the best
+valid one per grid time) -> ``parquet`` (the dataset, written atomically; ``update`` rewrites
+only changed pair-days). ``api`` is what notebooks and ``kbook replay``
 call::
 
     import replay

@@ -22,7 +22,7 @@ HOSTILE = {
     "a channel of no Kraken depth": frame_line(
         T0 + 5, 99, f'[1,{SNAP},"book-999999999","XBT/USD"]', True
     ),
-    "more levels than the depth": frame_line(
+    "a snapshot of 5,000 levels": frame_line(
         T0 + 5,
         99,
         orjson.dumps(
@@ -66,7 +66,7 @@ def recording(folder: Path, hostile: bytes | None) -> Path:
     return write_segment(folder / "s.jsonl.zst", lines)
 
 
-VOIDS = {"a 10,000-digit price", "more levels than the depth"}
+VOIDS = {"a 10,000-digit price", "a snapshot of 5,000 levels"}
 """A malformed frame of the followed book: the book is void until its next snapshot, as for any
 malformed frame."""
 
