@@ -106,7 +106,7 @@ def test_invalid_time_runs_on_the_stream_clock(tmp_path: Path) -> None:
     lines = [meta_line(at, {"type": "session_start", "api": Api.V1})]
     lines += [frame_line(recv_ns, seq, text, True) for seq, (recv_ns, text) in enumerate(texts)]
     path = write_segment(tmp_path / "XBT-USD.20231114T221320Z.jsonl.zst", lines)
-    found = verify_paths([path]).to_json()["pairs"]["XBT/USD"]
+    found = verify_paths([path]).to_json()["pairs"]["BTC/USD"]
     assert (found["checksums_ok"], found["checksums_failed"]) == (2, 1)
     assert found["invalid_ns"] == 0
     assert found["last_recv_ns"] == at + 10_000_000
