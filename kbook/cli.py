@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from kbook import __version__
 from kbook.api import Api
@@ -23,12 +24,52 @@ from kbook.errors import KbookError
 if TYPE_CHECKING:
     from recorder.upload import Retention
 
+
+class _Command(TyperCommand):
+    """Plain help (no Rich markup, which ate ``[default: ...]``), arguments as ``PAIR...``
+    and options as ``--depth DEPTH`` rather than typer's ``{pairs}... <list[str]>``."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                label = _label(param)
+                pieces.append(label if param.required else f"[{label}]")
+        return pieces
+
+    def format_options(self, ctx: typer.Context, formatter: typer.core.HelpFormatter) -> None:
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if isinstance(param, TyperArgument):
+                arguments.append((_label(param), record[1]))
+            elif isinstance(param, TyperOption):
+                names = ", ".join(sorted(param.opts, key=len))
+                if param.secondary_opts:
+                    names += " / " + ", ".join(param.secondary_opts)
+                shown = names if param.is_flag else f"{names} {_label(param)}"
+                options.append((shown, record[1]))
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _label(param: TyperArgument | TyperOption) -> str:
+    """``PAIR...`` for an argument, ``DEPTH`` for an option's value: the metavar, else the name."""
+    label = param.metavar or (param.name or "value").upper()
+    return f"{label}..." if isinstance(param, TyperArgument) and param.nargs != 1 else label
+
+
 app = typer.Typer(
     name="kbook",
     help="Record the Kraken WebSocket order book losslessly; replay it into Parquet snapshots.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -59,10 +100,11 @@ def format_ns(ns: int | None) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@app.command()
+@app.command(cls=_Command)
 def verify(
     paths: Annotated[
-        list[Path], typer.Argument(help="Segment files, or folders searched for *.jsonl.zst.")
+        list[Path],
+        typer.Argument(metavar="PATH", help="Segment files, or folders searched for *.jsonl.zst."),
     ],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as one JSON object.")
@@ -122,10 +164,13 @@ def verify(
     raise typer.Exit(1 if report.checksums_failed else 0)
 
 
-@app.command()
+@app.command(cls=_Command)
 def record(
     pairs: Annotated[
-        list[str], typer.Argument(help="Pairs to record, e.g. BTC/USD ETH/USD (one connection).")
+        list[str],
+        typer.Argument(
+            metavar="PAIR", help="Pairs to record, e.g. BTC/USD ETH/USD (one connection)."
+        ),
     ],
     depth: Annotated[
         int, typer.Option(help="Book depth: 10, 25, 100, 500 or 1000 levels per side.")
@@ -148,19 +193,29 @@ def record(
         ),
     ] = None,
     duration: Annotated[
-        str | None, typer.Option(help="Stop cleanly after this long (e.g. 55m, 1h, 7d).")
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="Stop cleanly after this long (e.g. 55m, 1h, 7d). [default: until stopped]",
+        ),
     ] = None,
     rotate: Annotated[
-        str, typer.Option(help="Start a new segment every period, on UTC boundaries.")
+        str,
+        typer.Option(metavar="TIME", help="Start a new segment every period, on UTC boundaries."),
     ] = "1h",
     max_segment_mb: Annotated[
-        float | None, typer.Option(help="Also start a new segment at this compressed size (MB).")
+        float | None,
+        typer.Option(
+            metavar="MB",
+            help="Also start a new segment at this compressed size (MB). [default: no size limit]",
+        ),
     ] = None,
     retries: Annotated[
         int,
         typer.Option(
+            metavar="N",
             help="Failed connection attempts in a row before giving up (exit 1); "
-            "0: never give up, backing off up to 60 s between attempts."
+            "0: never give up, backing off up to 60 s between attempts.",
         ),
     ] = 0,
     quiet: Annotated[
@@ -259,25 +314,38 @@ def record(
         )
 
 
-@app.command()
+@app.command(cls=_Command)
 def replay(
     paths: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Segment files, or folders searched for *.jsonl.zst [default: data/raw]."
+            metavar="PATH",
+            help="Segment files, or folders searched for *.jsonl.zst. [default: data/raw]",
         ),
     ] = None,
     pair: Annotated[
         list[str] | None,
         typer.Option(
-            "--pair", help="Pair to replay, BTC/USD or XBT/USD; repeat it. [default: all]"
+            "--pair", help="Pair to replay, BTC/USD or XBT/USD; repeat it. [default: every pair]"
         ),
     ] = None,
     start: Annotated[
-        str | None, typer.Option(help="First row time, ISO 8601 (naive = UTC), inclusive.")
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="First row time, ISO 8601 (naive = UTC), inclusive. [default: the first book]",
+        ),
     ] = None,
-    end: Annotated[str | None, typer.Option(help="Rows stop before this time (exclusive).")] = None,
-    every: Annotated[str, typer.Option(help="Grid interval: 100ms, 1s, 5s, 1m, 1h, ...")] = "1s",
+    end: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="Rows stop before this time (exclusive). [default: after the last book event]",
+        ),
+    ] = None,
+    every: Annotated[
+        str, typer.Option(metavar="TIME", help="Grid interval: 100ms, 1s, 5s, 1m, 1h, ...")
+    ] = "1s",
     levels: Annotated[
         int, typer.Option(help="Levels per side in each row, up to the recorded depth.")
     ] = 10,
@@ -285,12 +353,14 @@ def replay(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing dataset at --out.")
     ] = False,
-    workers: Annotated[int, typer.Option(help="Worker processes; 0 means every core.")] = 0,
+    workers: Annotated[
+        int, typer.Option(metavar="N", help="Worker processes; 0 means every core.")
+    ] = 0,
     api: Annotated[
         str | None,
         typer.Option(
             help="Replay only segments of this Kraken API, v1 or v2; needed when a pair was "
-            "recorded with both. [default: all]"
+            "recorded with both. [default: both]"
         ),
     ] = None,
     metrics_file: Annotated[
@@ -332,7 +402,7 @@ def replay(
         typer.echo(f"kbook: warning: {problem}", err=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def simulate(
     port: Annotated[
         int, typer.Option(help="TCP port to listen on (127.0.0.1); 0 picks a free one.")
@@ -347,7 +417,10 @@ def simulate(
         int, typer.Option(help="Random seed: the same seed sends the same frames.")
     ] = 7,
     duration: Annotated[
-        str | None, typer.Option(help="Stop after this long (e.g. 30s, 2m); default: until Ctrl+C.")
+        str | None,
+        typer.Option(
+            metavar="TIME", help="Stop after this long (e.g. 30s, 2m). [default: until Ctrl+C]"
+        ),
     ] = None,
     btc: Annotated[
         str,
@@ -361,42 +434,77 @@ def simulate(
         ),
     ] = None,
     idle_timeout: Annotated[
-        str, typer.Option(help="Close a connection the client said nothing on for this long.")
+        str,
+        typer.Option(
+            metavar="TIME", help="Close a connection the client said nothing on for this long."
+        ),
     ] = "60s",
     heartbeat: Annotated[
         float, typer.Option(help="Seconds between heartbeats on a subscribed connection.")
     ] = 1.0,
     capture: Annotated[
         Path | None,
-        typer.Option("--from", help="Play back this kbook segment or capture file instead."),
+        typer.Option(
+            "--from",
+            metavar="FILE",
+            help="Play back this kbook segment or capture file instead. "
+            "[default: a seeded simulated market]",
+        ),
     ] = None,
     speed: Annotated[
         float, typer.Option(help="Playback speed factor for --from; 0: as fast as possible.")
     ] = 1.0,
     drop_after: Annotated[
-        int | None, typer.Option(min=0, help="Cut TCP (no close frame) after N book frames.")
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Cut TCP (no close frame) after N book frames. [default: never]",
+        ),
     ] = None,
     stall_after: Annotated[
-        int | None, typer.Option(min=0, help="Send nothing at all after N book frames.")
+        int | None,
+        typer.Option(
+            min=0, metavar="N", help="Send nothing at all after N book frames. [default: never]"
+        ),
     ] = None,
     stall_seconds: Annotated[
-        float | None, typer.Option(min=0, help="How long a stall lasts; default: forever.")
+        float | None,
+        typer.Option(min=0, metavar="SECONDS", help="How long a stall lasts. [default: forever]"),
     ] = None,
     bad_checksum_at: Annotated[
-        int | None, typer.Option(min=1, help="The N-th update carries a wrong checksum.")
+        int | None,
+        typer.Option(
+            min=1, metavar="N", help="The N-th update carries a wrong checksum. [default: none]"
+        ),
     ] = None,
     non_json_after: Annotated[
-        int | None, typer.Option(min=0, help="Send a frame that is not JSON after N book frames.")
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Send a frame that is not JSON after N book frames. [default: never]",
+        ),
     ] = None,
     maintenance_after: Annotated[
         int | None,
-        typer.Option(min=0, help="Announce maintenance and close after N book frames."),
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Announce maintenance and close after N book frames. [default: never]",
+        ),
     ] = None,
     rate_limit_subscribes: Annotated[
-        int, typer.Option(min=0, help="Answer the first N subscribes with 'Exceeded msg rate'.")
+        int,
+        typer.Option(
+            min=0, metavar="N", help="Answer the first N subscribes with 'Exceeded msg rate'."
+        ),
     ] = 0,
     refuse_connections: Annotated[
-        int, typer.Option(min=0, help="Refuse the first N connection attempts with HTTP 503.")
+        int,
+        typer.Option(
+            min=0, metavar="N", help="Refuse the first N connection attempts with HTTP 503."
+        ),
     ] = 0,
     repeat_faults: Annotated[
         bool, typer.Option(help="Apply the per-connection faults to every connection, not one.")
@@ -518,7 +626,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     out: Annotated[
         Path, typer.Option(help="Folder for the demo's segments, snapshots and picture.")
@@ -566,17 +674,25 @@ def demo(
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(
-    snapshots: Annotated[Path, typer.Argument(help="A dataset written by kbook replay.")],
+    snapshots: Annotated[
+        Path, typer.Argument(metavar="SNAPSHOTS", help="A dataset written by kbook replay.")
+    ],
     pair: Annotated[
         str | None, typer.Option(help="Pair to draw, e.g. BTC/USD [default: the only one].")
     ] = None,
     start: Annotated[
-        str | None, typer.Option(help="From this time, ISO 8601 (naive = UTC).")
+        str | None,
+        typer.Option(
+            metavar="TIME", help="From this time, ISO 8601 (naive = UTC). [default: the first row]"
+        ),
     ] = None,
-    end: Annotated[str | None, typer.Option(help="Until this time (exclusive).")] = None,
-    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("book.png"),
+    end: Annotated[
+        str | None,
+        typer.Option(metavar="TIME", help="Until this time (exclusive). [default: the last row]"),
+    ] = None,
+    out: Annotated[Path, typer.Option(metavar="PNG", help="PNG file to write.")] = Path("book.png"),
 ) -> None:
     """Draw mid, spread and a depth heatmap of a replayed period, invalid spans shaded."""
     from kbook.errors import InputError, UsageError
@@ -603,9 +719,11 @@ def plot(
     typer.echo(f"kbook plot: {table.num_rows} rows of {name} drawn to {written}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def watch(
-    pair: Annotated[str, typer.Argument(help="Pair to watch, e.g. BTC/USD or XBT/USD.")],
+    pair: Annotated[
+        str, typer.Argument(metavar="PAIR", help="Pair to watch, e.g. BTC/USD or XBT/USD.")
+    ],
     depth: Annotated[
         int | None,
         typer.Option(
@@ -634,7 +752,9 @@ def watch(
         list[Path] | None,
         typer.Option(
             "--from",
-            help="Replay these segments or folders instead of connecting (repeat the option).",
+            metavar="PATH",
+            help="Replay these segments or folders instead of connecting (repeat the option). "
+            "[default: connect to Kraken]",
         ),
     ] = None,
     speed: Annotated[
@@ -685,9 +805,14 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # click's usage errors (typer >= 0.29 vendors click: no `click`)
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(code, int):
-            show()
+        message, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if not callable(message) or not isinstance(code, int):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain ``kbook``: the help is the message
+            typer.echo(message(), err=True)
             sys.exit(code)
-        raise
+        context = getattr(exc, "ctx", None)
+        where = f" (see {context.command_path} --help)" if context is not None else ""
+        typer.echo(f"kbook: error: {message().rstrip('.')}{where}", err=True)
+        sys.exit(code)
     sys.exit(result if isinstance(result, int) else 0)
