@@ -7,6 +7,7 @@ exit code, in one place (``main``). Ctrl+C exits 130 unless a command handles it
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from datetime import UTC, datetime
@@ -269,6 +270,8 @@ def record(
     if retries < 0:
         raise UsageError(f"--retries {retries}: give a number of attempts, or 0 to never give up")
 
+    if max_segment_mb is not None and not (math.isfinite(max_segment_mb) and max_segment_mb > 0):
+        raise UsageError(f"--max-segment-mb {max_segment_mb}: must be a positive number of MB")
     config = RecordConfig(
         pairs=tuple(pairs),
         depth=depth,
@@ -511,8 +514,6 @@ def simulate(
     ] = False,
 ) -> None:
     """Serve a simulated Kraken v2 (or --api v1) book feed on 127.0.0.1; prints its URL first."""
-    import math
-
     from kbook.errors import UsageError
     from kbook.sim.config import SimulatorConfig
     from kbook.sim.faults import FaultPlan
@@ -699,12 +700,10 @@ def plot(
     from kbook.pairs import common_name, parse_pair
     from kbook.plot import plot_book, require_matplotlib
     from replay import read_snapshots
+    from replay.parquet import require_snapshots
 
     require_matplotlib()
-    if not snapshots.is_dir():
-        raise InputError(
-            f"{snapshots}: no such snapshot dataset (a folder written by kbook replay)"
-        )
+    require_snapshots(snapshots)
     if pair is None:
         found = sorted(p.name.removeprefix("pair=") for p in snapshots.glob("pair=*"))
         if len(found) != 1:

@@ -44,6 +44,7 @@ from replay.parquet import (
     check_output,
     discard,
     publish,
+    require_snapshots,
     temporary_folder,
     write_manifest,
 )
@@ -192,12 +193,31 @@ def read_snapshots(
     import pyarrow.dataset as ds  # here: it imports pandas, which replay workers never need
 
     out = Path(out)
-    if not out.is_dir():
-        raise InputError(f"{out}: no such snapshot dataset")
+    require_snapshots(out)
     partitioning = ds.partitioning(
         pa.schema([("pair", pa.string()), ("date", pa.string())]), flavor="hive"
     )
-    dataset = ds.dataset(out, format="parquet", partitioning=partitioning)
+    condition, wanted = _filter(pair, start, end), _wanted(columns)
+    try:  # a stray file that is not Parquet, a damaged one, a column it does not hold
+        dataset = ds.dataset(out, format="parquet", partitioning=partitioning)
+        table = dataset.to_table(filter=condition, columns=wanted)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{out}: cannot read the snapshots: {exc}") from None
+    common = pc.replace_substring(
+        table.column("pair").cast(pa.string()), "-", "/", max_replacements=1
+    )
+    pair_field = pa.field("pair", pa.string(), nullable=False)
+    table = table.set_column(table.schema.get_field_index("pair"), pair_field, common)
+    order = [name for name in table_schema_names(table) if name != "date"]
+    return table.select(order).sort_by([("pair", "ascending"), ("ts", "ascending")])
+
+
+def _filter(
+    pair: Iterable[str] | str | None, start: TimeLike, end: TimeLike
+) -> pc.Expression | None:
+    """The dataset filter of ``read_snapshots``: partitions (pair, date) and rows (ts)."""
+    import pyarrow.dataset as ds
+
     condition = None
     names = parse_pairs(pair)
     if names is not None:
@@ -209,15 +229,11 @@ def read_snapshots(
     if end_ns is not None:
         condition = _and(condition, ds.field("date") <= day_of(end_ns - 1))
         condition = _and(condition, ds.field("ts") < pa.scalar(end_ns, TIMESTAMP))
-    wanted = None if columns is None else list(dict.fromkeys(["ts", "pair", *columns]))
-    table = dataset.to_table(filter=condition, columns=wanted)
-    common = pc.replace_substring(
-        table.column("pair").cast(pa.string()), "-", "/", max_replacements=1
-    )
-    pair_field = pa.field("pair", pa.string(), nullable=False)
-    table = table.set_column(table.schema.get_field_index("pair"), pair_field, common)
-    order = [name for name in table_schema_names(table) if name != "date"]
-    return table.select(order).sort_by([("pair", "ascending"), ("ts", "ascending")])
+    return condition
+
+
+def _wanted(columns: Sequence[str] | None) -> list[str] | None:
+    return None if columns is None else list(dict.fromkeys(["ts", "pair", *columns]))
 
 
 def table_schema_names(table: pa.Table) -> list[str]:

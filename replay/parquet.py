@@ -30,7 +30,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kbook.errors import OutputError
+from kbook.errors import InputError, OutputError
 from kbook.pairs import file_name
 from replay.columns import file_schema
 from replay.options import day_of
@@ -106,6 +106,21 @@ def check_output(out: Path, force: bool) -> None:
         raise OutputError(
             f"{out}: is not a kbook snapshot dataset (no {MANIFEST}); not replacing it"
         )
+
+
+def require_snapshots(folder: Path) -> None:
+    """Refuse, in one line, a path that is not a snapshot dataset to read; most often it is the
+    recorder's folder of raw segments, which must be replayed first."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such snapshot dataset (a folder written by kbook replay)")
+    if next(folder.rglob("*.parquet"), None) is not None:
+        return
+    if next(folder.rglob("*.jsonl.zst*"), None) is not None:
+        raise InputError(
+            f"{folder}: is a folder of raw segments, not snapshots; replay it first: "
+            f"kbook replay {folder} --out data/snapshots"
+        )
+    raise InputError(f"{folder}: holds no Parquet files; not a snapshot dataset")
 
 
 def looks_like_dataset(folder: Path) -> bool:

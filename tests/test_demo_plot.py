@@ -94,10 +94,12 @@ def test_plot_of_a_real_capture(capture_segment: Callable[[str], Path], tmp_path
     assert "no rows" in empty.stderr
 
 
-def test_demo_too_short_is_a_usage_error(tmp_path: Path) -> None:
-    done = kbook("demo", "--seconds", "2", "--out", tmp_path / "d")
+@pytest.mark.parametrize(("seconds", "message"), [("2", "too short"), ("nan", "must be a number")])
+def test_demo_too_short_is_a_usage_error(seconds: str, message: str, tmp_path: Path) -> None:
+    done = kbook("demo", "--seconds", seconds, "--out", tmp_path / "d")
     assert done.returncode == 2
-    assert "too short" in done.stderr
+    [line] = done.stderr.splitlines()
+    assert message in line
     assert not (tmp_path / "d").exists()
 
 

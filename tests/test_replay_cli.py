@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from replay_support import SynthMarket, write_frames
 
+import replay
 from kbook.cli import main
+from kbook.errors import InputError
 
 KBOOK = Path(sys.executable).with_name("kbook")
 
@@ -80,6 +82,34 @@ def test_unreadable_segment(
         f"kbook: error: {bad}: not a zstd segment (kbook segments are .jsonl.zst files)\n",
     )
     assert not (tmp_path / "snaps").exists()
+
+
+def test_raw_segments_are_not_snapshots(segment: Path) -> None:
+    """Plotting or loading the recorder's folder instead of a replayed dataset: one line saying
+    what it is and what to run, from the CLI and from the Python API."""
+    raw = segment.parent
+    (raw / "notes.txt").write_text("not parquet")
+    hint = f"{raw}: is a folder of raw segments, not snapshots; replay it first: kbook replay {raw}"
+    with pytest.raises(InputError, match="folder of raw segments"):
+        replay.read_snapshots(raw)
+    done = subprocess.run(
+        [str(KBOOK), "plot", str(raw), "--pair", "BTC/USD", "--out", str(raw / "b.png")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"kbook: error: {hint}"), line
+
+
+def test_a_damaged_dataset_is_one_error(tmp_path: Path) -> None:
+    dataset = tmp_path / "snaps" / "pair=BTC-USD" / "date=2025-11-21"
+    dataset.mkdir(parents=True)
+    (dataset / "part-0.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(InputError, match="cannot read the snapshots"):
+        replay.read_snapshots(tmp_path / "snaps")
 
 
 def test_missing_default_folder(
