@@ -93,14 +93,6 @@ def _root(
     """Record the Kraken WebSocket order book losslessly; replay it into Parquet snapshots."""
 
 
-def format_ns(ns: int | None) -> str:
-    """Integer ns since the epoch as ISO-8601 UTC with milliseconds, or '-'."""
-    if ns is None:
-        return "-"
-    moment = datetime.fromtimestamp(ns / 1e9, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @app.command(cls=_Command)
 def verify(
     paths: Annotated[
@@ -121,6 +113,7 @@ def verify(
     from rich.console import Console
     from rich.table import Table
 
+    from kbook.units import utc_text
     from kbook.verify import verify_paths
 
     started = time.monotonic()
@@ -149,8 +142,8 @@ def verify(
                 str(s.checksums_ok),
                 str(s.checksums_failed),
                 str(s.dropped),
-                format_ns(s.first_ns),
-                format_ns(s.last_ns),
+                utc_text(s.first_ns, 3),
+                utc_text(s.last_ns, 3),
                 f"{s.invalid_ns / 1e9:.3f} s",
             )
         console = Console(width=max(Console().width, 140))
@@ -260,11 +253,11 @@ def record(
 ) -> None:
     """Record the order book of PAIRS into zstd segments until stopped (SIGINT/SIGTERM: exit 0)."""
     from kbook.errors import UsageError
-    from kbook.units import parse_duration
+    from kbook.units import parse_duration, utc_text
     from recorder import RecordConfig, Recorder, stop_on_signals
     from recorder.metrics import Metrics
     from recorder.monitor import Monitor
-    from recorder.status import human_bytes, utc_stamp
+    from recorder.status import human_bytes
     from recorder.upload import Uploader
 
     if retries < 0:
@@ -278,8 +271,8 @@ def record(
         out=out,
         url=url,
         api=api,
-        duration_ns=parse_duration(duration) if duration is not None else None,
-        rotate_ns=parse_duration(rotate),
+        duration_ns=parse_duration(duration, "--duration") if duration is not None else None,
+        rotate_ns=parse_duration(rotate, "--rotate"),
         max_segment_bytes=round(max_segment_mb * 1e6) if max_segment_mb is not None else None,
         connect_retries=retries or None,
         quiet=quiet,
@@ -309,7 +302,7 @@ def record(
             metrics.close()
     if not quiet:
         typer.echo(
-            f"{utc_stamp(summary.ended_ns)} kbook record: stopped ({summary.stop_reason}): "
+            f"{utc_text(summary.ended_ns, 0)} kbook record: stopped ({summary.stop_reason}): "
             f"{summary.frames} frames, "
             f"{len(summary.segments)} segment(s), {human_bytes(summary.bytes_written)}, "
             f"{summary.reconnects} reconnect(s)",
@@ -520,10 +513,14 @@ def simulate(
     from kbook.sim.run import run
     from kbook.units import parse_duration
 
-    duration_s = parse_duration(duration) / 1e9 if duration is not None else None
+    duration_s = parse_duration(duration, "--duration") / 1e9 if duration is not None else None
     if duration_s is not None and duration_s <= 0:
         raise UsageError(f"--duration {duration} must be positive")
-    idle_s = float(idle_timeout) if _is_number(idle_timeout) else parse_duration(idle_timeout) / 1e9
+    idle_s = (
+        float(idle_timeout)
+        if _is_number(idle_timeout)
+        else parse_duration(idle_timeout, "--idle-timeout") / 1e9
+    )
     config = SimulatorConfig(
         pairs=tuple(p for p in pairs.split(",") if p.strip()),
         rate=rate,

@@ -29,8 +29,8 @@ from typing import Any
 from kbook.errors import OutputError
 from kbook.pairs import file_name
 from kbook.segment import PARTIAL_SUFFIX, SUFFIX, SegmentWriter, meta_line
+from kbook.units import SECOND
 
-SECOND = 1_000_000_000
 MAX_HELD_LINES = 10_000
 """A pending stream that holds more than this commits anyway: memory is not storage."""
 

@@ -27,14 +27,13 @@ from kbook import __version__
 from kbook.errors import InputError, UsageError
 from kbook.pairs import file_name
 from kbook.segment import Problem, find_segments
+from kbook.units import utc_day, utc_text
 from replay.columns import TIMESTAMP, table_schema
 from replay.engine import StreamResult, merge_results
 from replay.options import (
     DurationLike,
     ReplayOptions,
     TimeLike,
-    day_of,
-    format_ns,
     make_options,
     parse_pairs,
     to_ns,
@@ -88,8 +87,8 @@ class ReplaySummary:
             "kbook_version": __version__,
             "every_ns": options.every_ns,
             "levels": options.levels,
-            "start": format_ns(options.start_ns) if options.start_ns is not None else None,
-            "end": format_ns(options.end_ns) if options.end_ns is not None else None,
+            "start": utc_text(options.start_ns) if options.start_ns is not None else None,
+            "end": utc_text(options.end_ns) if options.end_ns is not None else None,
             "segments": len(self.segments),
             "segments_read": self.result.segments_read,
             "pairs": {
@@ -97,11 +96,11 @@ class ReplaySummary:
                     "channel": s.channel,
                     "rows": s.rows,
                     "valid_rows": s.valid_rows,
-                    "first": format_ns(s.first_ts),
-                    "last": format_ns(s.last_ts),
+                    "first": utc_text(s.first_ts),
+                    "last": utc_text(s.last_ts),
                     "frames": s.frames,
                     "checksum_failures": s.checksum_failures,
-                    "invalid_spans": [[format_ns(a), format_ns(b)] for a, b in s.invalid_spans],
+                    "invalid_spans": [[utc_text(a), utc_text(b)] for a, b in s.invalid_spans],
                 }
                 for pair, s in self.pairs.items()
             },
@@ -224,10 +223,10 @@ def _filter(
         condition = _and(condition, ds.field("pair").isin([file_name(name) for name in names]))
     start_ns, end_ns = to_ns(start, "start"), to_ns(end, "end")
     if start_ns is not None:
-        condition = _and(condition, ds.field("date") >= day_of(start_ns))
+        condition = _and(condition, ds.field("date") >= utc_day(start_ns))
         condition = _and(condition, ds.field("ts") >= pa.scalar(start_ns, TIMESTAMP))
     if end_ns is not None:
-        condition = _and(condition, ds.field("date") <= day_of(end_ns - 1))
+        condition = _and(condition, ds.field("date") <= utc_day(end_ns - 1))
         condition = _and(condition, ds.field("ts") < pa.scalar(end_ns, TIMESTAMP))
     return condition
 
@@ -308,12 +307,12 @@ def _require_rows(result: StreamResult, options: ReplayOptions, infos: list[Segm
     if any(summary.rows for summary in result.pairs.values()):
         return
     starts = [info.first_ns for info in infos if info.first_ns is not None]
-    recorded = f"segments start from {format_ns(min(starts))} to {format_ns(max(starts))}"
+    recorded = f"segments start from {utc_text(min(starts))} to {utc_text(max(starts))}"
     if options.start_ns is None and options.end_ns is None:
         raise UsageError(f"no snapshot rows: no grid time falls within the books ({recorded})")
     raise UsageError(
-        f"no snapshot rows between {format_ns(options.start_ns)} and "
-        f"{format_ns(options.end_ns)}; {len(infos)} {recorded}"
+        f"no snapshot rows between {utc_text(options.start_ns)} and "
+        f"{utc_text(options.end_ns)}; {len(infos)} {recorded}"
     )
 
 

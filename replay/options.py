@@ -15,9 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 from kbook.api import parse_api
 from kbook.errors import UsageError
 from kbook.pairs import common_name, parse_pair
-from kbook.units import parse_duration
+from kbook.units import parse_duration, utc_text
 
-NS_PER_DAY = 86_400 * 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 TimeLike = str | datetime | date | int | None
@@ -61,7 +60,7 @@ def make_options(
     end_ns = to_ns(end, "--end")
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise UsageError(
-            f"empty time range: --start {format_ns(start_ns)} is not before --end {format_ns(end_ns)}"
+            f"empty time range: --start {utc_text(start_ns)} is not before --end {utc_text(end_ns)}"
         )
     if api is not None:
         api = parse_api(api)
@@ -83,7 +82,7 @@ def parse_every(value: DurationLike) -> int:
     elif isinstance(value, int) and not isinstance(value, bool):
         ns = value
     elif isinstance(value, str):
-        ns = parse_duration(value)
+        ns = parse_duration(value, "--every")
     else:
         raise UsageError(f"--every must be a duration such as 1s or 100ms, got {value!r}")
     if ns <= 0:
@@ -137,20 +136,3 @@ def to_ns(value: TimeLike, name: str = "time") -> int | None:
     return (
         (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000 + nanos
     )
-
-
-def format_ns(ns: int | None) -> str:
-    """Integer ns as ISO-8601 UTC (``2026-11-21T00:00:00.000Z``), or ``-``."""
-    if ns is None:
-        return "-"
-    seconds, rest = divmod(ns, 1_000_000_000)
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if rest:
-        text += f".{rest:09d}".rstrip("0")
-    return text + "Z"
-
-
-def day_of(ns: int) -> str:
-    """The UTC date of ``ns`` as ``YYYY-MM-DD`` (the dataset's ``date`` partition)."""
-    return datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).strftime("%Y-%m-%d")

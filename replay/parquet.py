@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 
 from kbook.errors import InputError, OutputError
 from kbook.pairs import file_name
+from kbook.units import utc_day
 from replay.columns import file_schema
-from replay.options import day_of
 
 MANIFEST = "_kbook_replay.json"
 
@@ -52,7 +52,7 @@ class DatasetWriter:
         return lambda table: self.write(pair, table)
 
     def write(self, pair: str, table: pa.Table) -> None:
-        day = day_of(table.column("ts")[0].value)
+        day = utc_day(table.column("ts")[0].value)
         current = self._open.get(pair)
         if current is None or current[0] != day:
             if current is not None:
