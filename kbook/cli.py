@@ -8,8 +8,13 @@ exit code, in one place (``main``). Ctrl+C exits 130 unless a command handles it
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -375,20 +380,25 @@ def replay(
             "runs in pure Python, about 3.5x slower; see README, Performance",
             err=True,
         )
-    with progress_bar(enabled=sys.stderr.isatty()) as progress:
-        summary = replay_to_dataset(
-            paths or [_default_raw()],
-            out,
-            every=every,
-            levels=levels,
-            pairs=pair or None,
-            start=start,
-            end=end,
-            force=force,
-            workers=workers,
-            progress=progress,
-            api=api,
-        )
+    try:
+        with _stopped_by_signals(), progress_bar(enabled=sys.stderr.isatty()) as bar:
+            summary = replay_to_dataset(
+                paths or [_default_raw()],
+                out,
+                every=every,
+                levels=levels,
+                pairs=pair or None,
+                start=start,
+                end=end,
+                force=force,
+                workers=workers,
+                progress=bar,
+                api=api,
+            )
+    except _Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        typer.echo(f"kbook: replay stopped by {name}: {out} left as it was", err=True)
+        raise typer.Exit(128 + exc.signum) from None
     print_summary(summary)
     if metrics_file is not None:
         from kbook import job_metrics
@@ -602,6 +612,43 @@ def upload(
         raise KbookError(f"{len(summary.failed)} segment(s) could not be uploaded; run it again")
 
 
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: unwind (``finally`` blocks remove unfinished output), then exit
+    with 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class _Stopped:
+    signal: int | None = None
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[_Stopped]:
+    """Turn SIGTERM into what Ctrl+C does, and stop replay's worker processes at once on either.
+
+    Without it SIGTERM ends the process on the spot and the hidden folder of an unfinished
+    dataset stays behind; and a pool waits for its running tasks before it unwinds."""
+    stopped = _Stopped()
+
+    def stop(signum: int, _frame: object) -> None:
+        if stopped.signal is None:
+            stopped.signal = signum
+            for child in multiprocessing.active_children():
+                child.terminate()
+            raise _Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopped
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _default_raw() -> Path:
     """``data/raw``, the recorder's default output, when it exists; else a one-line hint."""
     from kbook.errors import UsageError
@@ -799,6 +846,7 @@ def main() -> None:
         typer.echo("kbook: interrupted", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
+        typer.echo("kbook: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # click's usage errors (typer >= 0.29 vendors click: no `click`)
         message, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)

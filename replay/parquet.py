@@ -13,8 +13,10 @@ named like a partition, so the files hold ``ts, valid, levels..., extras`` and e
 
 Atomicity: everything is written into a hidden sibling folder (``.<out>.tmp-*``) and renamed to
 ``--out`` once complete, so a crash or an error leaves either the old dataset or the new one,
-never a mix. Replacing an existing dataset needs ``force`` and is refused for a folder that does
-not look like one (so ``--out ~`` cannot delete a home folder).
+never a mix. An error, Ctrl+C or SIGTERM removes the hidden folder; one left by ``kill -9`` is
+removed by the next replay into the same ``--out``. Replacing an existing dataset needs
+``force`` and is refused for a folder that does not look like one (so ``--out ~`` cannot delete
+a home folder).
 """
 
 from __future__ import annotations
@@ -132,13 +134,31 @@ def looks_like_dataset(folder: Path) -> bool:
 
 
 def temporary_folder(out: Path) -> Path:
-    """A fresh hidden folder beside ``out`` (same file system, so the final rename is atomic)."""
+    """A fresh hidden folder beside ``out`` (same file system, so the final rename is atomic).
+
+    Folders that earlier runs killed outright (``kill -9``, a power cut) left are removed first:
+    their names hold the writer's process id, and one whose process is gone is debris."""
+    for stale in out.parent.glob(f".{out.name}.tmp-*-*"):
+        pid = stale.name.removeprefix(f".{out.name}.tmp-").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     folder = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         folder.mkdir(parents=True)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot create: {exc.strerror}") from exc
     return folder
+
+
+def _alive(pid: int) -> bool:
+    """True if process ``pid`` exists (another user's included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from record_support import wait_until
 from replay_support import SynthMarket, write_frames
 
 import replay
@@ -113,6 +115,34 @@ def test_a_damaged_dataset_is_one_error(tmp_path: Path) -> None:
     (dataset / "part-0.parquet").write_bytes(b"PAR1 cut short")
     with pytest.raises(InputError, match="cannot read the snapshots"):
         replay.read_snapshots(tmp_path / "snaps")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_replay_and_leaves_no_debris(sig: signal.Signals, tmp_path: Path) -> None:
+    """SIGTERM or SIGINT mid-replay: one line, exit 128 + signal, no hidden folder left; and a
+    hidden folder that a ``kill -9`` left is removed by the next run."""
+    market = SynthMarket("XBT/USD", depth=10, seed=3)
+    start = 1_763_683_200_000_000_000
+    raw = tmp_path / "raw"
+    for hour in range(2):  # two hours at 1 ms: 7.2 M rows, seconds of work
+        frames = market.frames(20, start + hour * 3_600_000_000_000, 180_000_000_000)
+        write_frames(raw / f"{hour}.jsonl.zst", frames)
+    out = tmp_path / "snaps"
+    dead = subprocess.Popen(["true"])  # a process id that no longer runs
+    dead.wait()
+    debris = tmp_path / f".snaps.tmp-{dead.pid}-0123abcd"
+    (debris / ".chunks").mkdir(parents=True)
+    command = [str(KBOOK), "replay", str(raw), "--every", "1ms", "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    mine = f".snaps.tmp-{process.pid}-"
+    wait_until(lambda: any(p.name.startswith(mine) for p in tmp_path.iterdir()), 60, mine)
+    assert process.poll() is None, "the replay ended before the signal: make it longer"
+    assert not debris.exists()
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + sig
+    assert stderr.splitlines() == [f"kbook: replay stopped by {sig.name}: {out} left as it was"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
 def test_missing_default_folder(
