@@ -114,3 +114,25 @@ def test_readme_opens_with_the_two_quickstart_commands() -> None:
     assert "grep -m1 '\\.venv/bin/pytest' README.md" in (ROOT / ".ci" / "run").read_text()
     first = next(line for line in README.splitlines() if ".venv/bin/pytest" in line)
     assert first == lines[1]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "book.png",  # kbook plot's default --out
+        "data/.kbook-record.BTC-USD+ETH-USD.lock",  # kbook record's lock
+        "data/.kbook-record.v2.BTC-USD.lock",
+        "data/raw/BTC-USD/2026-11-21/BTC-USD.20261121T000000Z.jsonl.zst",
+        "data/snapshots/pair=BTC-USD/date=2026-11-21/part-0.parquet",
+        "data/.snapshots.tmp-123-0123abcd/_kbook_replay.json",  # a replay under way
+        "data/demo/raw/x.jsonl.zst",
+        "logs/record.log",  # the cron example
+    ],
+)
+def test_what_the_readme_examples_write_is_ignored_by_git(path: str) -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    done = subprocess.run(
+        ["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT, timeout=30, check=False
+    )
+    assert done.returncode == 0, f"{path} is not in .gitignore"
