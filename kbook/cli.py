@@ -27,7 +27,9 @@ from kbook import __version__
 from kbook.api import Api
 from kbook.errors import KbookError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # typer >= 0.29 vendors click as typer._click; these are its types
+    from typer._click import Context, HelpFormatter
+
     from recorder.upload import Retention
 
 
@@ -35,7 +37,7 @@ class _Command(TyperCommand):
     """Plain help (no Rich markup, which ate ``[default: ...]``), arguments as ``PAIR...``
     and options as ``--depth DEPTH`` rather than typer's ``{pairs}... <list[str]>``."""
 
-    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if isinstance(param, TyperArgument):
@@ -43,7 +45,7 @@ class _Command(TyperCommand):
                 pieces.append(label if param.required else f"[{label}]")
         return pieces
 
-    def format_options(self, ctx: typer.Context, formatter: typer.core.HelpFormatter) -> None:
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
         arguments, options = [], []
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)

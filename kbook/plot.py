@@ -80,6 +80,7 @@ def plot_book(table: pa.Table, pair: str, out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
@@ -127,8 +128,8 @@ def plot_book(table: pa.Table, pair: str, out: Path) -> Path:
             cmap=cmap,
             norm=LogNorm(vmin=max(positive.min(), np.percentile(positive, 2)), vmax=positive.max()),
             extent=(
-                matplotlib.dates.date2num(extent[0]),
-                matplotlib.dates.date2num(extent[1]),
+                mdates.date2num(extent[0]),
+                mdates.date2num(extent[1]),
                 extent[2],
                 extent[3],
             ),

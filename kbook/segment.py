@@ -33,7 +33,7 @@ at the next frame. A ``.partial`` file that is empty is a recorder killed before
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -267,7 +267,7 @@ class SegmentReader:
             return None
         return record
 
-    def raw_lines(self) -> Iterator[tuple[int, bytes]]:
+    def raw_lines(self) -> Generator[tuple[int, bytes]]:
         """``(line number, line bytes without newline)`` for every complete line."""
         for first, lines in self.batches():
             for number, line in enumerate(lines, first):

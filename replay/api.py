@@ -125,8 +125,8 @@ def replay_table(
     options = make_options(every, levels, pairs, start, end, workers, api)
     tables: dict[str, list[pa.Table]] = {}
     infos, outcomes = run_replay(paths, options, None, None)
-    for _result, batches in outcomes:
-        tables.update(batches)  # type: ignore[arg-type]
+    for _result, rows in outcomes:
+        tables.update(rows.batches)
     _require_rows(merge_results([outcome[0] for outcome in outcomes]), options, infos)
     schema = table_schema(options.levels)
     parts = []
@@ -164,7 +164,7 @@ def replay_to_dataset(
         result = merge_results([outcome[0] for outcome in outcomes])
         _require_rows(result, options, infos)
         segments = [info.path for info in infos]
-        files = sorted(path for outcome in outcomes for path in outcome[1])  # type: ignore[union-attr]
+        files = sorted(path for _result, rows in outcomes for path in rows.files)
         summary = ReplaySummary(options, segments, result, out, files)
         summary.seconds = time.monotonic() - began
         write_manifest(folder, summary.to_json())
