@@ -1141,6 +1141,7 @@ step_st = st.one_of(
 )
 
 
+@pytest.mark.slow
 @needs_core
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(

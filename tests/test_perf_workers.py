@@ -81,6 +81,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "option", "tables_too"), CASES)
 def test_two_workers_write_what_one_writes(
     recordings: dict[str, Path], name: str, option: str, tables_too: bool, tmp_path: Path
@@ -107,6 +108,7 @@ def test_two_workers_write_what_one_writes(
                 assert rows_two.batches[pair] == rows_one.batches[pair]
 
 
+@pytest.mark.slow
 def test_public_api_cuts_one_pair_across_workers(tmp_path: Path) -> None:
     """Through ``replay_to_dataset`` as ``kbook replay`` calls it, with the default chunk size."""
     raw = write_recording(
