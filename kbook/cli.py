@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -686,6 +685,7 @@ def demo(
     from rich.table import Table
 
     from kbook.demo import run_demo
+    from kbook.units import utc_text
     from replay import read_snapshots
 
     console = Console(soft_wrap=True)
@@ -700,7 +700,7 @@ def demo(
     values = {c: table.column(c).to_pylist() for c in columns[1:]}
     for i, ns in enumerate(times):
         shown.add_row(
-            datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).strftime("%H:%M:%S"),
+            utc_text(ns, 0)[11:19],  # HH:MM:SS
             str(values["valid"][i]),
             *(f"{values[c][i]:.5f}" if values[c][i] is not None else "-" for c in columns[2:]),
         )
