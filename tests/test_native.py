@@ -1689,6 +1689,7 @@ v2_step_st = st.one_of(
 )
 
 
+@pytest.mark.slow
 @needs_core
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
