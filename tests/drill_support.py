@@ -37,14 +37,13 @@ from kbook.api import Api
 from kbook.pairs import common_name, file_name
 from kbook.segment import PARTIAL_SUFFIX, SegmentReader, find_segments
 from kbook.sim import SentFrame, Simulator, SimulatorConfig
+from kbook.units import MS, SECOND
 from kbook.verify import verify_paths
 from recorder import RecordConfig
 from replay import replay_table
 from replay.options import parse_every
 
 _FRAME = re.compile(rb'^\{"recv_ns":(\d+),"seq":(\d+),"msg":(.*)\}$', re.DOTALL)
-MS = 1_000_000
-SECOND = 1_000_000_000
 
 SEED = int(os.environ.get("KBOOK_DRILL_SEED", "20261121"))
 DROPS = int(os.environ.get("KBOOK_DRILL_DROPS", "20"))

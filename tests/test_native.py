@@ -46,6 +46,7 @@ from kbook.feed import NO_SIDE, BookFeed
 from kbook.lines import NATIVE_INTERFACE, LineFeed, native_core
 from kbook.segment import frame_line, is_json_text, meta_line
 from kbook.sim import Market, V2Market
+from kbook.units import SECOND
 from kbook.v2 import V2BookFeed
 from kbook.v2 import decode as decode_v2
 
@@ -60,7 +61,6 @@ needs_core = pytest.mark.skipif(_native is None, reason="kbook's native core was
 
 Key = tuple[str, str]
 """(wire pair, channel), as ``BookFeed.books`` keys a book."""
-SECOND = 1_000_000_000
 BASE_NS = 1_700_000_000 * SECOND
 STEP_NS = 1_000_000
 """Receive times of generated lines: ``BASE_NS + i * STEP_NS``."""

@@ -8,11 +8,11 @@ import pyarrow as pa
 import pytest
 
 from kbook.plot import column_starts, draw_book, invalid_spans
+from kbook.units import SECOND
 from replay.columns import file_schema
 
 pytest.importorskip("matplotlib")
 
-SECOND = 1_000_000_000
 START = 1_763_683_200 * SECOND
 
 

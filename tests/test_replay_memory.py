@@ -15,8 +15,8 @@ import pytest
 from replay_support import cheap_frames
 
 from kbook.segment import write_segment
+from kbook.units import MS
 
-MS = 1_000_000
 CHILD = """
 import resource, sys
 import replay
