@@ -181,8 +181,8 @@ def record(
     api: Annotated[
         str | None,
         typer.Option(
-            help="Kraken WebSocket API: v2, or v1 (frozen by Kraken); one API per run. Without "
-            "it, the one --url says (a path ending in /v2 is v2, else v1), else v2."
+            help="Kraken WebSocket API: v2, or v1 (frozen by Kraken); one API per run. "
+            "[default: the one --url says (a path ending in /v2 is v2, else v1), else v2]"
         ),
     ] = None,
     url: Annotated[
@@ -436,8 +436,8 @@ def simulate(
     api: Annotated[
         str | None,
         typer.Option(
-            help="WebSocket API to speak, whatever the URL path: v2 (BTC/USD), the default, or "
-            "v1, the default with --from. The URL printed ends in /v2 for v2."
+            help="WebSocket API to speak, whatever the URL path: v2 (BTC/USD) or v1. The URL "
+            "printed ends in /v2 for v2. [default: v2; with --from, v1]"
         ),
     ] = None,
     idle_timeout: Annotated[
@@ -782,8 +782,8 @@ def watch(
     api: Annotated[
         str | None,
         typer.Option(
-            help="Kraken WebSocket API: v2 or v1. Without it, the one --url says (a path ending in "
-            "/v2 is v2, else v1), else v2; with --from, the API of the first recorded book of PAIR."
+            help="Kraken WebSocket API: v2 or v1. [default: the one --url says (a path ending in "
+            "/v2 is v2, else v1), else v2; with --from, the API of the first recorded book of PAIR]"
         ),
     ] = None,
     url: Annotated[
