@@ -110,7 +110,11 @@ def verify(
     ] = False,
     metrics_file: Annotated[
         Path | None,
-        typer.Option(help="Also write the counts as Prometheus metrics to this file (*.prom)."),
+        typer.Option(
+            metavar="FILE",
+            help="Also write the counts as Prometheus metrics to this file (*.prom). "
+            "[default: none]",
+        ),
     ] = None,
 ) -> None:
     """Check every checksum in recorded segments; exit 1 if any failed, 2 for unusable input."""
@@ -223,37 +227,46 @@ def record(
     ] = False,
     metrics_port: Annotated[
         int | None,
-        typer.Option(help="Serve Prometheus metrics on this port at /metrics (0: any free port)."),
+        typer.Option(
+            metavar="PORT",
+            help="Serve Prometheus metrics on this port at /metrics (0: any free port). "
+            "[default: no server]",
+        ),
     ] = None,
     metrics_addr: Annotated[
-        str, typer.Option(help="Address the metrics server listens on.")
+        str, typer.Option(metavar="ADDRESS", help="Address the metrics server listens on.")
     ] = "127.0.0.1",
     metrics_file: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="Rewrite this file atomically every second with the metrics "
-            "(node_exporter's textfile format; name it *.prom)."
+            "(node_exporter's textfile format; name it *.prom). [default: none]",
         ),
     ] = None,
     upload: Annotated[
         str | None,
         typer.Option(
+            metavar="DESTINATION",
             help="Upload each closed segment to s3://bucket/prefix (or a folder), verified, "
-            "beside recording; credentials and endpoint from the AWS variables."
+            "beside recording; credentials and endpoint from the AWS variables. "
+            "[default: no upload]",
         ),
     ] = None,
     keep_local: Annotated[
         str | None,
         typer.Option(
+            metavar="TIME",
             help="With --upload: delete a local segment this long after it closed, once uploaded "
-            "(e.g. 7d, 0s); without it, kept forever."
+            "(e.g. 7d, 0s). [default: kept forever]",
         ),
     ] = None,
     min_free: Annotated[
         str | None,
         typer.Option(
+            metavar="SIZE",
             help="With --upload: below this free space (e.g. 2GB) delete the oldest uploaded "
-            "segments; never one not uploaded."
+            "segments; never one not uploaded. [default: no limit]",
         ),
     ] = None,
 ) -> None:
@@ -367,7 +380,10 @@ def replay(
     ] = None,
     metrics_file: Annotated[
         Path | None,
-        typer.Option(help="Also write what was replayed as Prometheus metrics to this file."),
+        typer.Option(
+            metavar="FILE",
+            help="Also write what was replayed as Prometheus metrics to this file. [default: none]",
+        ),
     ] = None,
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
@@ -583,19 +599,32 @@ def _retention(keep_local: str | None, min_free: str | None, upload: str | None)
     return Retention(keep_ns, parse_size(min_free) if min_free is not None else None)
 
 
-@app.command()
+@app.command(cls=_Command)
 def upload(
-    raw: Annotated[Path, typer.Argument(help="The folder of segments, e.g. data/raw.")],
+    raw: Annotated[
+        Path, typer.Argument(metavar="RAW", help="The folder of segments, e.g. data/raw.")
+    ],
     destination: Annotated[
-        str, typer.Argument(help="s3://bucket/prefix (AWS variables) or a local folder.")
+        str,
+        typer.Argument(
+            metavar="DESTINATION", help="s3://bucket/prefix (AWS variables) or a local folder."
+        ),
     ],
     keep_local: Annotated[
         str | None,
-        typer.Option(help="Delete local segments closed longer ago than this, once uploaded."),
+        typer.Option(
+            metavar="TIME",
+            help="Delete local segments closed longer ago than this, once uploaded. "
+            "[default: kept forever]",
+        ),
     ] = None,
     min_free: Annotated[
         str | None,
-        typer.Option(help="Below this free space delete the oldest uploaded segments first."),
+        typer.Option(
+            metavar="SIZE",
+            help="Below this free space delete the oldest uploaded segments first. "
+            "[default: no limit]",
+        ),
     ] = None,
 ) -> None:
     """Upload closed segments not yet uploaded, verify each by reading it back; idempotent."""
