@@ -433,6 +433,8 @@ def dump(value: object, style: Style) -> str:
         return "[" + (inner or gap()) + "]"
     if isinstance(value, str):
         return style.string(value)
+    if type(value) is int:  # any size: orjson refuses integers beyond 64 bits
+        return str(value)
     return orjson.dumps(value).decode()
 
 
