@@ -64,10 +64,10 @@ from kbook.segment import (
     meta_line,
 )
 from kbook.sim import Market, V2Market
+from kbook.units import SECOND
 from kbook.v2 import subscribe_request
 from kbook.verify import verify_paths
 
-SECOND = 1_000_000_000
 START_NS = 1_767_607_200 * SECOND
 """2026-01-05T10:00:00Z: the recordings' first receive time."""
 DEPTH = 100

@@ -85,7 +85,7 @@ def _plain(price: str) -> str:
             raise FrameError(f"price {price!r} is not a number") from exc
         if (
             not number.is_finite()
-            or max(number.adjusted(), -number.as_tuple().exponent) > _MAX_EXPONENT
+            or max(number.adjusted(), -int(number.as_tuple().exponent)) > _MAX_EXPONENT
         ):
             raise FrameError(f"price {price!r} is out of range")
         return format(number, "f")

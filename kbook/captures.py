@@ -1,6 +1,6 @@
 """Read third-party captures of Kraken's feed as ``(recv_ns, frame text)`` pairs.
 
-Three layouts are understood, all found in ``shared/kraken/captures``:
+Three layouts are understood, all found in the test captures (``tests/data/captures``):
 
 - cryptofeed's text log: ``URL <-> ts`` (connect), ``URL <- ts: json`` (sent), ``ts: json`` (received);
   the received text is kept verbatim;

@@ -7,21 +7,68 @@ exit code, in one place (``main``). Ctrl+C exits 130 unless a command handles it
 
 from __future__ import annotations
 
+import math
+import multiprocessing
 import os
+import signal
 import sys
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from kbook import __version__
 from kbook.api import Api
 from kbook.errors import KbookError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # typer >= 0.29 vendors click as typer._click; these are its types
+    from typer._click import Context, HelpFormatter
+
     from recorder.upload import Retention
+
+
+class _Command(TyperCommand):
+    """Plain help (no Rich markup, which ate ``[default: ...]``), arguments as ``PAIR...``
+    and options as ``--depth DEPTH`` rather than typer's ``{pairs}... <list[str]>``."""
+
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                label = _label(param)
+                pieces.append(label if param.required else f"[{label}]")
+        return pieces
+
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if isinstance(param, TyperArgument):
+                arguments.append((_label(param), record[1]))
+            elif isinstance(param, TyperOption):
+                names = ", ".join(sorted(param.opts, key=len))
+                if param.secondary_opts:
+                    names += " / " + ", ".join(param.secondary_opts)
+                shown = names if param.is_flag else f"{names} {_label(param)}"
+                options.append((shown, record[1]))
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _label(param: TyperArgument | TyperOption) -> str:
+    """``PAIR...`` for an argument, ``DEPTH`` for an option's value: the metavar, else the name."""
+    label = param.metavar or (param.name or "value").upper()
+    return f"{label}..." if isinstance(param, TyperArgument) and param.nargs != 1 else label
+
 
 app = typer.Typer(
     name="kbook",
@@ -29,6 +76,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -51,25 +99,22 @@ def _root(
     """Record the Kraken WebSocket order book losslessly; replay it into Parquet snapshots."""
 
 
-def format_ns(ns: int | None) -> str:
-    """Integer ns since the epoch as ISO-8601 UTC with milliseconds, or '-'."""
-    if ns is None:
-        return "-"
-    moment = datetime.fromtimestamp(ns / 1e9, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@app.command()
+@app.command(cls=_Command)
 def verify(
     paths: Annotated[
-        list[Path], typer.Argument(help="Segment files, or folders searched for *.jsonl.zst.")
+        list[Path],
+        typer.Argument(metavar="PATH", help="Segment files, or folders searched for *.jsonl.zst."),
     ],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as one JSON object.")
     ] = False,
     metrics_file: Annotated[
         Path | None,
-        typer.Option(help="Also write the counts as Prometheus metrics to this file (*.prom)."),
+        typer.Option(
+            metavar="FILE",
+            help="Also write the counts as Prometheus metrics to this file (*.prom). "
+            "[default: none]",
+        ),
     ] = None,
 ) -> None:
     """Check every checksum in recorded segments; exit 1 if any failed, 2 for unusable input."""
@@ -78,6 +123,7 @@ def verify(
     from rich.console import Console
     from rich.table import Table
 
+    from kbook.units import utc_text
     from kbook.verify import verify_paths
 
     started = time.monotonic()
@@ -109,8 +155,8 @@ def verify(
                 str(s.checksums_ok),
                 str(s.checksums_failed),
                 str(s.dropped),
-                format_ns(s.first_ns),
-                format_ns(s.last_ns),
+                utc_text(s.first_ns, 3),
+                utc_text(s.last_ns, 3),
                 f"{s.invalid_ns / 1e9:.3f} s",
             )
         console = Console(width=max(Console().width, 140))
@@ -125,10 +171,13 @@ def verify(
     raise typer.Exit(1 if report.checksums_failed else 0)
 
 
-@app.command()
+@app.command(cls=_Command)
 def record(
     pairs: Annotated[
-        list[str], typer.Argument(help="Pairs to record, e.g. BTC/USD ETH/USD (one connection).")
+        list[str],
+        typer.Argument(
+            metavar="PAIR", help="Pairs to record, e.g. BTC/USD ETH/USD (one connection)."
+        ),
     ],
     depth: Annotated[
         int, typer.Option(help="Book depth: 10, 25, 100, 500 or 1000 levels per side.")
@@ -139,8 +188,8 @@ def record(
     api: Annotated[
         str | None,
         typer.Option(
-            help="Kraken WebSocket API: v2, or v1 (frozen by Kraken); one API per run. Without "
-            "it, the one --url says (a path ending in /v2 is v2, else v1), else v2."
+            help="Kraken WebSocket API: v2, or v1 (frozen by Kraken); one API per run. "
+            "[default: the one --url says (a path ending in /v2 is v2, else v1), else v2]"
         ),
     ] = None,
     url: Annotated[
@@ -151,19 +200,29 @@ def record(
         ),
     ] = None,
     duration: Annotated[
-        str | None, typer.Option(help="Stop cleanly after this long (e.g. 55m, 1h, 7d).")
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="Stop cleanly after this long (e.g. 55m, 1h, 7d). [default: until stopped]",
+        ),
     ] = None,
     rotate: Annotated[
-        str, typer.Option(help="Start a new segment every period, on UTC boundaries.")
+        str,
+        typer.Option(metavar="TIME", help="Start a new segment every period, on UTC boundaries."),
     ] = "1h",
     max_segment_mb: Annotated[
-        float | None, typer.Option(help="Also start a new segment at this compressed size (MB).")
+        float | None,
+        typer.Option(
+            metavar="MB",
+            help="Also start a new segment at this compressed size (MB). [default: no size limit]",
+        ),
     ] = None,
     retries: Annotated[
         int,
         typer.Option(
+            metavar="N",
             help="Failed connection attempts in a row before giving up (exit 1); "
-            "0: never give up, backing off up to 60 s between attempts."
+            "0: never give up, backing off up to 60 s between attempts.",
         ),
     ] = 0,
     quiet: Annotated[
@@ -171,60 +230,71 @@ def record(
     ] = False,
     metrics_port: Annotated[
         int | None,
-        typer.Option(help="Serve Prometheus metrics on this port at /metrics (0: any free port)."),
+        typer.Option(
+            metavar="PORT",
+            help="Serve Prometheus metrics on this port at /metrics (0: any free port). "
+            "[default: no server]",
+        ),
     ] = None,
     metrics_addr: Annotated[
-        str, typer.Option(help="Address the metrics server listens on.")
+        str, typer.Option(metavar="ADDRESS", help="Address the metrics server listens on.")
     ] = "127.0.0.1",
     metrics_file: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="Rewrite this file atomically every second with the metrics "
-            "(node_exporter's textfile format; name it *.prom)."
+            "(node_exporter's textfile format; name it *.prom). [default: none]",
         ),
     ] = None,
     upload: Annotated[
         str | None,
         typer.Option(
+            metavar="DESTINATION",
             help="Upload each closed segment to s3://bucket/prefix (or a folder), verified, "
-            "beside recording; credentials and endpoint from the AWS variables."
+            "beside recording; credentials and endpoint from the AWS variables. "
+            "[default: no upload]",
         ),
     ] = None,
     keep_local: Annotated[
         str | None,
         typer.Option(
+            metavar="TIME",
             help="With --upload: delete a local segment this long after it closed, once uploaded "
-            "(e.g. 7d, 0s); without it, kept forever."
+            "(e.g. 7d, 0s). [default: kept forever]",
         ),
     ] = None,
     min_free: Annotated[
         str | None,
         typer.Option(
+            metavar="SIZE",
             help="With --upload: below this free space (e.g. 2GB) delete the oldest uploaded "
-            "segments; never one not uploaded."
+            "segments; never one not uploaded. [default: no limit]",
         ),
     ] = None,
 ) -> None:
     """Record the order book of PAIRS into zstd segments until stopped (SIGINT/SIGTERM: exit 0)."""
     from kbook.errors import UsageError
-    from kbook.units import parse_duration
+    from kbook.units import parse_duration, utc_text
     from recorder import RecordConfig, Recorder, stop_on_signals
     from recorder.metrics import Metrics
     from recorder.monitor import Monitor
-    from recorder.status import human_bytes, utc_stamp
+    from recorder.status import human_bytes
     from recorder.upload import Uploader
 
     if retries < 0:
         raise UsageError(f"--retries {retries}: give a number of attempts, or 0 to never give up")
 
+    if max_segment_mb is not None and not (math.isfinite(max_segment_mb) and max_segment_mb > 0):
+        raise UsageError(f"--max-segment-mb {max_segment_mb}: must be a positive number of MB")
     config = RecordConfig(
         pairs=tuple(pairs),
         depth=depth,
         out=out,
         url=url,
         api=api,
-        duration_ns=parse_duration(duration) if duration is not None else None,
-        rotate_ns=parse_duration(rotate),
+        duration_ns=parse_duration(duration, "--duration") if duration is not None else None,
+        rotate_ns=parse_duration(rotate, "--rotate"),
         max_segment_bytes=round(max_segment_mb * 1e6) if max_segment_mb is not None else None,
         connect_retries=retries or None,
         quiet=quiet,
@@ -254,7 +324,7 @@ def record(
             metrics.close()
     if not quiet:
         typer.echo(
-            f"{utc_stamp(summary.ended_ns)} kbook record: stopped ({summary.stop_reason}): "
+            f"{utc_text(summary.ended_ns, 0)} kbook record: stopped ({summary.stop_reason}): "
             f"{summary.frames} frames, "
             f"{len(summary.segments)} segment(s), {human_bytes(summary.bytes_written)}, "
             f"{summary.reconnects} reconnect(s)",
@@ -262,25 +332,38 @@ def record(
         )
 
 
-@app.command()
+@app.command(cls=_Command)
 def replay(
     paths: Annotated[
         list[Path] | None,
         typer.Argument(
-            help="Segment files, or folders searched for *.jsonl.zst [default: data/raw]."
+            metavar="PATH",
+            help="Segment files, or folders searched for *.jsonl.zst. [default: data/raw]",
         ),
     ] = None,
     pair: Annotated[
         list[str] | None,
         typer.Option(
-            "--pair", help="Pair to replay, BTC/USD or XBT/USD; repeat it. [default: all]"
+            "--pair", help="Pair to replay, BTC/USD or XBT/USD; repeat it. [default: every pair]"
         ),
     ] = None,
     start: Annotated[
-        str | None, typer.Option(help="First row time, ISO 8601 (naive = UTC), inclusive.")
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="First row time, ISO 8601 (naive = UTC), inclusive. [default: the first book]",
+        ),
     ] = None,
-    end: Annotated[str | None, typer.Option(help="Rows stop before this time (exclusive).")] = None,
-    every: Annotated[str, typer.Option(help="Grid interval: 100ms, 1s, 5s, 1m, 1h, ...")] = "1s",
+    end: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="Rows stop before this time (exclusive). [default: after the last book event]",
+        ),
+    ] = None,
+    every: Annotated[
+        str, typer.Option(metavar="TIME", help="Grid interval: 100ms, 1s, 5s, 1m, 1h, ...")
+    ] = "1s",
     levels: Annotated[
         int, typer.Option(help="Levels per side in each row, up to the recorded depth.")
     ] = 10,
@@ -296,17 +379,22 @@ def replay(
             "(nightly cron); same options as the dataset was built with.",
         ),
     ] = False,
-    workers: Annotated[int, typer.Option(help="Worker processes; 0 means every core.")] = 0,
+    workers: Annotated[
+        int, typer.Option(metavar="N", help="Worker processes; 0 means every core.")
+    ] = 0,
     api: Annotated[
         str | None,
         typer.Option(
             help="Replay only segments of this Kraken API, v1 or v2 (a pair recorded with both "
-            "is one timeline). [default: all]"
+            "is one timeline). [default: both]"
         ),
     ] = None,
     metrics_file: Annotated[
         Path | None,
-        typer.Option(help="Also write what was replayed as Prometheus metrics to this file."),
+        typer.Option(
+            metavar="FILE",
+            help="Also write what was replayed as Prometheus metrics to this file. [default: none]",
+        ),
     ] = None,
     max_silence: Annotated[
         str,
@@ -326,22 +414,27 @@ def replay(
             "runs in pure Python, about 3.5x slower; see README, Performance",
             err=True,
         )
-    with progress_bar(enabled=sys.stderr.isatty()) as progress:
-        summary = replay_to_dataset(
-            paths or [_default_raw()],
-            out,
-            every=every,
-            levels=levels,
-            pairs=pair or None,
-            start=start,
-            end=end,
-            force=force,
-            workers=workers,
-            progress=progress,
-            api=api,
-            max_silence=max_silence,
-            update=update,
-        )
+    try:
+        with _stopped_by_signals(), progress_bar(enabled=sys.stderr.isatty()) as bar:
+            summary = replay_to_dataset(
+                paths or [_default_raw()],
+                out,
+                every=every,
+                levels=levels,
+                pairs=pair or None,
+                start=start,
+                end=end,
+                force=force,
+                workers=workers,
+                progress=bar,
+                api=api,
+                max_silence=max_silence,
+                update=update,
+            )
+    except _Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        typer.echo(f"kbook: replay stopped by {name}: {out} left as it was", err=True)
+        raise typer.Exit(128 + exc.signum) from None
     print_summary(summary)
     if metrics_file is not None:
         from kbook import job_metrics
@@ -357,7 +450,7 @@ def replay(
         )
 
 
-@app.command()
+@app.command(cls=_Command)
 def simulate(
     port: Annotated[
         int, typer.Option(help="TCP port to listen on (127.0.0.1); 0 picks a free one.")
@@ -372,7 +465,10 @@ def simulate(
         int, typer.Option(help="Random seed: the same seed sends the same frames.")
     ] = 7,
     duration: Annotated[
-        str | None, typer.Option(help="Stop after this long (e.g. 30s, 2m); default: until Ctrl+C.")
+        str | None,
+        typer.Option(
+            metavar="TIME", help="Stop after this long (e.g. 30s, 2m). [default: until Ctrl+C]"
+        ),
     ] = None,
     btc: Annotated[
         str,
@@ -381,65 +477,102 @@ def simulate(
     api: Annotated[
         str | None,
         typer.Option(
-            help="WebSocket API to speak, whatever the URL path: v2 (BTC/USD), the default, or "
-            "v1, the default with --from. The URL printed ends in /v2 for v2."
+            help="WebSocket API to speak, whatever the URL path: v2 (BTC/USD) or v1. The URL "
+            "printed ends in /v2 for v2. [default: v2; with --from, v1]"
         ),
     ] = None,
     idle_timeout: Annotated[
-        str, typer.Option(help="Close a connection the client said nothing on for this long.")
+        str,
+        typer.Option(
+            metavar="TIME", help="Close a connection the client said nothing on for this long."
+        ),
     ] = "60s",
     heartbeat: Annotated[
         float, typer.Option(help="Seconds between heartbeats on a subscribed connection.")
     ] = 1.0,
     capture: Annotated[
         Path | None,
-        typer.Option("--from", help="Play back this kbook segment or capture file instead."),
+        typer.Option(
+            "--from",
+            metavar="FILE",
+            help="Play back this kbook segment or capture file instead. "
+            "[default: a seeded simulated market]",
+        ),
     ] = None,
     speed: Annotated[
         float, typer.Option(help="Playback speed factor for --from; 0: as fast as possible.")
     ] = 1.0,
     drop_after: Annotated[
-        int | None, typer.Option(min=0, help="Cut TCP (no close frame) after N book frames.")
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Cut TCP (no close frame) after N book frames. [default: never]",
+        ),
     ] = None,
     stall_after: Annotated[
-        int | None, typer.Option(min=0, help="Send nothing at all after N book frames.")
+        int | None,
+        typer.Option(
+            min=0, metavar="N", help="Send nothing at all after N book frames. [default: never]"
+        ),
     ] = None,
     stall_seconds: Annotated[
-        float | None, typer.Option(min=0, help="How long a stall lasts; default: forever.")
+        float | None,
+        typer.Option(min=0, metavar="SECONDS", help="How long a stall lasts. [default: forever]"),
     ] = None,
     bad_checksum_at: Annotated[
-        int | None, typer.Option(min=1, help="The N-th update carries a wrong checksum.")
+        int | None,
+        typer.Option(
+            min=1, metavar="N", help="The N-th update carries a wrong checksum. [default: none]"
+        ),
     ] = None,
     non_json_after: Annotated[
-        int | None, typer.Option(min=0, help="Send a frame that is not JSON after N book frames.")
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Send a frame that is not JSON after N book frames. [default: never]",
+        ),
     ] = None,
     maintenance_after: Annotated[
         int | None,
-        typer.Option(min=0, help="Announce maintenance and close after N book frames."),
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Announce maintenance and close after N book frames. [default: never]",
+        ),
     ] = None,
     rate_limit_subscribes: Annotated[
-        int, typer.Option(min=0, help="Answer the first N subscribes with 'Exceeded msg rate'.")
+        int,
+        typer.Option(
+            min=0, metavar="N", help="Answer the first N subscribes with 'Exceeded msg rate'."
+        ),
     ] = 0,
     refuse_connections: Annotated[
-        int, typer.Option(min=0, help="Refuse the first N connection attempts with HTTP 503.")
+        int,
+        typer.Option(
+            min=0, metavar="N", help="Refuse the first N connection attempts with HTTP 503."
+        ),
     ] = 0,
     repeat_faults: Annotated[
         bool, typer.Option(help="Apply the per-connection faults to every connection, not one.")
     ] = False,
 ) -> None:
     """Serve a simulated Kraken v2 (or --api v1) book feed on 127.0.0.1; prints its URL first."""
-    import math
-
     from kbook.errors import UsageError
     from kbook.sim.config import SimulatorConfig
     from kbook.sim.faults import FaultPlan
     from kbook.sim.run import run
     from kbook.units import parse_duration
 
-    duration_s = parse_duration(duration) / 1e9 if duration is not None else None
+    duration_s = parse_duration(duration, "--duration") / 1e9 if duration is not None else None
     if duration_s is not None and duration_s <= 0:
         raise UsageError(f"--duration {duration} must be positive")
-    idle_s = float(idle_timeout) if _is_number(idle_timeout) else parse_duration(idle_timeout) / 1e9
+    idle_s = (
+        float(idle_timeout)
+        if _is_number(idle_timeout)
+        else parse_duration(idle_timeout, "--idle-timeout") / 1e9
+    )
     config = SimulatorConfig(
         pairs=tuple(p for p in pairs.split(",") if p.strip()),
         rate=rate,
@@ -491,19 +624,32 @@ def _retention(keep_local: str | None, min_free: str | None, upload: str | None)
     return Retention(keep_ns, parse_size(min_free) if min_free is not None else None)
 
 
-@app.command()
+@app.command(cls=_Command)
 def upload(
-    raw: Annotated[Path, typer.Argument(help="The folder of segments, e.g. data/raw.")],
+    raw: Annotated[
+        Path, typer.Argument(metavar="RAW", help="The folder of segments, e.g. data/raw.")
+    ],
     destination: Annotated[
-        str, typer.Argument(help="s3://bucket/prefix (AWS variables) or a local folder.")
+        str,
+        typer.Argument(
+            metavar="DESTINATION", help="s3://bucket/prefix (AWS variables) or a local folder."
+        ),
     ],
     keep_local: Annotated[
         str | None,
-        typer.Option(help="Delete local segments closed longer ago than this, once uploaded."),
+        typer.Option(
+            metavar="TIME",
+            help="Delete local segments closed longer ago than this, once uploaded. "
+            "[default: kept forever]",
+        ),
     ] = None,
     min_free: Annotated[
         str | None,
-        typer.Option(help="Below this free space delete the oldest uploaded segments first."),
+        typer.Option(
+            metavar="SIZE",
+            help="Below this free space delete the oldest uploaded segments first. "
+            "[default: no limit]",
+        ),
     ] = None,
 ) -> None:
     """Upload closed segments not yet uploaded, verify each by reading it back; idempotent."""
@@ -519,6 +665,43 @@ def upload(
         typer.echo(f"kbook: warning: {failure}", err=True)
     if summary.failed:
         raise KbookError(f"{len(summary.failed)} segment(s) could not be uploaded; run it again")
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: unwind (``finally`` blocks remove unfinished output), then exit
+    with 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class _Stopped:
+    signal: int | None = None
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[_Stopped]:
+    """Turn SIGTERM into what Ctrl+C does, and stop replay's worker processes at once on either.
+
+    Without it SIGTERM ends the process on the spot and the hidden folder of an unfinished
+    dataset stays behind; and a pool waits for its running tasks before it unwinds."""
+    stopped = _Stopped()
+
+    def stop(signum: int, _frame: object) -> None:
+        if stopped.signal is None:
+            stopped.signal = signum
+            for child in multiprocessing.active_children():
+                child.terminate()
+            raise _Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopped
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _default_raw() -> Path:
@@ -543,7 +726,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     out: Annotated[
         Path, typer.Option(help="Folder for the demo's segments, snapshots and picture.")
@@ -556,6 +739,7 @@ def demo(
     from rich.table import Table
 
     from kbook.demo import run_demo
+    from kbook.units import utc_text
     from replay import read_snapshots
 
     console = Console(soft_wrap=True)
@@ -570,7 +754,7 @@ def demo(
     values = {c: table.column(c).to_pylist() for c in columns[1:]}
     for i, ns in enumerate(times):
         shown.add_row(
-            datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).strftime("%H:%M:%S"),
+            utc_text(ns, 0)[11:19],  # HH:MM:SS
             str(values["valid"][i]),
             *(f"{values[c][i]:.5f}" if values[c][i] is not None else "-" for c in columns[2:]),
         )
@@ -591,29 +775,35 @@ def demo(
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(
-    snapshots: Annotated[Path, typer.Argument(help="A dataset written by kbook replay.")],
+    snapshots: Annotated[
+        Path, typer.Argument(metavar="SNAPSHOTS", help="A dataset written by kbook replay.")
+    ],
     pair: Annotated[
         str | None, typer.Option(help="Pair to draw, e.g. BTC/USD [default: the only one].")
     ] = None,
     start: Annotated[
-        str | None, typer.Option(help="From this time, ISO 8601 (naive = UTC).")
+        str | None,
+        typer.Option(
+            metavar="TIME", help="From this time, ISO 8601 (naive = UTC). [default: the first row]"
+        ),
     ] = None,
-    end: Annotated[str | None, typer.Option(help="Until this time (exclusive).")] = None,
-    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("book.png"),
+    end: Annotated[
+        str | None,
+        typer.Option(metavar="TIME", help="Until this time (exclusive). [default: the last row]"),
+    ] = None,
+    out: Annotated[Path, typer.Option(metavar="PNG", help="PNG file to write.")] = Path("book.png"),
 ) -> None:
     """Draw mid, spread and a depth heatmap of a replayed period, invalid spans shaded."""
     from kbook.errors import InputError, UsageError
     from kbook.pairs import common_name, parse_pair
     from kbook.plot import plot_book, require_matplotlib
     from replay import read_snapshots
+    from replay.parquet import require_snapshots
 
     require_matplotlib()
-    if not snapshots.is_dir():
-        raise InputError(
-            f"{snapshots}: no such snapshot dataset (a folder written by kbook replay)"
-        )
+    require_snapshots(snapshots)
     if pair is None:
         found = sorted(p.name.removeprefix("pair=") for p in snapshots.glob("pair=*"))
         if len(found) != 1:
@@ -628,9 +818,11 @@ def plot(
     typer.echo(f"kbook plot: {table.num_rows} rows of {name} drawn to {written}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def watch(
-    pair: Annotated[str, typer.Argument(help="Pair to watch, e.g. BTC/USD or XBT/USD.")],
+    pair: Annotated[
+        str, typer.Argument(metavar="PAIR", help="Pair to watch, e.g. BTC/USD or XBT/USD.")
+    ],
     depth: Annotated[
         int | None,
         typer.Option(
@@ -644,8 +836,8 @@ def watch(
     api: Annotated[
         str | None,
         typer.Option(
-            help="Kraken WebSocket API: v2 or v1. Without it, the one --url says (a path ending in "
-            "/v2 is v2, else v1), else v2; with --from, the API of the first recorded book of PAIR."
+            help="Kraken WebSocket API: v2 or v1. [default: the one --url says (a path ending in "
+            "/v2 is v2, else v1), else v2; with --from, the API of the first recorded book of PAIR]"
         ),
     ] = None,
     url: Annotated[
@@ -659,7 +851,9 @@ def watch(
         list[Path] | None,
         typer.Option(
             "--from",
-            help="Replay these segments or folders instead of connecting (repeat the option).",
+            metavar="PATH",
+            help="Replay these segments or folders instead of connecting (repeat the option). "
+            "[default: connect to Kraken]",
         ),
     ] = None,
     speed: Annotated[
@@ -708,11 +902,17 @@ def main() -> None:
         typer.echo("kbook: interrupted", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
+        typer.echo("kbook: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # click's usage errors (typer >= 0.29 vendors click: no `click`)
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(code, int):
-            show()
+        message, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if not callable(message) or not isinstance(code, int):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain ``kbook``: the help is the message
+            typer.echo(message(), err=True)
             sys.exit(code)
-        raise
+        context = getattr(exc, "ctx", None)
+        where = f" (see {context.command_path} --help)" if context is not None else ""
+        typer.echo(f"kbook: error: {message().rstrip('.')}{where}", err=True)
+        sys.exit(code)
     sys.exit(result if isinstance(result, int) else 0)

@@ -13,6 +13,7 @@ invalid rows and a grey band in the picture: a hole is marked, never papered ove
 
 from __future__ import annotations
 
+import math
 import shutil
 import threading
 import time
@@ -65,6 +66,10 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> DemoResult:
     """Simulate, record, verify, replay and plot; ``say`` gets one line per step."""
+    if not math.isfinite(seconds):
+        raise UsageError(
+            f"--seconds {seconds:g}: must be a number of seconds, {MIN_SECONDS:g} or more"
+        )
     if seconds < MIN_SECONDS:
         raise UsageError(
             f"--seconds {seconds:g} is too short for the demo; use {MIN_SECONDS:g} or more"

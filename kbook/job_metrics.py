@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from kbook.errors import OutputError
+from kbook.units import SECOND
 
 if TYPE_CHECKING:
     from kbook.verify import VerifyReport
     from replay.api import ReplaySummary
-
-SECOND = 1_000_000_000
 
 
 def _gauge(registry: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:

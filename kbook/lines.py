@@ -46,10 +46,12 @@ version of kbook) is not used, and ``tests/test_native.py`` checks that each cla
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import orjson
 
@@ -82,8 +84,9 @@ them in step with the sides, as ``Book.checksum`` expects."""
 _stale_core = False
 """True when a native core was built but declares another interface (an old build)."""
 
+_native_core: Any
 try:
-    from kbook import _native as _native_core
+    _native_core = importlib.import_module("kbook._native")
 except ImportError:  # no C compiler at install: the pure-Python loop does the same work
     _native_core = None
 else:

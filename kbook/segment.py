@@ -33,7 +33,7 @@ at the next frame. A ``.partial`` file that is empty is a recorder killed before
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
@@ -42,6 +42,8 @@ import orjson
 import zstandard
 
 from kbook.errors import InputError, OutputError, SegmentError
+from kbook.pairs import file_name
+from kbook.units import utc_day, utc_text
 
 SUFFIX = ".jsonl.zst"
 PARTIAL_SUFFIX = ".partial"
@@ -275,7 +277,7 @@ class SegmentReader:
             return None
         return record
 
-    def raw_lines(self) -> Iterator[tuple[int, bytes]]:
+    def raw_lines(self) -> Generator[tuple[int, bytes]]:
         """``(line number, line bytes without newline)`` for every complete line."""
         for first, lines in self.batches():
             for number, line in enumerate(lines, first):
@@ -477,6 +479,21 @@ def find_segments(paths: Iterable[Path]) -> list[Path]:
     unique = list(dict.fromkeys(found))
     starts = {path: first_recv_ns(path) for path in unique}
     return sorted(unique, key=lambda p: (starts[p] is None, starts[p] or 0, *_name_order(p)))
+
+
+def segment_path(root: Path, pair: str, start_ns: int, counter: int = 0) -> Path:
+    """Where the recorder puts the segment of ``pair`` that starts at ``start_ns``:
+    ``root/raw/BTC-USD/2026-11-21/BTC-USD.20261121T100000Z.jsonl.zst``, with ``-1``, ``-2``, ...
+    after the stamp when ``counter`` de-duplicates segments started in the same second."""
+    name = file_name(pair)
+    stamp = utc_text(start_ns, 0).replace("-", "").replace(":", "")
+    suffix = f"-{counter}" if counter else ""
+    return root / "raw" / name / utc_day(start_ns) / f"{name}.{stamp}{suffix}{SUFFIX}"
+
+
+def stream_name(path: Path) -> str:
+    """The stream a segment belongs to (``segment_path``'s pair part): ``BTC-USD``."""
+    return path.name.split(".", 1)[0]
 
 
 def _name_order(path: Path) -> tuple[str, int, str]:

@@ -1,4 +1,5 @@
-"""Durations as users type them (``100ms``, ``1s``, ``5m``, ``1h``, ``1d``), as integer nanoseconds.
+"""Durations as users type them (``100ms``, ``1s``, ``5m``, ``1h``, ``1d``), as integer nanoseconds,
+and integer nanoseconds as text (durations, UTC times and dates): kbook's one home for both.
 
 Integer nanoseconds match every timestamp inside kbook, so grids and rotation boundaries are exact:
 ``"0.1s"`` and ``"100ms"`` are the same 100_000_000 ns, with no float rounding.
@@ -7,6 +8,7 @@ Integer nanoseconds match every timestamp inside kbook, so grids and rotation bo
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from kbook.errors import UsageError
@@ -23,8 +25,9 @@ UNITS_NS = {
 _DURATION = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*([a-z]+)\s*$")
 
 
-def parse_duration(text: str) -> int:
-    """``"1.5s"`` -> 1_500_000_000. A unit is required; raises ``UsageError`` naming the text.
+def parse_duration(text: str, option: str = "duration") -> int:
+    """``"1.5s"`` -> 1_500_000_000. A unit is required; raises ``UsageError`` naming ``option``
+    (``--every``) and the text.
 
     Zero and negative values parse (callers decide whether they make sense); a value that is not
     a whole number of nanoseconds is refused rather than rounded.
@@ -32,13 +35,13 @@ def parse_duration(text: str) -> int:
     match = _DURATION.match(text.lower())
     if match is None or match.group(2) not in UNITS_NS:
         units = ", ".join(UNITS_NS)
-        raise UsageError(f"duration {text!r} is not a number with a unit ({units}), e.g. 1s")
+        raise UsageError(f"{option} {text!r} is not a number with a unit ({units}), e.g. 1s")
     try:
         value = Decimal(match.group(1)) * UNITS_NS[match.group(2)]
     except InvalidOperation as exc:  # pragma: no cover - the pattern only admits numbers
-        raise UsageError(f"duration {text!r} is not a number") from exc
+        raise UsageError(f"{option} {text!r} is not a number") from exc
     if value != value.to_integral_value():
-        raise UsageError(f"duration {text!r} is not a whole number of nanoseconds")
+        raise UsageError(f"{option} {text!r} is not a whole number of nanoseconds")
     return int(value)
 
 
@@ -66,3 +69,34 @@ def parse_size(text: str) -> int:
             "e.g. 2GB"
         )
     return int(Decimal(match.group(1)) * SIZE_UNITS[match.group(2)])
+
+
+SECOND = UNITS_NS["s"]
+MS = UNITS_NS["ms"]
+DAY = UNITS_NS["d"]
+
+
+def format_duration(ns: int) -> str:
+    """``100_000_000`` -> ``100ms``: the largest unit that divides ``ns`` exactly."""
+    for unit, size in sorted(UNITS_NS.items(), key=lambda item: -item[1]):
+        if ns and ns % size == 0:
+            return f"{ns // size}{unit}"
+    return f"{ns}ns"
+
+
+def utc_text(ns: int | None, digits: int | None = None) -> str:
+    """ISO 8601 UTC of integer ns since the epoch, ``-`` for None; exact by default
+    (``2026-11-21T10:00:00.1Z``: every digit up to the last that is not zero), else with exactly
+    ``digits`` decimals (3: milliseconds, 0: whole seconds), cut, never rounded up."""
+    if ns is None:
+        return "-"
+    seconds, rest = divmod(ns, SECOND)
+    text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f"{rest:09d}"
+    fraction = fraction.rstrip("0") if digits is None else fraction[:digits]
+    return f"{text}.{fraction}Z" if fraction else f"{text}Z"
+
+
+def utc_day(ns: int) -> str:
+    """The UTC date of ``ns``, ``YYYY-MM-DD`` (segment folders, the dataset's ``date``)."""
+    return datetime.fromtimestamp(ns // SECOND, tz=UTC).strftime("%Y-%m-%d")

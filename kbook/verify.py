@@ -34,7 +34,7 @@ from kbook.api import Api
 from kbook.feed import BookFeed, Outcome, PairStats
 from kbook.lines import LineFeed
 from kbook.pairs import common_name
-from kbook.segment import Problem, find_segments, sane_recv_ns
+from kbook.segment import Problem, find_segments, sane_recv_ns, stream_name
 from kbook.v2 import RecordReader, feed_for, segment_api
 
 
@@ -105,11 +105,6 @@ class VerifyReport:
             "raw_frames": self.raw_frames,
             "problems": [str(problem) for problem in self.problems],
         }
-
-
-def stream_name(path: Path) -> str:
-    """The stream a segment belongs to: its name up to the first dot (``BTC-USD``)."""
-    return path.name.split(".", 1)[0]
 
 
 def verify_paths(paths: Iterable[Path]) -> VerifyReport:

@@ -13,10 +13,10 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kbook.units import SECOND
+
 if TYPE_CHECKING:
     from recorder.config import RecordConfig
-
-SECOND = 1_000_000_000
 
 
 @dataclass

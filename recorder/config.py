@@ -13,8 +13,8 @@ from typing import Any
 from kbook.api import choose_api, parse_depth
 from kbook.errors import UsageError
 from kbook.pairs import file_name, parse_pair
+from kbook.units import SECOND
 
-SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
 

@@ -24,8 +24,7 @@ import orjson
 import websocket
 
 from kbook.dialect import Dialect
-
-SECOND = 1_000_000_000
+from kbook.units import SECOND
 
 
 class ConnectFailed(Exception):

@@ -41,12 +41,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kbook.errors import OutputError, UsageError
+from kbook.units import SECOND
 from recorder.subscriptions import State
 
 if TYPE_CHECKING:
     from recorder.record import Recorder
-
-SECOND = 1_000_000_000
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kbook.errors import OutputError
+from kbook.units import SECOND
 from recorder.metrics import Metrics, recorder_state
 
 if TYPE_CHECKING:
     from recorder.record import Recorder
     from recorder.upload import Uploader
-
-SECOND = 1_000_000_000
 
 
 class Monitor:

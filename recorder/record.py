@@ -297,7 +297,11 @@ class Recorder:
         elif outcome is Outcome.CHECKSUM_FAILED:
             pair_name, channel, expected = self.dialect.mismatch(msg, self.feed)
             book = self.feed.books.get((pair_name, channel)) if channel is not None else None
-            meta = {"type": "checksum_mismatch", "pair": pair_name, "channel": channel}
+            meta: dict[str, Any] = {
+                "type": "checksum_mismatch",
+                "pair": pair_name,
+                "channel": channel,
+            }
             meta["frame_seq"] = seq
             meta["expected"] = expected
             meta["computed"] = book.checksum() if book is not None else None

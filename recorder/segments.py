@@ -22,28 +22,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kbook.errors import OutputError
-from kbook.pairs import file_name
-from kbook.segment import PARTIAL_SUFFIX, SUFFIX, SegmentWriter, meta_line
+from kbook.segment import PARTIAL_SUFFIX, SegmentWriter, meta_line, segment_path
 
-SECOND = 1_000_000_000
 MAX_HELD_LINES = 10_000
 """A pending stream that holds more than this commits anyway: memory is not storage."""
 
 CheckpointSource = Callable[[str], list[dict[str, Any]]]
 """Given a user pair, the ``checkpoint`` meta records of its books that are valid now."""
-
-
-def segment_path(root: Path, pair: str, start_ns: int, counter: int = 0) -> Path:
-    """Where the segment of ``pair`` starting at ``start_ns`` goes (``counter`` > 0 de-duplicates)."""
-    moment = datetime.fromtimestamp(start_ns // SECOND, tz=UTC)
-    name = file_name(pair)
-    stamp = moment.strftime("%Y%m%dT%H%M%SZ") + (f"-{counter}" if counter else "")
-    return root / "raw" / name / moment.strftime("%Y-%m-%d") / f"{name}.{stamp}{SUFFIX}"
 
 
 def open_unique(root: Path, pair: str, start_ns: int) -> SegmentWriter:

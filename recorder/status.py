@@ -8,16 +8,10 @@ refused pair), printed even when quiet.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-SECOND = 1_000_000_000
-
-
-def utc_stamp(ns: int) -> str:
-    """``2026-11-21T00:00:10Z`` for integer ns since the epoch."""
-    return datetime.fromtimestamp(ns // SECOND, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from kbook.units import SECOND, utc_text
 
 
 def human_bytes(count: int) -> str:
@@ -81,7 +75,7 @@ class Reporter:
         if self.stream is None:
             return
         try:
-            self.stream.write(f"{utc_stamp(time.time_ns())} {text}\n")
+            self.stream.write(f"{utc_text(time.time_ns(), 0)} {text}\n")
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed stderr (cron, nohup) must not stop the recording

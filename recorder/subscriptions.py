@@ -35,13 +35,12 @@ from kbook.dialect import (
     Dialect,
     spellings,
 )
+from kbook.units import SECOND
 
 if TYPE_CHECKING:
     from recorder.config import RecordConfig
 
 __all__ = ["Action", "PairSubscription", "State", "Subscriptions", "spellings"]
-
-SECOND = 1_000_000_000
 
 
 class State(Enum):

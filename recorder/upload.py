@@ -42,10 +42,10 @@ import pyarrow.fs as pafs
 
 from kbook.errors import OutputError, UsageError
 from kbook.segment import SUFFIX
+from kbook.units import SECOND
 from recorder.backoff import Backoff
 from recorder.metrics import disk_free_bytes
 
-SECOND = 1_000_000_000
 LEDGER_NAME = ".kbook-uploads.jsonl"
 CHUNK = 1 << 20
 

@@ -30,6 +30,7 @@ from kbook.errors import InputError, UsageError
 from kbook.feed import channel_depth
 from kbook.pairs import common_name, file_name
 from kbook.segment import Problem, find_segments
+from kbook.units import utc_day, utc_text
 from replay.chunks import read_spool
 from replay.columns import TIMESTAMP, file_schema, row_group_rows, table_schema
 from replay.engine import StreamResult, merge_results
@@ -38,8 +39,6 @@ from replay.options import (
     DurationLike,
     ReplayOptions,
     TimeLike,
-    day_of,
-    format_ns,
     make_options,
     parse_pairs,
     to_ns,
@@ -52,6 +51,7 @@ from replay.parquet import (
     check_output,
     discard,
     publish,
+    require_snapshots,
     source_spool,
     temporary_folder,
     write_manifest,
@@ -115,8 +115,8 @@ class ReplaySummary:
             "every_ns": options.every_ns,
             "levels": options.levels,
             "max_silence_ns": options.max_silence_ns,
-            "start": format_ns(options.start_ns) if options.start_ns is not None else None,
-            "end": format_ns(options.end_ns) if options.end_ns is not None else None,
+            "start": utc_text(options.start_ns) if options.start_ns is not None else None,
+            "end": utc_text(options.end_ns) if options.end_ns is not None else None,
             "segments": len(self.segments),
             "segments_read": self.result.segments_read,
             "pairs": {
@@ -125,11 +125,11 @@ class ReplaySummary:
                     "sources": s.sources,
                     "rows": s.rows,
                     "valid_rows": s.valid_rows,
-                    "first": format_ns(s.first_ts),
-                    "last": format_ns(s.last_ts),
+                    "first": utc_text(s.first_ts),
+                    "last": utc_text(s.last_ts),
                     "frames": s.frames,
                     "checksum_failures": s.checksum_failures,
-                    "invalid_spans": [[format_ns(a), format_ns(b)] for a, b in s.invalid_spans],
+                    "invalid_spans": [[utc_text(a), utc_text(b)] for a, b in s.invalid_spans],
                 }
                 for pair, s in self.pairs.items()
             },
@@ -156,8 +156,8 @@ def replay_table(
     options = make_options(every, levels, pairs, start, end, workers, api, max_silence)
     tables: dict[str, list[pa.Table]] = {}
     infos, outcomes = run_replay(paths, options, None, None)
-    for _result, batches in outcomes:
-        tables.update(batches)  # type: ignore[arg-type]
+    for _result, rows in outcomes:
+        tables.update(rows.batches)
     _require_rows(merge_results([outcome[0] for outcome in outcomes]), options, infos)
     schema = table_schema(options.levels)
     parts = []
@@ -202,7 +202,7 @@ def replay_to_dataset(
         result = merge_results([outcome[0] for outcome in outcomes])
         _require_rows(result, options, infos)
         segments = [info.path for info in infos]
-        files = sorted(path for outcome in outcomes for path in outcome[1])  # type: ignore[union-attr]
+        files = sorted(path for _result, rows in outcomes for path in rows.files)
         summary = ReplaySummary(options, segments, result, out, files)
         summary.seconds = time.monotonic() - began
         write_manifest(folder, _manifest(summary, infos))
@@ -294,35 +294,17 @@ def read_snapshots(
     import pyarrow.dataset as ds  # here: it imports pandas, which replay workers never need
 
     out = Path(out)
-    if not out.is_dir():
-        raise InputError(f"{out}: no such snapshot dataset")
+    require_snapshots(out)
     partitioning = ds.partitioning(
         pa.schema([("pair", pa.string()), ("date", pa.string())]), flavor="hive"
     )
-    dataset = ds.dataset(out, format="parquet", partitioning=partitioning)
-    condition = None
-    names = parse_pairs(pair)
-    if names is not None:
-        held = {
-            common_name(path.name.removeprefix("pair=").replace("-", "/", 1))
-            for path in out.glob("pair=*")
-        }
-        missing = sorted(names - held)
-        if missing:
-            raise UsageError(
-                f"pair {', '.join(missing)} not found in the snapshot dataset {out}; it holds: "
-                + (", ".join(sorted(held)) or "no pairs")
-            )
-        condition = _and(condition, ds.field("pair").isin([file_name(name) for name in names]))
-    start_ns, end_ns = to_ns(start, "start"), to_ns(end, "end")
-    if start_ns is not None:
-        condition = _and(condition, ds.field("date") >= day_of(start_ns))
-        condition = _and(condition, ds.field("ts") >= pa.scalar(start_ns, TIMESTAMP))
-    if end_ns is not None:
-        condition = _and(condition, ds.field("date") <= day_of(end_ns - 1))
-        condition = _and(condition, ds.field("ts") < pa.scalar(end_ns, TIMESTAMP))
-    wanted = None if columns is None else list(dict.fromkeys(["ts", "pair", *columns]))
-    table = dataset.to_table(filter=condition, columns=wanted)
+    _require_pairs(out, pair)
+    condition, wanted = _filter(pair, start, end), _wanted(columns)
+    try:  # a stray file that is not Parquet, a damaged one, a column it does not hold
+        dataset = ds.dataset(out, format="parquet", partitioning=partitioning)
+        table = dataset.to_table(filter=condition, columns=wanted)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{out}: cannot read the snapshots: {exc}") from None
     common = pc.replace_substring(
         table.column("pair").cast(pa.string()), "-", "/", max_replacements=1
     )
@@ -330,6 +312,48 @@ def read_snapshots(
     table = table.set_column(table.schema.get_field_index("pair"), pair_field, common)
     order = [name for name in table_schema_names(table) if name != "date"]
     return table.select(order).sort_by([("pair", "ascending"), ("ts", "ascending")])
+
+
+def _require_pairs(out: Path, pair: Iterable[str] | str | None) -> None:
+    """A pair the dataset does not hold is a ``UsageError``, as ``kbook replay --pair`` refuses
+    one, rather than an empty table."""
+    names = parse_pairs(pair)
+    if names is None:
+        return
+    held = {
+        common_name(path.name.removeprefix("pair=").replace("-", "/", 1))
+        for path in out.glob("pair=*")
+    }
+    missing = sorted(names - held)
+    if missing:
+        raise UsageError(
+            f"pair {', '.join(missing)} not found in the snapshot dataset {out}; it holds: "
+            + (", ".join(sorted(held)) or "no pairs")
+        )
+
+
+def _filter(
+    pair: Iterable[str] | str | None, start: TimeLike, end: TimeLike
+) -> pc.Expression | None:
+    """The dataset filter of ``read_snapshots``: partitions (pair, date) and rows (ts)."""
+    import pyarrow.dataset as ds
+
+    condition = None
+    names = parse_pairs(pair)
+    if names is not None:
+        condition = _and(condition, ds.field("pair").isin([file_name(name) for name in names]))
+    start_ns, end_ns = to_ns(start, "start"), to_ns(end, "end")
+    if start_ns is not None:
+        condition = _and(condition, ds.field("date") >= utc_day(start_ns))
+        condition = _and(condition, ds.field("ts") >= pa.scalar(start_ns, TIMESTAMP))
+    if end_ns is not None:
+        condition = _and(condition, ds.field("date") <= utc_day(end_ns - 1))
+        condition = _and(condition, ds.field("ts") < pa.scalar(end_ns, TIMESTAMP))
+    return condition
+
+
+def _wanted(columns: Sequence[str] | None) -> list[str] | None:
+    return None if columns is None else list(dict.fromkeys(["ts", "pair", *columns]))
 
 
 def table_schema_names(table: pa.Table) -> list[str]:
@@ -416,10 +440,7 @@ def _timelines(
                 stream = streams[index]
                 depth = channel_depth(stream.channels[pair])
                 if folder is None:
-                    held = outcomes[index][1]
-                    assert isinstance(held, dict)  # in-memory batches per pair
-                    tables = held.pop(pair, [])
-                    assert isinstance(tables, list)
+                    tables = outcomes[index][1].batches.pop(pair, [])
                     sources.append(SourceRows(depth, iter(tables)))
                 else:
                     path = source_spool(folder, pair, stream.rank)
@@ -438,7 +459,8 @@ def _timelines(
         if writer is not None:
             writer.close()
             shutil.rmtree(folder / SOURCES, ignore_errors=True)  # type: ignore[operator]
-    return [(merged, batches if writer is None else writer.files)]
+    rows = Rows(batches=batches) if writer is None else Rows(files=writer.files)
+    return [(merged, rows)]
 
 
 def _warm_up() -> None:
@@ -465,12 +487,12 @@ def _require_rows(result: StreamResult, options: ReplayOptions, infos: list[Segm
     if any(summary.rows for summary in result.pairs.values()):
         return
     starts = [info.first_ns for info in infos if info.first_ns is not None]
-    recorded = f"segments start from {format_ns(min(starts))} to {format_ns(max(starts))}"
+    recorded = f"segments start from {utc_text(min(starts))} to {utc_text(max(starts))}"
     if options.start_ns is None and options.end_ns is None:
         raise UsageError(f"no snapshot rows: no grid time falls within the books ({recorded})")
     raise UsageError(
-        f"no snapshot rows between {format_ns(options.start_ns)} and "
-        f"{format_ns(options.end_ns)}; {len(infos)} {recorded}"
+        f"no snapshot rows between {utc_text(options.start_ns)} and "
+        f"{utc_text(options.end_ns)}; {len(infos)} {recorded}"
     )
 
 

@@ -32,9 +32,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from kbook.pairs import common_name
+from kbook.units import DAY
 from replay.columns import file_schema
 from replay.engine import Chunk, ChunkResult, StreamResult, span
-from replay.options import NS_PER_DAY, ReplayOptions
+from replay.options import ReplayOptions
 from replay.plan import Stream
 from replay.sampler import Carry, PairSummary
 
@@ -196,7 +197,7 @@ class Stitcher:
             if self.count and first >= self.day_end:
                 self.flush()
             if not self.count:
-                self.day_end = (first // NS_PER_DAY + 1) * NS_PER_DAY
+                self.day_end = (first // DAY + 1) * DAY
             take = min(self.capacity - self.count, _rows_before(table, self.day_end))
             self.parts.append(table.slice(0, take))
             self.count += take

@@ -18,7 +18,8 @@ from collections.abc import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replay.options import NS_PER_DAY
+from kbook.errors import UsageError
+from kbook.units import DAY, format_duration, utc_day
 
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
 SIDES = ("bid_px", "bid_sz", "ask_px", "ask_sz")
@@ -37,6 +38,9 @@ NULL_SOURCE = pa.scalar(None, pa.string())
 ROW_GROUP_BYTES = 32 << 20
 MAX_ROW_GROUP_ROWS = 65_536
 MIN_ROW_GROUP_ROWS = 4_096
+MAX_ROWS_PER_PAIR_DAY = 10_000_000
+"""A grid that would give one pair more rows in a UTC day is refused (a mistyped ``--every 1ns``
+would otherwise run for ever): ``--every 10ms`` over a whole day is 8,640,000 rows."""
 
 
 def level_names(levels: int) -> list[str]:
@@ -72,6 +76,7 @@ class RowBuffer:
         "schema",
         "count",
         "day_end",
+        "day_rows",
         "ts",
         "valid",
         "values",
@@ -97,6 +102,7 @@ class RowBuffer:
         self.sink = sink
         self.schema = file_schema(levels)
         self.day_end = 0
+        self.day_rows = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -124,11 +130,18 @@ class RowBuffer:
         The counts belong to the first row only: later rows saw no frame.
         """
         while n > 0:
-            if self.count and t >= self.day_end:
+            if t >= self.day_end:
                 self.flush()
-            if not self.count:
-                self.day_end = (t // NS_PER_DAY + 1) * NS_PER_DAY
-            k = min(n, self.capacity - self.count, (self.day_end - 1 - t) // every + 1)
+                self.day_end, self.day_rows = (t // DAY + 1) * DAY, 0
+            today = min(n, (self.day_end - 1 - t) // every + 1)
+            if self.day_rows + today > MAX_ROWS_PER_PAIR_DAY:
+                raise UsageError(
+                    f"--every {format_duration(every)} would write more than "
+                    f"{MAX_ROWS_PER_PAIR_DAY:,} rows for one pair on {utc_day(t)} (a whole day is "
+                    f"{DAY // every:,}): choose a coarser grid, or a shorter --start/--end"
+                )
+            k = min(today, self.capacity - self.count)
+            self.day_rows += k
             if k == 1:
                 self._append_one(t, row, valid, updates, failures, last_update)
             else:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -389,7 +390,7 @@ class StreamReplay:
                         active = {w: s for w, s in active.items() if s is not sampler}
                 elif kind in ("connect", "disconnect"):
                     watched = set(active.values())
-                    self._global(lambda m=meta, c=clock: self.feed.on_meta(m, c), watched)
+                    self._global(partial(self.feed.on_meta, meta, clock), watched)
             if not active:
                 return True
         return not active
@@ -416,7 +417,9 @@ class StreamReplay:
         clock = self.clock
         if kind == "checkpoint":
             wire = meta.get("pair")
-            sampler = self.by_wire.get(wire) if type(wire) is str else None
+            if type(wire) is not str:
+                return
+            sampler = self.by_wire.get(wire)
             if sampler is None or meta.get("channel") != sampler.channel:
                 if misnamed(wire, meta.get("channel")):
                     self.feed.malformed_frames += 1  # as BookFeed counts it

@@ -15,9 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 from kbook.api import parse_api
 from kbook.errors import UsageError
 from kbook.pairs import common_name, parse_pair
-from kbook.units import parse_duration
+from kbook.units import parse_duration, utc_text
 
-NS_PER_DAY = 86_400 * 1_000_000_000
 MAX_SILENCE_NS = 10_000_000_000
 """``--max-silence``'s default: the recorder's stall bound (Kraken sends a heartbeat every second
 on an idle connection, so ten silent seconds mean the connection was gone)."""
@@ -68,7 +67,7 @@ def make_options(
     end_ns = to_ns(end, "--end")
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise UsageError(
-            f"empty time range: --start {format_ns(start_ns)} is not before --end {format_ns(end_ns)}"
+            f"empty time range: --start {utc_text(start_ns)} is not before --end {utc_text(end_ns)}"
         )
     if api is not None:
         api = parse_api(api)
@@ -92,7 +91,7 @@ def parse_every(value: DurationLike, name: str = "--every") -> int:
     elif isinstance(value, int) and not isinstance(value, bool):
         ns = value
     elif isinstance(value, str):
-        ns = parse_duration(value)
+        ns = parse_duration(value, name)
     else:
         raise UsageError(f"{name} must be a duration such as 1s or 100ms, got {value!r}")
     if ns <= 0:
@@ -146,20 +145,3 @@ def to_ns(value: TimeLike, name: str = "time") -> int | None:
     return (
         (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000 + nanos
     )
-
-
-def format_ns(ns: int | None) -> str:
-    """Integer ns as ISO-8601 UTC (``2026-11-21T00:00:00.000Z``), or ``-``."""
-    if ns is None:
-        return "-"
-    seconds, rest = divmod(ns, 1_000_000_000)
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if rest:
-        text += f".{rest:09d}".rstrip("0")
-    return text + "Z"
-
-
-def day_of(ns: int) -> str:
-    """The UTC date of ``ns`` as ``YYYY-MM-DD`` (the dataset's ``date`` partition)."""
-    return datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).strftime("%Y-%m-%d")

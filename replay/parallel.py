@@ -16,12 +16,12 @@ import shutil
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from threading import Event, Thread
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pyarrow as pa
 
@@ -33,13 +33,45 @@ from replay.parquet import DatasetWriter
 from replay.plan import Stream
 
 Tick = Callable[[int], None]
-Rows = dict[str, list[pa.Table]] | list[Path] | dict[str, Path]
-"""A unit's rows: batches per pair (in memory), Parquet files written, or spool files per pair."""
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 Done = Callable[[int, Result], None]
 SPOOL = ".chunks"
 """Folder inside the dataset's temporary folder where chunks' rows wait for the join."""
+
+
+class RowSink(Protocol):
+    """Where one unit's rows go, pair by pair: in-memory ``Batches``, the dataset's Parquet files
+    (``DatasetWriter``) or a chunk's ``Spool`` waiting for the join."""
+
+    def sink(self, pair: str) -> Callable[[pa.Table], None]: ...
+
+    def close(self) -> None: ...
+
+
+class Batches:
+    """A ``RowSink`` in memory: each pair's tables, in order."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, list[pa.Table]] = {}
+
+    def sink(self, pair: str) -> Callable[[pa.Table], None]:
+        return self.tables.setdefault(pair, []).append
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Where a unit's rows went (what a worker sends back): the one field its sink filled."""
+
+    batches: dict[str, list[pa.Table]] = field(default_factory=dict)
+    """In memory, per pair (no dataset folder)."""
+    files: list[Path] = field(default_factory=list)
+    """Parquet files written into the dataset's folder (a whole stream)."""
+    spools: dict[str, Path] = field(default_factory=dict)
+    """Spool files per pair (a chunk's rows, waiting for the join)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +179,7 @@ def share(
     """Set when a thread's worker has started, or when this process is done: a thread whose
     worker was still starting then finds nothing left and ends."""
     for started, wake in zip(workers.started, wakes, strict=True):
-        started.add_done_callback(lambda _, wake=wake: wake.set())
+        started.add_done_callback(partial(_set, wake))
 
     def hand_over(wake: Event) -> None:
         wake.wait()
@@ -196,17 +228,16 @@ def share(
         thread.join()
 
 
+def _set(event: Event, _future: Future[None]) -> None:
+    event.set()
+
+
 def work(unit: Unit, options: ReplayOptions, tick: Tick | None = None) -> tuple[ChunkResult, Rows]:
     """Replay one unit (in a worker process, or here); its rows go where ``unit`` says."""
+    writer: RowSink
     if unit.folder is None:
-        batches: dict[str, list[pa.Table]] = {}
-
-        def sinks(pair: str) -> Callable[[pa.Table], None]:
-            return batches.setdefault(pair, []).append
-
-        return _run(unit, options, sinks, tick), batches
-    writer: DatasetWriter | Spool
-    if unit.whole:
+        writer = Batches()
+    elif unit.whole:
         stream = unit.chunk.stream
         writer = DatasetWriter(unit.folder, options.levels, stream.shared, stream.rank)
     else:
@@ -216,7 +247,16 @@ def work(unit: Unit, options: ReplayOptions, tick: Tick | None = None) -> tuple[
         done = _run(unit, options, writer.sink, tick)
     finally:
         writer.close()
-    return done, writer.files
+    return done, _rows(writer)
+
+
+def _rows(writer: RowSink) -> Rows:
+    if isinstance(writer, Batches):
+        return Rows(batches=writer.tables)
+    if isinstance(writer, Spool):
+        return Rows(spools=writer.files)
+    assert isinstance(writer, DatasetWriter)
+    return Rows(files=writer.files)
 
 
 def _run(unit: Unit, options: ReplayOptions, sinks: SinkFactory, tick: Tick | None) -> ChunkResult:
@@ -252,29 +292,26 @@ def _join(
         return _finish(work(_whole(index, chunks[0].stream, folder), options))
     capacity = row_group_rows(options.levels)
     pairs = sorted(chunks[0].stream.channels)
-    if folder is None:
-        batches: dict[str, list[pa.Table]] = {}
-        for pair in pairs:
-            stitcher = Stitcher(capacity, batches.setdefault(pair, []).append)
-            for number, (_done, rows) in enumerate(parts):
-                for order, table in enumerate(rows.get(pair, [])):  # type: ignore[union-attr]
-                    stitcher.add(table, joined.patches.get((pair, number)) if order == 0 else None)
-            stitcher.flush()
-        return joined.result, {pair: tables for pair, tables in batches.items() if tables}
     stream = chunks[0].stream
-    writer = DatasetWriter(folder, options.levels, stream.shared, stream.rank)
+    writer = (
+        Batches()
+        if folder is None
+        else DatasetWriter(folder, options.levels, stream.shared, stream.rank)
+    )
     try:
         for pair in pairs:
             stitcher = Stitcher(capacity, writer.sink(pair))
             for number, (_done, rows) in enumerate(parts):
-                path = rows.get(pair)  # type: ignore[union-attr]
-                if path is None:
-                    continue
-                for order, table in enumerate(read_spool(path)):
+                path = rows.spools.get(pair)
+                tables = rows.batches.get(pair, []) if path is None else read_spool(path)
+                for order, table in enumerate(tables):
                     stitcher.add(table, joined.patches.get((pair, number)) if order == 0 else None)
             stitcher.flush()
     finally:
         writer.close()
-    for spool in spools:
-        shutil.rmtree(spool, ignore_errors=True)
-    return joined.result, writer.files
+    if folder is not None:
+        for spool in spools:
+            shutil.rmtree(spool, ignore_errors=True)
+    if isinstance(writer, Batches):
+        return joined.result, Rows(batches={pair: t for pair, t in writer.tables.items() if t})
+    return joined.result, Rows(files=writer.files)

@@ -13,8 +13,10 @@ named like a partition, so the files hold ``ts, valid, levels..., extras`` and e
 
 Atomicity: everything is written into a hidden sibling folder (``.<out>.tmp-*``) and renamed to
 ``--out`` once complete, so a crash or an error leaves either the old dataset or the new one,
-never a mix. Replacing an existing dataset needs ``force`` and is refused for a folder that does
-not look like one (so ``--out ~`` cannot delete a home folder).
+never a mix. An error, Ctrl+C or SIGTERM removes the hidden folder; one left by ``kill -9`` is
+removed by the next replay into the same ``--out``. Replacing an existing dataset needs
+``force`` and is refused for a folder that does not look like one (so ``--out ~`` cannot delete
+a home folder).
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kbook.errors import OutputError
+from kbook.errors import InputError, OutputError
 from kbook.pairs import file_name
+from kbook.units import utc_day
 from replay.columns import file_schema
-from replay.options import day_of
 
 MANIFEST = "_kbook_replay.json"
 SOURCES = ".sources"
@@ -79,7 +81,7 @@ class DatasetWriter:
             raise OutputError(f"{self.root}: cannot write snapshots: {exc}") from exc
 
     def write(self, pair: str, table: pa.Table) -> None:
-        day = day_of(table.column("ts")[0].value)
+        day = utc_day(table.column("ts")[0].value)
         current = self._open.get(pair)
         if current is None or current[0] != day:
             if current is not None:
@@ -138,6 +140,21 @@ def check_output(out: Path, force: bool) -> None:
         )
 
 
+def require_snapshots(folder: Path) -> None:
+    """Refuse, in one line, a path that is not a snapshot dataset to read; most often it is the
+    recorder's folder of raw segments, which must be replayed first."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such snapshot dataset (a folder written by kbook replay)")
+    if next(folder.rglob("*.parquet"), None) is not None:
+        return
+    if next(folder.rglob("*.jsonl.zst*"), None) is not None:
+        raise InputError(
+            f"{folder}: is a folder of raw segments, not snapshots; replay it first: "
+            f"kbook replay {folder} --out data/snapshots"
+        )
+    raise InputError(f"{folder}: holds no Parquet files; not a snapshot dataset")
+
+
 def looks_like_dataset(folder: Path) -> bool:
     """True for a folder kbook wrote: a manifest, or nothing but ``pair=`` partitions."""
     entries = list(folder.iterdir())
@@ -147,13 +164,31 @@ def looks_like_dataset(folder: Path) -> bool:
 
 
 def temporary_folder(out: Path) -> Path:
-    """A fresh hidden folder beside ``out`` (same file system, so the final rename is atomic)."""
+    """A fresh hidden folder beside ``out`` (same file system, so the final rename is atomic).
+
+    Folders that earlier runs killed outright (``kill -9``, a power cut) left are removed first:
+    their names hold the writer's process id, and one whose process is gone is debris."""
+    for stale in out.parent.glob(f".{out.name}.tmp-*-*"):
+        pid = stale.name.removeprefix(f".{out.name}.tmp-").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     folder = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         folder.mkdir(parents=True)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot create: {exc.strerror}") from exc
     return folder
+
+
+def _alive(pid: int) -> bool:
+    """True if process ``pid`` exists (another user's included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -12,18 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kbook.units import utc_text
 from replay.api import ReplaySummary
-from replay.options import format_ns
-
-
-def _short(ns: int | None) -> str:
-    """``2026-11-21 10:00:00.100`` (milliseconds are enough for a summary)."""
-    text = format_ns(ns)
-    if ns is None:
-        return text
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    return whole.replace("T", " ") + "." + (fraction + "000")[:3]
-
 
 SPANS_SHOWN = 5
 
@@ -65,13 +55,15 @@ def print_summary(summary: ReplaySummary, console: Console | None = None) -> Non
             str(s.valid_rows),
             str(len(s.invalid_spans)),
             str(s.checksum_failures),
-            _short(s.first_ts),
-            _short(s.last_ts),
+            utc_text(s.first_ts, 3),
+            utc_text(s.last_ts, 3),
         )
     console.print(table)
     for pair, s in summary.pairs.items():
         for first, last in s.invalid_spans[:SPANS_SHOWN]:
-            console.print(f"  {pair} invalid from {_short(first)} to {_short(last)} (rows)")
+            console.print(
+                f"  {pair} invalid from {utc_text(first, 3)} to {utc_text(last, 3)} (rows)"
+            )
         if len(s.invalid_spans) > SPANS_SHOWN:
             console.print(f"  {pair}: {len(s.invalid_spans) - SPANS_SHOWN} more invalid spans")
     if summary.updated is not None:

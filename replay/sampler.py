@@ -40,8 +40,8 @@ import pyarrow as pa
 
 from kbook.book import Book
 from kbook.feed import PairStats
+from kbook.units import DAY
 from replay.columns import RowBuffer
-from replay.options import NS_PER_DAY
 
 NAN = float("nan")
 NEVER = 1 << 126
@@ -221,7 +221,7 @@ class PairSampler:
             return
         stale = life + max_silence
         self.catch_up(stale + 1)
-        day_end = (stale // NS_PER_DAY + 1) * NS_PER_DAY
+        day_end = (stale // DAY + 1) * DAY
         self.silent = self.dirty = True
         self.catch_up(min(now, day_end))
         self.silent = False

@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kbook.units import DAY
 from replay.chunks import Stitcher
-from replay.options import NS_PER_DAY
 from replay.sampler import PairSummary
 
 NO_TIME = np.iinfo(np.int64).min
@@ -110,9 +110,9 @@ def merge(
         if not pending:
             break
         first = min(pending)
-        day_end = (first // NS_PER_DAY + 1) * NS_PER_DAY
+        day_end = (first // DAY + 1) * DAY
         start = first
-        if previous is not None and previous // NS_PER_DAY == first // NS_PER_DAY:
+        if previous is not None and previous // DAY == first // DAY:
             start = previous + every  # dense within the day
         stop = min(start + capacity * every, day_end)
         count = (stop - start + every - 1) // every

@@ -38,7 +38,8 @@ import orjson
 
 from kbook.errors import OutputError, UsageError
 from kbook.pairs import file_name
-from replay.options import NS_PER_DAY, ReplayOptions, day_of, format_ns
+from kbook.units import DAY, utc_day, utc_text
+from replay.options import ReplayOptions
 from replay.plan import Stream
 from replay.survey import SegmentInfo
 
@@ -56,8 +57,8 @@ def options_json(options: ReplayOptions) -> dict[str, Any]:
         "max_silence_ns": options.max_silence_ns,
         "api": None if options.api is None else str(options.api),
         "pair_filter": None if options.pairs is None else sorted(options.pairs),
-        "start": format_ns(options.start_ns) if options.start_ns is not None else None,
-        "end": format_ns(options.end_ns) if options.end_ns is not None else None,
+        "start": utc_text(options.start_ns) if options.start_ns is not None else None,
+        "end": utc_text(options.end_ns) if options.end_ns is not None else None,
     }
 
 
@@ -90,9 +91,9 @@ def fingerprints(streams: Iterable[Stream], options: ReplayOptions) -> dict[str,
         for info in infos:
             first = info.first_ns or 0
             last = max(first, info.last_ns or first)
-            days.update(range(first // NS_PER_DAY, last // NS_PER_DAY + 1))
+            days.update(range(first // DAY, last // DAY + 1))
         for day in sorted(days):
-            start, end = day * NS_PER_DAY, (day + 1) * NS_PER_DAY
+            start, end = day * DAY, (day + 1) * DAY
             if (options.start_ns is not None and end <= options.start_ns) or (
                 options.end_ns is not None and start >= options.end_ns
             ):
@@ -100,7 +101,7 @@ def fingerprints(streams: Iterable[Stream], options: ReplayOptions) -> dict[str,
             inputs = sorted(stamps[i.path] for i in infos if (i.first_ns or 0) < end)
             more = any((i.first_ns or 0) >= end for i in infos)
             digest = hashlib.sha256(orjson.dumps([inputs, more])).hexdigest()
-            prints[f"{file_name(pair)}/{day_of(start)}"] = digest
+            prints[f"{file_name(pair)}/{utc_day(start)}"] = digest
     return prints
 
 

@@ -37,14 +37,13 @@ from kbook.api import Api
 from kbook.pairs import common_name, file_name
 from kbook.segment import PARTIAL_SUFFIX, SegmentReader, find_segments
 from kbook.sim import SentFrame, Simulator, SimulatorConfig
+from kbook.units import MS, SECOND
 from kbook.verify import verify_paths
 from recorder import RecordConfig
 from replay import replay_table
 from replay.options import parse_every
 
 _FRAME = re.compile(rb'^\{"recv_ns":(\d+),"seq":(\d+),"msg":(.*)\}$', re.DOTALL)
-MS = 1_000_000
-SECOND = 1_000_000_000
 
 SEED = int(os.environ.get("KBOOK_DRILL_SEED", "20261121"))
 DROPS = int(os.environ.get("KBOOK_DRILL_DROPS", "20"))
@@ -476,6 +475,8 @@ class Runs:
     """Each pair's segments, in the order readers take them."""
     lines: Lines = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    by_pair: dict[str, list[str]] = field(default_factory=dict)
+    """Each pair's frames, verbatim, in the order its segments hold them (all runs)."""
 
 
 def read_runs(out: Path) -> Runs:
@@ -484,6 +485,7 @@ def read_runs(out: Path) -> Runs:
     for pair in PAIRS:
         run: RunOutput | None = None
         files = result.files[pair] = find_segments([out / "raw" / file_name(pair)])
+        pair_texts = result.by_pair[pair] = []
         for path in files:
             reader = SegmentReader(path)
             records = result.lines[path] = []
@@ -499,8 +501,15 @@ def read_runs(out: Path) -> Runs:
                 match = _FRAME.match(line)
                 text = match.group(3).decode() if match else record["raw"]
                 assert run.frames.setdefault(record["seq"], text) == text
+                pair_texts.append(text)
             result.problems += [str(problem) for problem in reader.problems]
     return result
+
+
+def sent_to_pair(sent: list[SentFrame], pair: str) -> list[str]:
+    """What belongs in ``pair``'s stream, in send order: its own frames (book frames and its
+    subscriptionStatus) and every frame that names no pair, which the recorder copies to all."""
+    return [f.text for f in sent if f.pair is None or common_name(f.pair) == common_name(pair)]
 
 
 def sent_by_connection(sent: list[SentFrame]) -> dict[int, list[str]]:

@@ -23,10 +23,10 @@ from kbook.feed import BookFeed
 from kbook.pairs import file_name
 from kbook.segment import SegmentWriter, checkpoint_meta, frame_line, meta_line
 from kbook.sim import Market, V2Market
+from kbook.units import SECOND
 from kbook.v2 import V2BookFeed
 from kbook.v2 import decode as decode_v2
 
-SECOND = 1_000_000_000
 START_NS = 1_767_225_600 * SECOND - 90 * SECOND
 """90 s before 2026-01-01T00:00:00Z, so recordings cross a UTC day."""
 

@@ -19,11 +19,10 @@ import orjson
 
 from kbook.segment import SegmentReader, find_segments
 from kbook.sim import SentFrame, Simulator
+from kbook.units import MS, SECOND
 from recorder import RecordConfig, Recorder, RecordSummary
 from recorder.monitor import Monitor
 
-MS = 1_000_000
-SECOND = 1_000_000_000
 FAST: dict[str, Any] = {
     "stall_timeout_ns": 1500 * MS,
     "immediate_retries": 3,

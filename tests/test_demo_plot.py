@@ -38,6 +38,7 @@ def without_pandas(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
+@pytest.mark.slow
 def test_demo_records_verifies_replays_and_marks_the_gap(tmp_path: Path) -> None:
     lines: list[str] = []
     result = run_demo(tmp_path / "demo", seconds=8, say=lines.append)
@@ -64,6 +65,7 @@ def test_demo_replaces_only_its_own_folder(tmp_path: Path) -> None:
     assert not (foreign / MARKER).exists()
 
 
+@pytest.mark.slow
 def test_demo_cli_prints_rows_and_the_python_line(tmp_path: Path) -> None:
     done = kbook("demo", "--seconds", "8", "--out", tmp_path / "d", env=without_pandas(tmp_path))
     assert done.returncode == 0, done.stderr
@@ -73,6 +75,7 @@ def test_demo_cli_prints_rows_and_the_python_line(tmp_path: Path) -> None:
     assert "0 failed" in done.stdout
 
 
+@pytest.mark.slow
 def test_plot_of_a_real_capture(capture_segment: Callable[[str], Path], tmp_path: Path) -> None:
     segment = capture_segment("KRAKEN.ws.50.0")
     snapshots = tmp_path / "snap"
@@ -94,13 +97,16 @@ def test_plot_of_a_real_capture(capture_segment: Callable[[str], Path], tmp_path
     assert "no rows" in empty.stderr
 
 
-def test_demo_too_short_is_a_usage_error(tmp_path: Path) -> None:
-    done = kbook("demo", "--seconds", "2", "--out", tmp_path / "d")
+@pytest.mark.parametrize(("seconds", "message"), [("2", "too short"), ("nan", "must be a number")])
+def test_demo_too_short_is_a_usage_error(seconds: str, message: str, tmp_path: Path) -> None:
+    done = kbook("demo", "--seconds", seconds, "--out", tmp_path / "d")
     assert done.returncode == 2
-    assert "too short" in done.stderr
+    [line] = done.stderr.splitlines()
+    assert message in line
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 def test_watch_from_a_multi_pair_folder_counts_one_streams_reconnects(tmp_path: Path) -> None:
     result = run_demo(tmp_path / "demo", seconds=8, say=lambda _: None)
     done = kbook("watch", "BTC/USD", "--from", result.raw, "--speed", "0")

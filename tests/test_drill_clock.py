@@ -28,8 +28,7 @@ from record_support import Background, read_output
 
 from kbook.pairs import file_name
 from kbook.segment import find_segments, frame_line, write_segment
-
-SECOND = 1_000_000_000
+from kbook.units import SECOND
 
 
 class SteppingClock:

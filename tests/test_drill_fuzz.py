@@ -28,6 +28,8 @@ from kbook.segment import ZSTD_MAGIC, SegmentReader, SegmentWriter, frame_line, 
 from kbook.verify import verify_paths
 from replay import replay_table
 
+from conftest import CAPTURES
+
 EXAMPLES = int(os.environ.get("KBOOK_FUZZ_EXAMPLES", "120"))
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -321,9 +323,8 @@ updates before any snapshot, absurd depths and prices (never XBT/USD's, never a 
 
 @pytest.fixture(scope="module")
 def capture_lines(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    captures = Path(__file__).resolve().parents[2] / "shared" / "kraken" / "captures"
     path = tmp_path_factory.mktemp("capture") / "xbt.jsonl.zst"
-    capture_to_segment(captures / "orderbook-v1.json", path)
+    capture_to_segment(CAPTURES / "orderbook-v1.json", path)
     return [line for _, line in SegmentReader(path).raw_lines()]
 
 

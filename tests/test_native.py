@@ -46,6 +46,7 @@ from kbook.feed import NO_SIDE, BookFeed
 from kbook.lines import NATIVE_INTERFACE, LineFeed, native_core
 from kbook.segment import frame_line, is_json_text, meta_line
 from kbook.sim import Market, V2Market
+from kbook.units import SECOND
 from kbook.v2 import V2BookFeed
 from kbook.v2 import decode as decode_v2
 
@@ -60,7 +61,6 @@ needs_core = pytest.mark.skipif(_native is None, reason="kbook's native core was
 
 Key = tuple[str, str]
 """(wire pair, channel), as ``BookFeed.books`` keys a book."""
-SECOND = 1_000_000_000
 BASE_NS = 1_700_000_000 * SECOND
 STEP_NS = 1_000_000
 """Receive times of generated lines: ``BASE_NS + i * STEP_NS``."""
@@ -433,6 +433,8 @@ def dump(value: object, style: Style) -> str:
         return "[" + (inner or gap()) + "]"
     if isinstance(value, str):
         return style.string(value)
+    if type(value) is int:  # any size: orjson refuses integers beyond 64 bits
+        return str(value)
     return orjson.dumps(value).decode()
 
 
@@ -1141,6 +1143,7 @@ step_st = st.one_of(
 )
 
 
+@pytest.mark.slow
 @needs_core
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -1688,6 +1691,7 @@ v2_step_st = st.one_of(
 )
 
 
+@pytest.mark.slow
 @needs_core
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(

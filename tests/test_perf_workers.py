@@ -81,6 +81,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "option", "tables_too"), CASES)
 def test_two_workers_write_what_one_writes(
     recordings: dict[str, Path], name: str, option: str, tables_too: bool, tmp_path: Path
@@ -102,11 +103,12 @@ def test_two_workers_write_what_one_writes(
         _, batches_one = run_replay(paths, options_for(option, 1), None, None)
         _, batches_two = run_replay(paths, options_for(option, 2), None, None)
         for (_, rows_one), (_, rows_two) in zip(batches_one, batches_two, strict=True):
-            assert rows_two.keys() == rows_one.keys()  # type: ignore[union-attr]
-            for pair in rows_one:
-                assert rows_two[pair] == rows_one[pair]  # type: ignore[index]
+            assert rows_two.batches.keys() == rows_one.batches.keys()
+            for pair in rows_one.batches:
+                assert rows_two.batches[pair] == rows_one.batches[pair]
 
 
+@pytest.mark.slow
 def test_public_api_cuts_one_pair_across_workers(tmp_path: Path) -> None:
     """Through ``replay_to_dataset`` as ``kbook replay`` calls it, with the default chunk size."""
     raw = write_recording(

@@ -158,9 +158,11 @@ def closed_port() -> int:
     [
         (["BTC/USD", "--depth", "42"], 2, "--depth 42 is not one Kraken offers"),
         (["BTCUSD"], 2, "pair 'BTCUSD' is not BASE/QUOTE"),
-        (["BTC/USD", "--duration", "5x"], 2, "duration '5x' is not a number with a unit"),
+        (["BTC/USD", "--duration", "5x"], 2, "--duration '5x' is not a number with a unit"),
         (["BTC/USD", "--out", "{file}/data"], 2, "cannot write the output folder"),
         (["BTC/USD", "--retries", "2"], 1, "connection refused (2 attempts)"),
+        (["BTC/USD", "--max-segment-mb", "nan"], 2, "--max-segment-mb nan: must be a positive"),
+        (["BTC/USD", "--max-segment-mb", "inf"], 2, "--max-segment-mb inf: must be a positive"),
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(

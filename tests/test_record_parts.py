@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from kbook.errors import OutputError, RecordError, UsageError
-from kbook.segment import SegmentReader, is_json_text
+from kbook.segment import SegmentReader, is_json_text, segment_path
 from recorder.backoff import SECOND, Backoff
 from recorder.config import RecordConfig
 from recorder.lock import OutputLock, lock_path
 from recorder.record import decode_frame
-from recorder.segments import SegmentStream, segment_path
+from recorder.segments import SegmentStream
 from recorder.subscriptions import State, Subscriptions, spellings
 
 T0 = 1_763_683_200 * SECOND  # 2025-11-21T00:00:00Z

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from record_support import wait_until
 from replay_support import SynthMarket, write_frames
 
+import replay
 from kbook.cli import main
+from kbook.errors import InputError
 
 KBOOK = Path(sys.executable).with_name("kbook")
 
@@ -45,9 +49,12 @@ def segment(tmp_path: Path) -> Path:
         (["--start", "2030-01-01", "--end", "2030-01-02"], "no snapshot rows between 2030-01-01"),
         (["--start", "2030-01-02", "--end", "2030-01-01"], "empty time range"),
         (["--start", "yesterday"], "--start 'yesterday' is not an ISO date/time"),
-        (["--every", "0"], "duration '0' is not a number with a unit"),
+        (["--every", "0"], "--every '0' is not a number with a unit"),
+        (["--every", "7"], "--every '7' is not a number with a unit"),
+        (["--every", "1s5"], "--every '1s5' is not a number with a unit"),
         (["--every", "0s"], "--every must be positive"),
         (["--every", "-1s"], "--every must be positive"),
+        (["--every", "1ns"], "--every 1ns would write more than 10,000,000 rows for one pair on"),
         (
             ["--levels", "11"],
             "--levels 11 is deeper than every recorded book of BTC/USD (the deepest is book-10)",
@@ -83,6 +90,62 @@ def test_unreadable_segment(
         f"kbook: error: {bad}: not a zstd segment (kbook segments are .jsonl.zst files)\n",
     )
     assert not (tmp_path / "snaps").exists()
+
+
+def test_raw_segments_are_not_snapshots(segment: Path) -> None:
+    """Plotting or loading the recorder's folder instead of a replayed dataset: one line saying
+    what it is and what to run, from the CLI and from the Python API."""
+    raw = segment.parent
+    (raw / "notes.txt").write_text("not parquet")
+    hint = f"{raw}: is a folder of raw segments, not snapshots; replay it first: kbook replay {raw}"
+    with pytest.raises(InputError, match="folder of raw segments"):
+        replay.read_snapshots(raw)
+    done = subprocess.run(
+        [str(KBOOK), "plot", str(raw), "--pair", "BTC/USD", "--out", str(raw / "b.png")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"kbook: error: {hint}"), line
+
+
+def test_a_damaged_dataset_is_one_error(tmp_path: Path) -> None:
+    dataset = tmp_path / "snaps" / "pair=BTC-USD" / "date=2025-11-21"
+    dataset.mkdir(parents=True)
+    (dataset / "part-0.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(InputError, match="cannot read the snapshots"):
+        replay.read_snapshots(tmp_path / "snaps")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_replay_and_leaves_no_debris(sig: signal.Signals, tmp_path: Path) -> None:
+    """SIGTERM or SIGINT mid-replay: one line, exit 128 + signal, no hidden folder left; and a
+    hidden folder that a ``kill -9`` left is removed by the next run."""
+    market = SynthMarket("XBT/USD", depth=10, seed=3)
+    start = 1_763_683_200_000_000_000
+    raw = tmp_path / "raw"
+    for hour in range(2):  # two hours at 1 ms: 7.2 M rows, seconds of work
+        frames = market.frames(20, start + hour * 3_600_000_000_000, 180_000_000_000)
+        write_frames(raw / f"{hour}.jsonl.zst", frames)
+    out = tmp_path / "snaps"
+    dead = subprocess.Popen(["true"])  # a process id that no longer runs
+    dead.wait()
+    debris = tmp_path / f".snaps.tmp-{dead.pid}-0123abcd"
+    (debris / ".chunks").mkdir(parents=True)
+    command = [str(KBOOK), "replay", str(raw), "--every", "1ms", "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    mine = f".snaps.tmp-{process.pid}-"
+    wait_until(lambda: any(p.name.startswith(mine) for p in tmp_path.iterdir()), 60, mine)
+    assert process.poll() is None, "the replay ended before the signal: make it longer"
+    assert not debris.exists()
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + sig
+    assert stderr.splitlines() == [f"kbook: replay stopped by {sig.name}: {out} left as it was"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
 def test_missing_default_folder(

@@ -17,8 +17,8 @@ from replay_support import SynthMarket, write_frames
 
 import replay
 from kbook.errors import OutputError
+from kbook.units import SECOND
 
-SECOND = 1_000_000_000
 MIDNIGHT = 1_763_683_200_000_000_000  # 2025-11-21T00:00:00Z
 
 

@@ -22,8 +22,8 @@ from replay_support import (
 import replay
 from kbook.captures import read_capture
 from kbook.segment import SegmentWriter, frame_line
+from kbook.units import MS
 
-MS = 1_000_000
 EVERY = 10 * MS
 PAIR, CHANNEL = "XBT/USD", "book-10"
 

@@ -11,11 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from replay_support import cheap_frames
 
 from kbook.segment import write_segment
+from kbook.units import MS
 
-MS = 1_000_000
 CHILD = """
 import resource, sys
 import replay
@@ -37,6 +38,7 @@ def replay_in_child(segment: Path, out: Path) -> tuple[int, int]:
     return int(rows), int(rss)
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_input(tmp_path: Path) -> None:
     peaks = []
     for frames in (15_000, 150_000):

@@ -22,8 +22,7 @@ from replay_support import (
 import replay
 from kbook.errors import UsageError
 from kbook.pairs import common_name
-
-SECOND = 1_000_000_000
+from kbook.units import SECOND
 
 CASES = [
     ("orderbook-v1.json", 10),
