@@ -399,7 +399,8 @@ def replay(
     max_silence: Annotated[
         str,
         typer.Option(
-            help="A source's book is stale (rows invalid) once it has received nothing this long."
+            metavar="DURATION",
+            help="A source's book is stale (rows invalid) once it has received nothing this long.",
         ),
     ] = "10s",
 ) -> None:
