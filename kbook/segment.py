@@ -32,6 +32,7 @@ at the next frame. A ``.partial`` file that is empty is a recorder killed before
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -154,6 +155,23 @@ class SegmentWriter:
     def bytes_out(self) -> int:
         """Compressed bytes in the file so far (flushed frames only)."""
         return self._file.tell() if self._file is not None else self.path.stat().st_size
+
+    def on_disk(self) -> bool:
+        """True while ``partial_path`` is still this writer's file (not deleted or replaced)."""
+        if self._file is None:
+            return False
+        try:
+            mine, there = os.fstat(self._file.fileno()), os.stat(self.partial_path)
+        except OSError:
+            return False
+        return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+    def abandon(self) -> None:
+        """Close without flushing or renaming: the file was deleted or replaced under us."""
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
 
     def write(self, line: bytes) -> None:
         """Append one encoded line (from ``frame_line`` or ``meta_line``)."""

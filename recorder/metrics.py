@@ -41,8 +41,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kbook.errors import OutputError, UsageError
+from kbook.live.subscriptions import State
 from kbook.units import SECOND
-from recorder.subscriptions import State
 
 if TYPE_CHECKING:
     from recorder.record import Recorder
