@@ -15,7 +15,8 @@ is never quiet that long.
 
 Time the process did not run (SIGSTOP, a VM pause, a swap storm) does not count towards a stall:
 a wait that overran by more than ``PAUSE_NS`` restarts the stall timer, so a socket full of data
-after a pause is read, not declared dead.
+after a pause is read, not declared dead. Nor does time the reader spent waiting for room in the
+inbox (the consumer is behind: that is lag, not a stall).
 
 Sends (subscribe requests, pings) go from the caller's thread; ``websockets`` serialises them with
 its own lock. ``close`` never waits: the close handshake runs on a helper thread.
@@ -186,6 +187,9 @@ class Connection:
                 data = ws.recv(timeout=asked / SECOND, decode=False)
             except TimeoutError:
                 now = time.monotonic_ns()
+                failed = ws.protocol.close_sent
+                if failed is not None:  # we failed the connection (a frame over the cap)
+                    return _closed_by_us(failed.code, failed.reason, self.max_frame_bytes)
                 if now - before > asked + PAUSE_NS:
                     last_mono = now  # the process was paused: that time is not the socket's
                 elif now - last_mono >= self.stall_timeout_ns:
@@ -201,6 +205,8 @@ class Connection:
             text = data.decode("utf-8", errors="replace")
             if not self.inbox.put(Received(last_mono, text), len(data), self._closing):
                 break
+            # Time spent waiting for room in the inbox is the consumer's, not the socket's.
+            last_mono = time.monotonic_ns()
         return "closed"
 
     def _end(self, reason: str, opened: bool) -> None:
@@ -226,11 +232,16 @@ def _describe(exc: BaseException) -> str:
 def _close_reason(exc: ConnectionClosed, max_frame_bytes: int) -> str:
     """Why the connection closed: the server's close frame, or ours (a frame over the cap)."""
     sent, received = exc.sent, exc.rcvd
-    if sent is not None and sent.code == 1009:
-        return f"a message larger than the frame limit ({max_frame_bytes} bytes)"
+    if sent is not None and sent.code != 1000:
+        return _closed_by_us(sent.code, sent.reason, max_frame_bytes)
     if received is not None:
         text = f": {received.reason}" if received.reason else ""
         return f"closed by the server (code {received.code}{text})"
-    if sent is not None and sent.code != 1000:
-        return f"protocol error ({sent.code}{': ' + sent.reason if sent.reason else ''})"
     return "connection closed by the server"
+
+
+def _closed_by_us(code: int, reason: str, max_frame_bytes: int) -> str:
+    """We failed the connection: a message over the cap (1009) or a protocol error."""
+    if code == 1009:
+        return f"a message larger than the frame limit ({max_frame_bytes} bytes)"
+    return f"protocol error ({code}{': ' + reason if reason else ''})"
