@@ -98,6 +98,7 @@ class Recorder:
         self._clock_behind = False
         self._index: dict[str, list[tuple[str, str]]] = {}
         self._indexed = 0
+        self._unasked_noted = False
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -168,8 +169,12 @@ class Recorder:
         """Write the frame verbatim to its stream, then feed it to the live books."""
         seq = self.frames
         self.frames += 1
-        self.streams.write(recv_ns, frame_line(recv_ns, seq, text, is_json), self._targets(msg))
+        targets = self._targets(msg)
+        self.streams.write(recv_ns, frame_line(recv_ns, seq, text, is_json), targets)
         if self.dialect.is_book(msg):
+            if targets is None:
+                self._unasked(msg, seq)
+                return None
             return self._on_data(msg, seq, recv_ns)
         if type(msg) is dict:
             self.feed.on_message(msg, recv_ns)
@@ -246,6 +251,17 @@ class Recorder:
         (a refusal is kept in every stream: the refused pair has none)."""
         pair = self.subs.pair_for(self.dialect.route(msg))
         return (pair,) if pair is not None else None
+
+    def _unasked(self, msg: Any, seq: int) -> None:
+        """Book data of a pair nobody asked for is kept verbatim but never built into a book:
+        the books stay those of the configured pairs, however many names a server invents."""
+        if not self._unasked_noted:
+            self._unasked_noted = True
+            meta: dict[str, Any] = {"type": "unasked_pair"}
+            meta["pair"] = str(self.dialect.route(msg))[:100]
+            meta["frame_seq"] = seq
+            meta["note"] = "book data of pairs not subscribed is kept but not followed"
+            self.meta(meta)
 
     def _on_data(self, msg: Any, seq: int, recv_ns: int) -> Outcome | None:
         outcome = self.feed.on_message(msg, recv_ns)

@@ -118,3 +118,26 @@ def test_a_tiny_size_limit_rotates_at_most_once_per_flush(tmp_path: Path) -> Non
     assert summary.frames > 300
     assert 2 <= len(summary.segments) <= flushes + 3
     assert match_connections(read_output(tmp_path).texts, sim.sent)[1] <= 5
+
+
+def test_pair_names_a_server_invents_get_no_book(tmp_path: Path) -> None:
+    """2,000 snapshots of pairs nobody asked for: kept verbatim, no book built for them."""
+
+    async def invent(peer: Peer) -> None:
+        for index in range(2000):
+            level = '["1.00000","1.00000000","1700000000.000000"]'
+            book = f'{{"as":[{level}],"bs":[{level}]}}'
+            await peer.send_text(f'[{index},{book},"book-10","Z{index:05d}/USD"]')
+        await asyncio.Event().wait()
+
+    with HostileServer(invent) as server:
+        config = RecordConfig(pairs=("BTC/USD",), out=tmp_path, url=server.url, api=Api.V1, **FAST)
+        with Background(config) as run:
+            wait_until(lambda: run.recorder.frames >= len(server.sent) >= 2022, 15, "the frames")
+            books = len(run.recorder.feed.books)
+            run.finish()
+    assert books == 0
+    output = read_output(tmp_path)
+    assert output.texts == server.sent
+    [meta] = output.metas("unasked_pair")
+    assert meta["pair"] == "Z00000/USD"
