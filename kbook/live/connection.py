@@ -1,30 +1,37 @@
 """One WebSocket connection, read by its own thread: the socket can never block the caller's clock.
 
-Design: a *reader thread* per connection opens it (``websockets``' sync client: the handshake
-within ``connect_timeout_ns``, at most ``max_frame_bytes`` per message, no compression) and reads
-every message as soon as it arrives, stamping its arrival on the monotonic clock. It hands
-``Received(arrival_mono, text)`` to the consumer through ``Inbox``, a queue bounded in bytes and
-messages; when the consumer falls behind, the reader waits and TCP holds the rest, so memory stays
-bounded. The consumer (``kbook.live.session``) takes what is there with ``take(timeout)`` and
-goes on with its own clock (flushing, rotation, signals, ``--duration``) whatever the socket does.
+Design: a *reader thread* per connection opens it (TCP, TLS, the WebSocket handshake, all within
+``connect_timeout_ns``) and reads the socket as soon as bytes arrive. The WebSocket protocol is
+``websockets``' Sans-I/O ``ClientProtocol`` (framing, masking, pongs to pings, close handshake, at
+most ``max_frame_bytes`` per message, fragments included): this thread owns the socket, so it sees
+every byte and every deadline itself. Each socket read may complete many messages; they are
+stamped with their arrival (monotonic clock) and handed to the consumer in one batch through
+``Inbox``, a queue bounded in bytes and messages. When the consumer falls behind, the reader waits
+and TCP holds the rest, so memory stays bounded. The consumer (``kbook.live.session``) takes what
+is there with ``take(timeout)`` and goes on with its own clock (flushing, rotation, signals,
+``--duration``) whatever the socket does.
+
 A message that has not arrived whole within ``stall_timeout_ns`` of the one before ends the
 connection: a silent socket, a message trickled a byte at a time, a flood of pings, an endless
-fragmented message or an endless stream of handshake header lines all end it the same way, with
-the reason as the last item (``Closed``). Kraken sends a heartbeat every second, so a healthy feed
-is never quiet that long.
+fragmented message all end it the same way, with the reason as the last item (``Closed``); a
+handshake that is not done by the connect timeout (one byte at a time, endless header lines)
+ends the attempt. Kraken sends a heartbeat every second, so a healthy feed is never quiet that
+long.
 
 Time the process did not run (SIGSTOP, a VM pause, a swap storm) does not count towards a stall:
 a wait that overran by more than ``PAUSE_NS`` restarts the stall timer, so a socket full of data
 after a pause is read, not declared dead. Nor does time the reader spent waiting for room in the
 inbox (the consumer is behind: that is lag, not a stall).
 
-Sends (subscribe requests, pings) go from the caller's thread; ``websockets`` serialises them with
-its own lock. ``close`` never waits: the close handshake runs on a helper thread.
+Sends (subscribe requests, pings) go from the caller's thread, under the lock that guards the
+protocol object. ``close`` never waits: the close frame is sent from a helper thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -32,8 +39,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, WebSocketException
-from websockets.sync.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 SECOND = 1_000_000_000
 MS = 1_000_000
@@ -96,6 +107,20 @@ class Inbox:
             self._ready.notify_all()
             return True
 
+    def put_many(self, items: list[Item], size: int, cancelled: threading.Event) -> bool:
+        """``put`` for a batch: one hand-over for every message one socket read brought."""
+        with self._ready:
+            while self._items and (
+                self._bytes + size > self.max_bytes or len(self._items) >= self.max_items
+            ):
+                if cancelled.is_set():
+                    return False
+                self._ready.wait(POLL_NS / SECOND)
+            self._items.extend(items)
+            self._bytes += size
+            self._ready.notify_all()
+            return True
+
     def take(self, timeout_ns: int) -> list[Item]:
         """Everything waiting, in order; waits up to ``timeout_ns`` when nothing is."""
         with self._ready:
@@ -106,6 +131,10 @@ class Inbox:
             self._bytes = 0
             self._ready.notify_all()
             return items
+
+
+READ_BYTES = 1 << 18
+"""Bytes asked of the socket per read: every message they complete is handed over at once."""
 
 
 class Connection:
@@ -126,43 +155,37 @@ class Connection:
         self.max_frame_bytes = max_frame_bytes
         self.inbox = Inbox(inbox_bytes, inbox_items)
         self.last_send_mono = time.monotonic_ns()
-        self._ws: ClientConnection | None = None
+        self._sock: socket.socket | None = None
+        self._protocol: ClientProtocol | None = None
+        self._lock = threading.Lock()
+        """Held while the protocol or the socket's sending side is used (two threads use them)."""
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._read, name="kbook-reader", daemon=True)
         self._thread.start()
 
     def send(self, message: dict[str, Any]) -> None:
         """Send one JSON request; ``Dropped`` when the connection is gone or not open."""
-        ws = self._ws
-        if ws is None:
-            raise Dropped("not connected")
-        try:
-            ws.send(orjson.dumps(message).decode())
-        except (OSError, WebSocketException, RuntimeError) as exc:
-            raise Dropped(f"send failed: {_describe(exc)}") from exc
+        with self._lock:
+            protocol, sock = self._protocol, self._sock
+            if protocol is None or sock is None or protocol.state is not State.OPEN:
+                raise Dropped("not connected")
+            try:
+                protocol.send_text(orjson.dumps(message))
+                sock.sendall(b"".join(protocol.data_to_send()))
+            except (OSError, WebSocketException) as exc:
+                raise Dropped(f"send failed: {_describe(exc)}") from exc
         self.last_send_mono = time.monotonic_ns()
 
     def close(self) -> None:
         """Stop reading and close politely in the background; returns at once."""
         self._closing.set()
-        ws = self._ws
-        if ws is not None:
-            threading.Thread(target=_close_quietly, args=(ws,), daemon=True).start()
+        threading.Thread(target=self._close_politely, daemon=True).start()
 
     # -- the reader thread ----------------------------------------------------------------------
 
     def _read(self) -> None:
         try:
-            ws = connect(
-                self.url,
-                open_timeout=self.connect_timeout_ns / SECOND,
-                max_size=self.max_frame_bytes,
-                ping_interval=None,  # the session sends the API's own ping
-                close_timeout=1,
-                compression=None,
-                proxy=None,
-                user_agent_header=None,
-            )
+            sock, protocol, early = self._open(time.monotonic_ns() + self.connect_timeout_ns)
         except TimeoutError:
             seconds = self.connect_timeout_ns / SECOND
             self._end(f"no WebSocket handshake within {seconds:g} s", opened=False)
@@ -170,53 +193,166 @@ class Connection:
         except (OSError, WebSocketException, InvalidURI, ValueError) as exc:
             self._end(_describe(exc), opened=False)
             return
-        with ws:  # the context marks a connection owned for its whole life; leaving closes it
-            self._ws = ws
-            if self._closing.is_set():
-                return
-            self.inbox.put(Opened(), 0, self._closing)
-            self._end(self._receive(ws), opened=True)
+        with self._lock:
+            self._sock, self._protocol = sock, protocol
+        if self._closing.is_set():
+            self._close_politely()
+            return
+        self.inbox.put(Opened(), 0, self._closing)
+        reason = self._receive(sock, protocol, early)
+        self._end(reason, opened=True)
+        self._close_politely()
 
-    def _receive(self, ws: ClientConnection) -> str:
+    def _open(self, deadline: int) -> tuple[socket.socket, ClientProtocol, list[Any]]:
+        """TCP, TLS and the WebSocket handshake, all within ``deadline`` (monotonic ns); the
+        events that came with the handshake's answer."""
+
+        def left() -> float:
+            seconds = (deadline - time.monotonic_ns()) / SECOND
+            if seconds <= 0:
+                raise TimeoutError
+            return seconds
+
+        uri = parse_uri(self.url)
+        sock = socket.create_connection((uri.host, uri.port), timeout=left())
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if uri.secure:
+                sock.settimeout(left())
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=uri.host)
+            protocol = ClientProtocol(uri, max_size=self.max_frame_bytes)
+            protocol.send_request(protocol.connect())
+            sock.settimeout(left())
+            sock.sendall(b"".join(protocol.data_to_send()))
+            while True:
+                sock.settimeout(left())
+                data = sock.recv(READ_BYTES)
+                if data:
+                    protocol.receive_data(data)
+                else:
+                    protocol.receive_eof()
+                events = protocol.events_received()
+                if protocol.handshake_exc is not None:
+                    raise protocol.handshake_exc
+                if protocol.state is State.OPEN:
+                    return sock, protocol, [e for e in events if not isinstance(e, Response)]
+                if not data:
+                    raise ConnectionError("connection closed during the WebSocket handshake")
+        except BaseException:
+            sock.close()
+            raise
+
+    def _receive(self, sock: socket.socket, protocol: ClientProtocol, early: list[Any]) -> str:
         """Read until the connection ends; the reason it ended."""
+        fragments: list[bytes] = []
         last_mono = time.monotonic_ns()
+        events: list[Any] = early
         while not self._closing.is_set():
+            if events:
+                batch, size = self._messages(events, fragments)
+                events = []
+                if batch:
+                    if not self.inbox.put_many(batch, size, self._closing):
+                        break
+                    # Time spent waiting for room in the inbox is the consumer's, not the socket's.
+                    last_mono = time.monotonic_ns()
+            ended = _ended(protocol, self.max_frame_bytes)
+            if ended is not None:
+                return ended
             asked = min(POLL_NS, max(self.stall_timeout_ns - (time.monotonic_ns() - last_mono), 0))
             before = time.monotonic_ns()
             try:
-                data = ws.recv(timeout=asked / SECOND, decode=False)
+                sock.settimeout(max(asked, MS) / SECOND)
+                data = sock.recv(READ_BYTES)
             except TimeoutError:
                 now = time.monotonic_ns()
-                failed = ws.protocol.close_sent
-                if failed is not None:  # we failed the connection (a frame over the cap)
-                    return _closed_by_us(failed.code, failed.reason, self.max_frame_bytes)
                 if now - before > asked + PAUSE_NS:
                     last_mono = now  # the process was paused: that time is not the socket's
                 elif now - last_mono >= self.stall_timeout_ns:
                     return f"stalled: no frame for {(now - last_mono) / SECOND:.1f} s"
                 continue
-            except ConnectionClosed as exc:
-                return _close_reason(exc, self.max_frame_bytes)
-            except (OSError, WebSocketException, RuntimeError) as exc:
+            except OSError as exc:
                 return _describe(exc)
-            last_mono = time.monotonic_ns()
-            # Kraken sends text frames only; anything else is kept, decoded as best we can.
-            # UTF-8 is checked here, with replacement: a bad byte costs one character.
-            text = data.decode("utf-8", errors="replace")
-            if not self.inbox.put(Received(last_mono, text), len(data), self._closing):
-                break
-            # Time spent waiting for room in the inbox is the consumer's, not the socket's.
-            last_mono = time.monotonic_ns()
+            with self._lock:
+                if data:
+                    protocol.receive_data(data)
+                else:
+                    protocol.receive_eof()
+                events = protocol.events_received()
+                replies = protocol.data_to_send()  # pongs, the answer to a close
+                if replies:
+                    try:
+                        sock.sendall(b"".join(replies))
+                    except OSError as exc:
+                        return _describe(exc)
+            if not data and not events:
+                return _ended(protocol, self.max_frame_bytes) or "connection closed by the server"
         return "closed"
+
+    @staticmethod
+    def _messages(events: list[Any], fragments: list[bytes]) -> tuple[list[Item], int]:
+        """Whole messages among ``events`` (frames), stamped now; pings, pongs and closes are
+        the protocol's. ``fragments`` carries a message begun but not ended."""
+        now = time.monotonic_ns()
+        batch: list[Item] = []
+        size = 0
+        for frame in events:
+            if not isinstance(frame, Frame):
+                continue
+            opcode, payload = frame.opcode, frame.data
+            if type(payload) is not bytes:
+                payload = bytes(payload)
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                fragments.clear()
+                fragments.append(payload)
+            elif opcode is Opcode.CONT:
+                fragments.append(payload)
+            else:
+                continue
+            if frame.fin:
+                data = fragments[0] if len(fragments) == 1 else b"".join(fragments)
+                fragments.clear()
+                # Kraken sends text frames only; anything else is kept, decoded as best we can.
+                # UTF-8 is checked here, with replacement: a bad byte costs one character.
+                batch.append(Received(now, data.decode("utf-8", errors="replace")))
+                size += len(data)
+        return batch, size
 
     def _end(self, reason: str, opened: bool) -> None:
         if not self._closing.is_set():
             self.inbox.put(Closed(reason, opened), 0, self._closing)
 
+    def _close_politely(self) -> None:
+        """A close frame if the connection is open, then the socket closed; never raises."""
+        with self._lock:
+            protocol, sock = self._protocol, self._sock
+            self._protocol = None
+            if sock is None:
+                return
+            try:
+                if protocol is not None and protocol.state is State.OPEN:
+                    protocol.send_close()
+                    sock.settimeout(0.2)
+                    sock.sendall(b"".join(protocol.data_to_send()))
+            except (OSError, WebSocketException):
+                pass
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
-def _close_quietly(ws: ClientConnection) -> None:
-    with contextlib.suppress(OSError, WebSocketException, RuntimeError):
-        ws.close()
+
+def _ended(protocol: ClientProtocol, max_frame_bytes: int) -> str | None:
+    """Why the protocol ended the connection, if it did: our close (a frame over the cap, a
+    protocol error) or the server's."""
+    sent, received = protocol.close_sent, protocol.close_rcvd
+    if sent is not None and sent.code != 1000:
+        return _closed_by_us(sent.code, sent.reason, max_frame_bytes)
+    if received is not None:
+        text = f": {received.reason}" if received.reason else ""
+        return f"closed by the server (code {received.code}{text})"
+    if protocol.state is State.CLOSED:
+        return "connection closed by the server"
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -227,17 +363,6 @@ def _describe(exc: BaseException) -> str:
         return exc.strerror.lower()
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return text or type(exc).__name__
-
-
-def _close_reason(exc: ConnectionClosed, max_frame_bytes: int) -> str:
-    """Why the connection closed: the server's close frame, or ours (a frame over the cap)."""
-    sent, received = exc.sent, exc.rcvd
-    if sent is not None and sent.code != 1000:
-        return _closed_by_us(sent.code, sent.reason, max_frame_bytes)
-    if received is not None:
-        text = f": {received.reason}" if received.reason else ""
-        return f"closed by the server (code {received.code}{text})"
-    return "connection closed by the server"
 
 
 def _closed_by_us(code: int, reason: str, max_frame_bytes: int) -> str:
