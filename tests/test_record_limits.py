@@ -141,3 +141,34 @@ def test_pair_names_a_server_invents_get_no_book(tmp_path: Path) -> None:
     assert output.texts == server.sent
     [meta] = output.metas("unasked_pair")
     assert meta["pair"] == "Z00000/USD"
+
+
+def test_a_price_with_a_million_decimals_resyncs_the_pair(tmp_path: Path) -> None:
+    """One update whose price has 1 M decimals: the frame is kept verbatim, the book does not
+    rescale to it (it would take 1.5 GB at depth 1000), the pair is resubscribed."""
+    level = '["50000.10000","1.00000000","1700000000.000000"]'
+    snapshot = f'[0,{{"as":[{level}],"bs":[["49999.10000","1.00000000","1700000000.0"]]}},'
+    snapshot += '"book-10","XBT/USD"]'
+    huge = "50001." + "1" * 1_000_000
+    update = f'[0,{{"a":[["{huge}","1.00000000","1700000000.1"]],"c":"1"}},"book-10","XBT/USD"]'
+
+    async def attack(peer: Peer) -> None:
+        if peer.server.attacks == 1:
+            await peer.send_text(snapshot)
+            await peer.send_text(update)
+        await asyncio.Event().wait()
+
+    with HostileServer(attack) as server:
+        config = RecordConfig(pairs=("BTC/USD",), out=tmp_path, url=server.url, api=Api.V1, **FAST)
+        with Background(config) as run:
+            wait_until(lambda: run.recorder.frames >= 24, 10, "the frames")
+            sub = run.recorder.subs.subs["BTC/USD"]
+            wait_until(lambda: sub.last_resync_ns is not None, 10, "the resubscribe")
+            books = list(run.recorder.feed.books.values())
+            run.finish()
+    assert [book.scale for book in books] == [5]
+    output = read_output(tmp_path)
+    assert output.texts == server.sent
+    [malformed] = output.metas("malformed_frame")
+    assert malformed["pair"] == "XBT/USD"
+    assert output.metas("resubscribe")
