@@ -22,6 +22,10 @@ def test_300_pairs_record_verify_and_replay(tmp_path: Path) -> None:
     with Simulator(config) as sim, Background(fast_config(sim, tmp_path, PAIRS, depth=10)) as run:
         wait_until(lambda: sim.count("snapshot", 1) >= len(PAIRS), 30, "every snapshot")
         wait_until(lambda: sim.count("update", 1) >= 6000, 30, "updates of every pair")
+        # Under load the recorder may lag the feed: stop once it has taken what was sent.
+        recorder = run.recorder
+        wait_until(lambda: len(recorder.subs.subscribed_once) == len(PAIRS), 30, "the answers")
+        wait_until(lambda: recorder.frames >= 6300 + len(PAIRS), 30, "the frames")
         summary = run.finish(timeout=30)
     assert summary.reconnects == 0
     assert set(summary.subscribed) == set(PAIRS)
