@@ -166,12 +166,21 @@ class SegmentWriter:
             return False
         return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
-    def abandon(self) -> None:
-        """Close without flushing or renaming: the file was deleted or replaced under us."""
+    def abandon(self, cut_at: int | None = None) -> None:
+        """Close without flushing or renaming (the file was deleted or replaced under us, or the
+        disk failed); ``cut_at``: first truncate the file to that many bytes, the end of a flush
+        that succeeded, so it ends on a whole zstd frame."""
         file, self._file = self._file, None
-        if file is not None:
+        if file is None:
+            return
+        if cut_at is not None:
             with contextlib.suppress(OSError):
-                file.close()
+                os.ftruncate(file.fileno(), cut_at)
+        with contextlib.suppress(OSError, ValueError):
+            file.close()  # may try to write what is buffered; the disk just failed: ignored
+        with contextlib.suppress(OSError):
+            if cut_at is not None:
+                os.truncate(self.partial_path, cut_at)
 
     def write(self, line: bytes) -> None:
         """Append one encoded line (from ``frame_line`` or ``meta_line``)."""

@@ -205,8 +205,9 @@ class Recorder:
         """Subscribed pairs start writing to disk; refused ones are closed and leave no file."""
         for pair, sub in self.subs.subs.items():
             stream = self.streams.streams[pair]
-            if sub.state is State.SUBSCRIBED:
+            if sub.state is State.SUBSCRIBED and not stream.committed:
                 stream.commit()
+                self._last_flush_mono = 0  # the first data reaches the disk at the next tick
             elif sub.state is State.FAILED:
                 stream.close(self.now(), "subscribe failed")
         if self.subs.all_failed:

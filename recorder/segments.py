@@ -19,6 +19,9 @@ Kraken refuses leaves no files behind. Held lines are written as soon as the str
 more than ``max_held`` are held, and when the run stops before the answer came: only a refused
 pair's lines are dropped.
 
+On a disk error (full disk, file size limit) every stream is cut back to its last successful
+flush and left as ``.partial``: the files hold the same prefix of the feed, nothing newer.
+
 The open ``.partial`` is checked at every flush: when it was deleted or replaced (an operator, a
 cleanup script), the lines since the last flush go into a new segment, which starts with a
 ``segment_lost`` meta line and then the pair's checkpoints.
@@ -106,6 +109,9 @@ class SegmentStream:
         self.unflushed: list[bytes] = []
         """Lines written since the last flush, to rewrite if the ``.partial`` disappears."""
         self._flushed_in = 0
+        self.good_bytes = 0
+        """Size of the open file when the last flush of every stream succeeded: it ends on a
+        whole zstd frame."""
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -165,6 +171,7 @@ class SegmentStream:
         self.writer.flush()
         self.unflushed = []
         self._flushed_in = self.writer.bytes_in
+        self.good_bytes = self.writer.bytes_out
 
     def flush(self, now_ns: int) -> bool:
         """End a zstd frame and fsync, if anything was written since the last flush; then rotate
@@ -224,8 +231,19 @@ class SegmentStream:
         assert self.writer is not None
         self.writer.flush()
         self._flushed_in = self.writer.bytes_in
+        self.good_bytes = self.writer.bytes_out
+
+    def cut_back(self) -> None:
+        """After a disk error: cut the open file back to its last successful flush and leave it
+        as ``.partial``; nothing more is written to this stream."""
+        writer, self.writer = self.writer, None
+        self.closed = True
+        self.held = []
+        if writer is not None:
+            writer.abandon(cut_at=self.good_bytes)
 
     def _open(self, start_ns: int, first_lines: Iterable[bytes]) -> None:
+        self.good_bytes = 0
         self.writer = open_unique(self.root, self.pair, start_ns)
         self.boundary_ns = (start_ns // self.rotate_ns + 1) * self.rotate_ns
         for line in first_lines:
@@ -265,10 +283,14 @@ class SegmentStreams:
     def write(self, now_ns: int, line: bytes, pairs: Iterable[str] | None = None) -> None:
         """Write ``line`` to the streams of ``pairs`` (None: every open stream)."""
         targets = self.streams if pairs is None else pairs
-        for pair in targets:
-            stream = self.streams.get(pair)
-            if stream is not None:
-                stream.write(now_ns, line)
+        try:
+            for pair in targets:
+                stream = self.streams.get(pair)
+                if stream is not None:
+                    stream.write(now_ns, line)
+        except OutputError:
+            self._cut_back()
+            raise
 
     def rotate_if_due(self, now_ns: int) -> None:
         for stream in self.streams.values():
@@ -277,7 +299,23 @@ class SegmentStreams:
     def flush(self, now_ns: int) -> list[str]:
         """Flush every stream written since the last flush (one fsync each); the pairs whose
         ``.partial`` was found deleted or replaced."""
-        return [pair for pair, stream in self.streams.items() if not stream.flush(now_ns)]
+        try:
+            replaced = [pair for pair, stream in self.streams.items() if not stream.flush(now_ns)]
+        except OutputError:
+            self._cut_back()
+            raise
+        for stream in self.streams.values():
+            # Only once every stream is flushed: a pass is all or nothing.
+            if stream.writer is not None:
+                stream.good_bytes = stream.writer.bytes_out
+        return replaced
+
+    def _cut_back(self) -> None:
+        """A disk error: every stream is cut back to its last successful flush, so that what is
+        on disk is the same prefix of the feed in every pair's file (the streams flushed before
+        the one that failed would otherwise hold frames the failed one lost)."""
+        for stream in self.streams.values():
+            stream.cut_back()
 
     def close(self, now_ns: int, reason: str, keep_held: bool = False) -> None:
         """Close every stream; on a disk error, still try the others, then raise the first."""
