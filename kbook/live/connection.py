@@ -46,8 +46,8 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-SECOND = 1_000_000_000
-MS = 1_000_000
+from kbook.units import MS, SECOND
+
 PAUSE_NS = SECOND
 """A wait that returns this much later than asked means the process was paused, not the socket."""
 POLL_NS = 100 * MS

@@ -35,8 +35,8 @@ from kbook.feed import Outcome
 from kbook.live.backoff import Backoff
 from kbook.live.connection import Closed, Connection, Dropped, Opened, Received
 from kbook.live.subscriptions import Action, Subscriptions
+from kbook.units import SECOND
 
-SECOND = 1_000_000_000
 LAG_NOTE_NS = SECOND
 """Frames waiting longer than this between the reader and the consumer are worth a meta line."""
 

@@ -30,10 +30,9 @@ from kbook.feed import Outcome
 from kbook.live.session import Event as LiveEvent
 from kbook.live.session import LiveSettings, Session
 from kbook.segment import Problem
+from kbook.units import MS, SECOND
 from kbook.v2 import RecordReader, V2BookFeed
 
-SECOND = 1_000_000_000
-MS = 1_000_000
 MAX_REPLAY_GAP_NS = 5 * SECOND
 """A replay waits at most this long (recorded time) between two lines: a longer gap is an outage
 of the recorder (Kraken sends a heartbeat every second), not something worth watching."""

@@ -38,6 +38,7 @@ from kbook.errors import UsageError
 from kbook.feed import BookFeed, Outcome
 from kbook.pairs import file_name, parse_pair
 from kbook.segment import Problem, find_segments
+from kbook.units import MS, SECOND
 from kbook.v2 import segment_api
 from kbook.verify import stream_name
 from kbook.watch.sources import Event, LiveSource, ReplaySource, find_book
@@ -47,8 +48,6 @@ from recorder.config import RecordConfig
 if TYPE_CHECKING:
     from rich.live import Live
 
-SECOND = 1_000_000_000
-MS = 1_000_000
 RATE_WINDOW_NS = SECOND
 """Frames per second are counted over the last second of the view's clock."""
 
