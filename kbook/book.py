@@ -74,6 +74,10 @@ def _decimals(price: str) -> int:
 _MAX_EXPONENT = 40
 """Prices in exponent notation beyond 10**±40 are refused: ``1e-99999999`` would otherwise be
 written out as a hundred million digits and rescale every key of the book by as many."""
+MAX_DECIMALS = 40
+"""Prices with more decimals are refused (``FrameError``) before the book rescales to them: one
+price with a million decimals would otherwise make every key of the book a million digits long
+(1.5 GB for a depth-1000 book). Kraken's prices have at most 10."""
 
 
 def _plain(price: str) -> str:
@@ -315,6 +319,9 @@ class Book:
         plain = _plain(price)
         decimals = _decimals(plain)
         if decimals > self.scale:
+            if decimals > MAX_DECIMALS:
+                shown = price if len(price) <= 40 else f"{price[:20]}...({len(price)} characters)"
+                raise FrameError(f"price {shown!r} has more than {MAX_DECIMALS} decimals")
             factor = 10 ** (decimals - self.scale)
             self.asks.rescale(factor)
             self.bids.rescale(factor)

@@ -32,6 +32,7 @@ at the next frame. A ``.partial`` file that is empty is a recorder killed before
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -162,6 +163,32 @@ class SegmentWriter:
     def bytes_out(self) -> int:
         """Compressed bytes in the file so far (flushed frames only)."""
         return self._file.tell() if self._file is not None else self.path.stat().st_size
+
+    def on_disk(self) -> bool:
+        """True while ``partial_path`` is still this writer's file (not deleted or replaced)."""
+        if self._file is None:
+            return False
+        try:
+            mine, there = os.fstat(self._file.fileno()), os.stat(self.partial_path)
+        except OSError:
+            return False
+        return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+    def abandon(self, cut_at: int | None = None) -> None:
+        """Close without flushing or renaming (the file was deleted or replaced under us, or the
+        disk failed); ``cut_at``: first truncate the file to that many bytes, the end of a flush
+        that succeeded, so it ends on a whole zstd frame."""
+        file, self._file = self._file, None
+        if file is None:
+            return
+        if cut_at is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(file.fileno(), cut_at)
+        with contextlib.suppress(OSError, ValueError):
+            file.close()  # may try to write what is buffered; the disk just failed: ignored
+        with contextlib.suppress(OSError):
+            if cut_at is not None:
+                os.truncate(self.partial_path, cut_at)
 
     def write(self, line: bytes) -> None:
         """Append one encoded line (from ``frame_line`` or ``meta_line``)."""

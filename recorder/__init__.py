@@ -3,11 +3,11 @@
 Library first: ``Recorder(RecordConfig(pairs=("BTC/USD",), depth=100)).run()`` returns a
 ``RecordSummary``; ``Recorder.stop()`` ends it cleanly from another thread. It records Kraken's
 WebSocket v2 unless ``api="v1"`` or a ``url`` whose path does not end in ``/v2`` says v1
-(``kbook.api.choose_api``). One module per stage: ``dialect`` (v1 and v2 wire shapes, no I/O),
-``connection`` (the WebSocket session), ``subscriptions`` (what to request, no I/O),
-``segments`` (files, rotation, checkpoints), ``lock``, ``status``, ``signals``, ``record``;
-beside it, ``monitor`` (what the loop calls once a second), ``metrics`` (Prometheus) and
-``upload`` (segments to object storage, retention).
+(``kbook.api.choose_api``). The live session (connection, subscriptions, backoff, the clock) is
+``kbook.live``, shared with ``kbook watch``; here, one module per stage: ``segments`` (files,
+rotation, checkpoints), ``lock``, ``status``, ``signals``, ``record``; beside it, ``monitor``
+(what the loop calls once a second), ``metrics`` (Prometheus) and ``upload`` (segments to object
+storage, retention).
 """
 
 from kbook.api import DEPTHS

@@ -17,6 +17,7 @@ from kbook.units import SECOND
 
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ class RecordConfig:
     """Least time between two checksum resyncs of one pair."""
     rate_limit_delay_ns: int = 5 * SECOND
     status_interval_ns: int = 10 * SECOND
+    subscribe_deadline_ns: int = MINUTE
+    """A run in which no pair got subscribed this long after the start ends with exit 1."""
+    max_frame_bytes: int = 16 * MIB
+    """The largest message taken (the largest real book-1000 snapshot is about 80 kB); a larger
+    one ends the connection, which reconnects."""
+    inbox_bytes: int = 64 * MIB
+    """Received frames waiting to be written, at most; the reader waits (TCP holds the rest)."""
+    max_held_frames: int = 10_000
+    """Lines held per pair while its subscription is unanswered; past it they are written."""
     drain_ns: int = 200_000_000
     """On stop, frames already waiting on the socket are still recorded for up to this long."""
     tick_ns: int = 100_000_000
@@ -82,6 +92,8 @@ class RecordConfig:
             raise UsageError("--duration must be positive")
         if self.max_segment_bytes is not None and self.max_segment_bytes <= 0:
             raise UsageError("--max-segment-mb must be positive")
+        if self.max_frame_bytes < 1024:
+            raise UsageError("--max-frame-mb must be at least 1 kB")
         if self.connect_retries is not None and self.connect_retries < 1:
             raise UsageError("--retries must be at least 1 (0 on the command line: never give up)")
 

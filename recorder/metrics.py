@@ -18,7 +18,7 @@ Names and meaning (README, Monitoring):
     kbook_last_frame_timestamp_seconds{pair}         receive time of the pair's newest book frame
     kbook_bytes_written_total                        compressed bytes written to segments
     kbook_segment_flush_timestamp_seconds            time of the last flush (zstd frame + fsync)
-    kbook_receive_lag_seconds                        age of the newest book frame of any pair
+    kbook_receive_lag_seconds                        how long the latest frame waited to be taken
     kbook_upload_backlog_files                       closed segments not yet uploaded
     kbook_upload_last_success_timestamp_seconds      time of the last verified upload
     kbook_disk_free_bytes                            free space where segments are written
@@ -41,8 +41,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from kbook.errors import OutputError, UsageError
+from kbook.live.subscriptions import State
 from kbook.units import SECOND
-from recorder.subscriptions import State
 
 if TYPE_CHECKING:
     from recorder.record import Recorder
@@ -72,7 +72,7 @@ class RecorderState:
     receive_lag_ns: int | None = None
 
 
-def recorder_state(recorder: Recorder, now_ns: int) -> RecorderState:
+def recorder_state(recorder: Recorder) -> RecorderState:
     """Copy what the metrics show out of ``recorder`` (call in the recorder's thread).
 
     Counts are the live book's (``BookFeed.stats``, keyed by the name on the wire), summed per
@@ -106,14 +106,13 @@ def recorder_state(recorder: Recorder, now_ns: int) -> RecorderState:
         )
         for pair, (frames, ok, failed) in counts.items()
     }
-    latest = max(newest.values(), default=None)
     return RecorderState(
         pairs=pairs,
         connected=recorder.connected,
         reconnects=recorder.reconnects,
         bytes_written=recorder.streams.bytes_written,
         last_flush_ns=recorder.last_flush_ns,
-        receive_lag_ns=max(now_ns - latest, 0) if latest is not None else None,
+        receive_lag_ns=recorder.session.lag_ns,
     )
 
 

@@ -9,7 +9,6 @@ run in threads of their own.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,7 +54,7 @@ class Monitor:
                     self._handed[pair] = len(stream.finished)
         if self.metrics is None:
             return
-        self.metrics.update(recorder_state(recorder, time.time_ns()))
+        self.metrics.update(recorder_state(recorder))
         if self.textfile is not None:
             try:
                 self.metrics.write_textfile(self.textfile)

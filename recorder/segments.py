@@ -2,8 +2,9 @@
 
 Layout: ``<out>/raw/BTC-USD/2026-11-21/BTC-USD.20261121T000000Z.jsonl.zst``, the time being the
 segment's start in UTC. Time rotation is aligned to UTC boundaries (``--rotate 1h`` starts a segment
-on every hour); size rotation starts one when the compressed file reaches the limit (checked on the
-bytes already in the file, so a segment may pass the limit by up to one flush interval of data).
+on every hour); size rotation starts one when the compressed file reaches the limit, checked at each
+flush (so a segment may pass the limit by up to one flush interval of data, and however small the
+limit, a pair gets at most one new file per flush interval).
 
 Every segment stands on its own: a rotated segment's first lines are ``checkpoint`` meta lines of
 the pair's books that were valid at that moment, so replay needs no earlier file. Rotation happens
@@ -14,7 +15,16 @@ for that second is taken (a restart, or several size rotations in one second) a 
 ``BTC-USD.20261121T000000Z-1.jsonl.zst``.
 
 A stream starts *pending*: its lines are held in memory until the pair is subscribed, so a pair
-Kraken refuses leaves no files behind. Held lines are written as soon as the stream commits.
+Kraken refuses leaves no files behind. Held lines are written as soon as the stream commits, when
+more than ``max_held`` are held, and when the run stops before the answer came: only a refused
+pair's lines are dropped.
+
+On a disk error (full disk, file size limit) every stream is cut back to its last successful
+flush and left as ``.partial``: the files hold the same prefix of the feed, nothing newer.
+
+The open ``.partial`` is checked at every flush: when it was deleted or replaced (an operator, a
+cleanup script), the lines since the last flush go into a new segment, which starts with a
+``segment_lost`` meta line and then the pair's checkpoints.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from kbook.segment import PARTIAL_SUFFIX, SegmentWriter, meta_line, segment_path
 
 MAX_HELD_LINES = 10_000
 """A pending stream that holds more than this commits anyway: memory is not storage."""
+UNFLUSHED_KEPT = 32 * 1024 * 1024
+"""Bytes of lines since the last flush kept for a replaced ``.partial``, at most."""
 
 CheckpointSource = Callable[[str], list[dict[str, Any]]]
 """Given a user pair, the ``checkpoint`` meta records of its books that are valid now."""
@@ -77,9 +89,11 @@ class SegmentStream:
         rotate_ns: int,
         max_bytes: int | None,
         checkpoints: CheckpointSource,
+        max_held: int = MAX_HELD_LINES,
     ) -> None:
         self.root = root
         self.pair = pair
+        self.max_held = max_held
         self.rotate_ns = rotate_ns
         self.max_bytes = max_bytes
         self.checkpoints = checkpoints
@@ -92,6 +106,12 @@ class SegmentStream:
         self.finished: list[Path] = []
         """Final paths of the segments closed so far."""
         self.bytes_closed = 0
+        self.unflushed: list[bytes] = []
+        """Lines written since the last flush, to rewrite if the ``.partial`` disappears."""
+        self._flushed_in = 0
+        self.good_bytes = 0
+        """Size of the open file when the last flush of every stream succeeded: it ends on a
+        whole zstd frame."""
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -101,12 +121,15 @@ class SegmentStream:
             return
         if not self.committed:
             self.held.append((now_ns, line))
-            if len(self.held) > MAX_HELD_LINES:
+            if len(self.held) > self.max_held:
                 self.commit()
             return
-        self.rotate_if_due(now_ns)
+        if now_ns >= self.boundary_ns:
+            self.rotate(now_ns, now_ns - now_ns % self.rotate_ns, "rotate")
         assert self.writer is not None
         self.writer.write(line)
+        if self.writer.bytes_in - self._flushed_in < UNFLUSHED_KEPT:
+            self.unflushed.append(line)
 
     def commit(self) -> None:
         """Start writing to disk: open the first segment and write the held lines."""
@@ -116,18 +139,22 @@ class SegmentStream:
         held, self.held = self.held, []
         start_ns = held[0][0] if held else time.time_ns()
         self._open(start_ns, [])
+        self._flushed_in = 0
         assert self.writer is not None
         for _, line in held:
             self.writer.write(line)
+            self.unflushed.append(line)
 
     def rotate_if_due(self, now_ns: int) -> None:
-        """Rotate when ``now_ns`` has passed the next UTC boundary or the file is full."""
-        if self.writer is None:
-            return
-        if now_ns >= self.boundary_ns:
+        """Rotate when ``now_ns`` has passed the next UTC boundary."""
+        if self.writer is not None and now_ns >= self.boundary_ns:
             self.rotate(now_ns, now_ns - now_ns % self.rotate_ns, "rotate")
-        elif (
-            self.max_bytes is not None
+
+    def _rotate_if_full(self, now_ns: int) -> None:
+        """After a flush: rotate when the file reached ``max_bytes``."""
+        if (
+            self.writer is not None
+            and self.max_bytes is not None
             and self.writer.bytes_out >= self.max_bytes
             and self.writer.lines > self._head_lines
         ):
@@ -142,18 +169,38 @@ class SegmentStream:
         self._open(start_ns, first)
         assert self.writer is not None
         self.writer.flush()
+        self.unflushed = []
+        self._flushed_in = self.writer.bytes_in
+        self.good_bytes = self.writer.bytes_out
 
-    def flush(self) -> None:
-        """End a zstd frame and fsync, if anything was written since the last flush."""
-        if self.writer is not None and self.writer.pending:
-            self.writer.flush()
+    def flush(self, now_ns: int) -> bool:
+        """End a zstd frame and fsync, if anything was written since the last flush; then rotate
+        if the file is full. False when the ``.partial`` was found deleted or replaced (the lines
+        since the last flush went into a new segment)."""
+        writer = self.writer
+        if writer is None or not writer.pending:
+            return True
+        if not writer.on_disk():
+            self._replace(now_ns, writer)
+            return False
+        writer.flush()
+        self.unflushed = []
+        self._flushed_in = writer.bytes_in
+        self._rotate_if_full(now_ns)
+        return True
 
-    def close(self, now_ns: int, reason: str) -> None:
-        """Close for good: write ``segment_end``, flush, rename; held lines are dropped."""
+    def close(self, now_ns: int, reason: str, keep_held: bool = False) -> None:
+        """Close for good: write ``segment_end``, flush, rename. Held lines (no answer yet) are
+        written first if ``keep_held`` (frames came, the answer did not), else dropped."""
         if self.closed:
             return
+        if keep_held and self.held:
+            self.commit()
         self.closed = True
         self.held = []
+        writer = self.writer
+        if writer is not None and not writer.on_disk():
+            self._replace(now_ns, writer)
         self._close_writer(now_ns, reason)
 
     # -- reading --------------------------------------------------------------------------------
@@ -169,7 +216,34 @@ class SegmentStream:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _replace(self, now_ns: int, lost: SegmentWriter) -> None:
+        """The open ``.partial`` is gone: start a new segment with the lines since the last flush,
+        then the checkpoints (the books as they are after those lines)."""
+        lost.abandon()
+        self.writer = None
+        lines, self.unflushed = self.unflushed, []
+        meta: dict[str, Any] = {"type": "segment_lost", "path": str(lost.partial_path)}
+        meta["reason"] = "deleted or replaced while open"
+        meta["lines_rewritten"] = len(lines)
+        head = [meta_line(now_ns, meta), *lines]
+        head += [meta_line(now_ns, record) for record in self.checkpoints(self.pair)]
+        self._open(now_ns, head)
+        assert self.writer is not None
+        self.writer.flush()
+        self._flushed_in = self.writer.bytes_in
+        self.good_bytes = self.writer.bytes_out
+
+    def cut_back(self) -> None:
+        """After a disk error: cut the open file back to its last successful flush and leave it
+        as ``.partial``; nothing more is written to this stream."""
+        writer, self.writer = self.writer, None
+        self.closed = True
+        self.held = []
+        if writer is not None:
+            writer.abandon(cut_at=self.good_bytes)
+
     def _open(self, start_ns: int, first_lines: Iterable[bytes]) -> None:
+        self.good_bytes = 0
         self.writer = open_unique(self.root, self.pair, start_ns)
         self.boundary_ns = (start_ns // self.rotate_ns + 1) * self.rotate_ns
         for line in first_lines:
@@ -199,33 +273,56 @@ class SegmentStreams:
         rotate_ns: int,
         max_bytes: int | None,
         checkpoints: CheckpointSource,
+        max_held: int = MAX_HELD_LINES,
     ) -> None:
         self.streams = {
-            pair: SegmentStream(root, pair, rotate_ns, max_bytes, checkpoints) for pair in pairs
+            pair: SegmentStream(root, pair, rotate_ns, max_bytes, checkpoints, max_held)
+            for pair in pairs
         }
 
     def write(self, now_ns: int, line: bytes, pairs: Iterable[str] | None = None) -> None:
         """Write ``line`` to the streams of ``pairs`` (None: every open stream)."""
         targets = self.streams if pairs is None else pairs
-        for pair in targets:
-            stream = self.streams.get(pair)
-            if stream is not None:
-                stream.write(now_ns, line)
+        try:
+            for pair in targets:
+                stream = self.streams.get(pair)
+                if stream is not None:
+                    stream.write(now_ns, line)
+        except OutputError:
+            self._cut_back()
+            raise
 
     def rotate_if_due(self, now_ns: int) -> None:
         for stream in self.streams.values():
             stream.rotate_if_due(now_ns)
 
-    def flush(self) -> None:
+    def flush(self, now_ns: int) -> list[str]:
+        """Flush every stream written since the last flush (one fsync each); the pairs whose
+        ``.partial`` was found deleted or replaced."""
+        try:
+            replaced = [pair for pair, stream in self.streams.items() if not stream.flush(now_ns)]
+        except OutputError:
+            self._cut_back()
+            raise
         for stream in self.streams.values():
-            stream.flush()
+            # Only once every stream is flushed: a pass is all or nothing.
+            if stream.writer is not None:
+                stream.good_bytes = stream.writer.bytes_out
+        return replaced
 
-    def close(self, now_ns: int, reason: str) -> None:
+    def _cut_back(self) -> None:
+        """A disk error: every stream is cut back to its last successful flush, so that what is
+        on disk is the same prefix of the feed in every pair's file (the streams flushed before
+        the one that failed would otherwise hold frames the failed one lost)."""
+        for stream in self.streams.values():
+            stream.cut_back()
+
+    def close(self, now_ns: int, reason: str, keep_held: bool = False) -> None:
         """Close every stream; on a disk error, still try the others, then raise the first."""
         first_error: OutputError | None = None
         for stream in self.streams.values():
             try:
-                stream.close(now_ns, reason)
+                stream.close(now_ns, reason, keep_held)
             except OutputError as exc:
                 first_error = first_error or exc
         if first_error is not None:

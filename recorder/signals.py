@@ -1,6 +1,9 @@
-"""SIGINT/SIGTERM end a recording cleanly; a second one ends the process at once.
+"""SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGQUIT end a recording cleanly; a second one ends the
+process at once.
 
-The first signal only asks the recorder to stop: the read loop notices within one tick, records
+SIGHUP (the terminal went away), SIGUSR1 and SIGQUIT would otherwise kill the process without
+closing its segments; they are taken as a request to stop like SIGTERM (``STOP_SIGNALS``).
+The first signal only asks the recorder to stop: the session's clock notices within one tick, records
 what already arrived, and closes every segment (flush, fsync, rename), so ``kill`` from cron or
 systemd loses nothing. If closing hangs (a stuck disk), a second signal exits immediately; the
 ``.partial`` files then hold everything up to their last flush.
@@ -24,9 +27,12 @@ class Stoppable(Protocol):
     def stop(self, reason: str = "stopped") -> None: ...
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT)
+
+
 @contextmanager
 def stop_on_signals(
-    target: Stoppable, signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+    target: Stoppable, signals: tuple[signal.Signals, ...] = STOP_SIGNALS
 ) -> Iterator[None]:
     """Route ``signals`` to ``target.stop`` while inside; restore the old handlers after.
 

@@ -56,6 +56,7 @@ class Reporter:
         reconnects: int,
         bytes_written: int,
         current: list[Path],
+        lag_ns: int = 0,
     ) -> None:
         """The steady status line; call when ``status_due``."""
         elapsed = max(now_mono - self._last_mono, 1) / SECOND
@@ -68,7 +69,7 @@ class Reporter:
         self._line(
             f"kbook record: {rate:.1f} frames/s, checksums ok {checksums_ok} "
             f"failed {checksums_failed}, reconnects {reconnects}, "
-            f"written {human_bytes(bytes_written)}, segment {segment}"
+            f"written {human_bytes(bytes_written)}, lag {lag_ns / SECOND:.1f} s, segment {segment}"
         )
 
     def _line(self, text: str) -> None:

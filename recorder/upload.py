@@ -41,9 +41,9 @@ import orjson
 import pyarrow.fs as pafs
 
 from kbook.errors import OutputError, UsageError
+from kbook.live.backoff import Backoff
 from kbook.segment import SUFFIX
 from kbook.units import SECOND
-from recorder.backoff import Backoff
 from recorder.metrics import disk_free_bytes
 
 LEDGER_NAME = ".kbook-uploads.jsonl"

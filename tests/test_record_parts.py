@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from kbook.errors import OutputError, RecordError, UsageError
+from kbook.live.backoff import SECOND, Backoff
+from kbook.live.subscriptions import State, Subscriptions, spellings
 from kbook.segment import SegmentReader, is_json_text, segment_path
-from recorder.backoff import SECOND, Backoff
 from recorder.config import RecordConfig
 from recorder.lock import OutputLock, lock_path
 from recorder.record import decode_frame
 from recorder.segments import SegmentStream
-from recorder.subscriptions import State, Subscriptions, spellings
 
 T0 = 1_763_683_200 * SECOND  # 2025-11-21T00:00:00Z
 
@@ -188,7 +188,7 @@ def test_stream_rotates_by_size(tmp_path: Path) -> None:
     stream.commit()
     for i in range(50):
         stream.write(T0 + i, b'{"recv_ns":%d,"seq":%d,"msg":[%d]}\n' % (i, i, i * 7919))
-        stream.flush()
+        stream.flush(0)
     stream.close(T0 + 100, "stop")
     assert len(stream.finished) > 2
     seqs = [r["seq"] for path in stream.finished for r in read_lines(path) if "seq" in r]

@@ -20,12 +20,12 @@ from record_support import (
 from kbook.api import URLS, Api
 from kbook.dialect import NOT_JSON, V2Dialect
 from kbook.errors import UsageError
+from kbook.live.subscriptions import State, Subscriptions
 from kbook.sim import Simulator, SimulatorConfig
 from kbook.v2 import segment_api
 from kbook.verify import verify_paths
 from recorder import RecordConfig
 from recorder.lock import lock_path
-from recorder.subscriptions import State, Subscriptions
 
 PAIRS = ("BTC/USD", "ETH/USD")
 

@@ -18,8 +18,8 @@ from record_support import SECOND, Background, fast_config, match_connections, r
 from record_support import wait_until as wait_for
 from s3_support import S3Server, aws_env, s3_server
 
+from kbook.live.backoff import Backoff
 from kbook.sim import Simulator, SimulatorConfig
-from recorder.backoff import Backoff
 from recorder.metrics import Metrics
 from recorder.monitor import Monitor
 from recorder.upload import LEDGER_NAME, Ledger, Retention, Uploader, closed_segments

@@ -19,8 +19,8 @@ from kbook.feed import BookFeed
 from kbook.segment import SegmentReader, find_segments
 from kbook.sim import Simulator, SimulatorConfig
 from kbook.watch import Watcher
-from kbook.watch_sources import Pacer, ReplaySource
-from kbook.watch_view import render_text
+from kbook.watch.sources import Pacer, ReplaySource
+from kbook.watch.view import render_text
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from kbook.segment import find_segments
 from kbook.sim import Simulator, SimulatorConfig
 from kbook.v2 import RecordReader, V2BookFeed, segment_api
 from kbook.watch import Watcher
-from kbook.watch_sources import ReplaySource
+from kbook.watch.sources import ReplaySource
 
 KBOOK = [sys.executable, "-m", "kbook"]
 

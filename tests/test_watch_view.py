@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from kbook.book import Book
-from kbook.watch_view import (
+from kbook.watch.view import (
     CHECKSUM_STATES,
     WatchStatus,
     ladder,

@@ -12,8 +12,8 @@ from record_support import FAST, wait_until
 
 from kbook.book import Book
 from kbook.watch import Watcher, WatchOptions, live_config
-from kbook.watch_sources import LiveSource
-from kbook.watch_view import WatchStatus, render_text
+from kbook.watch.sources import LiveSource
+from kbook.watch.view import WatchStatus, render_text
 
 LIVE_TIMINGS = {key: value for key, value in FAST.items() if key != "quiet"}
 

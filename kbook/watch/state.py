@@ -6,12 +6,12 @@ same job with the guarantees of the recorder. Three parts, one module each:
 - ``Watcher`` (here): the state on screen. It feeds the pair's frames to a ``BookFeed``, counts
   frames and checksums, tracks the checksum state (``ok`` / ``failed`` / ``resyncing`` /
   ``waiting``) and hands ``(book, WatchStatus)`` to a ``Display`` at most every ``interval_ns``.
-- ``kbook.watch_sources``: what drives a ``Watcher``. ``LiveSource`` is the recorder's connection
-  handling (its ``Connection``, ``Subscriptions`` and ``Backoff``) without the files, so reconnects,
-  resyncs and the BTC/XBT alias behave as when recording; ``ReplaySource`` plays segments.
+- ``kbook.watch.sources``: what drives a ``Watcher``. ``LiveSource`` is the recorder's live
+  session (``kbook.live.session``) without the files, so reconnects, resyncs, the BTC/XBT alias
+  and every limit behave as when recording; ``ReplaySource`` plays segments.
 - Kraken's WebSocket v1 or v2: the ``Watcher`` and the live source read and write frames through
   the recorder's ``kbook.dialect``; a replay shows segments of one API (never both in one book).
-- ``kbook.watch_view``: pure functions from ``(book, status)`` to a rich renderable or plain text.
+- ``kbook.watch.view``: pure functions from ``(book, status)`` to a rich renderable or plain text.
 - Displays (here): ``RichDisplay`` redraws a ``rich.live.Live`` in place (4 times a second);
   ``PlainDisplay`` prints a plain text block once a second when stdout is not a terminal.
 
@@ -38,17 +38,16 @@ from kbook.errors import UsageError
 from kbook.feed import BookFeed, Outcome
 from kbook.pairs import common_name, file_name, parse_pair
 from kbook.segment import Problem, find_segments
+from kbook.units import MS, SECOND
 from kbook.v2 import segment_api
 from kbook.verify import stream_name
-from kbook.watch_sources import Event, LiveSource, ReplaySource, find_book
-from kbook.watch_view import WatchStatus, render_rich, render_text
+from kbook.watch.sources import Event, LiveSource, ReplaySource, find_book
+from kbook.watch.view import WatchStatus, render_rich, render_text
 from recorder.config import RecordConfig
 
 if TYPE_CHECKING:
     from rich.live import Live
 
-SECOND = 1_000_000_000
-MS = 1_000_000
 RATE_WINDOW_NS = SECOND
 """Frames per second are counted over the last second of the view's clock."""
 

@@ -3,12 +3,10 @@
 Both drive a ``Sink`` (``kbook.watch.Watcher``) with decoded frames, events and clock ticks; neither
 draws or writes anything.
 
-``LiveSource`` runs the recorder's own pieces (``recorder.connection.Connection``,
-``recorder.subscriptions.Subscriptions``, ``recorder.backoff.Backoff``) in a loop of the same shape
-as ``recorder.record.Recorder`` without the segment files, so reconnects, the paced
-unsubscribe/subscribe after a checksum mismatch and the BTC/XBT alias retry behave exactly as when
-recording. ``Recorder`` itself is not reused: its loop writes every frame and meta line to segment
-streams and holds the output lock; the logic shared with it lives in those three objects.
+``LiveSource`` is a consumer of the recorder's live session (``kbook.live.session.Session``):
+the same connection (its own reader thread, stall and handshake deadlines, frame cap), backoff,
+paced unsubscribe/subscribe after a checksum mismatch and BTC/XBT alias retry, without the
+segment files.
 
 ``ReplaySource`` plays segments (``find_segments`` order) at recorded pace times ``speed``, each
 decoded as its API needs (``kbook.v2.RecordReader``). Both speak v1 or v2 through the recorder's
@@ -18,7 +16,6 @@ decoded as its API needs (``kbook.v2.RecordReader``). Both speak v1 or v2 throug
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,19 +24,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kbook.api import Api
-from kbook.dialect import NOT_JSON, dialect_for, spellings
+from kbook.dialect import NOT_JSON, spellings
 from kbook.errors import InputError, KbookError
 from kbook.feed import Outcome
+from kbook.live.session import Event as LiveEvent
+from kbook.live.session import LiveSettings, Session
 from kbook.pairs import common_name
 from kbook.segment import Problem
+from kbook.units import MS, SECOND
 from kbook.v2 import RecordReader, V2BookFeed
-from recorder.backoff import Backoff
-from recorder.config import RecordConfig
-from recorder.connection import ConnectFailed, Connection, Dropped
-from recorder.subscriptions import Action, Subscriptions
 
-SECOND = 1_000_000_000
-MS = 1_000_000
 MAX_REPLAY_GAP_NS = 5 * SECOND
 """A replay waits at most this long (recorded time) between two lines: a longer gap is an outage
 of the recorder (Kraken sends a heartbeat every second), not something worth watching."""
@@ -75,26 +69,23 @@ class Sink(Protocol):
 
 
 class LiveSource:
-    """The recorder's connection handling, feeding a ``Watcher`` instead of segment files.
+    """The live session the recorder uses (``kbook.live.session.Session``), feeding a ``Watcher``
+    instead of segment files.
 
-    ``config`` is a ``RecordConfig``: its pair, depth, url and timing knobs are used as
-    the recorder uses them; its output settings are not (nothing is written).
+    ``config`` holds the pair, depth, url, API and the session's timing knobs, used as the
+    recorder uses them; its output settings are not (nothing is written).
     """
 
-    def __init__(self, config: RecordConfig) -> None:
+    def __init__(self, config: LiveSettings) -> None:
         self.config = config
         self.pair: str = config.pairs[0]
-        self.dialect = dialect_for(config.api)
-        self.subs = Subscriptions.for_config(config, self.dialect)
-        self.backoff = Backoff.for_config(config)
-        self.connections = 0
-        self._failures = 0
-        self._maintenance = False
-        self._stop = threading.Event()
+        self.session = Session(config, self, give_up_first=True)
+        self.dialect = self.session.dialect
+        self._sink: Sink | None = None
 
     def stop(self) -> None:
         """End ``run`` from another thread (the command line uses Ctrl+C instead)."""
-        self._stop.set()
+        self.session.stop()
 
     def run(self, sink: Sink) -> None:
         """Connect, subscribe, feed ``sink``; reconnect with backoff after every drop.
@@ -103,104 +94,49 @@ class LiveSource:
         retries (a wrong ``--url`` is reported at once, not retried for minutes) or when Kraken
         refuses the pair under every spelling. After a first connection it never gives up.
         """
-        while not self._stop.is_set():
-            conn = self._connect(sink)
-            if conn is None:
-                return
-            try:
-                reason = self._read(conn, sink)
-            except Dropped as exc:
-                reason = str(exc)
-            finally:
-                conn.close()
-            if reason is None:
-                return
-            self.subs.on_disconnect()
-            sink.event(Event.DISCONNECTED, reason)
+        self._sink = sink
+        self.session.run()
 
-    def _connect(self, sink: Sink) -> Connection | None:
-        config = self.config
-        while True:
-            retrying = self.connections or self._failures
-            if retrying and not self._sleep(self.backoff.next_delay_ns(self._maintenance), sink):
-                return None
-            label = "reconnecting" if self.connections else "connecting"
-            sink.event(Event.CONNECTING, f"{label} to {config.url}")
-            sink.tick(time.time_ns())
-            try:
-                conn = Connection(
-                    str(config.url),
-                    connect_timeout_ns=config.connect_timeout_ns,
-                    stall_timeout_ns=config.stall_timeout_ns,
-                    ping_interval_ns=config.ping_interval_ns,
-                    ping=self.dialect.ping,
-                )
-            except ConnectFailed as exc:
-                self._failures += 1
-                if not self.connections and self._failures > config.immediate_retries:
-                    raise KbookError(f"cannot connect to {config.url}: {exc}") from exc
-                sink.event(Event.NOTE, f"cannot connect to {config.url}: {exc}; retrying")
-                continue
-            self._failures = 0
-            self.connections += 1
-            sink.event(Event.CONNECTED)
-            return conn
+    # -- the session's consumer -----------------------------------------------------------------
 
-    def _sleep(self, delay_ns: int, sink: Sink) -> bool:
-        """Wait ``delay_ns``, keeping the view fresh; False when stopped meanwhile."""
-        deadline = time.monotonic_ns() + delay_ns
-        while (left := deadline - time.monotonic_ns()) > 0:
-            if self._stop.wait(min(left, self.config.tick_ns) / SECOND):
-                return False
-            sink.tick(time.time_ns())
-        return not self._stop.is_set()
+    def now(self) -> int:
+        return time.time_ns()
 
-    def _read(self, conn: Connection, sink: Sink) -> str | None:
-        """Read one connection until it drops (``Dropped`` propagates) or ``stop`` (None)."""
-        self._act(conn, self.subs.on_connect(time.monotonic_ns()), sink)
-        while not self._stop.is_set():
-            text = conn.recv(self.config.tick_ns)
-            if text is not None:
-                self._on_frame(conn, text, time.time_ns(), sink)
-            self._act(conn, self.subs.tick(time.monotonic_ns()), sink)
-            sink.tick(time.time_ns())
+    def frame(self, recv_ns: int, text: str, msg: Any, is_json: bool) -> Outcome | None:
+        assert self._sink is not None
+        if msg is NOT_JSON:
+            self._sink.event(Event.NOTE, f"a frame that is not JSON: {text[:40]!r}")
+            return None
+        outcome = self._sink.frame(msg, recv_ns)
+        if self.dialect.is_book(msg) or outcome is Outcome.SNAPSHOT:
+            return outcome
         return None
 
-    def _on_frame(self, conn: Connection, text: str, recv_ns: int, sink: Sink) -> None:
-        msg, _is_json = self.dialect.decode(text)
-        if msg is NOT_JSON:
-            sink.event(Event.NOTE, f"a frame that is not JSON: {text[:40]!r}")
-            return
-        outcome = sink.frame(msg, recv_ns)
-        if outcome is Outcome.SNAPSHOT:
-            self.backoff.healthy()
-        elif self.dialect.is_book(msg):
-            if outcome in (Outcome.CHECKSUM_FAILED, Outcome.MALFORMED):
-                # A malformed update leaves the book void too; only a new snapshot repairs it.
-                self.subs.on_checksum_failed(self.dialect.route(msg), time.monotonic_ns())
-        elif type(msg) is dict:
-            self._on_control(conn, msg, sink)
+    def meta(self, meta: dict[str, Any], targets: tuple[str, ...] | None) -> None:
+        """Nothing is written: the connection's events reach the view through ``event``."""
 
-    def _on_control(self, conn: Connection, msg: dict[str, Any], sink: Sink) -> None:
-        status = self.dialect.system_status(msg)
-        if status is not None:
-            self._maintenance = status != "online"
-            if self._maintenance:
-                sink.event(Event.NOTE, f"Kraken reports system status {status!r}")
-        self._act(conn, self.subs.on_control(msg, time.monotonic_ns()), sink)
-        if self.subs.all_failed:
-            reason = self.subs.failed.get(self.pair, "refused")
+    def event(self, kind: LiveEvent, detail: str) -> None:
+        assert self._sink is not None
+        if kind is LiveEvent.CONNECTING:
+            self._sink.event(Event.CONNECTING, detail)
+            self._sink.tick(time.time_ns())
+        elif kind is LiveEvent.CONNECTED:
+            self._sink.event(Event.CONNECTED)
+        elif kind is LiveEvent.DISCONNECTED:
+            self._sink.event(Event.DISCONNECTED, detail)
+        elif kind is LiveEvent.RESYNC:
+            self._sink.event(Event.RESYNC)
+        else:
+            self._sink.event(Event.NOTE, detail)
+
+    def answered(self) -> None:
+        if self.session.subs.all_failed:
+            reason = self.session.subs.failed.get(self.pair, "refused")
             raise KbookError(f"cannot watch {self.pair}: Kraken refused it ({reason})")
 
-    def _act(self, conn: Connection, actions: list[Action], sink: Sink) -> None:
-        for action in actions:
-            if action.send is not None:
-                conn.send(action.send)
-                if action.resync:
-                    sink.event(Event.RESYNC)
-            for text in (action.warning, action.note):
-                if text is not None:
-                    sink.event(Event.NOTE, text)
+    def tick(self, now_mono: int) -> None:
+        assert self._sink is not None
+        self._sink.tick(time.time_ns())
 
 
 # -- replay ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from kbook.units import SECOND
 
 if TYPE_CHECKING:
-    from recorder.config import RecordConfig
+    from kbook.live.session import LiveSettings
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Backoff:
     """Attempts since the last healthy connection."""
 
     @classmethod
-    def for_config(cls, config: RecordConfig) -> Backoff:
+    def for_config(cls, config: LiveSettings) -> Backoff:
         """The backoff a recording (or a watch) is configured with."""
         return cls(
             immediate=config.immediate_retries,

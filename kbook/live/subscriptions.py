@@ -38,7 +38,7 @@ from kbook.dialect import (
 from kbook.units import SECOND
 
 if TYPE_CHECKING:
-    from recorder.config import RecordConfig
+    from kbook.live.session import LiveSettings
 
 __all__ = ["Action", "PairSubscription", "State", "Subscriptions", "spellings"]
 
@@ -112,7 +112,7 @@ class Subscriptions:
     _reqid: int = field(init=False, default=0)
 
     @classmethod
-    def for_config(cls, config: RecordConfig, dialect: Dialect) -> Subscriptions:
+    def for_config(cls, config: LiveSettings, dialect: Dialect) -> Subscriptions:
         """The subscriptions a recording (or a watch) asks for, with its configured pacing."""
         return cls(
             config.pairs,

@@ -19,8 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from kbook.book import Book
+from kbook.units import SECOND
 
-SECOND = 1_000_000_000
 CHECKSUM_STATES = ("ok", "failed", "resyncing", "waiting")
 """``ok``: the book passed its last check; ``failed``: a checksum did not match and no resync has
 started yet; ``resyncing``: waiting for the new snapshot after a failure or a reconnect;
