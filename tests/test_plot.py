@@ -36,6 +36,8 @@ def snapshot_table(rows: int, invalid: range, outlier: float) -> pa.Table:
     columns["updates"] = [1] * rows
     columns["checksum_failures"] = [0] * rows
     columns["last_update"] = columns["ts"]
+    columns["depth"] = [10 if ok else None for ok in valid]
+    columns["source"] = ["v2 book-10" if ok else None for ok in valid]
     return pa.table({name: columns[name] for name in schema.names}, schema=schema)
 
 
