@@ -179,6 +179,13 @@ def record(
     depth: Annotated[
         int, typer.Option(help="Book depth: 10, 25, 100, 500 or 1000 levels per side.")
     ] = 10,
+    channels: Annotated[
+        str,
+        typer.Option(
+            help="Kraken channels to record for every pair, comma-separated: book, trade or "
+            "book,trade (trades go into the pair's segments beside its book)."
+        ),
+    ] = "book",
     out: Annotated[
         Path, typer.Option(help="Output folder; segments go to OUT/raw/PAIR/DATE/.")
     ] = Path("data"),
@@ -271,6 +278,7 @@ def record(
     ] = None,
 ) -> None:
     """Record the order book of PAIRS into zstd segments until stopped (SIGINT/SIGTERM: exit 0)."""
+    from kbook.api import parse_channels
     from kbook.errors import UsageError
     from kbook.units import parse_duration, utc_text
     from recorder import RecordConfig, Recorder, stop_on_signals
@@ -290,6 +298,7 @@ def record(
         out=out,
         url=url,
         api=api,
+        channels=parse_channels(channels),
         duration_ns=parse_duration(duration, "--duration") if duration is not None else None,
         rotate_ns=parse_duration(rotate, "--rotate"),
         max_segment_bytes=round(max_segment_mb * 1e6) if max_segment_mb is not None else None,
