@@ -373,9 +373,22 @@ def replay(
     levels: Annotated[
         int, typer.Option(help="Levels per side in each row, up to the recorded depth.")
     ] = 10,
-    out: Annotated[Path, typer.Option(help="Dataset folder to create.")] = Path("data/snapshots"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset folder to create [default: data/snapshots; with --trades, data/trades]."
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing dataset at --out.")
+    ] = False,
+    trades: Annotated[
+        bool,
+        typer.Option(
+            "--trades",
+            help="Write the recorded trades instead (--channels trade): one row per trade, "
+            "each once; --every and --levels do not apply.",
+        ),
     ] = False,
     workers: Annotated[
         int, typer.Option(metavar="N", help="Worker processes; 0 means every core.")
@@ -399,6 +412,18 @@ def replay(
     from kbook.lines import native_core
     from replay.api import replay_to_dataset
     from replay.report import print_summary, progress_bar
+
+    if trades:
+        out = out or Path("data/trades")
+        _replay_trades(paths or [_default_raw()], out, pair, start, end, force, api)
+        return
+    out = out or Path("data/snapshots")
+    from replay.trades import replay_without_books
+
+    note = replay_without_books(paths or [_default_raw()], out, force)
+    if note is not None:
+        typer.echo(f"kbook replay: {note}", err=True)
+        return
 
     if native_core() is None and os.environ.get("KBOOK_NATIVE", "1") != "0":
         typer.echo(
@@ -430,6 +455,27 @@ def replay(
         from kbook import job_metrics
 
         job_metrics.write(metrics_file, job_metrics.replay_metrics(summary))
+    for problem in summary.problems:
+        typer.echo(f"kbook: warning: {problem}", err=True)
+
+
+def _replay_trades(
+    paths: list[Path],
+    out: Path,
+    pair: list[str] | None,
+    start: str | None,
+    end: str | None,
+    force: bool,
+    api: str | None,
+) -> None:
+    """``kbook replay --trades``: the trades dataset (``replay.trades``), a line per pair."""
+    from replay.trades import replay_trades_to_dataset
+
+    summary = replay_trades_to_dataset(paths, out, pair or None, start, end, force, api)
+    for name, state in sorted(summary.ledger.pairs.items()):
+        repeated = f", {state.repeated} repeated after reconnects dropped" if state.repeated else ""
+        typer.echo(f"{name}: {state.kept} trades{repeated}", err=True)
+    typer.echo(f"kbook replay: {summary.rows} trades into {out}", err=True)
     for problem in summary.problems:
         typer.echo(f"kbook: warning: {problem}", err=True)
 

@@ -445,7 +445,7 @@ class V2Dialect(Dialect):
                     _v2_number(entry.get("qty")),
                     _choice(_V2_SIDES, entry.get("side"), "side"),
                     _choice(_V2_ORDER_TYPES, entry.get("ord_type"), "order type"),
-                    rfc3339_ns(timestamp),
+                    _rfc3339_ns(timestamp),
                     trade_id,
                     kind == "snapshot",
                 )
@@ -597,7 +597,7 @@ def _seconds_ns(text: str) -> int:
     return int(match[1]) * 1_000_000_000 + int((match[2] or "").ljust(9, "0"))
 
 
-def rfc3339_ns(text: str) -> int:
+def _rfc3339_ns(text: str) -> int:
     """``"2023-09-25T07:48:36.925533Z"`` (v2 times) as integer ns UTC, exactly."""
     match = _RFC3339.fullmatch(text)
     if match is None:

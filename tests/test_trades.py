@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from apis import CASES, ApiCase
 from record_support import Background, Output, fast_config, match_connections, read_output
@@ -280,3 +281,121 @@ def test_each_simulated_trade_lands_in_the_books_next_update(recording: Recordin
 
 def _canonical(pair: str) -> str:
     return {"BTC/USD": "XBT/USD"}.get(pair, pair)
+
+
+# -- the trades dataset ---------------------------------------------------------------------------
+
+
+def _sent_trades(recording: Recording) -> dict[str, list[tuple[object, ...]]]:
+    """Per pair (common name), the trades the simulator sent, each once (v2: by id, first
+    seen), as ``(exch_ns, price, size, side, order_type, trade_id)``."""
+    dialect = recording.case.dialect
+    seen: set[tuple[str, int]] = set()
+    found: dict[str, list[tuple[object, ...]]] = {}
+    for frame in recording.sent:
+        if frame.kind != "trade":
+            continue
+        for t in sorted(dialect.trades(dialect.decode_line(frame.text)), key=_by_id):
+            pair = "BTC/USD" if t.pair in ("XBT/USD", "BTC/USD") else t.pair
+            if t.trade_id is not None:
+                if (pair, t.trade_id) in seen:
+                    continue
+                seen.add((pair, t.trade_id))
+            row = (t.exch_ns, float(t.price), float(t.qty), t.side, t.order_type, t.trade_id)
+            found.setdefault(pair, []).append(row)
+    return found
+
+
+def _by_id(trade: Trade) -> int:
+    return trade.trade_id or 0
+
+
+def test_trades_dataset_equals_the_trades_sent(recording: Recording, tmp_path: Path) -> None:
+    import replay
+
+    summary = replay.replay_trades_to_dataset(recording.out / "raw", tmp_path / "trades")
+    assert summary.problems == []
+    table = replay.read_trades(tmp_path / "trades")
+    assert table.column_names == [
+        "ts",
+        "pair",
+        "exch_ts",
+        "price",
+        "size",
+        "side",
+        "order_type",
+        "trade_id",
+        "is_snapshot",
+        "seq",
+    ]
+    rows = table.to_pylist()
+    for pair in ("BTC/USD", "ETH/USD"):  # in recorded order (one run: seq grows)
+        seqs = [row["seq"] for row in rows if row["pair"] == pair]
+        assert seqs == sorted(seqs)
+    got: dict[str, list[tuple[object, ...]]] = {}
+    exch_ns = table.column("exch_ts").cast(pa.int64()).to_pylist()
+    for row, exch in zip(rows, exch_ns, strict=True):
+        got.setdefault(row["pair"], []).append(
+            (
+                exch,
+                row["price"],
+                row["size"],
+                row["side"],
+                row["order_type"],
+                row["trade_id"],
+            )
+        )
+    assert got == _sent_trades(recording)
+    assert not any(row["is_snapshot"] for row in rows)  # the first snapshot came empty
+    repeated = sum(state.repeated for state in summary.ledger.pairs.values())
+    if recording.case.api is Api.V2:
+        assert repeated > 0  # the reconnect's snapshot, dropped
+        assert all(state.missing == 0 for state in summary.ledger.pairs.values())
+    else:
+        assert repeated == 0
+    # Files are the snapshots' layout: one per pair and UTC day.
+    names = sorted(str(p.relative_to(tmp_path / "trades").parent) for p in summary.files)
+    assert [name.split("/")[0] for name in names] == ["pair=BTC-USD", "pair=ETH-USD"]
+
+
+def test_trades_cli_and_a_trades_only_recording(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A recording of trades alone: ``kbook replay`` writes an empty snapshot dataset and says
+    why (exit 0), ``--trades`` writes the trades, ``kbook verify`` counts them."""
+    import sys
+
+    from apis import V2
+
+    import replay
+    from kbook.cli import main
+
+    recording = record_both(V2, tmp_path / "rec", (Channel.TRADE,))
+    raw = str(recording.out / "raw")
+
+    def run(*args: str) -> tuple[object, str]:
+        monkeypatch.setattr(sys, "argv", ["kbook", *args])
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+        else:
+            code = 0
+        return code, capsys.readouterr().err
+
+    code, err = run("replay", raw, "--out", str(tmp_path / "snaps"))
+    assert code in (0, None)
+    assert "no order book in the" in err
+    assert "--trades" in err
+    assert (tmp_path / "snaps" / "_kbook_replay.json").is_file()
+    assert not list((tmp_path / "snaps").glob("pair=*"))
+
+    code, err = run("replay", raw, "--trades", "--out", str(tmp_path / "trades"))
+    assert code in (0, None), err
+    sent = _sent_trades(recording)
+    assert f"BTC/USD: {len(sent['BTC/USD'])} trades" in err
+    assert replay.read_trades(tmp_path / "trades", pair="XBT/USD").num_rows == len(sent["BTC/USD"])
+
+    code, err = run("replay", raw, "--trades", "--out", str(tmp_path / "trades"))
+    assert code == 2
+    assert "exists already; pass --force" in err
