@@ -163,7 +163,10 @@ def verify(
             + (f", other channels: {report.feed.other_channel_frames}")
             + (f", malformed frames: {report.feed.malformed_frames}")
         )
-    for problem in report.problems:
+        for pair, t in sorted(report.trades.pairs.items()):
+            repeated = f" ({t.repeated} repeated after reconnects)" if t.repeated else ""
+            console.print(f"trades {pair}: {t.kept}{repeated}")
+    for problem in [*report.problems, *report.trade_gaps()]:
         typer.echo(f"kbook: warning: {problem}", err=True)
     raise typer.Exit(1 if report.checksums_failed else 0)
 

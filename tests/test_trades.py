@@ -399,3 +399,37 @@ def test_trades_cli_and_a_trades_only_recording(
     code, err = run("replay", raw, "--trades", "--out", str(tmp_path / "trades"))
     assert code == 2
     assert "exists already; pass --force" in err
+
+
+# -- kbook verify ---------------------------------------------------------------------------------
+
+
+def test_verify_counts_each_trade_once(recording: Recording) -> None:
+    report = verify_paths([recording.out / "raw"])
+    sent = _sent_trades(recording)
+    btc = "XBT/USD" if recording.case.api is Api.V1 else "BTC/USD"
+    counts = {pair: t.kept for pair, t in report.trades.pairs.items()}
+    assert counts == {btc: len(sent["BTC/USD"]), "ETH/USD": len(sent["ETH/USD"])}
+    assert report.trade_gaps() == []
+    assert report.to_json()["trades"]["ETH/USD"]["trades"] == len(sent["ETH/USD"])
+
+
+def test_verify_flags_v2_trade_id_gaps(tmp_path: Path) -> None:
+    from sim_support import write_v2_segment
+
+    def trade(trade_id: int) -> str:
+        return (
+            '{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"buy",'
+            f'"price":27120.5,"qty":0.10000000,"ord_type":"market","trade_id":{trade_id},'
+            '"timestamp":"2026-11-21T10:00:00.000001Z"}]}'
+        )
+
+    path = tmp_path / "raw" / "BTC-USD.20261121T100000Z.jsonl.zst"
+    path.parent.mkdir(parents=True)
+    write_v2_segment(path, [trade(1), trade(2), trade(2), trade(6), trade(7)])
+    report = verify_paths([tmp_path / "raw"])
+    [(pair, state)] = report.trades.pairs.items()
+    assert (pair, state.kept, state.repeated, state.missing) == ("BTC/USD", 4, 1, 3)
+    assert report.trade_gaps() == [
+        "BTC/USD: 3 trade id(s) missing in 1 gap(s), the first after trade 2"
+    ]
