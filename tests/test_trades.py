@@ -433,3 +433,29 @@ def test_verify_flags_v2_trade_id_gaps(tmp_path: Path) -> None:
     assert report.trade_gaps() == [
         "BTC/USD: 3 trade id(s) missing in 1 gap(s), the first after trade 2"
     ]
+
+
+# -- kbook watch ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_watch_shows_the_last_trades_under_the_book(case: ApiCase) -> None:
+    from record_support import wait_until
+    from watch_support import wait_for, watching
+
+    config = case.sim_config(pairs=("XBT/USD",), rate=200.0, seed=5)
+    with Simulator(config) as sim, watching(sim.url) as screen:
+        wait_for(screen, lambda s: len(s.trades) >= 5 and s.checksum == "ok", "5 trades")
+        sim.pause()
+        sent = [f for f in sim.sent if f.kind == "trade"]
+        dialect = case.dialect
+        last = [t for f in sent for t in dialect.trades(dialect.decode_line(f.text))][-5:]
+        wait_until(lambda: screen.last.trades == tuple(reversed(last)), what="last trades")
+        status, text = screen.shown[-1]
+    lines = text.splitlines()
+    at = lines.index("last trades")
+    assert next(i for i, line in enumerate(lines) if "bid price" in line) < at  # under the book
+    newest = status.trades[0]
+    assert lines[at + 1].split()[1:4] == [newest.side, newest.qty, "@"]
+    assert lines[at + 1].split()[4] == newest.price
+    assert lines[at + 1 :] == [*lines[at + 1 : at + 6], ""]  # five, the newest first
