@@ -21,7 +21,7 @@ from kbook.api import Api, Channel, parse_channels
 from kbook.dialect import Dialect, FrameKind, Trade, V2Dialect
 from kbook.errors import FrameError, UsageError
 from kbook.feed import BookFeed, Outcome
-from kbook.sim import SentFrame, Simulator
+from kbook.sim import SentFrame, Simulator, SimulatorConfig
 from kbook.verify import verify_paths
 from recorder import RecordConfig, RecordSummary
 from recorder.subscriptions import State, Subscriptions
@@ -459,3 +459,34 @@ def test_watch_shows_the_last_trades_under_the_book(case: ApiCase) -> None:
     assert lines[at + 1].split()[1:4] == [newest.side, newest.qty, "@"]
     assert lines[at + 1].split()[4] == newest.price
     assert lines[at + 1 :] == [*lines[at + 1 : at + 6], ""]  # five, the newest first
+
+
+def test_the_book_replays_as_before_beside_the_trades(recording: Recording) -> None:
+    import replay
+
+    table = replay.replay_table(recording.out / "raw", every="10ms", levels=10)
+    assert set(table.column("pair").to_pylist()) == {"BTC/USD", "ETH/USD"}
+    assert sum(table.column("valid").to_pylist()) >= 10
+    assert sum(table.column("checksum_failures").to_pylist()) == 0
+
+
+def test_v1_alias_retry_and_refusals_per_channel(tmp_path: Path) -> None:
+    """v1 refusing ``BTC/USD`` is retried as ``XBT/USD`` for each channel on its own; a pair
+    unknown to Kraken is refused for both and the others keep recording both."""
+    config = SimulatorConfig(api=Api.V1, pairs=("XBT/USD",), rate=300.0, seed=5, btc="reject")
+    with Simulator(config) as sim:
+        pairs = ("BTC/USD", "FOO/BAR")
+        with Background(fast_config(sim, tmp_path, pairs, channels=BOTH)) as run:
+            sim.wait_for(lambda s: s.count("trade") >= 10 and s.count("update") >= 10)
+            summary = run.finish()
+    output = read_output(tmp_path)
+    aliases = output.metas("alias")
+    assert sorted(m["channel"] for m in aliases) == ["book", "trade"]
+    assert {(m["tried"], m["alias"]) for m in aliases} == {("BTC/USD", "XBT/USD")}
+    errors = output.metas("subscribe_error")
+    assert sorted(m["channel"] for m in errors) == ["book", "trade"]
+    assert summary.failed == {"FOO/BAR": "Currency pair not supported FOO/BAR"}
+    assert summary.subscribed == ("BTC/USD",)
+    msgs = [r.get("msg") for p in output.files_of("BTC-USD") for r in output.lines[p]]
+    assert len([m for m in msgs if isinstance(m, list) and m[-2:] == ["trade", "XBT/USD"]]) >= 10
+    assert output.files_of("FOO-BAR") == []
