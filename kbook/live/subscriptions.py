@@ -180,7 +180,7 @@ class Subscriptions:
     # -- connection life ------------------------------------------------------------------------
 
     def on_connect(self, now_ns: int) -> list[Action]:
-        """A new connection: subscribe every pair not given up, in one request."""
+        """A new connection: subscribe every pair not given up, one request per channel."""
         live = [sub for sub in self._all if sub.state is not State.FAILED]
         for sub in live:
             sub.state = State.PENDING
