@@ -21,10 +21,10 @@ from kbook.api import Api, Channel, parse_channels
 from kbook.dialect import Dialect, FrameKind, Trade, V2Dialect
 from kbook.errors import FrameError, UsageError
 from kbook.feed import BookFeed, Outcome
+from kbook.live.subscriptions import State, Subscriptions
 from kbook.sim import SentFrame, Simulator, SimulatorConfig
 from kbook.verify import verify_paths
 from recorder import RecordConfig, RecordSummary
-from recorder.subscriptions import State, Subscriptions
 
 PAIRS = ("XBT/USD", "ETH/USD")
 BOTH = (Channel.BOOK, Channel.TRADE)
