@@ -36,6 +36,18 @@ DEPTHS = (10, 25, 100, 500, 1000)
 """The depths Kraken accepts for the book channel, under v1 and v2 alike."""
 
 
+class Channel(StrEnum):
+    """A Kraken channel kbook records: the order book, and the trades beside it. Both APIs name
+    them alike, so members are the strings of ``--channels``, of requests and of meta lines."""
+
+    BOOK = "book"
+    TRADE = "trade"
+
+
+DEFAULT_CHANNELS = (Channel.BOOK,)
+"""What ``kbook record`` subscribes when ``--channels`` is not given."""
+
+
 def parse_api(text: str, option: str = "--api") -> Api:
     """The ``Api`` named by ``text``, or a ``UsageError`` naming ``option`` and the choices."""
     try:
@@ -76,3 +88,23 @@ def parse_depth(depth: int, option: str = "--depth") -> int:
         offered = ", ".join(map(str, DEPTHS))
         raise UsageError(f"{option} {depth} is not one Kraken offers; use one of {offered}")
     return depth
+
+
+def parse_channels(
+    text: str | tuple[str, ...] | list[str], option: str = "--channels"
+) -> tuple[Channel, ...]:
+    """The channels named by ``text`` (``"book,trade"``, or a sequence), de-duplicated, in
+    ``Channel`` order; a ``UsageError`` naming ``option`` and the choices for anything else."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    found: set[Channel] = set()
+    for name in names:
+        try:
+            found.add(Channel(name.strip().lower()))
+        except ValueError:
+            choices = ", ".join(Channel)
+            raise UsageError(
+                f"{option} {name.strip()!r} is not a channel kbook records; use {choices}"
+            ) from None
+    if not found:
+        raise UsageError(f"{option} names no channel; use book, trade or book,trade")
+    return tuple(channel for channel in Channel if channel in found)

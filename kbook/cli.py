@@ -166,7 +166,10 @@ def verify(
             + (f", other channels: {report.feed.other_channel_frames}")
             + (f", malformed frames: {report.feed.malformed_frames}")
         )
-    for problem in report.problems:
+        for pair, t in sorted(report.trades.pairs.items()):
+            repeated = f" ({t.repeated} repeated after reconnects)" if t.repeated else ""
+            console.print(f"trades {pair}: {t.kept}{repeated}")
+    for problem in [*report.problems, *report.trade_gaps()]:
         typer.echo(f"kbook: warning: {problem}", err=True)
     raise typer.Exit(1 if report.checksums_failed else 0)
 
@@ -182,6 +185,13 @@ def record(
     depth: Annotated[
         int, typer.Option(help="Book depth: 10, 25, 100, 500 or 1000 levels per side.")
     ] = 10,
+    channels: Annotated[
+        str,
+        typer.Option(
+            help="Kraken channels to record for every pair, comma-separated: book, trade or "
+            "book,trade (trades go into the pair's segments beside its book)."
+        ),
+    ] = "book",
     out: Annotated[
         Path, typer.Option(help="Output folder; segments go to OUT/raw/PAIR/DATE/.")
     ] = Path("data"),
@@ -274,6 +284,7 @@ def record(
     ] = None,
 ) -> None:
     """Record the order book of PAIRS into zstd segments until stopped (SIGINT/SIGTERM: exit 0)."""
+    from kbook.api import parse_channels
     from kbook.errors import UsageError
     from kbook.units import parse_duration, utc_text
     from recorder import RecordConfig, Recorder, stop_on_signals
@@ -293,6 +304,7 @@ def record(
         out=out,
         url=url,
         api=api,
+        channels=parse_channels(channels),
         duration_ns=parse_duration(duration, "--duration") if duration is not None else None,
         rotate_ns=parse_duration(rotate, "--rotate"),
         max_segment_bytes=round(max_segment_mb * 1e6) if max_segment_mb is not None else None,
@@ -367,7 +379,12 @@ def replay(
     levels: Annotated[
         int, typer.Option(help="Levels per side in each row, up to the recorded depth.")
     ] = 10,
-    out: Annotated[Path, typer.Option(help="Dataset folder to create.")] = Path("data/snapshots"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dataset folder to create [default: data/snapshots; with --trades, data/trades]."
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing dataset at --out.")
     ] = False,
@@ -377,6 +394,14 @@ def replay(
             "--update",
             help="Rewrite only the pair-days of the dataset at --out whose segments changed "
             "(nightly cron); same options as the dataset was built with.",
+        ),
+    ] = False,
+    trades: Annotated[
+        bool,
+        typer.Option(
+            "--trades",
+            help="Write the recorded trades instead (--channels trade): one row per trade, "
+            "each once; --every and --levels do not apply.",
         ),
     ] = False,
     workers: Annotated[
@@ -408,6 +433,18 @@ def replay(
     from kbook.lines import native_core
     from replay.api import replay_to_dataset
     from replay.report import print_summary, progress_bar
+
+    if trades:
+        out = out or Path("data/trades")
+        _replay_trades(paths or [_default_raw()], out, pair, start, end, force, api)
+        return
+    out = out or Path("data/snapshots")
+    from replay.trades import replay_without_books
+
+    note = replay_without_books(paths or [_default_raw()], out, force)
+    if note is not None:
+        typer.echo(f"kbook replay: {note}", err=True)
+        return
 
     if native_core() is None and os.environ.get("KBOOK_NATIVE", "1") != "0":
         typer.echo(
@@ -449,6 +486,27 @@ def replay(
             "(kbook verify lists where)",
             err=True,
         )
+
+
+def _replay_trades(
+    paths: list[Path],
+    out: Path,
+    pair: list[str] | None,
+    start: str | None,
+    end: str | None,
+    force: bool,
+    api: str | None,
+) -> None:
+    """``kbook replay --trades``: the trades dataset (``replay.trades``), a line per pair."""
+    from replay.trades import replay_trades_to_dataset
+
+    summary = replay_trades_to_dataset(paths, out, pair or None, start, end, force, api)
+    for name, state in sorted(summary.ledger.pairs.items()):
+        repeated = f", {state.repeated} repeated after reconnects dropped" if state.repeated else ""
+        typer.echo(f"{name}: {state.kept} trades{repeated}", err=True)
+    typer.echo(f"kbook replay: {summary.rows} trades into {out}", err=True)
+    for problem in summary.problems:
+        typer.echo(f"kbook: warning: {problem}", err=True)
 
 
 @app.command(cls=_Command)

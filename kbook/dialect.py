@@ -19,6 +19,12 @@ No I/O but ``segment_dialect``'s read of a segment's first lines.
 | system state | ``systemStatus`` ``status`` | ``status`` channel ``system`` |
 | ping | ``{"event":"ping","reqid":N}`` | ``{"method":"ping","req_id":N}`` |
 | pair names | ``XBT/USD`` or ``BTC/USD``: alias retry | ``BTC/USD`` only: no retry |
+| trades | ``[id, [[price, qty, time, side, type, misc]], "trade", pair]`` | ``{"channel":"trade",...}`` |
+
+The ``trade`` channel rides on the same connection as the book (``--channels book,trade``): one
+subscribe request per channel, answers telling their channel (v1 ``subscription.name``; v2
+``result.channel``, or for a refusal, which names none, the request's ``req_id``). ``trades``
+decodes a trade frame exactly: prices and sizes as the wire's text, times as integer ns.
 
 Heartbeats need nothing here: every frame received, heartbeats of both APIs included, resets the
 connection's stall timer.
@@ -30,6 +36,7 @@ import contextlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -37,7 +44,7 @@ from typing import Any
 import orjson
 
 from kbook import v2
-from kbook.api import DEFAULT, DEPTHS, URLS, Api
+from kbook.api import DEFAULT, DEPTHS, URLS, Api, Channel
 from kbook.errors import FrameError
 from kbook.feed import BookFeed, channel_depth
 from kbook.pairs import common_name, v1_alias
@@ -71,6 +78,8 @@ class FrameKind(StrEnum):
     """An answer to a request: (un)subscribed, refused, rate limited (``Dialect.answer``)."""
     CONTROL = "control"
     """Any other control frame: heartbeat, pong, another channel's control object."""
+    TRADE = "trade"
+    """Trades of the ``trade`` channel (v2: a snapshot of recent trades, or new ones)."""
     OTHER = "other"
     """Not a frame of this API's shapes (another channel's data, a malformed book frame)."""
 
@@ -100,6 +109,31 @@ class Answer:
     """The pair as Kraken spelled it; None for a ``REJECTED`` request."""
     reason: str | None = None
     """Kraken's error text, for ``REFUSED`` and ``REJECTED``."""
+    channel: Channel | None = None
+    """The channel answered, when the answer says it (v2 refusals do not)."""
+    reqid: Any = None
+    """The request's id as echoed, to tell the channel of an answer that does not say it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    """One trade of a ``trade`` frame, exactly as Kraken printed it (``Dialect.trades``)."""
+
+    pair: str
+    """The pair as the frame names it."""
+    price: str
+    """The price's text as on the wire (v1 strings, v2 number lexemes)."""
+    qty: str
+    side: str
+    """``buy`` or ``sell``: the taker's side."""
+    order_type: str
+    """``market`` or ``limit``: the taker's order type."""
+    exch_ns: int
+    """Kraken's trade time, integer ns UTC, from the wire's text (no float on the way)."""
+    trade_id: int | None
+    """Kraken's trade id (v2); None under v1, which has none."""
+    snapshot: bool
+    """Part of v2's batch of recent trades sent on subscribe (v1 sends none)."""
 
 
 def spellings(pair: str) -> tuple[str, ...]:
@@ -158,11 +192,13 @@ class Dialect:
             name = msg.get("pair")
             name = name if isinstance(name, str) else None
             status = msg.get("status")
+            channel, reqid = _v1_channel(msg), msg.get("reqid")
             if status in (SUBSCRIBED, UNSUBSCRIBED):
-                return Answer(status, name)
+                return Answer(status, name, channel=channel, reqid=reqid)
             if status == "error":
-                return Answer(REFUSED, name, str(msg.get("errorMessage", "refused")))
-            return Answer(OTHER, name)
+                refusal = str(msg.get("errorMessage", "refused"))
+                return Answer(REFUSED, name, refusal, channel, reqid)
+            return Answer(OTHER, name, channel=channel, reqid=reqid)
         if event == "error" or "Error" in msg:
             # ``{"errorMessage":"Exceeded msg rate","event":"error"}``; older ``{"Error":...}``.
             reason = msg.get("errorMessage", msg.get("Error"))
@@ -180,6 +216,42 @@ class Dialect:
         expected = msg[-3].get("c")
         return msg[-1], msg[-2], int(expected) if expected is not None else None
 
+    def is_trade(self, msg: Any) -> bool:
+        """A ``trade`` channel data frame (``trades`` reads it)."""
+        return (
+            type(msg) is list
+            and len(msg) == 4
+            and msg[-2] == Channel.TRADE
+            and isinstance(msg[-1], str)
+        )
+
+    def trades(self, msg: Any) -> list[Trade]:
+        """The trades of a trade frame, in the frame's order; ``FrameError`` when malformed.
+        v1: ``[id, [[price, volume, time, side, orderType, misc], ...], "trade", pair]``, side
+        ``b``/``s``, order type ``m``/``l``, time ``"1534614057.321597"`` (seconds, as text)."""
+        if not self.is_trade(msg) or type(msg[1]) is not list:
+            raise FrameError(f"not a v1 trade frame: {str(msg)[:80]}")
+        found = []
+        for row in msg[1]:
+            if type(row) is not list or len(row) < 5 or not all(type(x) is str for x in row[:5]):
+                raise FrameError(f"v1 trade {row!r} is not [price, volume, time, side, type]")
+            price, qty, time_text, side, order_type = row[:5]
+            if not (_NUMBER.fullmatch(price) and _NUMBER.fullmatch(qty)):
+                raise FrameError(f"v1 trade {row!r} holds text that is not a number")
+            found.append(
+                Trade(
+                    msg[-1],
+                    price,
+                    qty,
+                    _choice(_V1_SIDES, side, "side"),
+                    _choice(_V1_ORDER_TYPES, order_type, "order type"),
+                    _seconds_ns(time_text),
+                    None,
+                    False,
+                )
+            )
+        return found
+
     # -- frames recorded ------------------------------------------------------------------------
 
     tag = ""
@@ -194,6 +266,8 @@ class Dialect:
 
     def kind(self, msg: Any) -> FrameKind:
         """What a decoded frame is."""
+        if self.is_trade(msg):
+            return FrameKind.TRADE if type(msg[1]) is list else FrameKind.OTHER
         if type(msg) is list:
             if _v1_book(msg) is None:
                 return FrameKind.OTHER
@@ -255,23 +329,28 @@ class Dialect:
         """The names to request ``pair`` under, in order (a refused name is retried as the next)."""
         return spellings(pair)
 
-    def subscribe(self, names: list[str], depth: int, reqid: int) -> dict[str, Any]:
-        return self._request("subscribe", names, depth, reqid)
+    def subscribe(
+        self, names: list[str], depth: int, reqid: int, channel: Channel = Channel.BOOK
+    ) -> dict[str, Any]:
+        """A request for ``channel`` of ``names`` (``depth`` is the book's; trades have none)."""
+        return self._request("subscribe", names, depth, reqid, channel)
 
-    def unsubscribe(self, names: list[str], depth: int, reqid: int) -> dict[str, Any]:
-        return self._request("unsubscribe", names, depth, reqid)
+    def unsubscribe(
+        self, names: list[str], depth: int, reqid: int, channel: Channel = Channel.BOOK
+    ) -> dict[str, Any]:
+        return self._request("unsubscribe", names, depth, reqid, channel)
 
     def ping(self, reqid: int) -> dict[str, Any]:
         return {"event": "ping", "reqid": reqid}
 
     @staticmethod
-    def _request(event: str, names: list[str], depth: int, reqid: int) -> dict[str, Any]:
-        return {
-            "event": event,
-            "pair": names,
-            "subscription": {"name": "book", "depth": depth},
-            "reqid": reqid,
-        }
+    def _request(
+        event: str, names: list[str], depth: int, reqid: int, channel: Channel
+    ) -> dict[str, Any]:
+        subscription: dict[str, Any] = {"name": str(channel)}
+        if channel is Channel.BOOK:
+            subscription["depth"] = depth
+        return {"event": event, "pair": names, "subscription": subscription, "reqid": reqid}
 
 
 class V2Dialect(Dialect):
@@ -311,7 +390,7 @@ class V2Dialect(Dialect):
         return symbol, v2.book_key(symbol, depth)[1] if depth is not None else None
 
     def route(self, msg: Any) -> Any:
-        if self.is_book(msg):
+        if self.is_book(msg) or self.is_trade(msg):
             return v2.frame_symbol(msg)
         ack = v2.parse_ack(msg)
         return ack.symbol if ack is not None and ack.success else None
@@ -320,13 +399,15 @@ class V2Dialect(Dialect):
         ack = v2.parse_ack(msg)
         if ack is None:
             return None
+        channel = _channel(ack.channel)
         if ack.success:
-            return Answer(SUBSCRIBED if ack.method == "subscribe" else UNSUBSCRIBED, ack.symbol)
+            kind = SUBSCRIBED if ack.method == "subscribe" else UNSUBSCRIBED
+            return Answer(kind, ack.symbol, channel=channel, reqid=ack.req_id)
         reason = ack.error or "refused"
         if ack.symbol is None or RATE_LIMITED in reason.lower():
             # A rate limit refuses the request, not the symbol: it is sent again later.
-            return Answer(REJECTED, None, reason)
-        return Answer(REFUSED, ack.symbol, reason)
+            return Answer(REJECTED, None, reason, channel, ack.req_id)
+        return Answer(REFUSED, ack.symbol, reason, channel, ack.req_id)
 
     def system_status(self, msg: Any) -> str | None:
         status = v2.parse_status(msg)
@@ -335,6 +416,41 @@ class V2Dialect(Dialect):
     def mismatch(self, msg: Any, feed: BookFeed) -> tuple[str, str | None, int | None]:
         channel = feed.last_key[1] if feed.last_key is not None else None
         return str(v2.frame_symbol(msg)), channel, v2.frame_checksum(msg)
+
+    def is_trade(self, msg: Any) -> bool:
+        return type(msg) is dict and msg.get("channel") == Channel.TRADE
+
+    def trades(self, msg: Any) -> list[Trade]:
+        """v2: ``{"channel":"trade","type":"snapshot"|"update","data":[{symbol, side, price,
+        qty, ord_type, trade_id, timestamp}]}``; numbers as the lexemes ``kbook.v2.decode``
+        kept, ``timestamp`` RFC 3339 (``2023-09-25T07:48:36.925533Z``)."""
+        kind = msg.get("type") if self.is_trade(msg) else None
+        data = msg.get("data") if kind in ("snapshot", "update") else None
+        if type(data) is not list:
+            raise FrameError(f"not a v2 trade frame: {str(msg)[:80]}")
+        found = []
+        for entry in data:
+            if type(entry) is not dict or not isinstance(entry.get("symbol"), str):
+                raise FrameError("a v2 trade names no symbol")
+            trade_id = entry.get("trade_id")
+            if type(trade_id) is not int:
+                raise FrameError(f"v2 trade id {trade_id!r} is not an integer")
+            timestamp = entry.get("timestamp")
+            if not isinstance(timestamp, str):
+                raise FrameError(f"v2 trade time {timestamp!r} is not text")
+            found.append(
+                Trade(
+                    entry["symbol"],
+                    _v2_number(entry.get("price")),
+                    _v2_number(entry.get("qty")),
+                    _choice(_V2_SIDES, entry.get("side"), "side"),
+                    _choice(_V2_ORDER_TYPES, entry.get("ord_type"), "order type"),
+                    _rfc3339_ns(timestamp),
+                    trade_id,
+                    kind == "snapshot",
+                )
+            )
+        return found
 
     tag = " (v2)"
     lock_prefix = "v2."
@@ -347,6 +463,10 @@ class V2Dialect(Dialect):
     def kind(self, msg: Any) -> FrameKind:
         if type(msg) is not dict:
             return FrameKind.OTHER
+        if self.is_trade(msg):
+            kinds = ("snapshot", "update")
+            ok = msg.get("type") in kinds and type(msg.get("data")) is list
+            return FrameKind.TRADE if ok else FrameKind.OTHER
         if self.is_book(msg):
             kind = msg.get("type")
             data = msg.get("data")
@@ -417,11 +537,15 @@ class V2Dialect(Dialect):
         # v2 knows only the common names and rejects XBT/XDG: nothing to retry under.
         return (common_name(pair),)
 
-    def subscribe(self, names: list[str], depth: int, reqid: int) -> dict[str, Any]:
-        return v2.subscribe_request(names, depth, reqid)
+    def subscribe(
+        self, names: list[str], depth: int, reqid: int, channel: Channel = Channel.BOOK
+    ) -> dict[str, Any]:
+        return v2.subscribe_request(names, depth, reqid, channel=channel)
 
-    def unsubscribe(self, names: list[str], depth: int, reqid: int) -> dict[str, Any]:
-        return v2.subscribe_request(names, depth, reqid, unsubscribe=True)
+    def unsubscribe(
+        self, names: list[str], depth: int, reqid: int, channel: Channel = Channel.BOOK
+    ) -> dict[str, Any]:
+        return v2.subscribe_request(names, depth, reqid, unsubscribe=True, channel=channel)
 
     def ping(self, reqid: int) -> dict[str, Any]:
         return v2.ping_request(reqid)
@@ -429,6 +553,60 @@ class V2Dialect(Dialect):
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 """A JSON number's lexeme, as v1 prints its prices and quantities inside strings."""
+
+_V1_SIDES = {"b": "buy", "s": "sell"}
+_V1_ORDER_TYPES = {"m": "market", "l": "limit"}
+_V2_SIDES = {"buy": "buy", "sell": "sell"}
+_V2_ORDER_TYPES = {"market": "market", "limit": "limit"}
+_SECONDS = re.compile(r"(\d+)(?:\.(\d{1,9}))?")
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
+
+
+def _channel(name: Any) -> Channel | None:
+    """The ``Channel`` a name in an answer says, None for none or one kbook does not record."""
+    try:
+        return Channel(name) if isinstance(name, str) else None
+    except ValueError:
+        return None
+
+
+def _v1_channel(msg: dict[str, Any]) -> Channel | None:
+    """The channel of a v1 ``subscriptionStatus``: its ``subscription.name``, else the
+    ``channelName`` (``book-10`` is the book)."""
+    subscription = msg.get("subscription")
+    if type(subscription) is dict and _channel(subscription.get("name")) is not None:
+        return _channel(subscription.get("name"))
+    name = msg.get("channelName")
+    if isinstance(name, str) and name.startswith("book-"):
+        return Channel.BOOK
+    return _channel(name)
+
+
+def _choice(choices: Mapping[str, str], value: Any, what: str) -> str:
+    found = choices.get(value) if isinstance(value, str) else None
+    if found is None:
+        raise FrameError(f"trade {what} {value!r} is not one of {', '.join(choices)}")
+    return found
+
+
+def _seconds_ns(text: str) -> int:
+    """``"1534614057.321597"`` (v1 times: seconds as text) as integer ns, exactly."""
+    match = _SECONDS.fullmatch(text)
+    if match is None:
+        raise FrameError(f"trade time {text!r} is not seconds")
+    return int(match[1]) * 1_000_000_000 + int((match[2] or "").ljust(9, "0"))
+
+
+def _rfc3339_ns(text: str) -> int:
+    """``"2023-09-25T07:48:36.925533Z"`` (v2 times) as integer ns UTC, exactly."""
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise FrameError(f"time {text!r} is not RFC 3339 UTC")
+    try:
+        whole = datetime.fromisoformat(match[1]).replace(tzinfo=UTC)
+    except ValueError:
+        raise FrameError(f"time {text!r} is not a date") from None
+    return int(whole.timestamp()) * 1_000_000_000 + int((match[2] or "").ljust(9, "0"))
 
 
 def _v1_book(msg: Any) -> tuple[str, str] | None:

@@ -11,7 +11,8 @@ Rules it adds on top of ``Book`` (``shared/kraken/README.md`` sections 1 and 2):
 - books are keyed by (pair, channel name), never by channel id, which changes between sessions;
 - a ``systemStatus`` with a new ``connectionID`` means a new connection: every book is void until
   its new snapshot, and updates before that snapshot are dropped (counted, not applied);
-- a ``subscriptionStatus`` of ``subscribed`` or ``unsubscribed`` voids that pair's book the same way;
+- a ``subscriptionStatus`` of ``subscribed`` or ``unsubscribed`` voids that pair's book the same way
+  (one of the book: the answer for the ``trade`` channel on the same connection leaves it be);
 - frames of other channels (ticker, trade, ...) are counted and skipped.
 """
 
@@ -212,7 +213,9 @@ class BookFeed:
         elif event == "subscriptionStatus":
             status = msg.get("status")
             pair = msg.get("pair")
-            if status in ("subscribed", "unsubscribed") and isinstance(pair, str):
+            # Not the answer for the pair's trades, which leaves its book be.
+            book = status in ("subscribed", "unsubscribed") and _names_book(msg)
+            if book and isinstance(pair, str):
                 self.void(pair, recv_ns)
 
     def _on_data(self, msg: list[Any], recv_ns: int) -> Outcome:
@@ -286,6 +289,17 @@ class BookFeed:
         if book is not None and book.valid:
             book.invalidate()
             stats.become_invalid(recv_ns)
+
+
+def _names_book(msg: dict[str, Any]) -> bool:
+    """A ``subscriptionStatus`` about the book (``subscription.name`` ``book``, or a
+    ``channelName`` ``book-N``); one that says no channel at all is taken to be the book's."""
+    subscription = msg.get("subscription")
+    name = subscription.get("name") if type(subscription) is dict else None
+    if name is None:
+        channel = msg.get("channelName")
+        return not isinstance(channel, str) or channel.startswith("book-")
+    return bool(name == "book")
 
 
 NO_SIDE: tuple[()] = ()

@@ -353,11 +353,19 @@ def iter_records(
 
 
 def subscribe_request(
-    symbols: list[str], depth: int, req_id: int, *, unsubscribe: bool = False
+    symbols: list[str],
+    depth: int,
+    req_id: int,
+    *,
+    unsubscribe: bool = False,
+    channel: str = "book",
 ) -> dict[str, Any]:
     """``{"method":"subscribe","params":{"channel":"book","symbol":[...],"depth":N,
-    "snapshot":true},"req_id":N}``; several symbols in one request, one answer per symbol."""
-    params: dict[str, Any] = {"channel": "book", "symbol": list(symbols), "depth": depth}
+    "snapshot":true},"req_id":N}``; several symbols in one request, one answer per symbol.
+    The ``trade`` channel has no depth; its snapshot is the last trades before the subscribe."""
+    params: dict[str, Any] = {"channel": channel, "symbol": list(symbols)}
+    if channel == "book":
+        params["depth"] = depth
     if not unsubscribe:
         params["snapshot"] = True
     method = "unsubscribe" if unsubscribe else "subscribe"
@@ -381,6 +389,8 @@ class Ack:
     depth: int | None
     error: str | None
     req_id: Any
+    channel: str | None = None
+    """``result.channel`` of a success; refusals do not say it."""
 
 
 def parse_ack(msg: Any) -> Ack | None:
@@ -400,6 +410,7 @@ def parse_ack(msg: Any) -> Ack | None:
     symbol = result.get("symbol", msg.get("symbol"))
     depth = result.get("depth")
     error = msg.get("error")
+    channel = result.get("channel")
     return Ack(
         method=method,
         success=msg.get("success") is True,
@@ -407,6 +418,7 @@ def parse_ack(msg: Any) -> Ack | None:
         depth=depth if type(depth) is int else None,
         error=error if isinstance(error, str) else None,
         req_id=msg.get("req_id"),
+        channel=channel if isinstance(channel, str) else None,
     )
 
 
@@ -428,7 +440,7 @@ def frame_symbol(msg: Any) -> str | None:
     frames to their pair's stream by it, as it routes v1 frames by ``msg[-1]``/``msg["pair"]``."""
     if type(msg) is not dict:
         return None
-    if msg.get("channel") == "book":
+    if msg.get("channel") in ("book", "trade"):
         data = msg.get("data")
         entry = data[0] if type(data) is list and data else None
         symbol = entry.get("symbol") if type(entry) is dict else None

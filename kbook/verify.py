@@ -16,6 +16,10 @@ replay, watch and the Python API name them, ``kbook.pairs.common_name``), with t
 the wire (``XBT/USD``) beside it; a pair recorded under both APIs is one row whose counts add up,
 and ``by_api`` keeps each API's counts apart.
 
+Trades (``--channels trade``) are counted per pair (``report.trades``), each once as replay keeps
+them (``kbook.trades``): under v2 a gap in the trade ids (trades missed, as in an outage longer
+than the snapshot of recent trades covers) is counted and flagged; v1 has no ids to check.
+
 Plain updates go through ``kbook.lines.LineFeed`` (the native core where it was built), as in
 replay, and every other line through the feed one at a time; each book is followed once a frame
 made it. So frames count as received at the largest receive time seen so far in the stream, as
@@ -31,10 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from kbook.api import Api
+from kbook.dialect import Dialect, dialect_for
+from kbook.errors import FrameError
 from kbook.feed import BookFeed, Outcome, PairStats
 from kbook.lines import LineFeed
 from kbook.pairs import common_name
 from kbook.segment import Problem, find_segments, sane_recv_ns, stream_name
+from kbook.trades import TradeLedger, in_order
 from kbook.v2 import RecordReader, feed_for, segment_api
 
 
@@ -55,6 +62,8 @@ class VerifyReport:
     """Common pair name -> the names its frames used on the wire (``XBT/USD``)."""
     by_api: dict[str, dict[str, PairStats]] = field(default_factory=dict)
     """Common pair name -> API -> that API's counts (their sum is ``pairs``)."""
+    trades: TradeLedger = field(default_factory=TradeLedger)
+    """Trades per pair (common name), each once; v2 trade-id gaps."""
 
     @property
     def pairs(self) -> dict[str, PairStats]:
@@ -103,8 +112,26 @@ class VerifyReport:
             "other_channel_frames": self.feed.other_channel_frames,
             "malformed_frames": self.feed.malformed_frames,
             "raw_frames": self.raw_frames,
+            "trades": {
+                pair: {
+                    "trades": t.kept,
+                    "repeated": t.repeated,
+                    "missing_ids": t.missing,
+                    "gaps": [list(gap) for gap in t.gaps],
+                }
+                for pair, t in sorted(self.trades.pairs.items())
+            },
             "problems": [str(problem) for problem in self.problems],
         }
+
+    def trade_gaps(self) -> list[str]:
+        """One line per pair whose v2 trade ids skip some: trades were missed."""
+        return [
+            f"{pair}: {t.missing} trade id(s) missing in {len(t.gaps)} gap(s), the first "
+            f"after trade {t.gaps[0][0]}"
+            for pair, t in sorted(self.trades.pairs.items())
+            if t.missing
+        ]
 
 
 def verify_paths(paths: Iterable[Path]) -> VerifyReport:
@@ -142,6 +169,7 @@ MAX_FRAME_PROBLEMS = 20
 
 def _verify_file(path: Path, api: str, lines: LineFeed, report: VerifyReport) -> None:
     reader = RecordReader(path, api)
+    dialect = dialect_for(api)
     run = lines.run
     malformed: list[int] = []
     skipped = report.skipped_times
@@ -151,7 +179,7 @@ def _verify_file(path: Path, api: str, lines: LineFeed, report: VerifyReport) ->
         while index < len(batch):
             if batch[index]:
                 record = reader.decode(first + index, batch[index])
-                if record is not None and _verify_record(record, lines, report):
+                if record is not None and _verify_record(record, lines, report, dialect):
                     malformed.append(first + index)
             index = run(batch, index + 1)
         malformed.extend(sorted(first + index for index in lines.malformed_lines))
@@ -168,9 +196,11 @@ def _verify_file(path: Path, api: str, lines: LineFeed, report: VerifyReport) ->
         report.problems.append(Problem(path, 0, f"{more} more malformed frames"))
 
 
-def _verify_record(record: dict[str, Any], lines: LineFeed, report: VerifyReport) -> bool:
+def _verify_record(
+    record: dict[str, Any], lines: LineFeed, report: VerifyReport, dialect: Dialect
+) -> bool:
     """A line ``LineFeed`` handed back, applied at the stream's clock; True when it is a
-    malformed frame. A book it made is followed from then on."""
+    malformed frame. A book it made is followed from then on; trades are counted."""
     recv_ns = record.get("recv_ns")
     if not sane_recv_ns(recv_ns):
         report.skipped_times += type(recv_ns) in (int, float)
@@ -182,6 +212,12 @@ def _verify_record(record: dict[str, Any], lines: LineFeed, report: VerifyReport
     outcome = None
     if "msg" in record:
         outcome = feed.on_message(record["msg"], clock)
+        if dialect.is_trade(record["msg"]):
+            try:
+                for trade in in_order(dialect.trades(record["msg"])):
+                    report.trades.keep(common_name(trade.pair), trade)
+            except FrameError:
+                return True
     elif "meta" in record:
         meta = record["meta"]
         if type(meta) is dict:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbook.api import choose_api, parse_depth
+from kbook.api import DEFAULT_CHANNELS, Channel, choose_api, parse_channels, parse_depth
 from kbook.errors import UsageError
 from kbook.pairs import file_name, parse_pair
 from kbook.units import SECOND
@@ -75,10 +75,14 @@ class RecordConfig:
     api: str | None = None
     """Kraken's WebSocket API, ``v1`` or ``v2`` (``kbook.dialect``); None: the one ``url`` says,
     v2 without a ``url`` (``kbook.api.choose_api``)."""
+    channels: tuple[Channel, ...] = DEFAULT_CHANNELS
+    """Kraken channels subscribed for every pair on the one connection (``--channels``): the
+    book, the trades, or both; their frames share the pair's segments."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "pairs", _normalise_pairs(self.pairs))
+        set_(self, "channels", parse_channels(self.channels))
         set_(self, "out", Path(self.out))
         api, url = choose_api(self.api, self.url)
         set_(self, "api", api)
@@ -101,6 +105,7 @@ class RecordConfig:
         """The settings as plain JSON data, for ``session_start``."""
         return {
             "api": self.api,
+            "channels": [str(channel) for channel in self.channels],
             "pairs": list(self.pairs),
             "depth": self.depth,
             "out": str(self.out),

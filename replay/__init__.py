@@ -13,22 +13,31 @@ call::
     table = replay.replay_table("data/raw", every="1s", levels=10)
     summary = replay.replay_to_dataset("data/raw", "data/snapshots", every="100ms")
     table = replay.read_snapshots("data/snapshots", pair="BTC/USD", start="2026-11-21")
+
+Trades (recorded with ``--channels book,trade``) are a stage of their own, ``trades``::
+
+    replay.replay_trades_to_dataset("data/raw", "data/trades")
+    trades = replay.read_trades("data/trades", pair="BTC/USD")
 """
 
 from replay.api import ReplaySummary, read_snapshots, replay_table, replay_to_dataset
 from replay.columns import file_schema, level_names, table_schema
 from replay.options import ReplayOptions, make_options
 from replay.sampler import PairSummary
+from replay.trades import TradesSummary, read_trades, replay_trades_to_dataset
 
 __all__ = [
     "PairSummary",
+    "TradesSummary",
     "ReplayOptions",
     "ReplaySummary",
     "file_schema",
     "level_names",
     "make_options",
     "read_snapshots",
+    "read_trades",
     "replay_table",
     "replay_to_dataset",
+    "replay_trades_to_dataset",
     "table_schema",
 ]

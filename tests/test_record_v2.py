@@ -80,6 +80,7 @@ def test_v2_refusal_is_final_without_an_alias_retry() -> None:
         "pair": "FOO/USD",
         "tried": ["FOO/USD"],
         "reason": "Currency pair not supported FOO/USD",
+        "channel": "book",
     }
     assert subs.failed == {"FOO/USD": "Currency pair not supported FOO/USD"}
     assert subs.subs["ETH/USD"].state is State.SENT

@@ -34,7 +34,7 @@ def test_requests_are_understood_and_answers_read(v2sim: Simulator) -> None:
         )
         client.send(subscribe_request(["BTC/USD", "XBT/USD"], 25, 7))
         ok = parse_ack(client.recv_method("subscribe"))
-        assert ok == Ack("subscribe", True, "BTC/USD", 25, None, 7)
+        assert ok == Ack("subscribe", True, "BTC/USD", 25, None, 7, "book")
         refused = parse_ack(client.recv_method("subscribe"))
         assert refused == Ack(
             "subscribe", False, "XBT/USD", None, "Currency pair not supported XBT/USD", 7
@@ -49,7 +49,7 @@ def test_requests_are_understood_and_answers_read(v2sim: Simulator) -> None:
         assert frame_symbol(pong) is None
         client.send(subscribe_request(["BTC/USD"], 25, 9, unsubscribe=True))
         gone = parse_ack(client.recv_method("unsubscribe"))
-        assert gone == Ack("unsubscribe", True, "BTC/USD", 25, None, 9)
+        assert gone == Ack("unsubscribe", True, "BTC/USD", 25, None, 9, "book")
 
 
 def test_readers_ignore_other_frames() -> None:

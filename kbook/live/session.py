@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any, Protocol
 
+from kbook.api import Channel
 from kbook.dialect import SUBSCRIBED, Dialect, dialect_for
 from kbook.errors import RecordError
 from kbook.feed import Outcome
@@ -52,6 +53,8 @@ class LiveSettings(Protocol):
     def url(self) -> str | None: ...
     @property
     def api(self) -> str | None: ...
+    @property
+    def channels(self) -> tuple[Channel, ...]: ...
     @property
     def duration_ns(self) -> int | None: ...
     @property

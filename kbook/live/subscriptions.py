@@ -14,6 +14,11 @@ Kraken quirks it handles (``shared/kraken/README.md`` sections 1, 4 and 5):
   flight: they are sent again after ``rate_limit_delay_ns``. A request that gets no answer at all
   is sent again after ``subscribe_timeout_ns``.
 
+- Every channel recorded (``RecordConfig.channels``: the book, the trades) is subscribed for every
+  pair, one request per channel, and kept on its own (one ``PairSubscription`` per pair and
+  channel): answers say their channel (a v2 refusal, which does not, is matched by ``req_id``), a
+  resync concerns the book alone, an alias found for one channel is tried by the other on its own.
+
 Each method returns ``Action`` values that the recorder carries out: requests to send, meta lines
 to write, warnings to print. Times are ``time.monotonic_ns()`` values. Requests are built and
 answers read by the run's ``kbook.dialect.Dialect``, so the machine is the same for both APIs.
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from kbook.api import DEFAULT_CHANNELS, Channel
 from kbook.dialect import (
     OTHER,
     REFUSED,
@@ -41,6 +47,9 @@ if TYPE_CHECKING:
     from kbook.live.session import LiveSettings
 
 __all__ = ["Action", "PairSubscription", "State", "Subscriptions", "spellings"]
+
+_REQUESTS_KEPT = 256
+"""Requests whose channel is remembered; an answer comes within ``subscribe_timeout_ns``."""
 
 
 class State(Enum):
@@ -78,6 +87,7 @@ class PairSubscription:
     pair: str
     names: tuple[str, ...]
     """Spellings to try, in order: as asked, then Kraken's other v1 name (v2: one name)."""
+    channel: Channel = Channel.BOOK
     name_index: int = 0
     state: State = State.PENDING
     wire: str | None = None
@@ -106,10 +116,17 @@ class Subscriptions:
     rate_limit_delay_ns: int = 5 * SECOND
     dialect: Dialect = field(default_factory=Dialect)
     """The API spoken (v1 by default)."""
+    channels: tuple[Channel, ...] = DEFAULT_CHANNELS
     subs: dict[str, PairSubscription] = field(init=False)
+    """Per pair, the subscription of its first channel (the book's when recorded): the one a
+    pair's stream and metrics follow."""
+    by_channel: dict[tuple[str, Channel], PairSubscription] = field(init=False)
+    """Every subscription, per (pair, channel)."""
     route: dict[str, str] = field(init=False)
     """Any spelling Kraken may use -> the user's pair."""
     _reqid: int = field(init=False, default=0)
+    _request_channels: dict[int, Channel] = field(init=False, default_factory=dict)
+    """The channel of each request sent, for answers that do not say theirs."""
 
     @classmethod
     def for_config(cls, config: LiveSettings, dialect: Dialect) -> Subscriptions:
@@ -121,13 +138,21 @@ class Subscriptions:
             resubscribe_interval_ns=config.resubscribe_interval_ns,
             rate_limit_delay_ns=config.rate_limit_delay_ns,
             dialect=dialect,
+            channels=config.channels,
         )
 
     def __post_init__(self) -> None:
-        self.subs = {
-            pair: PairSubscription(pair, self.dialect.spellings(pair)) for pair in self.pairs
+        self.by_channel = {
+            (pair, channel): PairSubscription(pair, self.dialect.spellings(pair), channel)
+            for pair in self.pairs
+            for channel in self.channels
         }
+        self.subs = {pair: self.by_channel[(pair, self.channels[0])] for pair in self.pairs}
         self.route = {name: sub.pair for sub in self.subs.values() for name in sub.names}
+
+    @property
+    def _all(self) -> list[PairSubscription]:
+        return list(self.by_channel.values())
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -137,7 +162,7 @@ class Subscriptions:
 
     @property
     def all_failed(self) -> bool:
-        return all(sub.state is State.FAILED for sub in self.subs.values())
+        return all(sub.state is State.FAILED for sub in self._all)
 
     @property
     def failed(self) -> dict[str, str]:
@@ -146,13 +171,17 @@ class Subscriptions:
 
     @property
     def subscribed_once(self) -> tuple[str, ...]:
-        return tuple(pair for pair, sub in self.subs.items() if sub.subscribed_once)
+        return tuple(
+            pair
+            for pair in self.subs
+            if any(self.by_channel[(pair, c)].subscribed_once for c in self.channels)
+        )
 
     # -- connection life ------------------------------------------------------------------------
 
     def on_connect(self, now_ns: int) -> list[Action]:
-        """A new connection: subscribe every pair not given up, in one request."""
-        live = [sub for sub in self.subs.values() if sub.state is not State.FAILED]
+        """A new connection: subscribe every pair not given up, one request per channel."""
+        live = [sub for sub in self._all if sub.state is not State.FAILED]
         for sub in live:
             sub.state = State.PENDING
             sub.retry_at_ns = now_ns
@@ -160,7 +189,7 @@ class Subscriptions:
         return self._subscribe(live, now_ns)
 
     def on_disconnect(self) -> None:
-        for sub in self.subs.values():
+        for sub in self._all:
             if sub.state is not State.FAILED:
                 sub.state = State.PENDING
                 sub.resync_at_ns = None
@@ -180,14 +209,14 @@ class Subscriptions:
     def on_checksum_failed(self, pair_name: Any, now_ns: int) -> None:
         """Schedule a resync of the pair of ``pair_name``, paced."""
         pair = self.pair_for(pair_name)
-        if pair is None:
-            return
-        self._schedule_resync(self.subs[pair], now_ns)
+        book = self.by_channel.get((pair, Channel.BOOK)) if pair is not None else None
+        if book is not None:
+            self._schedule_resync(book, now_ns)
 
     def tick(self, now_ns: int) -> list[Action]:
         """Requests that are due: resyncs, retries after a rate limit or a lost answer."""
         actions: list[Action] = []
-        for sub in self.subs.values():
+        for sub in self._all:
             if sub.state is State.SUBSCRIBED and sub.resync_at_ns is not None:
                 if now_ns >= sub.resync_at_ns:
                     actions += self._unsubscribe(sub, now_ns)
@@ -198,7 +227,7 @@ class Subscriptions:
                 actions += self._subscribe([sub], now_ns)
         due = [
             sub
-            for sub in self.subs.values()
+            for sub in self._all
             if (sub.state is State.PENDING and now_ns >= sub.retry_at_ns)
             or (sub.state is State.SENT and now_ns - sub.sent_ns >= self.subscribe_timeout_ns)
         ]
@@ -210,9 +239,10 @@ class Subscriptions:
 
     def _on_answer(self, answer: Answer, now_ns: int) -> list[Action]:
         pair = self.pair_for(answer.name)
-        if pair is None:
+        channel = answer.channel or self._request_channels.get(answer.reqid, self.channels[0])
+        sub = self.by_channel.get((pair, channel)) if pair is not None else None
+        if sub is None:
             return []
-        sub = self.subs[pair]
         kind = answer.kind
         if kind == SUBSCRIBED:
             sub.state = State.SUBSCRIBED
@@ -231,9 +261,11 @@ class Subscriptions:
             # "Subscription Not Found": nothing to unsubscribe, so subscribe at once.
             return self._subscribe([sub], now_ns)
         if "already subscribed" in reason.lower():
-            # Kraken still streams this pair but sends no new snapshot: force one.
+            # Kraken still streams this pair but sends no new snapshot: force one (a book's;
+            # trades need none).
             sub.state = State.SUBSCRIBED
-            self._schedule_resync(sub, now_ns)
+            if sub.channel is Channel.BOOK:
+                self._schedule_resync(sub, now_ns)
             return []
         if sub.state is not State.SENT:
             return []
@@ -242,6 +274,7 @@ class Subscriptions:
             sub.name_index += 1
             alias = {"type": "alias", "pair": sub.pair, "tried": tried, "alias": sub.name}
             alias["reason"] = reason
+            alias["channel"] = str(sub.channel)
             note = f"{sub.pair}: Kraken refused {tried} ({reason}); retrying as {sub.name}"
             return [Action(meta=alias, targets=(sub.pair,), note=note)] + self._subscribe(
                 [sub], now_ns
@@ -250,13 +283,15 @@ class Subscriptions:
         sub.error = reason
         meta = {"type": "subscribe_error", "pair": sub.pair, "tried": list(sub.names)}
         meta["reason"] = reason
-        warning = f"{sub.pair}: cannot subscribe: {reason}"
+        meta["channel"] = str(sub.channel)
+        what = sub.pair if sub.channel is self.channels[0] else f"{sub.pair} {sub.channel}"
+        warning = f"{what}: cannot subscribe: {reason}"
         return [Action(meta=meta, targets=None, warning=warning)]
 
     def _on_error(self, now_ns: int) -> list[Action]:
         """``Exceeded msg rate`` and the like: whatever was in flight was not done."""
         retry_at = now_ns + self.rate_limit_delay_ns
-        for sub in self.subs.values():
+        for sub in self._all:
             if sub.state is State.SENT:
                 sub.state = State.PENDING
                 sub.retry_at_ns = retry_at
@@ -275,19 +310,37 @@ class Subscriptions:
         self._reqid += 1
         return self._reqid
 
+    def _next_request(self, channel: Channel) -> int:
+        reqid = self._next_reqid()
+        self._request_channels[reqid] = channel
+        if len(self._request_channels) > _REQUESTS_KEPT:  # bounded over a run of months
+            del self._request_channels[next(iter(self._request_channels))]
+        return reqid
+
     def _subscribe(self, subs: list[PairSubscription], now_ns: int) -> list[Action]:
-        if not subs:
-            return []
-        request = self.dialect.subscribe([sub.name for sub in subs], self.depth, self._next_reqid())
-        for sub in subs:
-            sub.state = State.SENT
-            sub.sent_ns = now_ns
-            sub.resync_at_ns = None
-        meta = {"type": "subscribe", "request": request}
-        return [Action(send=request, meta=meta, targets=tuple(sub.pair for sub in subs))]
+        """One request per channel (Kraken's requests name one), pairs in the given order."""
+        actions = []
+        for channel in self.channels:
+            batch = [sub for sub in subs if sub.channel is channel]
+            if not batch:
+                continue
+            names = [sub.name for sub in batch]
+            request = self.dialect.subscribe(
+                names, self.depth, self._next_request(channel), channel
+            )
+            for sub in batch:
+                sub.state = State.SENT
+                sub.sent_ns = now_ns
+                sub.resync_at_ns = None
+            meta = {"type": "subscribe", "request": request}
+            targets = tuple(sub.pair for sub in batch)
+            actions.append(Action(send=request, meta=meta, targets=targets))
+        return actions
 
     def _unsubscribe(self, sub: PairSubscription, now_ns: int) -> list[Action]:
-        request = self.dialect.unsubscribe([sub.name], self.depth, self._next_reqid())
+        request = self.dialect.unsubscribe(
+            [sub.name], self.depth, self._next_request(sub.channel), sub.channel
+        )
         sub.state = State.UNSUBSCRIBING
         sub.sent_ns = now_ns
         sub.last_resync_ns = now_ns

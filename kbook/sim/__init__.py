@@ -1,5 +1,6 @@
-"""A Kraken WebSocket ``book`` simulator (v2 by default, or v1 with ``api="v1"``): a real server
-for tests and for ``kbook simulate``.
+"""A Kraken WebSocket ``book`` and ``trade`` simulator (v2 by default, or v1 with ``api="v1"``): a
+real server for tests and for ``kbook simulate``. Trades take the best level of the book they are
+served beside, and its next update shows it (``kbook.sim.server``).
 
     from kbook.sim import Simulator, SimulatorConfig
     with Simulator(SimulatorConfig(pairs=("BTC/USD",), rate=1000)) as sim:

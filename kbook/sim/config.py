@@ -11,9 +11,20 @@ from kbook.pairs import parse_pair
 from kbook.sim import protocol
 from kbook.sim.market import canonical_pair
 
-KINDS = ("status", "subscription", "snapshot", "update", "heartbeat", "pong", "error", "raw")
+KINDS = (
+    "status",
+    "subscription",
+    "snapshot",
+    "update",
+    "trade",
+    "heartbeat",
+    "pong",
+    "error",
+    "raw",
+)
 """``SentFrame.kind`` values: systemStatus, subscriptionStatus (ok or error), book snapshot, book
-update, heartbeat, pong, ``{"event":"error"}``, and anything that is not JSON. In v2: the status
+update, trades (v2: the snapshot of recent trades too), heartbeat, pong, ``{"event":"error"}``,
+and anything that is not JSON. In v2: the status
 channel, (un)subscribe answers, book frames, heartbeat, pong, and other failed requests."""
 
 BOOK_KINDS = ("snapshot", "update")

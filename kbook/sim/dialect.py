@@ -16,8 +16,8 @@ from typing import Any
 
 from kbook.api import DEFAULT, Api
 from kbook.sim import protocol, protocol_v2
-from kbook.sim.market import Market
-from kbook.sim.market_v2 import V2Market
+from kbook.sim.market import Market, SimTrade
+from kbook.sim.market_v2 import V2Market, rfc3339
 from kbook.sim.protocol import PairDecision, Request
 
 DepthsFor = Callable[[str], tuple[int, ...]]
@@ -33,6 +33,8 @@ class Dialect:
 
     api = Api.V1
     heartbeat = protocol.HEARTBEAT
+    trade_snapshot = False
+    """v1 sends no trades from before the subscribe; v2 sends the last ones (up to 50)."""
 
     def status(self, connection_id: int, system: str = "online") -> str:
         """The first frame of a connection, and the announcement of maintenance."""
@@ -79,7 +81,9 @@ class Dialect:
         self, decision: PairDecision, request: Request, msg: Mapping[str, Any], received: float
     ) -> str:
         """The answer for one pair of a request that was refused."""
-        return protocol.decision_error_frame(decision, request.reqid, request.depth)
+        return protocol.decision_error_frame(
+            decision, request.reqid, request.depth, request.channel
+        )
 
     def acknowledged(
         self,
@@ -97,11 +101,23 @@ class Dialect:
             depth=depth,
             channel_id=channel_id,
             reqid=request.reqid,
+            channel=request.channel,
         )
 
     def market(self, wire: str, depth: int, seed: int, stream: int) -> Market:
         """The market of a new subscription, printing this API's book frames."""
         return Market(wire, depth, seed, stream=stream)
+
+    def trade_frame(
+        self, wire: str, channel_id: int, trades: list[tuple[int, SimTrade]], snapshot: bool
+    ) -> str:
+        """``[id, [[price, volume, time, side, orderType, misc], ...], "trade", pair]``; v1
+        prints no trade id (``trades`` are ``(trade id, trade)``) and sends no snapshot."""
+        rows = ",".join(
+            f'["{t.price}","{t.qty}","{t.time:.6f}","{t.side[0]}","{t.order_type[0]}",""]'
+            for _, t in trades
+        )
+        return f'[{channel_id},[{rows}],"trade","{wire}"]'
 
 
 class V2Dialect(Dialect):
@@ -109,6 +125,7 @@ class V2Dialect(Dialect):
 
     api = Api.V2
     heartbeat = protocol_v2.HEARTBEAT
+    trade_snapshot = True
 
     def status(self, connection_id: int, system: str = "online") -> str:
         return protocol_v2.status(connection_id, system)
@@ -188,10 +205,24 @@ class V2Dialect(Dialect):
             request.reqid,
             received,
             time.time(),
+            request.channel,
         )
 
     def market(self, wire: str, depth: int, seed: int, stream: int) -> Market:
         return V2Market(wire, depth, seed, stream=stream)
+
+    def trade_frame(
+        self, wire: str, channel_id: int, trades: list[tuple[int, SimTrade]], snapshot: bool
+    ) -> str:
+        """``{"channel":"trade","type":"snapshot"|"update","data":[{symbol, side, price, qty,
+        ord_type, trade_id, timestamp}]}``, numbers printed as the book prints them."""
+        entries = ",".join(
+            f'{{"symbol":"{wire}","side":"{t.side}","price":{t.price},"qty":{t.qty},'
+            f'"ord_type":"{t.order_type}","trade_id":{trade_id},"timestamp":"{rfc3339(t.time)}"}}'
+            for trade_id, t in trades
+        )
+        kind = "snapshot" if snapshot else "update"
+        return f'{{"channel":"trade","type":"{kind}","data":[{entries}]}}'
 
 
 DIALECTS: dict[Api, type[Dialect]] = {Api.V1: Dialect, Api.V2: V2Dialect}

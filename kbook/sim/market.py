@@ -25,6 +25,11 @@ therefore always what a correct client holds after the last frame.
 The random walk depends only on ``(seed, pair, depth, stream)``: the same arguments give the same
 frames byte for byte apart from timestamps, which come from ``clock`` (wall time by default).
 
+``trade`` is a taker's order instead of a step of the walk: it takes the best ask (a buy) or the
+best bid (a sell), part of the level or all of it, at that level's price, and returns the trade
+with the book update it causes (the level reduced, or deleted and the window refilled), so a
+client of both channels sees every trade land in the book's next update.
+
 How a level is printed is left to three small methods (``_level_text``, ``_delete_text``,
 ``_refill_text``) and the two frame methods, so ``kbook.sim.market_v2.V2Market`` prints the very
 same market as v2 frames.
@@ -109,6 +114,22 @@ LevelData = tuple[str, str, str, str]
 """(price, volume, timestamp, checksum piece) of one exchange level."""
 
 
+@dataclass(frozen=True, slots=True)
+class SimTrade:
+    """One simulated trade, printed per API by ``kbook.sim.dialect``."""
+
+    side: str
+    """``buy`` (took the best ask) or ``sell`` (took the best bid)."""
+    price: str
+    """The level's price as this market prints it."""
+    qty: str
+    """The size taken, 8 decimals."""
+    time: float
+    """Epoch seconds."""
+    order_type: str
+    """``market`` or ``limit`` (a marketable limit order)."""
+
+
 class _Side:
     """One side of the exchange book: signed integer keys ascending from the best level.
 
@@ -180,8 +201,42 @@ class Market:
 
     def update_frame(self, channel_id: int, *, bad_checksum: bool = False) -> str:
         """The next update, checksum included; ``bad_checksum`` sends a wrong ``"c"`` (a fault)."""
-        ts = f"{self._clock():.6f}"
-        asks, bids = self._step(ts)
+        now = self._clock()
+        asks, bids = self._step(f"{now:.6f}")
+        return self._update_text(channel_id, asks, bids, now, bad_checksum)
+
+    def trade(self, channel_id: int, *, bad_checksum: bool = False) -> tuple[SimTrade, str]:
+        """A taker's trade at the best price, and the book update that shows it (its level
+        reduced or gone), ``bad_checksum`` as in ``update_frame``."""
+        now = self._clock()
+        ts = f"{now:.6f}"
+        rng = self._rng
+        self._begin()
+        buy = rng.random() < 0.5
+        side = self._asks if buy else self._bids
+        if not side.keys:
+            buy, side = not buy, self._bids if buy else self._asks
+        key = side.keys[0]
+        price, volume = side.levels[key][:2]
+        units = int(volume.replace(".", ""))
+        if units <= 1 or rng.random() < 0.3:
+            taken = units
+            self._store(side, key, None)
+        else:
+            taken = rng.randint(1, units - 1)
+            left = format_units(units - taken, VOLUME_DECIMALS)
+            self._store(side, key, (price, left, ts, checksum_piece(price) + checksum_piece(left)))
+        for each in (self._asks, self._bids):
+            self._maintain(each, ts)
+        asks, bids = self._emit(self._asks, ts), self._emit(self._bids, ts)
+        order_type = "market" if rng.random() < 0.7 else "limit"
+        done = SimTrade("buy" if buy else "sell", price, format_units(taken, 8), now, order_type)
+        return done, self._update_text(channel_id, asks, bids, now, bad_checksum)
+
+    def _update_text(
+        self, channel_id: int, asks: list[str], bids: list[str], now: float, bad_checksum: bool
+    ) -> str:
+        """An update frame of the level texts of one message, with the window's checksum."""
         checksum = self.checksum()
         if bad_checksum:
             checksum ^= 0x5A5A5A5A

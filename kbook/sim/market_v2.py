@@ -93,6 +93,11 @@ class V2Market(Market):
         """The next update; ``bad_checksum`` sends a wrong checksum (a fault)."""
         now = self._clock()
         asks, bids = self._step(f"{now:.6f}")
+        return self._update_text(channel_id, asks, bids, now, bad_checksum)
+
+    def _update_text(
+        self, channel_id: int, asks: list[str], bids: list[str], now: float, bad_checksum: bool
+    ) -> str:
         checksum = self.checksum()
         if bad_checksum:
             checksum ^= 0x5A5A5A5A

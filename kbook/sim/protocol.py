@@ -33,6 +33,12 @@ NOT_FOUND = "Subscription Not Found"
 RATE_LIMITED = "Exceeded msg rate"
 UNSUPPORTED_EVENT = "Unsupported event"
 
+BOOK = "book"
+TRADE = "trade"
+TRADE_DEPTH = 0
+"""The depth in the subscription key of a ``trade`` subscription, which has none: keys are
+``(canonical pair, depth)``, and no book depth is 0."""
+
 BTC_MODES = ("echo-xbt", "echo-btc", "reject")
 """How a request for ``BTC/USD`` (or ``DOGE/...``) is answered; see ``kbook.sim``."""
 
@@ -75,15 +81,19 @@ def subscription_status(
     channel_id: int | None = None,
     reqid: Any = None,
     message: str | None = None,
+    channel: str = BOOK,
 ) -> str:
-    """A ``subscriptionStatus`` frame: ``subscribed``, ``unsubscribed`` or ``error``."""
+    """A ``subscriptionStatus`` frame: ``subscribed``, ``unsubscribed`` or ``error``; for the
+    ``trade`` channel ``channelName`` is ``trade`` and the subscription has no depth."""
     body: dict[str, Any] = {"event": "subscriptionStatus", "status": status}
     if channel_id is not None:
         body["channelID"] = channel_id
-        body["channelName"] = f"book-{depth}"
+        body["channelName"] = f"book-{depth}" if channel == BOOK else channel
     if pair is not None:
         body["pair"] = pair
-    if depth is not None or pair is not None:
+    if channel != BOOK:
+        body["subscription"] = {"name": channel}
+    elif depth is not None or pair is not None:
         body["subscription"] = {"depth": depth, "name": "book"}
     if reqid is not None:
         body["reqid"] = reqid
@@ -117,6 +127,8 @@ class Request:
     depth: Any = None
     snapshot: bool = True
     """Send a snapshot after the acknowledgement (v2's ``params.snapshot``; v1 always does)."""
+    channel: str = BOOK
+    """``book`` or ``trade``: a request names one channel."""
 
 
 def wire_pair(requested: str, btc: str) -> str | None:
@@ -141,15 +153,16 @@ def _parse(
     pairs = msg.get("pair")
     if not isinstance(subscription, dict) or "name" not in subscription:
         return Request(reqid, error=MALFORMED)
-    depth = subscription.get("depth", 10)
-    if subscription["name"] != "book":
+    channel = subscription["name"]
+    depth = subscription.get("depth", 10) if channel == BOOK else TRADE_DEPTH
+    if channel not in (BOOK, TRADE):
         return Request(reqid, error=NAME_INVALID, depth=depth)
     if not isinstance(pairs, list) or not pairs or not all(isinstance(p, str) for p in pairs):
-        return Request(reqid, error=MALFORMED, depth=depth)
+        return Request(reqid, error=MALFORMED, depth=depth, channel=channel)
     decisions = []
     for requested in pairs:
         decisions.append(_decide(requested, depth, depths_for, btc, is_active, subscribing))
-    return Request(reqid, tuple(decisions), depth=depth)
+    return Request(reqid, tuple(decisions), depth=depth, channel=channel)
 
 
 def _decide(
@@ -172,7 +185,7 @@ def _decide(
     if wire is None or not allowed:
         message = f"Currency pair not supported {requested}"
         return PairDecision(requested, requested, key, valid_depth, message)
-    if valid_depth not in allowed:
+    if valid_depth not in allowed and depth != TRADE_DEPTH:
         return PairDecision(requested, wire, key, valid_depth, DEPTH_NOT_SUPPORTED)
     if subscribing and is_active(key):
         return PairDecision(requested, wire, key, valid_depth, ALREADY_SUBSCRIBED)
@@ -206,10 +219,17 @@ def plan_unsubscribe(
     return _parse(msg, depths_for, btc, is_active, subscribing=False)
 
 
-def decision_error_frame(decision: PairDecision, reqid: Any, depth: Any) -> str:
+def decision_error_frame(
+    decision: PairDecision, reqid: Any, depth: Any, channel: str = BOOK
+) -> str:
     """The per-pair ``subscriptionStatus`` error for a rejected decision."""
     return subscription_status(
-        "error", pair=decision.requested, depth=depth, reqid=reqid, message=decision.error
+        "error",
+        pair=decision.requested,
+        depth=depth,
+        reqid=reqid,
+        message=decision.error,
+        channel=channel,
     )
 
 

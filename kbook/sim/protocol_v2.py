@@ -35,9 +35,12 @@ from kbook.sim.market import canonical_pair
 from kbook.sim.market_v2 import rfc3339
 from kbook.sim.protocol import (
     ALREADY_SUBSCRIBED,
+    BOOK,
     DEPTH_NOT_SUPPORTED,
     MALFORMED,
     NOT_FOUND,
+    TRADE,
+    TRADE_DEPTH,
     PairDecision,
     Request,
 )
@@ -104,9 +107,13 @@ def acknowledgement(
     req_id: Any,
     received: float,
     now: float,
+    channel: str = BOOK,
 ) -> str:
-    """A successful (un)subscribe of one symbol; ``snapshot`` None leaves it out (unsubscribe)."""
-    result: dict[str, Any] = {"channel": "book", "depth": depth}
+    """A successful (un)subscribe of one symbol; ``snapshot`` None leaves it out (unsubscribe).
+    A ``trade`` answer has no depth."""
+    result: dict[str, Any] = {"channel": channel}
+    if channel == BOOK:
+        result["depth"] = depth
     if snapshot is not None:
         result["snapshot"] = snapshot
     result["symbol"] = symbol
@@ -123,17 +130,18 @@ def _parse(
     params = msg.get("params")
     if not isinstance(params, dict):
         return Request(req_id, error=MALFORMED)
-    depth = params.get("depth", 10)
+    channel = params.get("channel")
+    depth = params.get("depth", 10) if channel == BOOK else TRADE_DEPTH
     snapshot = params.get("snapshot", True)
     symbols = params.get("symbol")
-    if params.get("channel") != "book":
+    if channel not in (BOOK, TRADE):
         return Request(req_id, error=CHANNEL_NOT_SUPPORTED, depth=depth)
     if not isinstance(symbols, list) or not symbols or not all(isinstance(s, str) for s in symbols):
         return Request(req_id, error=MALFORMED, depth=depth)
     if type(snapshot) is not bool:
         return Request(req_id, error=MALFORMED, depth=depth)
     decisions = tuple(_decide(s, depth, depths_for, is_active, subscribing) for s in symbols)
-    return Request(req_id, decisions, depth=depth, snapshot=snapshot)
+    return Request(req_id, decisions, depth=depth, snapshot=snapshot, channel=str(channel))
 
 
 def _decide(
@@ -153,6 +161,12 @@ def _decide(
     if not well_formed or common_name(symbol) != symbol or not served:
         message = f"Currency pair not supported {symbol}"
         return PairDecision(symbol, symbol, key, valid_depth, message)
+    if depth == TRADE_DEPTH:  # trades: one subscription per symbol, no depth
+        if subscribing and is_active(key):
+            return PairDecision(symbol, symbol, key, valid_depth, ALREADY_SUBSCRIBED)
+        if not subscribing and not is_active(key):
+            return PairDecision(symbol, symbol, key, valid_depth, NOT_FOUND)
+        return PairDecision(symbol, symbol, key, valid_depth)
     # v2 book frames do not say their depth, so a connection holds one depth per symbol: a
     # second subscribe is refused whatever its depth, and unsubscribe finds the one there is.
     active = next((d for d in served if is_active((canonical, d))), None)

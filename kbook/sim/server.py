@@ -19,6 +19,14 @@ earlier subscriptions to that pair and depth in this simulator: the same seed an
 actions give byte-identical frames apart from timestamps. A subscription's channel id is fixed per
 (pair, depth) for the life of the simulator, like Kraken's within one session.
 
+The ``trade`` channel (subscribed beside the book, or alone): each step of the pump picks one of
+the connection's live subscriptions; a trade subscription's step is a trade on the pair's book
+(``Market.trade``), sent as a trade frame and followed by the book update it causes when the book
+of the pair is subscribed too (alone, the trades come from a market of its own). Trade ids count
+per pair for the life of the simulator; v2 sends the last 50 trades of the pair as a snapshot after
+the acknowledgement, so a client reconnecting sees trades it already has again. Trade frames count
+as book frames for the faults (a drop may follow a trade). Playback serves no trades.
+
 In playback mode (``capture`` set) the recorded book frames of the subscribed (pair, depth) are
 served instead, at the recorded pace divided by ``speed``, from the start of the capture when the
 connection first subscribes; only the channel id is rewritten. Pairs and depths not in the capture
@@ -40,6 +48,7 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
@@ -56,8 +65,9 @@ from kbook.sim import protocol
 from kbook.sim.config import BOOK_KINDS, SentFrame, SimulatorConfig
 from kbook.sim.dialect import PING, SUBSCRIBE, UNSUBSCRIBE, dialect_for
 from kbook.sim.faults import BAD_CHECKSUM, DROP, MAINTENANCE, MALFORMED, NON_JSON, STALL, Fault
-from kbook.sim.market import Market, canonical_pair
+from kbook.sim.market import Market, SimTrade, canonical_pair
 from kbook.sim.playback import Capture, PlaybackFrame
+from kbook.sim.protocol import TRADE_DEPTH
 
 logger = logging.getLogger("kbook.sim")
 _MAX_BURST = 1000
@@ -80,6 +90,26 @@ class _Subscription:
     market: Market | None
     live: bool = False
     """True once the snapshot is out: the pump may send updates."""
+
+    @property
+    def is_trade(self) -> bool:
+        """A ``trade`` subscription (its market serves only when the book is not subscribed)."""
+        return self.key[1] == TRADE_DEPTH
+
+
+@dataclass(eq=False)
+class _Tape:
+    """The trades of one pair, for the life of the simulator: ids, and the last ones (v2's
+    snapshot of recent trades)."""
+
+    next_id: int = 1
+    recent: deque[tuple[int, SimTrade]] = field(default_factory=lambda: deque(maxlen=50))
+
+    def add(self, trade: SimTrade) -> int:
+        trade_id = self.next_id
+        self.next_id += 1
+        self.recent.append((trade_id, trade))
+        return trade_id
 
 
 @dataclass(eq=False)
@@ -130,6 +160,7 @@ class SimServer:
         self._channel_ids: dict[tuple[str, int], int] = {}
         self._streams: dict[tuple[str, int], int] = {}
         self._last_book: dict[str, tuple[_Connection, _Subscription]] = {}
+        self._tapes: dict[str, _Tape] = {}
         self._pending: list[Fault] = []
         self._standing: list[Fault] = []
         self._rate_limited = 0
@@ -307,12 +338,13 @@ class SimServer:
         await conn.ws.send(text)
 
     async def _send_book(self, conn: _Connection, sub: _Subscription, text: str, kind: str) -> None:
-        """Send a book data frame, count it, and fire any fault due after it."""
+        """Send a data frame (book or trades), count it, and fire any fault due after it."""
         await self._send(conn, text, kind, sub.wire)
         conn.book_frames += 1
         if kind == "update":
             conn.updates += 1
-        self._last_book[sub.key[0]] = (conn, sub)
+        if not sub.is_trade:
+            self._last_book[sub.key[0]] = (conn, sub)
         if conn.faults:
             await self._check_faults(conn)
 
@@ -339,8 +371,9 @@ class SimServer:
         count = conn.book_frames
         if _due(faults, NON_JSON, count):
             await self._send(conn, protocol.NON_JSON_FRAME, "raw")
-        if _due(faults, MALFORMED, count) and conn.live:
-            sub = conn.live[0]
+        books = [sub for sub in conn.live if not sub.is_trade]
+        if _due(faults, MALFORMED, count) and books:
+            sub = books[0]
             text = self.dialect.malformed_update(sub.wire, sub.depth, sub.channel_id)
             await self._send(conn, text, "raw")
         if _due(faults, MAINTENANCE, count):
@@ -434,8 +467,13 @@ class SimServer:
             await self._send(conn, frame, "subscription", sub.wire)
             accepted.append(sub)
         for sub in accepted:
+            if sub.is_trade:
+                recent = list(self._tape(sub.key[0]).recent)
+                if self.dialect.trade_snapshot and request.snapshot and recent:
+                    text = self.dialect.trade_frame(sub.wire, sub.channel_id, recent, True)
+                    await self._send_book(conn, sub, text, "trade")
             # v2 may ask for no snapshot: updates then start on a book the client cannot check.
-            if request.snapshot and sub.market is not None and conn.subs.get(sub.key) is sub:
+            elif request.snapshot and sub.market is not None and conn.subs.get(sub.key) is sub:
                 await self._send_book(
                     conn, sub, sub.market.snapshot_frame(sub.channel_id), "snapshot"
                 )
@@ -478,8 +516,16 @@ class SimServer:
             return _Subscription(key, self.capture.pairs[canonical], depth, channel_id, None)
         stream = self._streams.get(key, 0)
         self._streams[key] = stream + 1
-        market = self.dialect.market(wire, depth, self.config.seed, stream=stream)
+        # A trade subscription's own market (used while the pair's book is not subscribed).
+        book_depth = depth if depth != TRADE_DEPTH else DEPTHS[0]
+        market = self.dialect.market(wire, book_depth, self.config.seed, stream=stream)
         return _Subscription(key, wire, depth, channel_id, market)
+
+    def _tape(self, canonical: str) -> _Tape:
+        tape = self._tapes.get(canonical)
+        if tape is None:
+            tape = self._tapes[canonical] = _Tape()
+        return tape
 
     # -- the steady traffic ---------------------------------------------------------------------
 
@@ -524,12 +570,32 @@ class SimServer:
                     else conn.live[0]
                 )
                 assert sub.market is not None
+                if sub.is_trade:
+                    await self._trade(conn, sub)
+                    continue
                 bad = conn.faults and self._bad_checksum_due(conn)
                 text = sub.market.update_frame(sub.channel_id, bad_checksum=bool(bad))
                 await self._send_book(conn, sub, text, "update")
             self._on_change()
             if not interval:
                 await asyncio.sleep(0)
+
+    async def _trade(self, conn: _Connection, sub: _Subscription) -> None:
+        """One trade on the pair of ``sub``: the trade frame, then the update of the pair's book
+        that it reduced, when that book is subscribed on this connection."""
+        book = next(
+            (b for b in conn.live if not b.is_trade and b.key[0] == sub.key[0] and b.market),
+            None,
+        )
+        market = book.market if book is not None else sub.market
+        assert market is not None
+        bad = book is not None and bool(conn.faults) and self._bad_checksum_due(conn)
+        trade, update = market.trade(book.channel_id if book else 0, bad_checksum=bad)
+        trade_id = self._tape(sub.key[0]).add(trade)
+        text = self.dialect.trade_frame(sub.wire, sub.channel_id, [(trade_id, trade)], False)
+        await self._send_book(conn, sub, text, "trade")
+        if book is not None:
+            await self._send_book(conn, book, update, "update")
 
     async def _play(self, conn: _Connection) -> None:
         """Serve the capture's frames of the subscribed (pair, depth) at the recorded pace."""

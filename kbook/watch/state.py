@@ -21,6 +21,7 @@ end of the recording after drawing its last state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -31,13 +32,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from kbook.api import DEFAULT, Api, choose_api, parse_api, parse_depth
+from kbook.api import DEFAULT, Api, Channel, choose_api, parse_api, parse_depth
 from kbook.book import Book
-from kbook.dialect import dialect_for, spellings
-from kbook.errors import UsageError
+from kbook.dialect import Trade, dialect_for, spellings
+from kbook.errors import FrameError, UsageError
 from kbook.feed import BookFeed, Outcome
 from kbook.pairs import common_name, file_name, parse_pair
 from kbook.segment import Problem, find_segments
+from kbook.trades import TradeLedger, in_order
 from kbook.units import MS, SECOND
 from kbook.v2 import segment_api
 from kbook.verify import stream_name
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
 
 RATE_WINDOW_NS = SECOND
 """Frames per second are counted over the last second of the view's clock."""
+TRADES_SHOWN = 5
+"""The last trades shown under the book."""
 
 
 class Display(Protocol):
@@ -98,6 +102,8 @@ class Watcher:
         self._last_failed_ns: int | None = None
         self._clock_ns = 0
         self._next_show_mono = time.monotonic_ns() + display.interval_ns
+        self._trades: deque[Trade] = deque(maxlen=TRADES_SHOWN)
+        self._ledger = TradeLedger()
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -106,6 +112,9 @@ class Watcher:
         self._clock_ns = max(self._clock_ns, recv_ns)
         if self._loss_pending:
             self._lost()
+        if self.dialect.is_trade(msg):
+            self._on_trades(msg)
+            return Outcome.OTHER_CHANNEL
         book = self.dialect.book_frame(msg, self.feed)
         if book is None:
             if type(msg) is not dict:
@@ -128,6 +137,13 @@ class Watcher:
             self._failed_pending = True
             self._last_failed_ns = recv_ns
         return outcome
+
+    def _on_trades(self, msg: Any) -> None:
+        """Keep the pair's newest trades, each once (v2 repeats some after a reconnect)."""
+        with contextlib.suppress(FrameError):
+            for trade in in_order(self.dialect.trades(msg)):
+                if trade.pair in self.names and self._ledger.keep(self.pair, trade):
+                    self._trades.appendleft(trade)
 
     def meta(self, meta: dict[str, Any], recv_ns: int) -> None:
         """Apply a recorder event read from a segment (replay)."""
@@ -223,6 +239,7 @@ class Watcher:
             last_failed_ns=self._last_failed_ns,
             note=self.note,
             note_ns=self._note_ns,
+            trades=tuple(self._trades),
         )
 
     def _wanted(self, pair: str, channel: str | None) -> bool:
@@ -353,6 +370,7 @@ def live_config(options: WatchOptions, **timings: Any) -> RecordConfig:
         depth=options.depth or 10,
         url=options.url,
         api=options.api,
+        channels=(Channel.BOOK, Channel.TRADE),  # the last trades are shown under the book
     )
     return replace(config, **timings)
 

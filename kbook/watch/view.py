@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kbook.book import Book
+from kbook.dialect import Trade
 from kbook.units import SECOND
 
 CHECKSUM_STATES = ("ok", "failed", "resyncing", "waiting")
@@ -57,6 +58,8 @@ class WatchStatus:
     note: str | None = None
     """The latest thing worth knowing (a reconnect reason, a refused alias), or None."""
     note_ns: int | None = None
+    trades: tuple[Trade, ...] = ()
+    """The pair's last trades, newest first (shown under the book when there are any)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +175,17 @@ def market_line(book: Book | None) -> str:
     return f"spread {spread} ({bps} bps) | mid {mid}"
 
 
+def trade_lines(status: WatchStatus) -> list[str]:
+    """``last trades`` and one line per trade: ``10:00:00.123  buy  0.10000000 @ 27120.5  market``."""
+    if not status.trades:
+        return []
+    lines = ["last trades"]
+    for trade in status.trades:
+        when = utc_text(trade.exch_ns)[11:23]
+        lines.append(f"{when}  {trade.side:<4}  {trade.qty} @ {trade.price}  {trade.order_type}")
+    return lines
+
+
 def note_line(status: WatchStatus) -> str:
     """``note: disconnected: stalled (12.0 s ago)``."""
     age = f" ({_age(status.now_ns, status.note_ns)})" if status.note_ns is not None else ""
@@ -213,6 +227,7 @@ def render_text(book: Book | None, status: WatchStatus, levels: int) -> str:
             lines.append((" ".join(cells[:3]) + " | " + " ".join(cells[3:])).rstrip())
     else:
         lines.append("(no levels yet)")
+    lines += trade_lines(status)
     return "\n".join(lines) + "\n\n"
 
 
@@ -233,6 +248,9 @@ def render_rich(book: Book | None, status: WatchStatus, levels: int) -> Renderab
     if status.note:
         parts.append(Text(note_line(status), style="yellow"))
     parts.append(_ladder_table(book, levels))
+    for number, line in enumerate(trade_lines(status)):
+        style = "bold" if number == 0 else ("green" if " buy " in line else "red")
+        parts.append(Text(line, style=style))
     return Group(*parts)
 
 
