@@ -407,9 +407,8 @@ def test_trades_cli_and_a_trades_only_recording(
 def test_verify_counts_each_trade_once(recording: Recording) -> None:
     report = verify_paths([recording.out / "raw"])
     sent = _sent_trades(recording)
-    btc = "XBT/USD" if recording.case.api is Api.V1 else "BTC/USD"
-    counts = {pair: t.kept for pair, t in report.trades.pairs.items()}
-    assert counts == {btc: len(sent["BTC/USD"]), "ETH/USD": len(sent["ETH/USD"])}
+    counts = {pair: t.kept for pair, t in report.trades.pairs.items()}  # by common name
+    assert counts == {"BTC/USD": len(sent["BTC/USD"]), "ETH/USD": len(sent["ETH/USD"])}
     assert report.trade_gaps() == []
     assert report.to_json()["trades"]["ETH/USD"]["trades"] == len(sent["ETH/USD"])
 
