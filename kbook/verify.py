@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbook.api import Api
 from kbook.feed import BookFeed, Outcome, PairStats
@@ -37,6 +37,9 @@ from kbook.lines import LineFeed
 from kbook.pairs import common_name
 from kbook.segment import RECV_NS_MAX, Problem, find_segments, sane_recv_ns, stream_name
 from kbook.v2 import RecordReader, feed_for, segment_api
+
+if TYPE_CHECKING:  # numpy and pyarrow load only when coverage is asked for
+    from kbook.coverage import PairCoverage
 
 
 @dataclass
@@ -56,6 +59,8 @@ class VerifyReport:
     """Common pair name -> the names its frames used on the wire (``XBT/USD``)."""
     by_api: dict[str, dict[str, PairStats]] = field(default_factory=dict)
     """Common pair name -> API -> that API's counts (their sum is ``pairs``)."""
+    coverage: dict[str, PairCoverage] | None = None
+    """Common pair name -> its coverage on replay's timeline (``kbook.coverage``), when asked."""
 
     @property
     def pairs(self) -> dict[str, PairStats]:
@@ -105,6 +110,11 @@ class VerifyReport:
             "malformed_frames": self.feed.malformed_frames,
             "raw_frames": self.raw_frames,
             "problems": [str(problem) for problem in self.problems],
+            **(
+                {}
+                if self.coverage is None
+                else {"coverage": {p: c.to_json() for p, c in sorted(self.coverage.items())}}
+            ),
         }
 
 
