@@ -27,8 +27,10 @@ from kbook.api import Api
 from kbook.errors import KbookError
 
 if TYPE_CHECKING:  # typer >= 0.29 vendors click as typer._click; these are its types
+    from rich.console import Console
     from typer._click import Context, HelpFormatter
 
+    from kbook.coverage import PairCoverage
     from recorder.upload import Retention
 
 
@@ -99,6 +101,36 @@ def _root(
     """Record the Kraken WebSocket order book losslessly; replay it into Parquet snapshots."""
 
 
+def _print_coverage(console: Console, coverage: dict[str, PairCoverage], by_day: bool) -> None:
+    """``kbook verify --coverage``'s tables: per pair and source, and per day with ``--by-day``."""
+    from rich.table import Table
+
+    from kbook.units import utc_text
+
+    table = Table(title="coverage (replay's timeline)")
+    for column in ("pair", "source", "valid (h)", "invalid (s)", "invalid spans (UTC)"):
+        table.add_column(column, justify="left" if column in ("pair", "source") else "right")
+    for pair, c in sorted(coverage.items()):
+        spans = [f"{utc_text(a, 0)}..{utc_text(b, 0)}" for a, b in c.invalid_spans[:3]]
+        if len(c.invalid_spans) > 3:
+            spans.append(f"+{len(c.invalid_spans) - 3} more")
+        table.add_row(
+            pair, "all", f"{c.valid_ns / 3.6e12:.3f}", f"{c.invalid_ns / 1e9:.1f}", "\n".join(spans)
+        )
+        for label, valid_ns in sorted(c.sources.items()):
+            table.add_row("", label, f"{valid_ns / 3.6e12:.3f}", "", "")
+    console.print(table)
+    if not by_day:
+        return
+    days = Table(title="coverage per UTC day")
+    for column in ("pair", "day", "valid (h)", "invalid (s)"):
+        days.add_column(column, justify="left" if column in ("pair", "day") else "right")
+    for pair, c in sorted(coverage.items()):
+        for day, d in sorted(c.days.items()):
+            days.add_row(pair, day, f"{d.valid_ns / 3.6e12:.3f}", f"{d.invalid_ns / 1e9:.1f}")
+    console.print(days)
+
+
 @app.command(cls=_Command)
 def verify(
     paths: Annotated[
@@ -116,6 +148,27 @@ def verify(
             "[default: none]",
         ),
     ] = None,
+    coverage: Annotated[
+        bool,
+        typer.Option(
+            "--coverage",
+            help="Also measure each pair's valid and invalid time (and each source's) on "
+            "replay's timeline, with replay's rules.",
+        ),
+    ] = False,
+    by_day: Annotated[
+        bool, typer.Option("--by-day", help="Coverage per UTC day too (implies --coverage).")
+    ] = False,
+    every: Annotated[
+        str, typer.Option(metavar="TIME", help="Coverage grid interval, as replay's --every.")
+    ] = "1s",
+    max_silence: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION",
+            help="Coverage: a source's book is stale once it has received nothing this long.",
+        ),
+    ] = "10s",
 ) -> None:
     """Check every checksum in recorded segments; exit 1 if any failed, 2 for unusable input."""
     import time
@@ -128,6 +181,10 @@ def verify(
 
     started = time.monotonic()
     report = verify_paths(paths)
+    if coverage or by_day:
+        from kbook.coverage import measure_coverage
+
+        report.coverage = measure_coverage(report.files, every, max_silence)
     if metrics_file is not None:
         from kbook import job_metrics
 
@@ -161,6 +218,8 @@ def verify(
             )
         console = Console(width=max(Console().width, 140))
         console.print(table)
+        if report.coverage is not None:
+            _print_coverage(console, report.coverage, by_day)
         console.print(
             f"checksums ok: {report.checksums_ok}, failed: {report.checksums_failed}"
             + (f", other channels: {report.feed.other_channel_frames}")

@@ -483,13 +483,19 @@ def first_recv_ns(path: Path) -> int | None:
     return None
 
 
-def find_segments(paths: Iterable[Path]) -> list[Path]:
+def find_segments(paths: Iterable[Path], dropped: list[Problem] | None = None) -> list[Path]:
     """Segment files named by ``paths`` (files, or folders searched recursively), in time order.
 
     Order is by each file's first receive time, then by name (a recorder's ``-N`` counter read
     as a number); unfinished ``.partial`` segments count too. A named file is taken whatever its
     name (and checked to be a segment); a missing path or a folder without segments is an
     ``InputError`` naming it.
+
+    A stale copy is left out: a ``X.partial`` found beside its finished segment ``X`` whose first
+    frame (receive time and ``seq``) is the same as ``X``'s is the head of ``X`` saved before the
+    recorder closed and renamed it (a sync tool copied it mid-write), so its frames are frames of
+    ``X``, and reading both would count each twice. Each one left out is appended to ``dropped``
+    as a ``Problem`` naming it, for the caller to warn about.
     """
     found: list[Path] = []
     for path in paths:
@@ -504,8 +510,28 @@ def find_segments(paths: Iterable[Path]) -> list[Path]:
         else:
             raise InputError(f"{path}: no such file or folder")
     unique = list(dict.fromkeys(found))
+    for path in [p for p in unique if p.name.endswith(PARTIAL_SUFFIX)]:
+        finished = path.with_name(path.name.removesuffix(PARTIAL_SUFFIX))
+        head = _first_frame(path) if finished in unique else None
+        if head is not None and head == _first_frame(finished):
+            unique.remove(path)
+            if dropped is not None:
+                reason = f"a stale copy of the head of {finished.name}: left out (read once)"
+                dropped.append(Problem(path, 0, reason))
     starts = {path: first_recv_ns(path) for path in unique}
     return sorted(unique, key=lambda p: (starts[p] is None, starts[p] or 0, *_name_order(p)))
+
+
+def _first_frame(path: Path) -> tuple[int, int] | None:
+    """``(recv_ns, seq)`` of a segment's first line that has both, or None."""
+    try:
+        for record in SegmentReader(path):
+            recv_ns, seq = record.get("recv_ns"), record.get("seq")
+            if type(recv_ns) is int and type(seq) is int:
+                return recv_ns, seq
+    except SegmentError:
+        return None
+    return None
 
 
 def segment_path(root: Path, pair: str, start_ns: int, counter: int = 0) -> Path:

@@ -22,9 +22,10 @@ than the snapshot of recent trades covers) is counted and flagged; v1 has no ids
 
 Plain updates go through ``kbook.lines.LineFeed`` (the native core where it was built), as in
 replay, and every other line through the feed one at a time; each book is followed once a frame
-made it. So frames count as received at the largest receive time seen so far in the stream, as
-replay applies them: after the wall clock stepped back, invalid time is measured on that clock,
-never on one running backwards.
+made it, up to the last sane receive time (``kbook.segment.sane_recv_ns``): a line stamped
+later is handed back and skipped, as replay skips it. So frames count as received at the largest
+receive time seen so far in the stream, as replay applies them: after the wall clock stepped
+back, invalid time is measured on that clock, never on one running backwards.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbook.api import Api
 from kbook.dialect import Dialect, dialect_for
@@ -40,9 +41,12 @@ from kbook.errors import FrameError
 from kbook.feed import BookFeed, Outcome, PairStats
 from kbook.lines import LineFeed
 from kbook.pairs import common_name
-from kbook.segment import Problem, find_segments, sane_recv_ns, stream_name
+from kbook.segment import RECV_NS_MAX, Problem, find_segments, sane_recv_ns, stream_name
 from kbook.trades import TradeLedger, in_order
 from kbook.v2 import RecordReader, feed_for, segment_api
+
+if TYPE_CHECKING:  # numpy and pyarrow load only when coverage is asked for
+    from kbook.coverage import PairCoverage
 
 
 @dataclass
@@ -64,6 +68,8 @@ class VerifyReport:
     """Common pair name -> API -> that API's counts (their sum is ``pairs``)."""
     trades: TradeLedger = field(default_factory=TradeLedger)
     """Trades per pair (common name), each once; v2 trade-id gaps."""
+    coverage: dict[str, PairCoverage] | None = None
+    """Common pair name -> its coverage on replay's timeline (``kbook.coverage``), when asked."""
 
     @property
     def pairs(self) -> dict[str, PairStats]:
@@ -122,6 +128,11 @@ class VerifyReport:
                 for pair, t in sorted(self.trades.pairs.items())
             },
             "problems": [str(problem) for problem in self.problems],
+            **(
+                {}
+                if self.coverage is None
+                else {"coverage": {p: c.to_json() for p, c in sorted(self.coverage.items())}}
+            ),
         }
 
     def trade_gaps(self) -> list[str]:
@@ -136,12 +147,13 @@ class VerifyReport:
 
 def verify_paths(paths: Iterable[Path]) -> VerifyReport:
     """Verify every book frame in the segments under ``paths``, each stream in time order."""
-    files = find_segments(paths)
+    dropped: list[Problem] = []
+    files = find_segments(paths, dropped)
     streams: dict[tuple[str, str], list[Path]] = {}
     for path in files:
         streams.setdefault((stream_name(path), segment_api(path)), []).append(path)
     total = BookFeed()
-    report = VerifyReport(files=files, feed=total)
+    report = VerifyReport(files=files, feed=total, problems=dropped)
     done: list[tuple[str, BookFeed]] = []
     for (_name, api), stream_files in streams.items():
         feed = feed_for(api)
@@ -229,7 +241,9 @@ def _verify_record(
         report.raw_frames += 1
     key = feed.last_key
     if key is not None and key[0] not in lines.routes:
-        lines.follow(*key)
+        # A line stamped past the sane window is handed back to this function (which skips it,
+        # as replay does) instead of being applied by ``LineFeed.run``.
+        lines.follow(*key).limit = RECV_NS_MAX - 1
     books = feed.books
     for route in lines.routes.values():
         route.book = books.get(route.key)

@@ -378,7 +378,8 @@ def run_replay(
     into Parquet files under ``folder`` (no manifest; nothing published). Tests call it with
     options ``make_options`` does not expose (``min_chunk_bytes``).
     """
-    segments = find_segments(_as_paths(paths))
+    dropped: list[Problem] = []
+    segments = find_segments(_as_paths(paths), dropped)
     total = sum(path.stat().st_size for path in segments)
     # A pool costs a fresh interpreter per worker (about 0.3 s here) and the join; below some
     # 16 MB of segments (half a second of replay with the native core) one process is as fast:
@@ -410,6 +411,8 @@ def run_replay(
                 progress(done, total)
 
         outcomes = run_streams(streams, options, folder, tick, workers)
+    if outcomes:  # stale copies left out of the replay, warned about first
+        outcomes[0][0].problems[:0] = dropped
     return infos, outcomes + _timelines(streams, outcomes, options, folder)
 
 

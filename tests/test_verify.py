@@ -14,6 +14,7 @@ import pytest
 from kbook.captures import read_capture
 from kbook.feed import BookFeed, Outcome
 from kbook.segment import frame_line, write_segment
+from kbook.verify import verify_paths
 
 from conftest import V1_CAPTURES
 
@@ -207,3 +208,23 @@ def test_malformed_frames_are_reported_with_file_and_line(tmp_path: Path) -> Non
     assert "odd.jsonl.zst:3: JSON, but not a well-formed Kraken frame" in result.stderr
     assert "odd.jsonl.zst: 7 more malformed frames" in result.stderr
     assert json.loads(result.stdout)["malformed_frames"] == 27
+
+
+def test_update_stamped_after_2100_is_skipped_as_replay_skips_it(
+    captures_dir: Path, tmp_path: Path
+) -> None:
+    """The native loop applied a plain update before any check of its receive time."""
+    frames = read_capture(captures_dir / "orderbook-v1.json")
+    last = book_update_indexes([orjson.loads(text) for _, text in frames])[-1]
+    year_2200_ns = 7_258_118_400 * 10**9
+    lines = (
+        frame_line(year_2200_ns if seq == last else recv_ns, seq, text, True)
+        for seq, (recv_ns, text) in enumerate(frames)
+    )
+    path = write_segment(tmp_path / "future.jsonl.zst", lines)
+    report = verify_paths([path])
+    pair = report.pairs["BTC/USD"]
+    assert pair.updates == 979 - 1
+    assert report.checksums_ok == 979 - 1
+    assert report.skipped_times == 1
+    assert any("after 2100 skipped" in str(problem) for problem in report.problems)
