@@ -16,9 +16,10 @@ Writing: ``publish_dataset`` moves a finished local dataset to ``s3://``. Object
 atomic rename of a folder, so the dataset's own manifest is the commit point: the old manifest is
 deleted first, every file is uploaded under a temporary key (``_kbook_tmp-<id>/...``, a prefix
 dataset readers skip) and moved to its place, files of an older dataset that the new one does not
-have are deleted, and the manifest, listing every file, is written last. A run that dies on the
-way leaves no manifest, which ``read_snapshots`` refuses ("unfinished"); readers that trust the
-manifest never see half a dataset. Each file is one object written in one piece: no zero-byte
+have are deleted, and the manifest, listing every file, is written last (then the temporary keys
+that killed runs left are removed). A run that dies on the way leaves no manifest, which
+``read_snapshots`` refuses ("did not finish"); readers that trust the manifest never see half a
+dataset. Each file is one object written in one piece: no zero-byte
 "folder" objects (which break readers going through s3fs).
 """
 
@@ -219,6 +220,10 @@ def publish_dataset(folder: Path, location: Location, manifest: str, force: bool
         record["files"] = {key: (folder / key).stat().st_size for key in files}
         with fs.open_output_stream(location.join(manifest)) as out:
             out.write(orjson.dumps(record, option=orjson.OPT_INDENT_2))
+        for debris in sorted(
+            {key.split("/", 1)[0] for key in old if key.startswith(TEMPORARY_PREFIX)}
+        ):
+            _remove_prefix(fs, location.join(debris))  # left by a replay killed while publishing
     except OSError as exc:
         _remove_prefix(fs, location.join(staging))
         raise OutputError(

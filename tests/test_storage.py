@@ -14,6 +14,7 @@ import orjson
 import pandas as pd
 import polars as pl
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pytest
 from replay_support import SynthMarket, write_frames
 from s3_support import BUCKET, S3Server, aws_env, s3_server
@@ -181,3 +182,42 @@ def test_the_cli_verifies_replays_and_plots_on_s3(raw: Path, s3: S3Server, tmp_p
     missing = kbook("verify", f"s3://{BUCKET}/nothing-here")
     assert missing.returncode == 2
     assert missing.stderr.startswith("kbook: error: s3://kbook/nothing-here: no segments")
+
+
+def test_a_replay_killed_while_publishing_leaves_no_dataset_to_read(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """Killed (SIGKILL) with the new files half uploaded over an old dataset: readers find no
+    manifest and refuse, rather than a mix; the next replay with --force publishes whole."""
+    folder = tmp_path / "raw"
+    for pair, seed in (("XBT/USD", 3), ("ETH/USD", 4)):  # 2 x 40 days: 80 partitions to publish
+        frames = SynthMarket(pair, depth=10, seed=seed).frames(160, MIDNIGHT, 6 * 3600 * SECOND)
+        write_frames(folder / f"{pair.replace('/', '-')}.jsonl.zst", frames)
+    out = f"s3://{BUCKET}/killed"
+    replay.replay_to_dataset(folder, out, every="1h", levels=5)
+    old = s3.objects("killed")
+    fs = s3.filesystem()
+    command = [sys.executable, "-m", "kbook", "replay", str(folder), "--out", out]
+    args = [*command, "--every", "30m", "--levels", "5", "--force", "--workers", "1"]
+    with subprocess.Popen(args, env={**os.environ, **s3.env}, stderr=subprocess.PIPE) as run:
+        selector = pafs.FileSelector(f"{BUCKET}/killed", recursive=True)
+        while not any(
+            "_kbook_tmp-" in info.path and info.type == pafs.FileType.File
+            for info in fs.get_file_info(selector)
+        ):
+            assert run.poll() is None, "the replay ended before it was killed"
+        run.kill()
+    assert run.returncode == -9
+    objects = s3.objects("killed")
+    assert MANIFEST not in objects
+    assert any(key.startswith("_kbook_tmp-") for key in objects)
+    assert all(objects.get(key) == data for key, data in old.items() if key != MANIFEST)
+    with pytest.raises(InputError, match="did not finish"):
+        replay.read_snapshots(out)
+
+    replay.replay_to_dataset(folder, out, every="30m", levels=5, force=True)
+    replay.replay_to_dataset(folder, tmp_path / "whole", every="30m", levels=5)
+    objects = s3.objects("killed")
+    objects.pop(MANIFEST)
+    assert objects == local_files(tmp_path / "whole"), "and the killed run's debris is gone"
+    assert replay.read_snapshots(out).equals(replay.read_snapshots(tmp_path / "whole"))
