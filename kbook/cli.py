@@ -413,6 +413,22 @@ def replay(
     workers: Annotated[
         int, typer.Option(metavar="N", help="Worker processes; 0 means every core.")
     ] = 0,
+    engine: Annotated[
+        str,
+        typer.Option(
+            metavar="ENGINE",
+            help="Where the work runs: local (a process pool) or dask (a LocalCluster of "
+            "--workers processes, or the cluster of --scheduler; pip install 'kbook[dask]').",
+        ),
+    ] = "local",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="With --engine dask: the scheduler to join, e.g. tcp://host:8786. "
+            "[default: a LocalCluster]",
+        ),
+    ] = None,
     api: Annotated[
         str | None,
         typer.Option(
@@ -479,6 +495,8 @@ def replay(
                 api=api,
                 max_silence=max_silence,
                 update=update,
+                engine=engine,
+                scheduler=scheduler,
             )
     except _Interrupted as exc:
         name = signal.Signals(exc.signum).name

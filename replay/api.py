@@ -12,12 +12,10 @@ streams run on a process pool, and the output is the same as with one worker.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ from kbook.units import utc_day, utc_text
 from replay.chunks import read_spool
 from replay.columns import TIMESTAMP, file_schema, row_group_rows, table_schema
 from replay.engine import StreamResult, merge_results
+from replay.executor import open_pool, parse_engine
 from replay.options import (
     MAX_SILENCE_NS,
     DurationLike,
@@ -88,6 +87,15 @@ PathsLike = Iterable[str | Path] | str | Path
 Tick = Callable[[int], None]
 ProgressCallback = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)`` of compressed segment data."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """How a replay runs, beside what it computes: progress, and the engine of its work."""
+
+    progress: ProgressCallback | None
+    engine: str
+    scheduler: str | None
 
 
 @dataclass
@@ -194,16 +202,23 @@ def replay_to_dataset(
     api: str | None = None,
     max_silence: DurationLike = MAX_SILENCE_NS,
     update: bool = False,
+    engine: str = "local",
+    scheduler: str | None = None,
 ) -> ReplaySummary:
-    """Replay segments into a Parquet dataset at ``out``, atomically (see ``replay.parquet``);
-    ``api`` and ``max_silence`` as in ``replay_table``. ``update`` rewrites only the partitions
-    of an existing dataset whose inputs changed (``replay.update``)."""
+    """Replay segments into a Parquet dataset at ``out`` (a folder or ``s3://`` URI),
+    atomically (see ``replay.parquet``, ``kbook.storage``); ``api`` and ``max_silence`` as in
+    ``replay_table``. ``update`` rewrites only the partitions of an existing dataset whose inputs
+    changed (``replay.update``).
+
+    ``engine="dask"`` runs the work on a Dask ``LocalCluster`` of ``workers`` processes, or on
+    the cluster of ``scheduler`` (``tcp://host:8786``); see ``replay.executor``."""
     began = time.monotonic()
     options = make_options(every, levels, pairs, start, end, workers, api, max_silence)
+    run = Run(progress, parse_engine(engine, scheduler), scheduler)
     if is_remote(out):
         if update:
             raise UsageError("--update works on a local --out; replay to s3:// in full")
-        return _replay_to_remote(paths, open_location(out, "--out"), options, force, progress)
+        return _replay_to_remote(paths, open_location(out, "--out"), options, force, run)
     out = Path(out)
     if update and force:
         raise UsageError("--update keeps what did not change and --force replaces it all: pick one")
@@ -214,7 +229,7 @@ def replay_to_dataset(
     done = False
     try:
         folder = temporary_folder(out)
-        summary, infos = _replay_into(paths, options, folder, progress, out)
+        summary, infos = _replay_into(paths, options, folder, run, out)
         summary.seconds = time.monotonic() - began
         write_manifest(folder, _manifest(summary, infos))
         publish(folder, out, force)
@@ -296,12 +311,14 @@ def _replay_into(
     paths: PathsLike,
     options: ReplayOptions,
     folder: Path,
-    progress: ProgressCallback | None,
+    run: Run,
     out: Path | str,
 ) -> tuple[ReplaySummary, list[SegmentInfo]]:
     """Replay into the unpublished dataset ``folder``; its summary (files under ``folder``)
     and the segments' surveys."""
-    infos, outcomes = run_replay(paths, options, folder, progress)
+    infos, outcomes = run_replay(
+        paths, options, folder, run.progress, None, run.engine, run.scheduler
+    )
     result = merge_results([outcome[0] for outcome in outcomes])
     _require_rows(result, options, infos)
     segments = [info.path for info in infos]
@@ -314,7 +331,7 @@ def _replay_to_remote(
     location: Location,
     options: ReplayOptions,
     force: bool,
-    progress: ProgressCallback | None,
+    run: Run,
 ) -> ReplaySummary:
     """``replay_to_dataset`` into object storage: the dataset is made in a private local folder,
     then published object by object, its manifest last (``kbook.storage.publish_dataset``)."""
@@ -322,7 +339,7 @@ def _replay_to_remote(
     check_remote_output(location, MANIFEST, force)
     folder = Path(tempfile.mkdtemp(prefix="kbook-replay-"))
     try:
-        summary, infos = _replay_into(paths, options, folder, progress, location.text)
+        summary, infos = _replay_into(paths, options, folder, run, location.text)
         summary.seconds = time.monotonic() - began
         write_manifest(folder, _manifest(summary, infos))
         keys = publish_dataset(folder, location, MANIFEST, force)
@@ -450,15 +467,20 @@ def run_replay(
     folder: Path | None,
     progress: ProgressCallback | None,
     known: dict[Path, SegmentInfo] | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
 ) -> tuple[list[SegmentInfo], list[tuple[StreamResult, Rows]]]:
-    """Find, survey and plan, then run every stream (on a pool when it pays); outcomes in order.
+    """Find, survey and plan, then run every stream (on a pool when it pays, or on the Dask
+    cluster of ``replay.executor``); outcomes in order.
 
     What both public functions share. Rows go to in-memory batches when ``folder`` is None, else
     into Parquet files under ``folder`` (no manifest; nothing published). Tests call it with
     options ``make_options`` does not expose (``min_chunk_bytes``).
     """
     with local_segments(_as_inputs(paths)) as local:
-        return _run_local(find_segments(local), options, folder, progress, known or {})
+        return _run_local(
+            find_segments(local), options, folder, progress, known or {}, engine, scheduler
+        )
 
 
 def _run_local(
@@ -467,25 +489,22 @@ def _run_local(
     folder: Path | None,
     progress: ProgressCallback | None,
     known: dict[Path, SegmentInfo],
+    engine: str,
+    scheduler: str | None,
 ) -> tuple[list[SegmentInfo], list[tuple[StreamResult, Rows]]]:
     total = sum(path.stat().st_size for path in segments)
     # A pool costs a fresh interpreter per worker (about 0.3 s here) and the join; below some
     # 16 MB of segments (half a second of replay with the native core) one process is as fast:
     # measured 0.32 s alone against 0.38 s with a pool at 9 MB, 0.57 s against 0.48 s at 17 MB.
-    use_pool = options.workers > 1 and len(segments) > 1 and total >= 16 * options.min_chunk_bytes
-    context = multiprocessing.get_context("spawn")
-    pool_cm = (
-        # This process works too (``replay.parallel.share``): one worker fewer.
-        ProcessPoolExecutor(max_workers=options.workers - 1, mp_context=context)
-        if use_pool
-        else nullcontext()
+    use_pool = engine == "dask" or (
+        options.workers > 1 and len(segments) > 1 and total >= 16 * options.min_chunk_bytes
     )
-    with pool_cm as pool:
+    with open_pool(engine, options.workers, scheduler) if use_pool else nullcontext() as pool:
         workers = None
         if pool is not None:
             # Workers start while this process surveys; work goes to each once it is up.
-            started = [pool.submit(_warm_up) for _ in range(options.workers - 1)]
-            workers = Workers(pool, started)
+            started = [pool.executor.submit(_warm_up) for _ in range(pool.slots)]
+            workers = Workers(pool.executor, started, pool.here)
         infos = _survey(segments, workers, known)
         streams = plan_streams(infos, options)
         if progress is not None:
