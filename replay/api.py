@@ -575,19 +575,33 @@ def _warm_up() -> None:
     """Nothing: importing this module in a worker is the point."""
 
 
+SURVEY_BATCHES = 4
+"""Batches of segments to survey per worker: a task on a Dask cluster costs some 20-40 ms of
+round trip, which a task per segment would pay hundreds of times over."""
+
+
 def _survey(
     segments: list[Path], workers: Workers | None, known: dict[Path, SegmentInfo]
 ) -> list[SegmentInfo]:
     """Survey each segment (``known`` ones were surveyed before, by an ``--update``'s
-    manifest)."""
+    manifest); on a pool or cluster, in a few batches per worker."""
     todo = [path for path in segments if path not in known]
-    found: dict[int, SegmentInfo] = {}
     if workers is None:
-        found = {index: survey_segment(path) for index, path in enumerate(todo)}
+        fresh = [survey_segment(path) for path in todo]
     else:
-        share(workers, survey_segment, todo, found.__setitem__)
-    surveyed = {path: found[index] for index, path in enumerate(todo)}
+        slots = len(workers.started) + workers.here
+        size = max(1, -(-len(todo) // (SURVEY_BATCHES * slots)))
+        batches = [todo[first : first + size] for first in range(0, len(todo), size)]
+        found: dict[int, list[SegmentInfo]] = {}
+        share(workers, survey_batch, batches, found.__setitem__)
+        fresh = [info for index in range(len(batches)) for info in found[index]]
+    surveyed = dict(zip(todo, fresh, strict=True))
     return [known.get(path) or surveyed[path] for path in segments]
+
+
+def survey_batch(paths: list[Path]) -> list[SegmentInfo]:
+    """``survey_segment`` of each path: one task of the survey on a pool or cluster."""
+    return [survey_segment(path) for path in paths]
 
 
 def _require_rows(result: StreamResult, options: ReplayOptions, infos: list[SegmentInfo]) -> None:

@@ -242,7 +242,10 @@ def _describe(item: object) -> str:
             f" to {segments[-1].path.name}" if len(segments) > 1 else ""
         )
         return f"the replay of {pairs or 'a stream'} from {names}"
-    return f"the survey of {item}"
+    if isinstance(item, list) and item and isinstance(item[0], Path):
+        more = f" to {item[-1]}" if len(item) > 1 else ""
+        return f"the survey of {item[0]}{more}"
+    return f"the work on {item}"
 
 
 def _why(error: BaseException) -> str:
