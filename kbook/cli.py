@@ -908,8 +908,8 @@ def plot(
     from replay import read_snapshots
 
     require_matplotlib()
+    found = _snapshot_pairs(snapshots)  # and a one-line error for what is not a dataset
     if pair is None:
-        found = _snapshot_pairs(snapshots)
         if len(found) != 1:
             choices = ", ".join(name.replace("-", "/") for name in found) or "none"
             raise UsageError(f"name the pair to draw with --pair (found: {choices})")

@@ -229,9 +229,7 @@ def replay_to_dataset(
     done = False
     try:
         folder = temporary_folder(out)
-        summary, infos = _replay_into(paths, options, folder, run, out)
-        summary.seconds = time.monotonic() - began
-        write_manifest(folder, _manifest(summary, infos))
+        summary = _replay_into(paths, options, folder, run, out, began)
         publish(folder, out, force)
         done = True
         summary.files = [out / Path(path).relative_to(folder) for path in summary.files]
@@ -313,17 +311,23 @@ def _replay_into(
     folder: Path,
     run: Run,
     out: Path | str,
-) -> tuple[ReplaySummary, list[SegmentInfo]]:
-    """Replay into the unpublished dataset ``folder``; its summary (files under ``folder``)
-    and the segments' surveys."""
-    infos, outcomes = run_replay(
-        paths, options, folder, run.progress, None, run.engine, run.scheduler
-    )
-    result = merge_results([outcome[0] for outcome in outcomes])
-    _require_rows(result, options, infos)
-    segments = [info.path for info in infos]
-    files = sorted(path for _result, rows in outcomes for path in rows.files)
-    return ReplaySummary(options, segments, result, out, files), infos
+    began: float,
+) -> ReplaySummary:
+    """Replay into the unpublished dataset ``folder`` and write its manifest there; the summary
+    (files under ``folder``). ``s3://`` inputs are read from a local copy (``kbook.storage``),
+    kept until the manifest has taken their fingerprints."""
+    with local_segments(_as_inputs(paths)) as local:
+        infos, outcomes = run_replay(
+            local, options, folder, run.progress, None, run.engine, run.scheduler
+        )
+        result = merge_results([outcome[0] for outcome in outcomes])
+        _require_rows(result, options, infos)
+        segments = [info.path for info in infos]
+        files = sorted(path for _result, rows in outcomes for path in rows.files)
+        summary = ReplaySummary(options, segments, result, out, files)
+        summary.seconds = time.monotonic() - began
+        write_manifest(folder, _manifest(summary, infos))
+    return summary
 
 
 def _replay_to_remote(
@@ -339,9 +343,7 @@ def _replay_to_remote(
     check_remote_output(location, MANIFEST, force)
     folder = Path(tempfile.mkdtemp(prefix="kbook-replay-"))
     try:
-        summary, infos = _replay_into(paths, options, folder, run, location.text)
-        summary.seconds = time.monotonic() - began
-        write_manifest(folder, _manifest(summary, infos))
+        summary = _replay_into(paths, options, folder, run, location.text, began)
         keys = publish_dataset(folder, location, MANIFEST, force)
         summary.files = [location.uri(key) for key in keys]
         return summary
