@@ -5,6 +5,8 @@ changes nothing; a unit that kills its worker every time fails the replay, named
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,20 @@ def test_an_unknown_engine_or_a_scheduler_without_dask_is_refused(
         replay.replay_to_dataset(raw, tmp_path / "a", engine="spark")
     with pytest.raises(UsageError, match="--scheduler is for --engine dask"):
         replay.replay_to_dataset(raw, tmp_path / "b", workers=2, scheduler="tcp://127.0.0.1:1")
+
+
+def test_without_dask_the_engine_says_what_to_install(raw: Path, tmp_path: Path) -> None:
+    """As on a machine without the extra: ``distributed`` cannot be imported."""
+    code = (
+        "import sys; sys.modules['distributed'] = None; from kbook.cli import main; "
+        f"sys.argv = ['kbook', 'replay', {str(raw)!r}, '--out', {str(tmp_path / 'o')!r}, "
+        "'--engine', 'dask']; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "kbook: error: --engine dask needs Dask distributed: pip install 'kbook[dask]'"
+    ]
+    assert not (tmp_path / "o").exists()
