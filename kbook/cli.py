@@ -452,6 +452,7 @@ def replay(
     ] = "10s",
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
+    from kbook.errors import UsageError
     from kbook.lines import native_core
     from kbook.storage import is_remote
     from replay.api import replay_to_dataset
