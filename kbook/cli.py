@@ -134,8 +134,11 @@ def _print_coverage(console: Console, coverage: dict[str, PairCoverage], by_day:
 @app.command(cls=_Command)
 def verify(
     paths: Annotated[
-        list[Path],
-        typer.Argument(metavar="PATH", help="Segment files, or folders searched for *.jsonl.zst."),
+        list[str],
+        typer.Argument(
+            metavar="PATH",
+            help="Segment files, or folders searched for *.jsonl.zst; s3://bucket/prefix too.",
+        ),
     ],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as one JSON object.")
@@ -406,10 +409,11 @@ def record(
 @app.command(cls=_Command)
 def replay(
     paths: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Argument(
             metavar="PATH",
-            help="Segment files, or folders searched for *.jsonl.zst. [default: data/raw]",
+            help="Segment files, or folders searched for *.jsonl.zst; s3://bucket/prefix too. "
+            "[default: data/raw]",
         ),
     ] = None,
     pair: Annotated[
@@ -439,9 +443,11 @@ def replay(
         int, typer.Option(help="Levels per side in each row, up to the recorded depth.")
     ] = 10,
     out: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Dataset folder to create [default: data/snapshots; with --trades, data/trades]."
+            metavar="PATH",
+            help="Dataset folder to create, or s3://bucket/prefix "
+            "[default: data/snapshots; with --trades, data/trades].",
         ),
     ] = None,
     force: Annotated[
@@ -466,6 +472,22 @@ def replay(
     workers: Annotated[
         int, typer.Option(metavar="N", help="Worker processes; 0 means every core.")
     ] = 0,
+    engine: Annotated[
+        str,
+        typer.Option(
+            metavar="ENGINE",
+            help="Where the work runs: local (a process pool) or dask (a LocalCluster of "
+            "--workers processes, or the cluster of --scheduler; pip install 'kbook[dask]').",
+        ),
+    ] = "local",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="With --engine dask: the scheduler to join, e.g. tcp://host:8786. "
+            "[default: a LocalCluster]",
+        ),
+    ] = None,
     api: Annotated[
         str | None,
         typer.Option(
@@ -489,18 +511,24 @@ def replay(
     ] = "10s",
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
+    from kbook.errors import UsageError
     from kbook.lines import native_core
+    from kbook.storage import is_remote
     from replay.api import replay_to_dataset
     from replay.report import print_summary, progress_bar
 
+    remote = any(is_remote(path) for path in [*(paths or []), out or ""])
     if trades:
-        out = out or Path("data/trades")
-        _replay_trades(paths or [_default_raw()], out, pair, start, end, force, api)
+        if remote:
+            raise UsageError("--trades reads and writes local paths; copy the segments first")
+        out = out or "data/trades"
+        inputs = [Path(path) for path in paths] if paths else [_default_raw()]
+        _replay_trades(inputs, Path(out), pair, start, end, force, api)
         return
-    out = out or Path("data/snapshots")
+    out = out or "data/snapshots"
     from replay.trades import replay_without_books
 
-    note = replay_without_books(paths or [_default_raw()], out, force)
+    note = None if remote else replay_without_books(paths or [_default_raw()], out, force)
     if note is not None:
         typer.echo(f"kbook replay: {note}", err=True)
         return
@@ -527,6 +555,8 @@ def replay(
                 api=api,
                 max_silence=max_silence,
                 update=update,
+                engine=engine,
+                scheduler=scheduler,
             )
     except _Interrupted as exc:
         name = signal.Signals(exc.signum).name
@@ -822,6 +852,21 @@ def _stopped_by_signals() -> Iterator[_Stopped]:
             signal.signal(sig, handler)
 
 
+def _snapshot_pairs(snapshots: str) -> list[str]:
+    """The pairs (``BTC-USD``) of a snapshot dataset, local or on object storage."""
+    from kbook.storage import is_remote, open_location
+    from replay.api import snapshot_keys
+    from replay.parquet import require_snapshots
+
+    if is_remote(snapshots):
+        keys = snapshot_keys(open_location(snapshots, "SNAPSHOTS"))
+        names = {key.split("/", 1)[0] for key in keys}
+    else:
+        require_snapshots(Path(snapshots))
+        names = {p.name for p in Path(snapshots).glob("pair=*")}
+    return sorted(name.removeprefix("pair=") for name in names)
+
+
 def _default_raw() -> Path:
     """``data/raw``, the recorder's default output, when it exists; else a one-line hint."""
     from kbook.errors import UsageError
@@ -896,7 +941,10 @@ def demo(
 @app.command(cls=_Command)
 def plot(
     snapshots: Annotated[
-        Path, typer.Argument(metavar="SNAPSHOTS", help="A dataset written by kbook replay.")
+        str,
+        typer.Argument(
+            metavar="SNAPSHOTS", help="A dataset written by kbook replay (s3://bucket/prefix too)."
+        ),
     ],
     pair: Annotated[
         str | None, typer.Option(help="Pair to draw, e.g. BTC/USD [default: the only one].")
@@ -918,12 +966,10 @@ def plot(
     from kbook.pairs import common_name, parse_pair
     from kbook.plot import plot_book, require_matplotlib
     from replay import read_snapshots
-    from replay.parquet import require_snapshots
 
     require_matplotlib()
-    require_snapshots(snapshots)
+    found = _snapshot_pairs(snapshots)  # and a one-line error for what is not a dataset
     if pair is None:
-        found = sorted(p.name.removeprefix("pair=") for p in snapshots.glob("pair=*"))
         if len(found) != 1:
             choices = ", ".join(name.replace("-", "/") for name in found) or "none"
             raise UsageError(f"name the pair to draw with --pair (found: {choices})")

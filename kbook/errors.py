@@ -6,7 +6,8 @@
     │   └── SegmentError       a file that is not a readable kbook segment
     ├── FrameError             a frame that is JSON but not a well-formed Kraken book frame
     ├── OutputError            output that cannot be written: exists, unwritable, disk full (exit 2)
-    └── RecordError            the recorder could not record at all (exit 1)
+    ├── RecordError            the recorder could not record at all (exit 1)
+    └── TaskError              a unit of replay work failed on its pool or cluster, retried (exit 1)
 
 Every message names the thing at fault and says what to do about it.
 """
@@ -46,3 +47,7 @@ class OutputError(KbookError):
 
 class RecordError(KbookError):
     """The recorder could not record at all."""
+
+
+class TaskError(KbookError):
+    """A unit of replay work that failed on a pool or cluster, after its retries."""

@@ -42,6 +42,7 @@ from kbook.feed import BookFeed, Outcome, PairStats
 from kbook.lines import LineFeed
 from kbook.pairs import common_name
 from kbook.segment import RECV_NS_MAX, Problem, find_segments, sane_recv_ns, stream_name
+from kbook.storage import local_segments
 from kbook.trades import TradeLedger, in_order
 from kbook.v2 import RecordReader, feed_for, segment_api
 
@@ -145,10 +146,15 @@ class VerifyReport:
         ]
 
 
-def verify_paths(paths: Iterable[Path]) -> VerifyReport:
-    """Verify every book frame in the segments under ``paths``, each stream in time order."""
-    dropped: list[Problem] = []
-    files = find_segments(paths, dropped)
+def verify_paths(paths: Iterable[str | Path]) -> VerifyReport:
+    """Verify every book frame in the segments under ``paths`` (local, or ``s3://`` URIs read
+    through ``kbook.storage``), each stream in time order."""
+    with local_segments(paths) as local:
+        dropped: list[Problem] = []
+        return _verify_local(find_segments(local, dropped), dropped)
+
+
+def _verify_local(files: list[Path], dropped: list[Problem]) -> VerifyReport:
     streams: dict[tuple[str, str], list[Path]] = {}
     for path in files:
         streams.setdefault((stream_name(path), segment_api(path)), []).append(path)

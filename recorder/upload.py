@@ -43,6 +43,7 @@ import pyarrow.fs as pafs
 from kbook.errors import OutputError, UsageError
 from kbook.live.backoff import Backoff
 from kbook.segment import SUFFIX
+from kbook.storage import open_location
 from kbook.units import SECOND
 from recorder.metrics import disk_free_bytes
 
@@ -76,24 +77,9 @@ class Entry:
 
 
 def open_destination(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A filesystem and base path for ``s3://bucket/prefix`` or a local folder."""
-    if uri.startswith("s3://"):
-        base = uri.removeprefix("s3://").strip("/")
-        if not base:
-            raise UsageError(f"--upload {uri!r}: name a bucket, e.g. s3://my-bucket/kbook")
-        endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        fs = pafs.S3FileSystem(
-            endpoint_override=endpoint,
-            region=region or "us-east-1",
-            connect_timeout=5,
-            request_timeout=30,
-            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3),
-        )
-        return fs, base
-    if "://" in uri and not uri.startswith("file://"):
-        raise UsageError(f"--upload {uri!r}: give s3://bucket/prefix or a local folder")
-    return pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).absolute())
+    """A filesystem and base path for ``s3://bucket/prefix`` or a local folder (``kbook.storage``)."""
+    location = open_location(uri, "--upload")
+    return location.fs, location.path
 
 
 def sha256_of(path: Path) -> tuple[int, str]:

@@ -12,11 +12,10 @@ streams run on a process pool, and the output is the same as with one worker.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,20 @@ from kbook.errors import InputError, UsageError
 from kbook.feed import channel_depth
 from kbook.pairs import common_name, file_name
 from kbook.segment import Problem, find_segments
+from kbook.storage import (
+    Location,
+    check_remote_output,
+    is_remote,
+    local_segments,
+    open_location,
+    publish_dataset,
+    read_remote_manifest,
+)
 from kbook.units import utc_day, utc_text
 from replay.chunks import read_spool
 from replay.columns import TIMESTAMP, file_schema, row_group_rows, table_schema
 from replay.engine import StreamResult, merge_results
+from replay.executor import open_pool, parse_engine
 from replay.options import (
     MAX_SILENCE_NS,
     DurationLike,
@@ -80,6 +89,15 @@ ProgressCallback = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)`` of compressed segment data."""
 
 
+@dataclass(frozen=True)
+class Run:
+    """How a replay runs, beside what it computes: progress, and the engine of its work."""
+
+    progress: ProgressCallback | None
+    engine: str
+    scheduler: str | None
+
+
 @dataclass
 class ReplaySummary:
     """What a replay did: rows and invalid spans per pair, problems met, where it went."""
@@ -87,8 +105,10 @@ class ReplaySummary:
     options: ReplayOptions
     segments: list[Path]
     result: StreamResult
-    out: Path | None = None
-    files: list[Path] = field(default_factory=list)
+    out: Path | str | None = None
+    """A local folder, or an ``s3://`` URI."""
+    files: list[Path] | list[str] = field(default_factory=list)
+    """The dataset's files (URIs for a dataset on object storage)."""
     seconds: float = 0.0
     updated: int | None = None
     """With ``update``: partitions rewritten (None for a full replay)."""
@@ -182,12 +202,23 @@ def replay_to_dataset(
     api: str | None = None,
     max_silence: DurationLike = MAX_SILENCE_NS,
     update: bool = False,
+    engine: str = "local",
+    scheduler: str | None = None,
 ) -> ReplaySummary:
-    """Replay segments into a Parquet dataset at ``out``, atomically (see ``replay.parquet``);
-    ``api`` and ``max_silence`` as in ``replay_table``. ``update`` rewrites only the partitions
-    of an existing dataset whose inputs changed (``replay.update``)."""
+    """Replay segments into a Parquet dataset at ``out`` (a folder or ``s3://`` URI),
+    atomically (see ``replay.parquet``, ``kbook.storage``); ``api`` and ``max_silence`` as in
+    ``replay_table``. ``update`` rewrites only the partitions of an existing dataset whose inputs
+    changed (``replay.update``).
+
+    ``engine="dask"`` runs the work on a Dask ``LocalCluster`` of ``workers`` processes, or on
+    the cluster of ``scheduler`` (``tcp://host:8786``); see ``replay.executor``."""
     began = time.monotonic()
     options = make_options(every, levels, pairs, start, end, workers, api, max_silence)
+    run = Run(progress, parse_engine(engine, scheduler), scheduler)
+    if is_remote(out):
+        if update:
+            raise UsageError("--update works on a local --out; replay to s3:// in full")
+        return _replay_to_remote(paths, open_location(out, "--out"), options, force, run)
     out = Path(out)
     if update and force:
         raise UsageError("--update keeps what did not change and --force replaces it all: pick one")
@@ -198,17 +229,10 @@ def replay_to_dataset(
     done = False
     try:
         folder = temporary_folder(out)
-        infos, outcomes = run_replay(paths, options, folder, progress)
-        result = merge_results([outcome[0] for outcome in outcomes])
-        _require_rows(result, options, infos)
-        segments = [info.path for info in infos]
-        files = sorted(path for _result, rows in outcomes for path in rows.files)
-        summary = ReplaySummary(options, segments, result, out, files)
-        summary.seconds = time.monotonic() - began
-        write_manifest(folder, _manifest(summary, infos))
+        summary = _replay_into(paths, options, folder, run, out, began)
         publish(folder, out, force)
         done = True
-        summary.files = [out / path.relative_to(folder) for path in files]
+        summary.files = [out / Path(path).relative_to(folder) for path in summary.files]
         return summary
     finally:
         if folder is not None and not done:
@@ -239,7 +263,10 @@ def _update(
     manifest = read_manifest(out / MANIFEST)
     check_options(manifest, options, out)
     known = known_surveys(manifest)
-    segments = find_segments(_as_paths(paths))
+    inputs = _as_inputs(paths)
+    if any(is_remote(path) for path in inputs):
+        raise UsageError("--update reads local segments; replay s3:// segments in full")
+    segments = find_segments([Path(path) for path in inputs])
     infos = [known.get(path) or survey_segment(path) for path in segments]
     prints = fingerprints(plan_streams(infos, options), options)
     old: dict[str, str] = manifest[PARTITIONS]
@@ -278,6 +305,52 @@ def _recorded(infos: list[SegmentInfo]) -> frozenset[str]:
     return frozenset(common_name(pair) for info in infos for pair, _ in info.books)
 
 
+def _replay_into(
+    paths: PathsLike,
+    options: ReplayOptions,
+    folder: Path,
+    run: Run,
+    out: Path | str,
+    began: float,
+) -> ReplaySummary:
+    """Replay into the unpublished dataset ``folder`` and write its manifest there; the summary
+    (files under ``folder``). ``s3://`` inputs are read from a local copy (``kbook.storage``),
+    kept until the manifest has taken their fingerprints."""
+    with local_segments(_as_inputs(paths)) as local:
+        infos, outcomes = run_replay(
+            local, options, folder, run.progress, None, run.engine, run.scheduler
+        )
+        result = merge_results([outcome[0] for outcome in outcomes])
+        _require_rows(result, options, infos)
+        segments = [info.path for info in infos]
+        files = sorted(path for _result, rows in outcomes for path in rows.files)
+        summary = ReplaySummary(options, segments, result, out, files)
+        summary.seconds = time.monotonic() - began
+        write_manifest(folder, _manifest(summary, infos))
+    return summary
+
+
+def _replay_to_remote(
+    paths: PathsLike,
+    location: Location,
+    options: ReplayOptions,
+    force: bool,
+    run: Run,
+) -> ReplaySummary:
+    """``replay_to_dataset`` into object storage: the dataset is made in a private local folder,
+    then published object by object, its manifest last (``kbook.storage.publish_dataset``)."""
+    began = time.monotonic()
+    check_remote_output(location, MANIFEST, force)
+    folder = Path(tempfile.mkdtemp(prefix="kbook-replay-"))
+    try:
+        summary = _replay_into(paths, options, folder, run, location.text, began)
+        keys = publish_dataset(folder, location, MANIFEST, force)
+        summary.files = [location.uri(key) for key in keys]
+        return summary
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def read_snapshots(
     out: str | Path,
     pair: Iterable[str] | str | None = None,
@@ -293,15 +366,26 @@ def read_snapshots(
     """
     import pyarrow.dataset as ds  # here: it imports pandas, which replay workers never need
 
-    out = Path(out)
-    require_snapshots(out)
     partitioning = ds.partitioning(
         pa.schema([("pair", pa.string()), ("date", pa.string())]), flavor="hive"
     )
     _require_pairs(out, pair)
     condition, wanted = _filter(pair, start, end), _wanted(columns)
     try:  # a stray file that is not Parquet, a damaged one, a column it does not hold
-        dataset = ds.dataset(out, format="parquet", partitioning=partitioning)
+        if is_remote(out):
+            # On object storage the manifest says which files make the dataset (kbook.storage).
+            location = open_location(out, "SNAPSHOTS")
+            dataset = ds.dataset(
+                [location.join(key) for key in snapshot_keys(location)],
+                filesystem=location.fs,
+                format="parquet",
+                partitioning=partitioning,
+                partition_base_dir=location.path,
+            )
+        else:
+            out = Path(out)
+            require_snapshots(out)
+            dataset = ds.dataset(out, format="parquet", partitioning=partitioning)
         table = dataset.to_table(filter=condition, columns=wanted)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{out}: cannot read the snapshots: {exc}") from None
@@ -314,22 +398,36 @@ def read_snapshots(
     return table.select(order).sort_by([("pair", "ascending"), ("ts", "ascending")])
 
 
-def _require_pairs(out: Path, pair: Iterable[str] | str | None) -> None:
+def _require_pairs(out: str | Path, pair: Iterable[str] | str | None) -> None:
     """A pair the dataset does not hold is a ``UsageError``, as ``kbook replay --pair`` refuses
     one, rather than an empty table."""
     names = parse_pairs(pair)
     if names is None:
         return
-    held = {
-        common_name(path.name.removeprefix("pair=").replace("-", "/", 1))
-        for path in out.glob("pair=*")
-    }
+    if is_remote(out):
+        keys = snapshot_keys(open_location(out, "SNAPSHOTS"))
+        folders = {key.split("/", 1)[0] for key in keys}
+    else:
+        folders = {path.name for path in Path(out).glob("pair=*")}
+    held = {common_name(name.removeprefix("pair=").replace("-", "/", 1)) for name in folders}
     missing = sorted(names - held)
     if missing:
         raise UsageError(
             f"pair {', '.join(missing)} not found in the snapshot dataset {out}; it holds: "
             + (", ".join(sorted(held)) or "no pairs")
         )
+
+
+def snapshot_keys(location: Location) -> list[str]:
+    """The files of the dataset at ``location`` on object storage, as its manifest lists them."""
+    record = read_remote_manifest(location, MANIFEST)
+    files = record.get("files") if record is not None else None
+    if not isinstance(files, dict) or not files:
+        raise InputError(
+            f"{location.text}: no finished snapshot dataset here (no {MANIFEST} listing its "
+            "files: not written by kbook replay, or its replay did not finish); replay it again"
+        )
+    return sorted(str(key) for key in files)
 
 
 def _filter(
@@ -371,34 +469,48 @@ def run_replay(
     folder: Path | None,
     progress: ProgressCallback | None,
     known: dict[Path, SegmentInfo] | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
 ) -> tuple[list[SegmentInfo], list[tuple[StreamResult, Rows]]]:
-    """Find, survey and plan, then run every stream (on a pool when it pays); outcomes in order.
+    """Find, survey and plan, then run every stream (on a pool when it pays, or on the Dask
+    cluster of ``replay.executor``); outcomes in order.
 
     What both public functions share. Rows go to in-memory batches when ``folder`` is None, else
     into Parquet files under ``folder`` (no manifest; nothing published). Tests call it with
     options ``make_options`` does not expose (``min_chunk_bytes``).
     """
-    dropped: list[Problem] = []
-    segments = find_segments(_as_paths(paths), dropped)
+    with local_segments(_as_inputs(paths)) as local:
+        dropped: list[Problem] = []
+        segments = find_segments(local, dropped)
+        return _run_local(
+            segments, dropped, options, folder, progress, known or {}, engine, scheduler
+        )
+
+
+def _run_local(
+    segments: list[Path],
+    dropped: list[Problem],
+    options: ReplayOptions,
+    folder: Path | None,
+    progress: ProgressCallback | None,
+    known: dict[Path, SegmentInfo],
+    engine: str,
+    scheduler: str | None,
+) -> tuple[list[SegmentInfo], list[tuple[StreamResult, Rows]]]:
     total = sum(path.stat().st_size for path in segments)
     # A pool costs a fresh interpreter per worker (about 0.3 s here) and the join; below some
     # 16 MB of segments (half a second of replay with the native core) one process is as fast:
     # measured 0.32 s alone against 0.38 s with a pool at 9 MB, 0.57 s against 0.48 s at 17 MB.
-    use_pool = options.workers > 1 and len(segments) > 1 and total >= 16 * options.min_chunk_bytes
-    context = multiprocessing.get_context("spawn")
-    pool_cm = (
-        # This process works too (``replay.parallel.share``): one worker fewer.
-        ProcessPoolExecutor(max_workers=options.workers - 1, mp_context=context)
-        if use_pool
-        else nullcontext()
+    use_pool = engine == "dask" or (
+        options.workers > 1 and len(segments) > 1 and total >= 16 * options.min_chunk_bytes
     )
-    with pool_cm as pool:
+    with open_pool(engine, options.workers, scheduler) if use_pool else nullcontext() as pool:
         workers = None
         if pool is not None:
             # Workers start while this process surveys; work goes to each once it is up.
-            started = [pool.submit(_warm_up) for _ in range(options.workers - 1)]
-            workers = Workers(pool, started)
-        infos = _survey(segments, workers, known or {})
+            started = [pool.executor.submit(_warm_up) for _ in range(pool.slots)]
+            workers = Workers(pool.executor, started, pool.here)
+        infos = _survey(segments, workers, known)
         streams = plan_streams(infos, options)
         if progress is not None:
             progress(0, total)
@@ -470,19 +582,33 @@ def _warm_up() -> None:
     """Nothing: importing this module in a worker is the point."""
 
 
+SURVEY_BATCHES = 4
+"""Batches of segments to survey per worker: a task on a Dask cluster costs some 20-40 ms of
+round trip, which a task per segment would pay hundreds of times over."""
+
+
 def _survey(
     segments: list[Path], workers: Workers | None, known: dict[Path, SegmentInfo]
 ) -> list[SegmentInfo]:
     """Survey each segment (``known`` ones were surveyed before, by an ``--update``'s
-    manifest)."""
+    manifest); on a pool or cluster, in a few batches per worker."""
     todo = [path for path in segments if path not in known]
-    found: dict[int, SegmentInfo] = {}
     if workers is None:
-        found = {index: survey_segment(path) for index, path in enumerate(todo)}
+        fresh = [survey_segment(path) for path in todo]
     else:
-        share(workers, survey_segment, todo, found.__setitem__)
-    surveyed = {path: found[index] for index, path in enumerate(todo)}
+        slots = len(workers.started) + workers.here
+        size = max(1, -(-len(todo) // (SURVEY_BATCHES * slots)))
+        batches = [todo[first : first + size] for first in range(0, len(todo), size)]
+        found: dict[int, list[SegmentInfo]] = {}
+        share(workers, survey_batch, batches, found.__setitem__)
+        fresh = [info for index in range(len(batches)) for info in found[index]]
+    surveyed = dict(zip(todo, fresh, strict=True))
     return [known.get(path) or surveyed[path] for path in segments]
+
+
+def survey_batch(paths: list[Path]) -> list[SegmentInfo]:
+    """``survey_segment`` of each path: one task of the survey on a pool or cluster."""
+    return [survey_segment(path) for path in paths]
 
 
 def _require_rows(result: StreamResult, options: ReplayOptions, infos: list[SegmentInfo]) -> None:
@@ -504,7 +630,7 @@ def _and(condition: Any, more: Any) -> Any:
     return more if condition is None else condition & more
 
 
-def _as_paths(paths: PathsLike) -> list[Path]:
-    if isinstance(paths, str | Path):
-        return [Path(paths)]
-    return [Path(path) for path in paths]
+def _as_inputs(paths: PathsLike) -> list[str | Path]:
+    """Local paths as ``Path``; ``s3://`` URIs kept as text (``kbook.storage``)."""
+    given = [paths] if isinstance(paths, str | Path) else list(paths)
+    return [path if is_remote(path) else Path(path) for path in given]

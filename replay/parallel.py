@@ -25,6 +25,7 @@ from typing import Protocol, TypeVar
 
 import pyarrow as pa
 
+from kbook.errors import KbookError, TaskError
 from replay.chunks import CHUNKS_PER_WORKER, Spool, Stitcher, join, plan_chunks, read_spool
 from replay.columns import row_group_rows
 from replay.engine import Chunk, ChunkResult, SinkFactory, StreamReplay, StreamResult
@@ -83,6 +84,8 @@ class Workers:
     """A fresh interpreter takes about 0.3 s to start: work is not handed to a worker before it
     is up, so that this process does everything it can meanwhile (with the native core, that is a
     third of a million frames)."""
+    here: bool = True
+    """This process runs units too (a local pool); not when a cluster does the work."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +205,11 @@ def share(
     try:
         while count < len(items):
             try:
-                index, item = todo.pop()
+                index, item = todo.pop() if workers.here else (-1, None)
             except IndexError:
                 index = -1
             if index >= 0:
-                done(index, fn(item))
+                done(index, fn(item))  # type: ignore[arg-type]
                 count += 1
             while count < len(items):
                 try:
@@ -215,7 +218,9 @@ def share(
                 except Empty:
                     break
                 if error is not None:
-                    raise error
+                    if isinstance(error, KbookError):
+                        raise error
+                    raise TaskError(f"{_describe(items[other])} failed: {_why(error)}") from error
                 done(other, result)  # type: ignore[arg-type]
                 count += 1
                 if index < 0:
@@ -226,6 +231,27 @@ def share(
             wake.set()
     for thread in threads:
         thread.join()
+
+
+def _describe(item: object) -> str:
+    """Names a unit of work for an error: its pairs and segments, or a segment's path."""
+    if isinstance(item, Unit):
+        segments = item.chunk.stream.segments[item.chunk.first : item.chunk.stop]
+        pairs = ", ".join(sorted(item.chunk.stream.channels))
+        names = segments[0].path.name + (
+            f" to {segments[-1].path.name}" if len(segments) > 1 else ""
+        )
+        return f"the replay of {pairs or 'a stream'} from {names}"
+    if isinstance(item, list) and item and isinstance(item[0], Path):
+        more = f" to {item[-1]}" if len(item) > 1 else ""
+        return f"the survey of {item[0]}{more}"
+    return f"the work on {item}"
+
+
+def _why(error: BaseException) -> str:
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _set(event: Event, _future: Future[None]) -> None:

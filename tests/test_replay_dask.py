@@ -1,0 +1,164 @@
+"""Replay on Dask: the work runs on a LocalCluster of real worker processes and the dataset is
+the very bytes a replay in this process writes, S3 to S3 included; a worker that dies mid-run
+changes nothing; a unit that kills its worker every time fails the replay, named, unpublished."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from replay_support import SynthMarket, write_frames
+from s3_support import BUCKET, S3Server, aws_env, s3_server
+
+import replay
+from kbook.errors import TaskError, UsageError
+from kbook.segment import segment_path
+from kbook.units import SECOND
+
+distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
+
+MIDNIGHT = 1_763_683_200_000_000_000  # 2025-11-21T00:00:00Z
+MANIFEST = "_kbook_replay.json"
+
+
+class Sabotage(distributed.WorkerPlugin):  # type: ignore[misc]
+    """Ends its worker process (as a crash or an OOM kill would) when a replay unit starts and a
+    file says so: ``once`` (the file is removed first) or ``always``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish != "executing" or not str(key).startswith("work-"):
+            return
+        once = os.path.join(self.folder, "once")
+        if os.path.exists(once):
+            os.remove(once)
+            os._exit(1)
+        if os.path.exists(os.path.join(self.folder, "always")):
+            os._exit(1)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two pairs, 40 s across a UTC midnight, two segments each: two streams to spread."""
+    root = tmp_path_factory.mktemp("rec")
+    for pair, seed in (("XBT/USD", 1), ("ETH/USD", 2)):
+        market = SynthMarket(pair, depth=10, seed=seed)
+        frames = list(market.frames(400, MIDNIGHT - 20 * SECOND, SECOND // 10))
+        for piece in (frames[:200], frames[200:]):
+            write_frames(segment_path(root, pair, piece[0][0]), piece)
+    return root / "raw"
+
+
+@pytest.fixture(scope="module")
+def expected(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The partitions a replay in this process writes."""
+    out = tmp_path_factory.mktemp("local") / "snaps"
+    replay.replay_to_dataset(raw, out, every="1s", levels=5)
+    return files_under(out)
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A LocalCluster of two workers that a unit's worker dies on when told (``Sabotage``);
+    a unit may be on two workers that died before it fails."""
+    folder = tmp_path_factory.mktemp("sabotage")
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as local,
+        distributed.Client(local) as client,
+    ):
+        client.register_plugin(Sabotage(str(folder)))
+        yield local.scheduler_address, folder
+        client.wait_for_workers(2, timeout=60)  # closing while a nanny restarts one is an error
+
+
+def test_s3_to_s3_on_a_local_cluster_of_two_writes_the_local_bytes(
+    raw: Path, expected: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with s3_server(tmp_path_factory.mktemp("s3")) as s3, aws_env(s3):
+        upload(s3, raw)
+        replay.replay_to_dataset(
+            f"s3://{BUCKET}/raw", f"s3://{BUCKET}/snaps", every="1s", levels=5, workers=2,
+            engine="dask",
+        )  # fmt: skip
+        objects = s3.objects("snaps")
+    assert MANIFEST in objects
+    objects.pop(MANIFEST)
+    assert objects == expected
+
+
+def upload(s3: S3Server, folder: Path) -> None:
+    fs = s3.filesystem()
+    for path in folder.rglob("*.jsonl.zst"):
+        with fs.open_output_stream(f"{BUCKET}/raw/{path.relative_to(folder).as_posix()}") as out:
+            out.write(path.read_bytes())
+
+
+def test_a_worker_that_dies_mid_run_changes_nothing(
+    raw: Path, expected: dict[str, bytes], cluster: tuple[str, Path], tmp_path: Path
+) -> None:
+    address, sabotage = cluster
+    (sabotage / "once").touch()
+    out = tmp_path / "snaps"
+    replay.replay_to_dataset(raw, out, every="1s", levels=5, engine="dask", scheduler=address)
+    assert not (sabotage / "once").exists(), "a worker died"
+    assert files_under(out) == expected
+
+
+def test_a_unit_that_fails_twice_is_named_and_nothing_is_published(
+    raw: Path, cluster: tuple[str, Path], tmp_path: Path
+) -> None:
+    address, sabotage = cluster
+    (sabotage / "always").touch()
+    try:
+        with pytest.raises(TaskError, match=r"the replay of (BTC|ETH)/USD from .* failed"):
+            replay.replay_to_dataset(
+                raw, tmp_path / "snaps", levels=5, engine="dask", scheduler=address
+            )
+    finally:
+        (sabotage / "always").unlink()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_engine_or_a_scheduler_without_dask_is_refused(
+    raw: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(UsageError, match="--engine 'spark': give one of local, dask"):
+        replay.replay_to_dataset(raw, tmp_path / "a", engine="spark")
+    with pytest.raises(UsageError, match="--scheduler is for --engine dask"):
+        replay.replay_to_dataset(raw, tmp_path / "b", workers=2, scheduler="tcp://127.0.0.1:1")
+
+
+def test_without_dask_the_engine_says_what_to_install(raw: Path, tmp_path: Path) -> None:
+    """As on a machine without the extra: ``distributed`` cannot be imported."""
+    code = (
+        "import sys; sys.modules['distributed'] = None; from kbook.cli import main; "
+        f"sys.argv = ['kbook', 'replay', {str(raw)!r}, '--out', {str(tmp_path / 'o')!r}, "
+        "'--engine', 'dask']; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "kbook: error: --engine dask needs Dask distributed: pip install 'kbook[dask]'"
+    ]
+    assert not (tmp_path / "o").exists()
