@@ -101,13 +101,8 @@ class DatasetWriter:
         self._spools.clear()
 
     def _writer(self, pair: str, day: str) -> pq.ParquetWriter:
-        folder = self.root / f"pair={file_name(pair)}" / f"date={day}"
-        number = 0
-        while (folder / f"part-{number}.parquet").exists():
-            number += 1
-        path = folder / f"part-{number}.parquet"
+        path = new_part(self.root, pair, day)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             writer = pq.ParquetWriter(
                 path,
                 self.schema,
@@ -119,6 +114,20 @@ class DatasetWriter:
             raise OutputError(f"{path}: cannot create: {exc}") from exc
         self.files.append(path)
         return writer
+
+
+def new_part(root: Path, pair: str, day: str) -> Path:
+    """The next free ``part-N.parquet`` of the (pair, UTC day) partition under ``root``, whose
+    folder this creates: the one hive layout every kbook dataset shares."""
+    folder = root / f"pair={file_name(pair)}" / f"date={day}"
+    number = 0
+    while (folder / f"part-{number}.parquet").exists():
+        number += 1
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create: {exc}") from exc
+    return folder / f"part-{number}.parquet"
 
 
 # -- the whole dataset, atomically -----------------------------------------------------------------

@@ -37,7 +37,14 @@ from kbook.units import utc_day, utc_text
 from kbook.v2 import segment_api
 from replay.columns import TIMESTAMP
 from replay.options import TimeLike, parse_pairs, to_ns
-from replay.parquet import check_output, discard, publish, temporary_folder, write_manifest
+from replay.parquet import (
+    check_output,
+    discard,
+    new_part,
+    publish,
+    temporary_folder,
+    write_manifest,
+)
 
 TRADES_SCHEMA = pa.schema(
     [
@@ -327,13 +334,8 @@ class _Writer:
             raise OutputError(f"{self.root}: cannot write trades: {exc}") from exc
 
     def _writer(self, pair: str, day: str) -> pq.ParquetWriter:
-        folder = self.root / f"pair={file_name(pair)}" / f"date={day}"
-        number = 0
-        while (folder / f"part-{number}.parquet").exists():
-            number += 1
-        path = folder / f"part-{number}.parquet"
+        path = new_part(self.root, pair, day)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             writer = pq.ParquetWriter(path, TRADES_SCHEMA, compression="zstd")
         except OSError as exc:
             raise OutputError(f"{path}: cannot create: {exc}") from exc
