@@ -12,7 +12,7 @@ import pytest
 HANGING_STOP = textwrap.dedent(
     """
     import sys, time
-    from recorder.signals import stop_on_signals
+    from kbook.live.signals import stop_on_signals
 
     class StuckRecorder:
         stopping = False

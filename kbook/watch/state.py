@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from kbook.book import Book
 from kbook.dialect import Trade, dialect_for, spellings
 from kbook.errors import FrameError, UsageError
 from kbook.feed import BookFeed, Outcome
+from kbook.live.signals import stop_on_signals
 from kbook.pairs import common_name, file_name, parse_pair
 from kbook.segment import Problem, find_segments
 from kbook.trades import TradeLedger, in_order
@@ -406,7 +408,9 @@ def run_watch(options: WatchOptions, stdout: TextIO) -> WatchSummary:
                 replay.run(watcher)
                 ended = "finished"
             else:
-                LiveSource(live_config(options)).run(watcher)
+                live = LiveSource(live_config(options))
+                with stop_on_signals(live.session, (signal.SIGINT, signal.SIGTERM)):
+                    live.run(watcher)
             watcher.tick(time.time_ns() if replay is None else 0, force=True)
         except KeyboardInterrupt:
             # The way to stop watching, not an error: the last view stays on screen.

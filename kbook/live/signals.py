@@ -1,5 +1,9 @@
-"""SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGQUIT end a recording cleanly; a second one ends the
-process at once.
+"""SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGQUIT end a live session (a recording, a live watch)
+cleanly; a second one ends the process at once.
+
+A signal becomes a request to stop, never an exception: a ``KeyboardInterrupt`` raised inside the
+session's wait on its inbox (``threading.Condition.wait``) can leave the condition's lock
+unacquired, and leaving the ``with`` then fails with "cannot release un-acquired lock".
 
 SIGHUP (the terminal went away), SIGUSR1 and SIGQUIT would otherwise kill the process without
 closing its segments; they are taken as a request to stop like SIGTERM (``STOP_SIGNALS``).
