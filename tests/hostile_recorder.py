@@ -5,7 +5,6 @@ stop reason, peak RSS) on stdout when it stops. Used by ``tests/test_drill_hosti
 from __future__ import annotations
 
 import json
-import resource
 import sys
 from pathlib import Path
 
@@ -15,6 +14,15 @@ from record_support import FAST  # noqa: E402
 
 from kbook.api import Api  # noqa: E402
 from recorder import RecordConfig, Recorder, stop_on_signals  # noqa: E402
+
+
+def peak_rss_kb() -> int:
+    """This process's own peak RSS (``VmHWM``). Not ``getrusage``'s ``ru_maxrss``: Linux keeps that
+    across ``execve``, so it would report the peak of the pytest process this one was forked from."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 def main() -> None:
@@ -28,7 +36,7 @@ def main() -> None:
         "frames": summary.frames,
         "stop_reason": summary.stop_reason,
         "reconnects": summary.reconnects,
-        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "maxrss_kb": peak_rss_kb(),
     }
     print(json.dumps(report))
 

@@ -226,7 +226,8 @@ def test_a_pause_of_the_recorder_under_load_is_not_a_stall(tmp_path: Path) -> No
             recorder.kill()
     assert took < STOP_BOUND_S
     assert report["reconnects"] == 0, disconnect_reasons(out)
-    assert recorded_texts(out) == server.sent
+    # A heartbeat still in flight when SIGTERM came need not be there: the helper allows it.
+    assert_nothing_received_lost(out, server, recorder)
     assert recorder.peak_rss_kb < RSS_BOUND_KB
 
 

@@ -18,11 +18,15 @@ from kbook.segment import write_segment
 from kbook.units import MS
 
 CHILD = """
-import resource, sys
+import sys
+from pathlib import Path
 import replay
 summary = replay.replay_to_dataset(sys.argv[1], sys.argv[2], every="1ms", levels=10, workers=1)
-print(summary.rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+status = Path("/proc/self/status").read_text().splitlines()
+print(summary.rows, next(line.split()[1] for line in status if line.startswith("VmHWM:")))
 """
+"""The child's own peak RSS is ``VmHWM``: ``getrusage``'s ``ru_maxrss`` survives ``execve`` on
+Linux, so it would report the pytest process this child was forked from when that is larger."""
 
 
 def replay_in_child(segment: Path, out: Path) -> tuple[int, int]:
