@@ -95,20 +95,11 @@ class Inbox:
     def put(self, item: Item, size: int, cancelled: threading.Event) -> bool:
         """Append ``item`` once there is room (one item is always let in, whatever its size);
         False when ``cancelled`` was set while waiting."""
-        with self._ready:
-            while self._items and (
-                self._bytes + size > self.max_bytes or len(self._items) >= self.max_items
-            ):
-                if cancelled.is_set():
-                    return False
-                self._ready.wait(POLL_NS / SECOND)
-            self._items.append(item)
-            self._bytes += size
-            self._ready.notify_all()
-            return True
+        return self.put_many([item], size, cancelled)
 
     def put_many(self, items: list[Item], size: int, cancelled: threading.Event) -> bool:
-        """``put`` for a batch: one hand-over for every message one socket read brought."""
+        """``put`` for a batch (``size`` in all): one hand-over for every message one socket read
+        brought."""
         with self._ready:
             while self._items and (
                 self._bytes + size > self.max_bytes or len(self._items) >= self.max_items
