@@ -94,6 +94,7 @@ def check_full_disk_run(
     return summary
 
 
+@pytest.mark.slow
 def test_file_size_limit_stops_the_recorder_cleanly(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

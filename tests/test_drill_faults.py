@@ -18,6 +18,7 @@ from kbook.api import Api
 from kbook.sim import Simulator, SimulatorConfig
 
 
+@pytest.mark.slow
 def test_many_faults_at_random_points_lose_nothing(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -269,6 +269,7 @@ CONTROL = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(frames=st.lists(kraken_shaped() | JSON | CONTROL, min_size=1, max_size=25))
 def test_book_builder_takes_any_frame(frames: list[Any]) -> None:

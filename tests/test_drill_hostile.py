@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from hostile_support import (
     BINARY,
     CONTINUATION,
@@ -82,6 +83,7 @@ async def forever() -> None:
     await asyncio.Event().wait()
 
 
+@pytest.mark.slow
 def test_a_message_trickled_100_bytes_at_a_time_is_a_stall(tmp_path: Path) -> None:
     async def trickle(peer: Peer) -> None:
         peer.writer.write(header(TEXT, 10_000_000))
@@ -95,6 +97,7 @@ def test_a_message_trickled_100_bytes_at_a_time_is_a_stall(tmp_path: Path) -> No
     assert any(reason.startswith("stalled") for reason in disconnect_reasons(tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_a_ping_flood_is_a_stall(tmp_path: Path) -> None:
     async def pings(peer: Peer) -> None:
         while True:
@@ -162,6 +165,7 @@ def handshake_attack(tmp_path: Path, handshake: object) -> None:
         assert_nothing_received_lost(tmp_path / "out", server, recorder)
 
 
+@pytest.mark.slow
 def test_a_handshake_answered_a_byte_at_a_time_is_given_up(tmp_path: Path) -> None:
     async def slow(peer: Peer) -> None:
         await peer.reader.readuntil(b"\r\n\r\n")
@@ -185,6 +189,7 @@ def test_endless_handshake_header_lines_are_given_up(tmp_path: Path) -> None:
     handshake_attack(tmp_path, endless)
 
 
+@pytest.mark.slow
 def test_a_pause_of_the_recorder_under_load_is_not_a_stall(tmp_path: Path) -> None:
     """SIGSTOP for twice the stall bound while the recorder is busy with a fast feed: the data
     waiting in the socket is recorded after SIGCONT, and the connection is kept."""

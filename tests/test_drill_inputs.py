@@ -48,6 +48,7 @@ def missing(tmp_path: Path) -> Path:
     return tmp_path / "no-such-folder"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -75,6 +76,7 @@ def test_unusable_input_is_one_line_naming_it(
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["verify", "replay"])
 def test_a_segment_with_nothing_readable_is_reported_not_fatal(
     command: str, tmp_path: Path

@@ -14,6 +14,7 @@ import pytest
 from drill_support import KILLS, SEED, report, run_kill_drill
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_loses_at_most_one_flush(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from metrics_support import parse, value
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -41,6 +42,7 @@ def test_verify_writes_its_counts(tmp_path: Path) -> None:
     assert value(samples, "kbook_verify_last_run_timestamp_seconds") is not None
 
 
+@pytest.mark.slow
 def test_replay_writes_its_rows(tmp_path: Path) -> None:
     textfile = tmp_path / "replay.prom"
     out = tmp_path / "snapshots"

@@ -46,6 +46,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Metrics, int]]:
     metrics.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_scraped_metrics_follow_a_recording_with_faults(
     case: ApiCase, any_sim: Simulator, served: tuple[Metrics, int], tmp_path: Path
@@ -110,6 +111,7 @@ def test_scraped_metrics_follow_a_recording_with_faults(
     assert frames == sorted(frames)
 
 
+@pytest.mark.slow
 def test_the_textfile_is_never_read_half_written(sim: Simulator, tmp_path: Path) -> None:
     textfile = tmp_path / "kbook.prom"
     metrics = Metrics(tmp_path)
@@ -156,6 +158,7 @@ def test_the_textfile_is_never_read_half_written(sim: Simulator, tmp_path: Path)
     assert list(tmp_path.glob("kbook.prom.*")) == []  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_kbook_record_serves_metrics_on_the_port_it_names(sim: Simulator, tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "kbook", "record", "BTC/USD", "--url", sim.url, "--out",
@@ -179,6 +182,7 @@ def test_kbook_record_serves_metrics_on_the_port_it_names(sim: Simulator, tmp_pa
     assert process.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_metrics_port_in_use_is_one_line(sim: Simulator, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -346,6 +346,7 @@ def test_simulated_markets_leave_the_same_books(depth: int, seed: int, updates: 
 # -- the real captures ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_core
 @pytest.mark.parametrize("name", sorted(V1_CAPTURES))
 def test_real_captures_leave_the_same_books(captures_dir: Path, name: str) -> None:
@@ -1331,6 +1332,7 @@ def v2_update_lines(markets: dict[str, V2Market], count: int, seed: int) -> list
     return [record_line(BASE_NS + i * STEP_NS, i, text) for i, text in enumerate(texts)]
 
 
+@pytest.mark.slow
 @needs_core
 @pytest.mark.parametrize(("depth", "seed"), [(10, 1), (25, 2), (100, 3), (1000, 4)])
 def test_simulated_v2_markets_leave_the_same_books(depth: int, seed: int) -> None:

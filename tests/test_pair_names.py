@@ -22,6 +22,7 @@ T0 = 1_763_683_200_000_000_000
 KBOOK = [sys.executable, "-m", "kbook"]
 
 
+@pytest.mark.slow
 def test_every_command_shows_the_same_pair_name(
     capture_segment: Callable[[str], Path], tmp_path: Path
 ) -> None:

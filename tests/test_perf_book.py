@@ -72,6 +72,7 @@ def changes_of(msg: list) -> list[tuple[str, list[str]]]:
     return [(side, lv) for p in payloads for side in ("a", "b") for lv in p.get(side, ())]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("depth", "seed"), [(10, 1), (25, 2), (100, 3), (1000, 4)])
 def test_line_feed_matches_naive_book_on_a_simulated_market(depth: int, seed: int) -> None:
     market = Market("XDG/USD", depth, seed, clock=lambda: 1_700_000_000.0)
@@ -110,6 +111,7 @@ volumes = st.sampled_from(
 levels_st = st.lists(st.tuples(prices, volumes).map(lambda pv: [pv[0], pv[1], "1.0"]), max_size=8)
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(
     depth=st.sampled_from([3, 10, 12]),

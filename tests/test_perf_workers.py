@@ -122,6 +122,7 @@ def test_public_api_cuts_one_pair_across_workers(tmp_path: Path) -> None:
     assert parquet_files(tmp_path / "two") == parquet_files(tmp_path / "one")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["1s", "7ms", "start"])
 def test_two_workers_write_what_one_writes_for_a_pair_of_two_sources(
     recordings: dict[str, Path], option: str, tmp_path: Path

@@ -100,6 +100,7 @@ def query(base: str, promql: str) -> list[dict[str, object]]:
     return list(body["data"]["result"])
 
 
+@pytest.mark.slow
 def test_prometheus_sees_frames_flowing(tmp_path: Path) -> None:
     need("prometheus")
     metrics = Metrics(tmp_path)

@@ -63,6 +63,7 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int
     return process.returncode, stderr
 
 
+@pytest.mark.slow
 def test_kill_9_loses_at_most_the_last_flush_and_restart_starts_anew(
     sim: Simulator, tmp_path: Path
 ) -> None:
@@ -102,6 +103,7 @@ def test_kill_9_loses_at_most_the_last_flush_and_restart_starts_anew(
     assert report.checksums_ok > 50
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT]
 )
@@ -127,6 +129,7 @@ def test_signal_closes_every_segment_and_exits_0(
     assert verify_paths([tmp_path]).checksums_failed == 0
 
 
+@pytest.mark.slow
 def test_second_recorder_on_the_same_pairs_is_refused(sim: Simulator, tmp_path: Path) -> None:
     first = start(sim, tmp_path)
     try:
@@ -203,6 +206,7 @@ def test_unknown_pairs_only_is_one_line_and_exit_1(sim: Simulator, tmp_path: Pat
     )
 
 
+@pytest.mark.slow
 def test_full_disk_stops_with_the_path_and_keeps_what_was_written(
     sim: Simulator, tmp_path: Path
 ) -> None:

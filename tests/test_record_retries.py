@@ -21,6 +21,7 @@ def config_for(sim: Simulator, out: Path, **overrides: object) -> RecordConfig:
     return RecordConfig(pairs=("XBT/USD",), out=out, url=sim.url, **{**timings, **overrides})
 
 
+@pytest.mark.slow
 def test_by_default_a_long_outage_is_waited_out(simulator: Simulator, tmp_path: Path) -> None:
     simulator.faults.refuse_connections(count=REFUSED)
     config = config_for(simulator, tmp_path)

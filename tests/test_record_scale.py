@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.compute as pc
+import pytest
 from record_support import Background, fast_config, wait_until
 
 from kbook.api import Api
@@ -17,6 +18,7 @@ from replay.api import replay_table
 PAIRS = tuple(f"C{index:03d}/USD" for index in range(300))
 
 
+@pytest.mark.slow
 def test_300_pairs_record_verify_and_replay(tmp_path: Path) -> None:
     config = SimulatorConfig(api=Api.V1, pairs=PAIRS, rate=3000.0, seed=9)
     with Simulator(config) as sim, Background(fast_config(sim, tmp_path, PAIRS, depth=10)) as run:

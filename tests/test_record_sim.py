@@ -64,6 +64,7 @@ def assert_all_recorded(output: Output, sim: Simulator, lost_on_last: int = 0) -
     return lost
 
 
+@pytest.mark.slow
 def test_stalled_connection_is_dropped_and_replaced(sim: Simulator, tmp_path: Path) -> None:
     with Background(fast_config(sim, tmp_path, PAIRS)) as run:
         sim.wait_for(lambda s: updates_on(s, 1) >= 20, timeout=5)
@@ -77,6 +78,7 @@ def test_stalled_connection_is_dropped_and_replaced(sim: Simulator, tmp_path: Pa
     assert_clean_verify(tmp_path)
 
 
+@pytest.mark.slow
 def test_malformed_update_resubscribes_for_a_fresh_snapshot(sim: Simulator, tmp_path: Path) -> None:
     """A book frame that cannot be applied voids the book: the pair is resynced at once, not left
     void until the next reconnect."""
@@ -174,6 +176,7 @@ def test_status_line_is_plain_text(sim: Simulator, tmp_path: Path) -> None:
 # -- both APIs ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_frame_kept_in_order_across_rotations(
     case: ApiCase, any_sim: Simulator, tmp_path: Path
 ) -> None:

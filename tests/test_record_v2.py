@@ -184,6 +184,7 @@ def test_v1_and_v2_of_one_pair_in_one_out_stay_apart(tmp_path: Path) -> None:
         assert counts.checksums_ok >= 100
 
 
+@pytest.mark.slow
 def test_record_command_records_v2(sim: Simulator, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "kbook", "record", "BTC/USD", "--api", "v2", "--url", sim.url]

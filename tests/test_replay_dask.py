@@ -90,6 +90,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
         client.wait_for_workers(2, timeout=60)  # closing while a nanny restarts one is an error
 
 
+@pytest.mark.slow
 def test_s3_to_s3_on_a_local_cluster_of_two_writes_the_local_bytes(
     raw: Path, expected: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -147,6 +148,7 @@ def test_an_unknown_engine_or_a_scheduler_without_dask_is_refused(
         replay.replay_to_dataset(raw, tmp_path / "b", workers=2, scheduler="tcp://127.0.0.1:1")
 
 
+@pytest.mark.slow
 def test_without_dask_the_engine_says_what_to_install(raw: Path, tmp_path: Path) -> None:
     """As on a machine without the extra: ``distributed`` cannot be imported."""
     code = (

@@ -201,6 +201,7 @@ def test_doge_alias_follows_the_btc_mode() -> None:
         assert len(price.split(".")[1]) == 9  # XDG/USD prices carry 9 decimals on the wire
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [10, 1000])
 def test_10000_updates_verify_over_the_socket(depth: int) -> None:
     config = SimulatorConfig(api=Api.V1, pairs=("XBT/USD", "ETH/USD"), rate=20_000, record=False)
@@ -213,6 +214,7 @@ def test_10000_updates_verify_over_the_socket(depth: int) -> None:
         assert client.outcomes[Outcome.MALFORMED] == 0
 
 
+@pytest.mark.slow
 def test_client_book_matches_simulator_book_after_pause(case: ApiCase) -> None:
     config = case.sim_config(rate=5_000)
     with Simulator(config) as sim, case.client(sim.url) as client:

@@ -157,6 +157,7 @@ def test_verify_of_s3_equals_verify_of_the_local_copy(raw: Path, s3: S3Server) -
     assert local["checksums_ok"] > 0
 
 
+@pytest.mark.slow
 def test_the_cli_verifies_replays_and_plots_on_s3(raw: Path, s3: S3Server, tmp_path: Path) -> None:
     def kbook(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -184,6 +185,7 @@ def test_the_cli_verifies_replays_and_plots_on_s3(raw: Path, s3: S3Server, tmp_p
     assert missing.stderr.startswith("kbook: error: s3://kbook/nothing-here: no segments")
 
 
+@pytest.mark.slow
 def test_a_replay_killed_while_publishing_leaves_no_dataset_to_read(
     s3: S3Server, tmp_path: Path
 ) -> None:

@@ -77,6 +77,7 @@ def kbook(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_kbook_upload_is_idempotent_and_byte_identical(
     s3: S3Server, sim: Simulator, tmp_path: Path
 ) -> None:
@@ -97,6 +98,7 @@ def test_kbook_upload_is_idempotent_and_byte_identical(
     assert set(Ledger(raw, "s3://kbook/day").entries) == set(local)
 
 
+@pytest.mark.slow
 def test_an_unreachable_destination_is_one_line_and_exit_1(tmp_path: Path) -> None:
     (tmp_path / "raw" / "X").mkdir(parents=True)
     (tmp_path / "raw" / "X" / "X.20260101T000000Z.jsonl.zst").write_bytes(b"data")
@@ -112,6 +114,7 @@ def test_an_unreachable_destination_is_one_line_and_exit_1(tmp_path: Path) -> No
     assert not (tmp_path / "raw" / LEDGER_NAME).exists()
 
 
+@pytest.mark.slow
 def test_an_outage_of_the_server_loses_nothing_and_the_backlog_drains(
     s3: S3Server, sim: Simulator, tmp_path: Path
 ) -> None:
@@ -143,6 +146,7 @@ def test_an_outage_of_the_server_loses_nothing_and_the_backlog_drains(
     assert uploader.last_success_ns is not None
 
 
+@pytest.mark.slow
 def test_a_restart_uploads_what_the_previous_run_left(
     s3: S3Server, sim: Simulator, tmp_path: Path
 ) -> None:
@@ -158,6 +162,7 @@ def test_a_restart_uploads_what_the_previous_run_left(
     assert s3.objects("later") == left
 
 
+@pytest.mark.slow
 def test_keep_local_deletes_only_uploaded_segments(tmp_path: Path, sim: Simulator) -> None:
     raw = tmp_path / "raw"
     record(sim, tmp_path, 2.5)
@@ -182,6 +187,7 @@ def test_keep_local_deletes_only_uploaded_segments(tmp_path: Path, sim: Simulato
     assert stored == sorted(p.relative_to(raw).as_posix() for p in segments[:-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_min_free_on_a_small_disk_keeps_the_recording_going(s3: S3Server, tmp_path: Path) -> None:
     from test_drill_disk import small_tmpfs
@@ -244,6 +250,7 @@ def test_below_the_floor_with_nothing_uploaded_nothing_is_deleted(tmp_path: Path
     assert "kbook_upload_backlog_files 0.0" in text
 
 
+@pytest.mark.slow
 def test_kbook_record_uploads_and_serves_metrics_until_sigterm(
     s3: S3Server, sim: Simulator, tmp_path: Path
 ) -> None:
@@ -283,6 +290,7 @@ def test_kbook_record_uploads_and_serves_metrics_until_sigterm(
         assert hashlib.sha256(objects[entry.path]).hexdigest() == entry.sha256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -115,6 +115,7 @@ def test_record_reader_v1_matches_segment_reader(capture_segment: Callable[[str]
         RecordReader(path, "v3")
 
 
+@pytest.mark.slow
 def test_mixed_folder_verifies_both(capture_segment: Callable[[str], Path], tmp_path: Path) -> None:
     capture_segment("orderbook-v1.json")  # XBT/USD, v1, 979 updates
     texts = market_texts(V2Market("BTC/USD", 10, seed=3), 1000)
@@ -133,6 +134,7 @@ def test_mixed_folder_verifies_both(capture_segment: Callable[[str], Path], tmp_
     assert report["checksums_failed"] == 0
 
 
+@pytest.mark.slow
 def test_same_name_under_both_apis_is_one_pair(tmp_path: Path) -> None:
     # v1 in echo-btc mode prints BTC/USD; the same stream name recorded later in v2.
     v1_segment(
@@ -152,6 +154,7 @@ def test_same_name_under_both_apis_is_one_pair(tmp_path: Path) -> None:
     assert pair["checksums_ok"] == 151
 
 
+@pytest.mark.slow
 def test_wrong_v2_checksum_fails_verify(tmp_path: Path) -> None:
     market = V2Market("BTC/USD", 10, seed=5)
     texts = [market.snapshot_frame()] + [

@@ -67,6 +67,7 @@ def test_status_first_with_unsigned_64_bit_connection_id(v2sim: Simulator) -> No
         assert len(ids) == 2
 
 
+@pytest.mark.slow
 def test_round_trip_verifies_every_checksum(session: list[str]) -> None:
     ack = json.loads(session[1])
     assert ack["success"] is True
@@ -235,6 +236,7 @@ def test_bare_session_without_meta_is_v2_too(session: list[str], tmp_path: Path)
 KBOOK = Path(sys.executable).parent / "kbook"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api_args", [[], ["--api", "v2"]], ids=["default", "api-v2"])
 def test_simulate_api_v2_serves_v2(api_args: list[str]) -> None:
     process = subprocess.Popen(

@@ -80,6 +80,7 @@ def book_update_indexes(frames: list) -> list[int]:
     return [i for i, f in enumerate(frames) if isinstance(f, list) and "c" in f[-3]]
 
 
+@pytest.mark.slow
 def test_changed_volume_fails_and_book_stays_invalid_until_snapshot(
     captures_dir: Path, tmp_path: Path
 ) -> None:
@@ -109,6 +110,7 @@ def loss_is_visible(frames: list, drop: int) -> bool:
     return Outcome.CHECKSUM_FAILED in outcomes
 
 
+@pytest.mark.slow
 def test_dropped_update_fails(captures_dir: Path, tmp_path: Path) -> None:
     def corrupt(frames: list) -> list:
         updates = book_update_indexes(frames)

@@ -50,6 +50,7 @@ def assert_same_reports(source: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
     return reports["native"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api", list(Api))
 @pytest.mark.parametrize(("pairs", "shared"), [(1, False), (2, True)])
 def test_recordings_verify_the_same(

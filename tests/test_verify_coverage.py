@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pyarrow.compute as pc
+import pytest
 
 from kbook.captures import read_capture
 from kbook.coverage import measure_coverage
@@ -108,6 +109,7 @@ def test_no_recorder_running_between_two_recordings(tmp_path: Path) -> None:
     assert coverage.invalid_ns == invalid > 0
 
 
+@pytest.mark.slow
 def test_cli_by_day_and_json(tmp_path: Path) -> None:
     path = write_segment(tmp_path / NAME, lines_of(capture_frames()))
     result = subprocess.run(

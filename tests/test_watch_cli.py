@@ -113,6 +113,7 @@ def frames_per_second(screen: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+@pytest.mark.slow
 def test_terminal_view_updates_in_place_and_ctrl_c_exits_0(sim: Simulator, tmux: Tmux) -> None:
     command = " ".join(shlex.quote(part) for part in [*KBOOK, "watch", "XBT/USD", "--url", sim.url])
     shell = f"{command}; echo EXIT=$?"
@@ -164,6 +165,7 @@ def best_prices(block: str) -> tuple[str, str]:
     return row[2], row[4]
 
 
+@pytest.mark.slow
 def test_pipe_replay_prints_plain_blocks_ending_with_the_final_book(
     capture_segment: Callable[[str], Path],
 ) -> None:
@@ -196,6 +198,7 @@ def test_pipe_replay_prints_plain_blocks_ending_with_the_final_book(
     )
 
 
+@pytest.mark.slow
 def test_closed_pipe_ends_quietly_with_exit_0(capture_segment: Callable[[str], Path]) -> None:
     segment = capture_segment("orderbook-v1.json")
     process = subprocess.Popen(
@@ -214,6 +217,7 @@ def test_closed_pipe_ends_quietly_with_exit_0(capture_segment: Callable[[str], P
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_pipe_live_prints_a_block_a_second_and_sigint_exits_0(
     case: ApiCase, any_sim: Simulator
 ) -> None:
@@ -282,6 +286,7 @@ def test_bad_input_is_one_line_and_non_zero(args: list[str], message: str, code:
     assert done.stdout == ""
 
 
+@pytest.mark.slow
 def test_pair_missing_from_the_recording_names_what_is_there(
     capture_segment: Callable[[str], Path],
 ) -> None:

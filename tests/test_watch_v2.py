@@ -101,6 +101,7 @@ def watch_from(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_replay_of_a_v2_recording_ends_with_its_book(recorded: Recorded) -> None:
     assert len(recorded.v1) == 1
     assert len(recorded.v2) >= 2
@@ -123,6 +124,7 @@ def test_replay_of_a_v2_recording_ends_with_its_book(recorded: Recorded) -> None
     )
 
 
+@pytest.mark.slow
 def test_replay_without_api_shows_the_first_recorded_api_only(recorded: Recorded) -> None:
     done = watch_from("BTC/USD", "--from", str(recorded.out))
     assert done.returncode == 0, done.stderr
