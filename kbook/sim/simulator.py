@@ -101,7 +101,10 @@ class Simulator:
         await asyncio.gather(*leftovers, return_exceptions=True)
 
     def _call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in the simulator's loop and return its result (directly if not running)."""
+        """Run ``fn`` in the simulator's loop and return its result (directly if not running).
+
+        The wait is long: on a machine loaded far beyond its cores the loop may take seconds to
+        reach the call, and a fault armed late would make a test fail for the wrong reason."""
         loop = self._loop
         if loop is None or loop.is_closed() or threading.current_thread() is self._thread:
             return fn()
@@ -114,7 +117,7 @@ class Simulator:
                 future.set_exception(exc)
 
         loop.call_soon_threadsafe(run)
-        return future.result(timeout=5.0)
+        return future.result(timeout=30.0)
 
     def _changed(self) -> None:
         with self._cond:
