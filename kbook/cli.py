@@ -111,7 +111,9 @@ def _print_coverage(console: Console, coverage: dict[str, PairCoverage], by_day:
     for column in ("pair", "source", "valid (h)", "invalid (s)", "invalid spans (UTC)"):
         table.add_column(column, justify="left" if column in ("pair", "source") else "right")
     for pair, c in sorted(coverage.items()):
-        spans = [f"{utc_text(a, 0)}..{utc_text(b, 0)}" for a, b in c.invalid_spans[:3]]
+        spans = [
+            f"{utc_text(a, 0)}..{utc_text(b, 0)} {cause}" for a, b, cause in c.invalid_spans[:3]
+        ]
         if len(c.invalid_spans) > 3:
             spans.append(f"+{len(c.invalid_spans) - 3} more")
         table.add_row(
@@ -123,11 +125,14 @@ def _print_coverage(console: Console, coverage: dict[str, PairCoverage], by_day:
     if not by_day:
         return
     days = Table(title="coverage per UTC day")
-    for column in ("pair", "day", "valid (h)", "invalid (s)"):
+    for column in ("pair", "day", "valid (h)", "invalid (s)", "invalid by cause (s)"):
         days.add_column(column, justify="left" if column in ("pair", "day") else "right")
     for pair, c in sorted(coverage.items()):
         for day, d in sorted(c.days.items()):
-            days.add_row(pair, day, f"{d.valid_ns / 3.6e12:.3f}", f"{d.invalid_ns / 1e9:.1f}")
+            causes = ", ".join(f"{cause} {ns / 1e9:.1f}" for cause, ns in sorted(d.causes.items()))
+            days.add_row(
+                pair, day, f"{d.valid_ns / 3.6e12:.3f}", f"{d.invalid_ns / 1e9:.1f}", causes
+            )
     console.print(days)
 
 

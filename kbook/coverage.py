@@ -9,9 +9,11 @@ no data at all get no rows in replay and no entry here; a day's invalid time inc
 times between two recordings of that day (no recorder running).
 
 Each grid time stands for ``every`` of time: ``valid_ns`` is the valid rows times ``every``, and
-an invalid span ``(first, stop)`` runs from the first invalid grid time to one step after the
-last. Per source (``replay.plan.Stream.label``, ``v2 book-100 run 1f2e3d4c``): the time its rows
-were the ones chosen.
+an invalid span ``(first, stop, cause)`` runs from the first invalid grid time to one step after
+the last. The spans and their causes (disconnect, checksum, malformed, silence, no recorder
+running: ``replay.sampler.Cause``) are the ones replay noted in its summary while writing the
+rows, never worked out again here. Per source (``replay.plan.Stream.label``,
+``v2 book-100 run 1f2e3d4c``): the time its rows were the ones chosen.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import pyarrow.compute as pc
 
 from kbook.errors import UsageError
 from kbook.units import DAY, utc_day, utc_text
-from replay.options import DurationLike, parse_every
+from replay.options import DurationLike, make_options
+from replay.sampler import Cause, PairSummary
 
 
 @dataclass
@@ -36,6 +39,15 @@ class DayCoverage:
 
     valid_ns: int = 0
     invalid_ns: int = 0
+    causes: dict[Cause, int] = field(default_factory=dict)
+    """Cause -> that day's invalid time for it (they add up to ``invalid_ns``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "valid_s": self.valid_ns / 1e9,
+            "invalid_s": self.invalid_ns / 1e9,
+            "causes": {str(cause): ns / 1e9 for cause, ns in sorted(self.causes.items())},
+        }
 
 
 @dataclass
@@ -44,8 +56,8 @@ class PairCoverage:
 
     valid_ns: int = 0
     invalid_ns: int = 0
-    invalid_spans: list[tuple[int, int]] = field(default_factory=list)
-    """``(first, stop)``: from the first invalid grid time to one step after the last."""
+    invalid_spans: list[tuple[int, int, Cause]] = field(default_factory=list)
+    """``(first, stop, cause)``: from the first invalid grid time to one step after the last."""
     sources: dict[str, int] = field(default_factory=dict)
     """Source label -> the time its rows were chosen (valid)."""
     days: dict[str, DayCoverage] = field(default_factory=dict)
@@ -55,12 +67,12 @@ class PairCoverage:
         return {
             "valid_s": self.valid_ns / 1e9,
             "invalid_s": self.invalid_ns / 1e9,
-            "invalid_spans": [[utc_text(a), utc_text(b)] for a, b in self.invalid_spans],
+            "invalid_spans": [
+                {"from": utc_text(a), "to": utc_text(b), "cause": str(cause)}
+                for a, b, cause in self.invalid_spans
+            ],
             "sources": {label: ns / 1e9 for label, ns in sorted(self.sources.items())},
-            "days": {
-                day: {"valid_s": d.valid_ns / 1e9, "invalid_s": d.invalid_ns / 1e9}
-                for day, d in sorted(self.days.items())
-            },
+            "days": {day: d.to_json() for day, d in sorted(self.days.items())},
         }
 
 
@@ -70,33 +82,28 @@ def measure_coverage(
     """Each pair's coverage (common name -> ``PairCoverage``), from replay's timeline on a grid
     of ``every``, stale after ``max_silence`` (both as ``kbook replay`` takes them; a bad value
     is a ``UsageError``). Segments with no book replay gives rows for have no pairs here."""
-    from replay.api import replay_table
+    from replay.api import table_and_result
 
-    every_ns = parse_every(every)
-    max_silence_ns = parse_every(max_silence, "--max-silence")
+    options = make_options(every, levels=1, max_silence=max_silence)
     try:
-        table = replay_table(list(paths), every=every_ns, levels=1, max_silence=max_silence_ns)
+        table, result = table_and_result(list(paths), options)
     except UsageError:  # the options are good: no book to replay (verify's counts say why)
         return {}
     table = table.select(["ts", "pair", "valid", "source"])
     found: dict[str, PairCoverage] = {}
     for pair in sorted(pc.unique(table.column("pair")).to_pylist()):
         rows = table.filter(pc.equal(table.column("pair"), pair))
-        found[pair] = _pair_coverage(rows, every_ns)
+        found[pair] = _pair_coverage(rows, result.pairs[pair], options.every_ns)
     return found
 
 
-def _pair_coverage(rows: pa.Table, every_ns: int) -> PairCoverage:
+def _pair_coverage(rows: pa.Table, summary: PairSummary, every_ns: int) -> PairCoverage:
     ts = rows.column("ts").cast(pa.int64()).to_numpy()
     valid = rows.column("valid").to_numpy(zero_copy_only=False).astype(bool)
     coverage = PairCoverage(
         valid_ns=int(valid.sum()) * every_ns, invalid_ns=int((~valid).sum()) * every_ns
     )
-    invalid_ts = ts[~valid]
-    if len(invalid_ts):
-        breaks = np.flatnonzero(np.diff(invalid_ts) != every_ns) + 1
-        for run in np.split(invalid_ts, breaks):
-            coverage.invalid_spans.append((int(run[0]), int(run[-1]) + every_ns))
+    coverage.invalid_spans = [(a, b + every_ns, cause) for a, b, cause in summary.invalid_spans]
     chosen = pc.value_counts(pc.filter(rows.column("source"), pa.array(valid)))
     for item in chosen.to_pylist():
         if item["values"] is not None:
@@ -108,4 +115,10 @@ def _pair_coverage(rows: pa.Table, every_ns: int) -> PairCoverage:
         coverage.days[utc_day(int(day) * DAY)] = DayCoverage(
             valid_ns=good * every_ns, invalid_ns=(int(on_day.sum()) - good) * every_ns
         )
+    for first, stop, cause in coverage.invalid_spans:
+        while first < stop:  # a span may run past midnight into the next day's rows
+            rows = -(-(min(stop, (first // DAY + 1) * DAY) - first) // every_ns)
+            causes = coverage.days[utc_day(first)].causes
+            causes[cause] = causes.get(cause, 0) + rows * every_ns
+            first += rows * every_ns
     return coverage

@@ -149,7 +149,10 @@ class ReplaySummary:
                     "last": utc_text(s.last_ts),
                     "frames": s.frames,
                     "checksum_failures": s.checksum_failures,
-                    "invalid_spans": [[utc_text(a), utc_text(b)] for a, b in s.invalid_spans],
+                    "invalid_spans": [
+                        {"first": utc_text(a), "last": utc_text(b), "cause": str(cause)}
+                        for a, b, cause in s.invalid_spans
+                    ],
                 }
                 for pair, s in self.pairs.items()
             },
@@ -174,18 +177,25 @@ def replay_table(
     recorded under both is one timeline, see ``replay.plan``); ``max_silence`` is the staleness
     bound (``replay.sampler``)."""
     options = make_options(every, levels, pairs, start, end, workers, api, max_silence)
+    return table_and_result(paths, options)[0]
+
+
+def table_and_result(paths: PathsLike, options: ReplayOptions) -> tuple[pa.Table, StreamResult]:
+    """``replay_table``'s table, and the replay's result beside it: per pair, the summary
+    with its invalid spans and their causes (``kbook verify --coverage`` reports those)."""
     tables: dict[str, list[pa.Table]] = {}
     infos, outcomes = run_replay(paths, options, None, None)
     for _result, rows in outcomes:
         tables.update(rows.batches)
-    _require_rows(merge_results([outcome[0] for outcome in outcomes]), options, infos)
+    result = merge_results([outcome[0] for outcome in outcomes])
+    _require_rows(result, options, infos)
     schema = table_schema(options.levels)
     parts = []
     for pair in sorted(tables):
         for batch in tables[pair]:
             column = pa.repeat(pa.scalar(pair, pa.string()), batch.num_rows)
             parts.append(batch.add_column(1, schema.field("pair"), column))
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+    return (pa.concat_tables(parts) if parts else schema.empty_table()), result
 
 
 def replay_to_dataset(
@@ -551,16 +561,16 @@ def _timelines(
         for pair, indexes in sorted(holders.items()):
             parts = [outcomes[index][0].pairs.pop(pair) for index in indexes]
             sources = []
-            for index in indexes:
+            for index, part in zip(indexes, parts, strict=True):
                 stream = streams[index]
                 depth = channel_depth(stream.channels[pair])
                 if folder is None:
                     tables = outcomes[index][1].batches.pop(pair, [])
-                    sources.append(SourceRows(depth, iter(tables)))
+                    sources.append(SourceRows(depth, iter(tables), part.invalid_spans))
                 else:
                     path = source_spool(folder, pair, stream.rank)
                     spooled = read_spool(path) if path.exists() else iter(())
-                    sources.append(SourceRows(depth, spooled))
+                    sources.append(SourceRows(depth, spooled, part.invalid_spans))
             channels = sorted({p.channel for p in parts}, key=channel_depth, reverse=True)
             sink = batches.setdefault(pair, []).append if writer is None else writer.sink(pair)
             summary = merge(

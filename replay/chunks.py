@@ -37,7 +37,7 @@ from replay.columns import file_schema
 from replay.engine import Chunk, ChunkResult, StreamResult, span
 from replay.options import ReplayOptions
 from replay.plan import Stream
-from replay.sampler import Carry, PairSummary
+from replay.sampler import Carry, PairSummary, note_span
 
 CHUNKS_PER_WORKER = 4
 """Chunks aimed at per worker: several, so that the last ones end close together (measured: 4
@@ -151,11 +151,8 @@ def merge_summaries(parts: Sequence[PairSummary], every: int) -> PairSummary:
         if part.first_ts is not None:
             merged.first_ts = part.first_ts if merged.first_ts is None else merged.first_ts
             merged.last_ts = part.last_ts
-        for first, last in part.invalid_spans:
-            if spans and spans[-1][1] == first - every:
-                spans[-1] = (spans[-1][0], last)
-            else:
-                spans.append((first, last))
+        for invalid in part.invalid_spans:
+            note_span(spans, invalid, every)
     return merged
 
 

@@ -57,7 +57,7 @@ from kbook.v2 import RecordReader, V2BookFeed, book_key, feed_for, frame_symbol
 from replay.columns import row_group_rows
 from replay.options import ReplayOptions
 from replay.plan import Stream
-from replay.sampler import Carry, PairSampler, PairSummary
+from replay.sampler import Carry, Cause, PairSampler, PairSummary
 from replay.survey import SegmentInfo
 
 SinkFactory = Callable[[str], Callable[[pa.Table], None]]
@@ -433,7 +433,7 @@ class StreamReplay:
             if book is not None and book.valid:
                 sampler.begin(book, clock, counted=0)
             elif was_valid and sampler.book is book:
-                sampler.voided(clock)  # a malformed checkpoint wiped the followed book
+                sampler.voided(clock, Cause.MALFORMED)  # a malformed checkpoint wiped the book
         elif kind in ("connect", "disconnect"):
             self._global(lambda: self.feed.on_meta(meta, clock))
 

@@ -60,9 +60,9 @@ def print_summary(summary: ReplaySummary, console: Console | None = None) -> Non
         )
     console.print(table)
     for pair, s in summary.pairs.items():
-        for first, last in s.invalid_spans[:SPANS_SHOWN]:
+        for first, last, cause in s.invalid_spans[:SPANS_SHOWN]:
             console.print(
-                f"  {pair} invalid from {utc_text(first, 3)} to {utc_text(last, 3)} (rows)"
+                f"  {pair} invalid from {utc_text(first, 3)} to {utc_text(last, 3)} (rows): {cause}"
             )
         if len(s.invalid_spans) > SPANS_SHOWN:
             console.print(f"  {pair}: {len(s.invalid_spans) - SPANS_SHOWN} more invalid spans")

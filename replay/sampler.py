@@ -14,6 +14,8 @@ Exact semantics (also in the README):
   changed. ``--start`` (inclusive) and ``--end`` (exclusive) narrow that span.
 - ``valid`` is False, and every level null, from a failed checksum, a malformed frame, a
   disconnect, a new connection or a resubscription until the next snapshot or checkpoint.
+  Each run of invalid rows is noted with its ``Cause`` (``PairSummary.invalid_spans``): the
+  first thing that voided the book, or the silence that made it stale.
 - Staleness: a source's book is valid at ``t`` only if the source received a line (any frame,
   heartbeats included) within ``max_silence`` before ``t``. After a longer silence its rows are
   invalid until its next line (the same connection lost nothing over TCP; a new one voids the
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import pyarrow as pa
 
@@ -46,6 +49,28 @@ from replay.columns import RowBuffer
 NAN = float("nan")
 NEVER = 1 << 126
 """A grid time later than any receive time: the sampler has not started."""
+
+
+class Cause(StrEnum):
+    """Why rows are invalid, as replay's summary, its manifest and ``kbook verify --coverage``
+    report each invalid span."""
+
+    DISCONNECT = "disconnect"
+    """The connection's feed broke: a disconnect, a new connection, a resubscription, or a
+    segment cut short (what followed it is lost). Invalid until the next snapshot/checkpoint."""
+    CHECKSUM = "checksum"
+    """A failed checksum. Invalid until the next snapshot or checkpoint."""
+    MALFORMED = "malformed"
+    """A malformed book frame or checkpoint. Invalid until the next snapshot or checkpoint."""
+    SILENCE = "silence"
+    """The source received nothing for longer than ``--max-silence``: its book is stale."""
+    NO_RECORDER = "no recorder running"
+    """No source has a row: the grid times between two recordings of a day
+    (``replay.timeline``)."""
+
+
+Span = tuple[int, int, Cause]
+"""``(first, last, cause)``: the first and last grid times of a run of invalid rows."""
 
 
 @dataclass(slots=True)
@@ -60,25 +85,30 @@ class PairSummary:
     last_ts: int | None = None
     frames: int = 0
     checksum_failures: int = 0
-    invalid_spans: list[tuple[int, int]] = field(default_factory=list)
-    """``(first, last)`` grid times of each run of invalid rows."""
+    invalid_spans: list[Span] = field(default_factory=list)
+    """Each run of invalid rows of one cause (contiguous runs of two causes are two spans)."""
     sources: list[str] = field(default_factory=list)
     """The sources the rows came from (``replay.plan.Stream.label``), in the fixed order."""
 
-    def note_rows(self, t: int, n: int, every: int, valid: bool) -> None:
+    def note_rows(self, t: int, n: int, every: int, cause: Cause | None) -> None:
+        """``n`` rows from grid time ``t`` on, valid when ``cause`` is None."""
         last = t + (n - 1) * every
         if self.first_ts is None:
             self.first_ts = t
         self.last_ts = last
         self.rows += n
-        if valid:
+        if cause is None:
             self.valid_rows += n
             return
-        spans = self.invalid_spans
-        if spans and spans[-1][1] == t - every:
-            spans[-1] = (spans[-1][0], last)
-        else:
-            spans.append((t, last))
+        note_span(self.invalid_spans, (t, last, cause), every)
+
+
+def note_span(spans: list[Span], span: Span, every: int) -> None:
+    """Append ``span`` to ``spans``, joined to the last one if it continues it with one cause."""
+    if spans and spans[-1][1] == span[0] - every and spans[-1][2] == span[2]:
+        spans[-1] = (spans[-1][0], span[1], span[2])
+    else:
+        spans.append(span)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +151,9 @@ class PairSampler:
         "dirty",
         "row",
         "row_valid",
+        "row_cause",
+        "void_cause",
+        "failed_at_begin",
         "empty_row",
         "buffer",
         "summary",
@@ -161,6 +194,13 @@ class PairSampler:
         self.empty_row = [NAN] * (4 * levels)
         self.row = self.empty_row
         self.row_valid = False
+        self.row_cause: Cause | None = Cause.DISCONNECT
+        """Why the current row is invalid (None: it is valid)."""
+        self.void_cause: Cause | None = None
+        """What voided the followed book since its last snapshot or checkpoint (``voided``)."""
+        self.failed_at_begin = 0
+        """Failed checksums counted at the last snapshot or checkpoint: more now means one
+        failed since."""
         self.buffer = RowBuffer(levels, capacity, sink, depth, source)
         self.summary = PairSummary(pair, channel)
         self.silent = False
@@ -199,6 +239,8 @@ class PairSampler:
             self.mark_frames = self.first_frames = frames - counted
             self.mark_failed = self.first_failed = failed
         self.book = book
+        self.void_cause = None
+        self.failed_at_begin = self.counts()[1]
         self.last_event = clock
         self.dirty = True
 
@@ -207,9 +249,12 @@ class PairSampler:
         if self.next_t < clock:
             self._refresh()
 
-    def voided(self, clock: int) -> None:
-        """The book was voided at ``clock`` (disconnect, new connection, resubscription)."""
+    def voided(self, clock: int, cause: Cause = Cause.DISCONNECT) -> None:
+        """The book was voided at ``clock`` (disconnect, new connection, resubscription, or
+        ``cause``)."""
         self.catch_up(clock)
+        if self.void_cause is None:
+            self.void_cause = cause
         self.last_event = clock
         self.dirty = True
 
@@ -260,7 +305,7 @@ class PairSampler:
             failed - self.mark_failed,
             last,
         )
-        self.summary.note_rows(t, n, self.every, self.row_valid)
+        self.summary.note_rows(t, n, self.every, self.row_cause)
         self.mark_frames, self.mark_failed = frames, failed
         self.zeroed = self.zeroed or "row"
         self.next_t = t + n * self.every
@@ -303,6 +348,7 @@ class PairSampler:
         if book is None or not book.valid or self.silent:
             self.row = self.empty_row
             self.row_valid = False
+            self.row_cause = self._cause()
             return
         row = self.empty_row.copy()
         n = self.levels
@@ -318,3 +364,15 @@ class PairSampler:
             index += 4
         self.row = row
         self.row_valid = True
+        self.row_cause = None
+
+    def _cause(self) -> Cause:
+        """Why the book cannot be shown: what voided it first, else the silence it is in."""
+        book = self.book
+        if book is not None and book.valid:
+            return Cause.SILENCE
+        if self.void_cause is not None:
+            return self.void_cause
+        if self.counts()[1] > self.failed_at_begin:
+            return Cause.CHECKSUM
+        return Cause.MALFORMED if book is not None else Cause.DISCONNECT

@@ -13,7 +13,9 @@ keeps, per grid time ``t``, the row of:
    by path).
 
 If no source is valid at ``t`` the row is invalid (levels, ``depth`` and ``source`` null); it
-keeps the counts of the first source (in the fixed order) with a row at ``t``. Rows exist where
+keeps the counts of the first source (in the fixed order) with a row at ``t``, and that row's
+cause (``replay.sampler.Cause``) in the summary's invalid spans; a grid time no source has a row
+for is invalid for ``Cause.NO_RECORDER``. Rows exist where
 any source has one; within one UTC day the grid is dense from the day's first row to its last
 (grid times no source covers in between are invalid rows with zero counts and the latest
 ``last_update`` seen), and a day no source covers gets no rows. ``updates`` and
@@ -35,17 +37,22 @@ import pyarrow.compute as pc
 
 from kbook.units import DAY
 from replay.chunks import Stitcher
-from replay.sampler import PairSummary
+from replay.sampler import Cause, PairSummary, Span
+
+CAUSES = list(Cause)
+"""Causes by code (``_causes``); -1 is a valid row."""
 
 NO_TIME = np.iinfo(np.int64).min
 
 
 @dataclass
 class SourceRows:
-    """One source's rows of a pair, in time order, and the depth its rows follow."""
+    """One source's rows of a pair, in time order, the depth its rows follow, and the causes
+    of its invalid rows (its ``PairSummary.invalid_spans``)."""
 
     depth: int
     batches: Iterator[pa.Table]
+    spans: Sequence[Span] = ()
 
 
 class _Cursor:
@@ -54,6 +61,10 @@ class _Cursor:
     def __init__(self, source: SourceRows) -> None:
         self.depth = source.depth
         self.batches = source.batches
+        spans = source.spans
+        self.span_first = np.array([span[0] for span in spans], np.int64)
+        self.span_last = np.array([span[1] for span in spans], np.int64)
+        self.span_cause = np.array([CAUSES.index(span[2]) for span in spans], np.int8)
         self.table: pa.Table | None = None
         self.ts: np.ndarray = np.empty(0, np.int64)
         self.offset = 0
@@ -88,6 +99,13 @@ class _Cursor:
             self._advance()
         return pa.concat_tables(parts) if parts else None
 
+    def causes(self, ts: np.ndarray) -> np.ndarray:
+        """The cause code of this source's invalid rows at grid times ``ts``."""
+        at = np.searchsorted(self.span_first, ts, side="right") - 1
+        inside = (at >= 0) & (ts <= self.span_last[np.maximum(at, 0)])
+        # Rows of a source are noted in its spans exactly; outside one, nothing voided it.
+        return np.where(inside, self.span_cause[np.maximum(at, 0)], CAUSES.index(Cause.MALFORMED))
+
 
 def merge(
     pair: str,
@@ -117,7 +135,7 @@ def merge(
         stop = min(start + capacity * every, day_end)
         count = (stop - start + every - 1) // every
         pieces = [(cursor, cursor.take_before(stop)) for cursor in cursors]
-        table, choice = _choose(pieces, start, every, count)
+        table, choice, owner = _choose(pieces, start, every, count)
         more_today = any((t := c.next_ts) is not None and t < day_end for c in cursors)
         present = np.flatnonzero(choice >= 0)
         end = count if more_today else int(present[-1]) + 1 if len(present) else 0
@@ -125,8 +143,8 @@ def merge(
             continue
         choice = choice[:end]
         out, last_seen = _rows(schema, table, choice, start, every, last_seen)
-        valid = out.column("valid").to_numpy(zero_copy_only=False)
-        _note(summary, start, every, valid)
+        valid = out.column("valid").to_numpy(zero_copy_only=False).astype(bool)
+        _note(summary, start, every, _causes(cursors, valid, owner[:end], start, every))
         stitcher.add(out)
         previous = start + (end - 1) * every
     stitcher.flush()
@@ -135,16 +153,18 @@ def merge(
 
 def _choose(
     pieces: Sequence[tuple[_Cursor, pa.Table | None]], start: int, every: int, count: int
-) -> tuple[pa.Table | None, np.ndarray]:
+) -> tuple[pa.Table | None, np.ndarray, np.ndarray]:
     """All sources' rows of the block in one table, and per grid time the index of the chosen
-    row in it (-1: no source has a row there)."""
+    row in it and of the piece it came from (-1: no source has a row there)."""
     best = np.full(count, -1, np.int64)
+    best_piece = np.full(count, -1, np.int64)
+    first_piece = np.full(count, -1, np.int64)
     best_depth = np.full(count, -1, np.int64)
     best_last = np.full(count, NO_TIME, np.int64)
     first_any = np.full(count, -1, np.int64)
     tables = []
     offset = 0
-    for cursor, table in pieces:
+    for index, (cursor, table) in enumerate(pieces):
         if table is None:
             continue
         tables.append(table)
@@ -158,15 +178,18 @@ def _choose(
         )
         chosen = at[better]
         best[chosen] = rows[better]
+        best_piece[chosen] = index
         best_depth[chosen] = depth
         best_last[chosen] = last[better]
         unset = first_any[at] < 0
         first_any[at[unset]] = rows[unset]
+        first_piece[at[unset]] = index
         offset += table.num_rows
     if not tables:
-        return None, first_any
+        return None, first_any, first_piece
     table = pa.concat_tables(tables)
-    return table, np.where(best >= 0, best, first_any)
+    chosen = best >= 0
+    return table, np.where(chosen, best, first_any), np.where(chosen, best_piece, first_piece)
 
 
 def _rows(
@@ -202,12 +225,29 @@ def _rows(
     return out.combine_chunks(), int(seen[-1]) if n else last_seen
 
 
-def _note(summary: PairSummary, start: int, every: int, valid: np.ndarray) -> None:
-    """Add a block's rows (contiguous on the grid) to the summary, one run of validity at a time."""
-    edges = np.flatnonzero(np.diff(valid.astype(np.int8))) + 1
-    bounds = [0, *edges.tolist(), len(valid)]
+def _causes(
+    cursors: Sequence[_Cursor], valid: np.ndarray, owner: np.ndarray, start: int, every: int
+) -> np.ndarray:
+    """Per grid time of a block, the cause code of an invalid row (-1 for a valid one): the
+    cause its source noted, or ``NO_RECORDER`` where no source has a row."""
+    codes = np.full(len(valid), -1, np.int8)
+    ts = start + np.arange(len(valid), dtype=np.int64) * every
+    codes[~valid & (owner < 0)] = CAUSES.index(Cause.NO_RECORDER)
+    for index, cursor in enumerate(cursors):
+        mine = ~valid & (owner == index)
+        if mine.any():
+            codes[mine] = cursor.causes(ts[mine])
+    return codes
+
+
+def _note(summary: PairSummary, start: int, every: int, codes: np.ndarray) -> None:
+    """Add a block's rows (contiguous on the grid) to the summary, one run of one cause (or of
+    valid rows) at a time."""
+    edges = np.flatnonzero(np.diff(codes)) + 1
+    bounds = [0, *edges.tolist(), len(codes)]
     for a, b in zip(bounds, bounds[1:], strict=False):
-        summary.note_rows(start + a * every, b - a, every, bool(valid[a]))
+        code = int(codes[a])
+        summary.note_rows(start + a * every, b - a, every, None if code < 0 else CAUSES[code])
 
 
 def _ints(column: pa.ChunkedArray | pa.Array, fill: int = NO_TIME) -> np.ndarray:

@@ -17,7 +17,8 @@ from kbook.feed import BookFeed
 from kbook.segment import checkpoint_meta, frame_line, is_json_text, meta_line, write_segment
 from kbook.units import SECOND
 from kbook.verify import verify_paths
-from replay.api import replay_table
+from replay.api import replay_table, replay_to_dataset, table_and_result
+from replay.options import make_options
 
 from conftest import CAPTURES
 
@@ -67,7 +68,14 @@ def test_disconnect_outage_is_replays_invalid_time(tmp_path: Path) -> None:
     coverage = measure_coverage([path], EVERY)["BTC/USD"]
     assert coverage.invalid_ns == replay_invalid_ns(path)
     assert OUTAGE_NS - EVERY_NS <= coverage.invalid_ns <= OUTAGE_NS + EVERY_NS
-    assert len(coverage.invalid_spans) == 1
+    ((first, stop, cause),) = coverage.invalid_spans
+    assert (stop - first, cause) == (coverage.invalid_ns, "disconnect")
+    assert coverage.days["2023-11-14"].causes == {"disconnect": coverage.invalid_ns}
+    summary = replay_to_dataset([path], tmp_path / "out", every=EVERY, levels=1)
+    manifest = json.loads((tmp_path / "out" / "_kbook_replay.json").read_text())
+    ((span,),) = [data["invalid_spans"] for data in manifest["pairs"].values()]
+    assert span["cause"] == "disconnect"
+    assert summary.pairs["BTC/USD"].invalid_spans[0][2] == "disconnect"
     report = verify_paths([path])
     assert report.checksums_failed == 0  # the book came back whole
 
@@ -78,6 +86,7 @@ def test_silence_is_replays_invalid_time(tmp_path: Path) -> None:
     coverage = measure_coverage([path], EVERY, "1s")["BTC/USD"]
     assert coverage.invalid_ns == replay_invalid_ns(path, "1s")
     assert OUTAGE_NS - SECOND - EVERY_NS <= coverage.invalid_ns <= OUTAGE_NS - SECOND + EVERY_NS
+    assert [cause for _, _, cause in coverage.invalid_spans] == ["silence"]
     assert verify_paths([path]).pairs["BTC/USD"].invalid_ns == 0
 
 
@@ -94,11 +103,12 @@ def test_checksum_failure_is_replays_invalid_time(tmp_path: Path) -> None:
     coverage = measure_coverage([path], EVERY)["BTC/USD"]
     assert verify_paths([path]).checksums_failed == 1
     assert coverage.invalid_ns == replay_invalid_ns(path) > 0
-    assert len(coverage.invalid_spans) == 1
+    assert [cause for _, _, cause in coverage.invalid_spans] == ["checksum"]
 
 
 def test_no_recorder_running_between_two_recordings(tmp_path: Path) -> None:
-    """Two recordings of a pair, 4 s apart: the gap between them is invalid, as replay says."""
+    """Two recordings of a pair, 4 s apart: the gap between them is invalid, as replay says.
+    Bare segments are one source, so the gap is a silence of it."""
     frames = capture_frames()
     lines = lines_of(frames)
     first = write_segment(tmp_path / NAME, lines[:CUT])
@@ -107,6 +117,37 @@ def test_no_recorder_running_between_two_recordings(tmp_path: Path) -> None:
     table = replay_table([tmp_path], every=EVERY, levels=1, max_silence="1s")
     invalid = int(pc.sum(pc.invert(table.column("valid"))).as_py() or 0) * EVERY_NS
     assert coverage.invalid_ns == invalid > 0
+    assert [cause for _, _, cause in coverage.invalid_spans] == ["silence"]
+
+
+def two_runs(tmp_path: Path) -> list[Path]:
+    """Two recorder runs of the capture's pair (``session_start`` with a run id): the first
+    stops after frame ``CUT``, the second records the whole capture again from ``OUTAGE_NS``
+    after that (its snapshot first)."""
+    frames = capture_frames()
+    later = frames[CUT - 1][0] + OUTAGE_NS - frames[0][0]
+    runs = []
+    for run_id, name, body in (
+        ("a" * 32, NAME, frames[:CUT]),
+        ("b" * 32, NAME.replace("221320Z", "221333Z"), [(t + later, f) for t, f in frames]),
+    ):
+        lines = [meta_line(body[0][0], {"type": "session_start", "run_id": run_id})]
+        lines += [frame_line(t, seq, f, is_json_text(f)) for seq, (t, f) in enumerate(body)]
+        runs.append(write_segment(tmp_path / name, lines))
+    return runs
+
+
+def test_gap_between_two_runs_is_no_recorder_running(tmp_path: Path) -> None:
+    """Between two recorder runs no source has a row: the gap's cause says so, in verify's
+    coverage and in replay's own summary alike (one noting of the causes, reused)."""
+    runs = two_runs(tmp_path)
+    coverage = measure_coverage(runs, EVERY)["BTC/USD"]
+    assert [cause for _, _, cause in coverage.invalid_spans] == ["no recorder running"]
+    assert OUTAGE_NS - EVERY_NS <= coverage.invalid_ns <= OUTAGE_NS + EVERY_NS
+    assert coverage.days["2023-11-14"].causes == {"no recorder running": coverage.invalid_ns}
+    _, result = table_and_result(runs, make_options(EVERY, levels=1))
+    spans = result.pairs["BTC/USD"].invalid_spans
+    assert [(a, b + EVERY_NS, cause) for a, b, cause in spans] == coverage.invalid_spans
 
 
 @pytest.mark.slow
@@ -137,8 +178,10 @@ def test_cli_by_day_and_json(tmp_path: Path) -> None:
     assert coverage["invalid_s"] == invalid_s
     assert list(coverage["days"]) == ["2023-11-14"]
     assert coverage["days"]["2023-11-14"]["invalid_s"] == invalid_s
+    assert coverage["days"]["2023-11-14"]["causes"] == {"silence": invalid_s}
     assert coverage["sources"] == {"v1 book-10": coverage["valid_s"]}
-    assert len(coverage["invalid_spans"]) == 1
+    ((span),) = coverage["invalid_spans"]
+    assert span["cause"] == "silence"
     table = subprocess.run(
         [sys.executable, "-m", "kbook", "verify", "--by-day", "--max-silence", "1s", str(path)],
         capture_output=True,
@@ -149,3 +192,4 @@ def test_cli_by_day_and_json(tmp_path: Path) -> None:
     assert table.returncode == 0, table.stderr
     assert "coverage per UTC day" in table.stdout
     assert "2023-11-14" in table.stdout
+    assert "silence 3.0" in table.stdout
