@@ -491,11 +491,16 @@ def find_segments(paths: Iterable[Path], dropped: list[Problem] | None = None) -
     name (and checked to be a segment); a missing path or a folder without segments is an
     ``InputError`` naming it.
 
-    A stale copy is left out: a ``X.partial`` found beside its finished segment ``X`` whose first
-    frame (receive time and ``seq``) is the same as ``X``'s is the head of ``X`` saved before the
-    recorder closed and renamed it (a sync tool copied it mid-write), so its frames are frames of
-    ``X``, and reading both would count each twice. Each one left out is appended to ``dropped``
-    as a ``Problem`` naming it, for the caller to warn about.
+    Copies are left out, so that every frame is read once: two segments of one stream
+    (``stream_name``) that start with the same frame (the run id of a ``session_start`` line
+    before it, if any, its receive time and ``seq``, which no two frames of a stream share)
+    hold the same frames from there on, since the recorder writes a
+    frame once per stream. One is a copy of the other (a segment copied twice into the folder,
+    under any name or in any sub-folder), or the head of it (a ``X.partial`` saved before the
+    recorder closed and renamed it, e.g. by a sync tool copying it mid-write). The largest is
+    read (a finished segment before a ``.partial`` of the same size, then the first in name
+    order) and each other one is appended to ``dropped`` as a ``Problem`` naming it and the one
+    read, for the caller to warn about.
     """
     found: list[Path] = []
     for path in paths:
@@ -510,25 +515,60 @@ def find_segments(paths: Iterable[Path], dropped: list[Problem] | None = None) -
         else:
             raise InputError(f"{path}: no such file or folder")
     unique = list(dict.fromkeys(found))
-    for path in [p for p in unique if p.name.endswith(PARTIAL_SUFFIX)]:
-        finished = path.with_name(path.name.removesuffix(PARTIAL_SUFFIX))
-        head = _first_frame(path) if finished in unique else None
-        if head is not None and head == _first_frame(finished):
-            unique.remove(path)
-            if dropped is not None:
-                reason = f"a stale copy of the head of {finished.name}: left out (read once)"
-                dropped.append(Problem(path, 0, reason))
     starts = {path: first_recv_ns(path) for path in unique}
+    for copy, kept in _copies(unique, starts):
+        unique.remove(copy)
+        if dropped is not None:
+            what = "the head of" if copy.stat().st_size < kept.stat().st_size else "the same as"
+            reason = f"a stale copy of {what} {kept}: left out, its frames read once from there"
+            dropped.append(Problem(copy, 0, reason))
     return sorted(unique, key=lambda p: (starts[p] is None, starts[p] or 0, *_name_order(p)))
 
 
-def _first_frame(path: Path) -> tuple[int, int] | None:
-    """``(recv_ns, seq)`` of a segment's first line that has both, or None."""
+def _copies(paths: list[Path], starts: dict[Path, int | None]) -> list[tuple[Path, Path]]:
+    """``(copy, kept)`` for each segment left out as a copy (see ``find_segments``). Only
+    segments of one stream with the same first receive time are opened again for their first
+    frame, so a folder without copies costs nothing more."""
+    alike: dict[tuple[str, int], list[Path]] = {}
+    for path in paths:
+        start = starts[path]
+        if start is not None:
+            alike.setdefault((stream_name(path), start), []).append(path)
+    copies: list[tuple[Path, Path]] = []
+    for group in alike.values():
+        if len(group) < 2:
+            continue
+        by_frame: dict[tuple[str | None, int, int], list[Path]] = {}
+        for path in group:
+            frame = _first_frame(path)
+            if frame is not None:
+                by_frame.setdefault(frame, []).append(path)
+        for same in by_frame.values():
+            same.sort(
+                key=lambda p: (
+                    -p.stat().st_size,
+                    p.name.endswith(PARTIAL_SUFFIX),
+                    *_name_order(p),
+                    str(p),
+                )
+            )
+            copies.extend((copy, same[0]) for copy in same[1:])
+    return copies
+
+
+def _first_frame(path: Path) -> tuple[str | None, int, int] | None:
+    """``(run id, recv_ns, seq)`` of a segment's first line that has both times, or None; the
+    run id is the one a ``session_start`` line before it names (the first segment of a run's
+    stream), else None."""
+    run_id: str | None = None
     try:
         for record in SegmentReader(path):
-            recv_ns, seq = record.get("recv_ns"), record.get("seq")
+            recv_ns, seq, meta = record.get("recv_ns"), record.get("seq"), record.get("meta")
+            if type(meta) is dict and meta.get("type") == "session_start":
+                found = meta.get("run_id")
+                run_id = found if isinstance(found, str) else None
             if type(recv_ns) is int and type(seq) is int:
-                return recv_ns, seq
+                return run_id, recv_ns, seq
     except SegmentError:
         return None
     return None
