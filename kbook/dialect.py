@@ -46,7 +46,7 @@ import orjson
 from kbook import v2
 from kbook.api import DEFAULT, DEPTHS, URLS, Api, Channel
 from kbook.errors import FrameError
-from kbook.feed import BookFeed, channel_depth
+from kbook.feed import BookFeed, channel_depth, misnamed, sane_pair
 from kbook.pairs import common_name, v1_alias
 
 NOT_JSON = object()
@@ -171,6 +171,17 @@ class Dialect:
         """``(pair as on the wire, "book-N")`` of a well-formed book data frame, else None. The
         channel is None when the frame does not say it and ``feed`` does not know it yet."""
         return _v1_book(msg)
+
+    def unfiled(self, msg: Any) -> bool:
+        """True for a book data frame (``is_book``) no feed can file under a book: one naming
+        no usable pair (not text of 1 to 255 printable bytes), or (v1) a ``book-N`` channel of
+        no Kraken depth. Another channel's data (v1 ``trade``, ``ticker``) is not one."""
+        return type(msg) is not list or len(msg) < 4 or misnamed(msg[-1], msg[-2])
+
+    def voids_books(self, msg: Any) -> bool:
+        """A control frame that may void books: a system status (a new connection) or an
+        (un)subscribe answer (``BookFeed`` voids the pair's books on one)."""
+        return type(msg) is dict and msg.get("event") in ("systemStatus", "subscriptionStatus")
 
     def route(self, msg: Any) -> Any:
         """The pair name a frame is filed under (its pair's stream); None: every stream.
@@ -388,6 +399,18 @@ class V2Dialect(Dialect):
         # v2 book frames never say their depth: the subscribe answer (or a checkpoint) did.
         depth = feed.depths.get(symbol) if isinstance(feed, v2.V2BookFeed) else None
         return symbol, v2.book_key(symbol, depth)[1] if depth is not None else None
+
+    def unfiled(self, msg: Any) -> bool:
+        symbol = v2.frame_symbol(msg)
+        return symbol is None or not sane_pair(symbol)
+
+    def voids_books(self, msg: Any) -> bool:
+        if type(msg) is not dict:
+            return False
+        channel = msg.get("channel")
+        return channel == "status" or (
+            channel is None and msg.get("method") in ("subscribe", "unsubscribe")
+        )
 
     def route(self, msg: Any) -> Any:
         if self.is_book(msg) or self.is_trade(msg):

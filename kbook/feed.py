@@ -103,6 +103,20 @@ def sane_pair(pair: str) -> bool:
     return 0 < len(pair) <= 255 and len(pair.encode(errors="replace")) <= 255 and pair.isprintable()
 
 
+def misnamed(pair: object, channel: object) -> bool:
+    """A book frame no feed can file: a ``book-N`` channel of no Kraken depth, or a pair name
+    that is not text of 1 to 255 printable bytes (the plan follows no such book)."""
+    if type(pair) is not str or type(channel) is not str:
+        return True
+    if not channel.startswith("book-"):
+        return False  # another channel (ticker, trade): skipped, not malformed
+    try:
+        channel_depth(channel)
+    except FrameError:
+        return True
+    return not sane_pair(pair)
+
+
 @dataclass
 class BookFeed:
     """Books of every (pair, channel) in a stream, with their counts."""

@@ -24,11 +24,13 @@ Rules beyond the sampler's (``replay.sampler`` has the snapshot semantics):
   when a later one, still before it, starts with checkpoints of every followed book (the recorder
   writes those at each rotation), since the checkpoint replaces the book entirely.
 
-Kraken v2 streams (``Stream.api``) take the same loop: ``kbook.v2.RecordReader`` decodes each
-line ``LineFeed`` hands back for its API (v2 number lexemes kept for the checksum), and it goes
-through a ``kbook.v2.V2BookFeed`` with the same rules: status frames (a new ``connection_id``)
-and (un)subscribe answers are global events as v1's ``systemStatus`` and ``subscriptionStatus``
-are, checkpoints restore, a damaged tail voids; a v2 stream is cut into chunks as v1 is.
+Both Kraken APIs (``Stream.api``) take one loop: ``kbook.v2.RecordReader`` decodes each line
+``LineFeed`` hands back for its API (v2 number lexemes kept for the checksum), and the stream's
+dialect (``kbook.dialect``) answers every question whose answer differs per API: is a frame book
+data, which book would its feed file it under, can no feed file it, may it void books (a status
+frame or an (un)subscribe answer: a global event). Its feed (``BookFeed`` or ``V2BookFeed``)
+applies it with the same rules; checkpoints restore, a damaged tail voids; a v2 stream is cut into
+chunks as v1 is.
 
 The same fact lets one stream run as several ``Chunk``s in parallel (``replay.chunks`` plans and
 joins them): a chunk after the first starts at such a segment, and a chunk before another stops
@@ -47,13 +49,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from kbook.api import Api
-from kbook.errors import FrameError
-from kbook.feed import BookFeed, Outcome, channel_depth, sane_pair
+from kbook.dialect import dialect_for
+from kbook.feed import BookFeed, Outcome, channel_depth, misnamed
 from kbook.lines import NEVER, LineFeed, Route
 from kbook.pairs import common_name
 from kbook.segment import Problem, SegmentReader, sane_recv_ns
-from kbook.v2 import RecordReader, V2BookFeed, book_key, feed_for, frame_symbol
+from kbook.v2 import RecordReader
 from replay.columns import row_group_rows
 from replay.options import ReplayOptions
 from replay.plan import Stream
@@ -123,8 +124,8 @@ class StreamReplay:
     def __init__(self, stream: Stream, options: ReplayOptions, sinks: SinkFactory) -> None:
         self.stream = stream
         self.options = options
-        self.v2 = stream.api == Api.V2
-        self.feed: BookFeed = feed_for(stream.api)
+        self.dialect = dialect_for(stream.api)
+        self.feed: BookFeed = self.dialect.feed()
         self.lines = LineFeed(self.feed)
         capacity = row_group_rows(options.levels)
         self.samplers = {
@@ -263,32 +264,9 @@ class StreamReplay:
                 self._silence(life, recv_ns)
             self.lines.clock = recv_ns
         clock = self.lines.clock
-        feed = self.feed
         msg = record.get("msg")
-        if msg is not None and self.v2:
-            if type(msg) is dict:
-                self._apply_v2(msg, clock)
-            else:
-                feed.on_message(msg, clock)  # counted as malformed
-        elif msg is not None:
-            if type(msg) is list and len(msg) >= 4:
-                wire = msg[-1]
-                sampler = self.by_wire.get(wire) if type(wire) is str else None
-                if sampler is None or msg[-2] != sampler.channel:
-                    if misnamed(wire, msg[-2]):
-                        feed.malformed_frames += 1  # as BookFeed counts it
-                    else:
-                        self.result.skipped_frames += 1
-                    return
-                if sampler.next_t < clock:
-                    sampler.catch_up(clock)
-                if feed.on_message(msg, clock) == Outcome.SNAPSHOT:
-                    sampler.begin(feed.books[(wire, msg[-2])], clock, counted=1)
-            elif type(msg) is dict:
-                if msg.get("event") in ("systemStatus", "subscriptionStatus"):
-                    self._global(lambda: feed.on_message(msg, clock))
-            else:
-                feed.on_message(msg, clock)  # counted as malformed
+        if msg is not None:
+            self._apply_frame(msg, clock)
         elif "meta" in record:
             self._on_meta(record["meta"])
         elif "raw" in record:
@@ -301,42 +279,30 @@ class StreamReplay:
             sampler.silence(life, now, self.options.max_silence_ns)
         self._sync()
 
-    def _apply_v2(self, msg: dict[str, Any], clock: int) -> None:
-        """One decoded v2 frame, as ``_apply`` handles a v1 one."""
+    def _apply_frame(self, msg: Any, clock: int) -> None:
+        """One decoded frame, in either API's shape: book data of a followed book goes to the
+        feed (the sampler catching up first), an event that may void books goes through
+        ``_global``, anything else to the feed (control frames; malformed ones are counted)."""
         feed = self.feed
-        channel = msg.get("channel")
-        if channel == "book":
-            wire = frame_symbol(msg)
-            sampler = self.by_wire.get(wire) if wire is not None else None
-            if sampler is None or wire is None or self._other_v2_book(wire, sampler.channel, msg):
-                self.result.skipped_frames += 1
+        dialect = self.dialect
+        if dialect.is_book(msg):
+            found = dialect.book_frame(msg, feed)
+            sampler = self.by_wire.get(found[0]) if found is not None else None
+            if sampler is None or found is None or found[1] not in (None, sampler.channel):
+                if dialect.unfiled(msg):
+                    feed.malformed_frames += 1  # as the feed counts it
+                else:
+                    self.result.skipped_frames += 1  # not followed, or another channel's
                 return
             if sampler.next_t < clock:
                 sampler.catch_up(clock)
-            key = (wire, sampler.channel)
+            key = (found[0], sampler.channel)
             if feed.on_message(msg, clock) == Outcome.SNAPSHOT and feed.last_key == key:
                 sampler.begin(feed.books[key], clock, counted=1)
-        elif channel == "status" or (
-            channel is None and msg.get("method") in ("subscribe", "unsubscribe")
-        ):
+        elif dialect.voids_books(msg):
             self._global(lambda: feed.on_message(msg, clock))
-        elif channel in (None, "heartbeat", "pong"):
-            feed.on_message(msg, clock)  # requests and answers: nothing to a book
-        else:
+        elif feed.on_message(msg, clock) == Outcome.OTHER_CHANNEL:
             self.result.skipped_frames += 1  # another channel (ticker, trade, ...)
-
-    def _other_v2_book(self, wire: str, channel: str, msg: dict[str, Any]) -> bool:
-        """True when the v2 feed would file this book frame under another depth of the pair
-        than the followed ``channel`` (v2 frames do not name their depth)."""
-        feed = self.feed
-        assert isinstance(feed, V2BookFeed)
-        if msg.get("type") == "snapshot":
-            depth = feed.depths.get(wire)
-            return depth is not None and book_key(wire, depth)[1] != channel
-        return any(
-            book.valid and pair == wire and other != channel
-            for (pair, other), book in feed.books.items()
-        )
 
     def _head(self, reader: RecordReader, number: int, lines: list[bytes]) -> int:
         """A chunk's start: apply lines one by one up to the first ``msg`` line (returned, not
@@ -454,20 +420,6 @@ class StreamReplay:
             if not sampler.book.valid:  # type: ignore[union-attr]
                 sampler.voided(clock)
         self._sync()
-
-
-def misnamed(pair: object, channel: object) -> bool:
-    """A book frame no feed can file: a ``book-N`` channel of no Kraken depth, or a pair name
-    that is not text of 1 to 255 printable bytes (the plan follows no such book)."""
-    if type(pair) is not str or type(channel) is not str:
-        return True
-    if not channel.startswith("book-"):
-        return False  # another channel (ticker, trade): skipped, not malformed
-    try:
-        channel_depth(channel)
-    except FrameError:
-        return True
-    return not sane_pair(pair)
 
 
 def span(stream: Stream, options: ReplayOptions) -> tuple[int, int]:

@@ -183,3 +183,47 @@ def test_names_that_tell_the_apis_apart() -> None:
     assert lock_path(out, ("BTC/USD",), Api.V1) == out / ".kbook-record.BTC-USD.lock"
     assert lock_path(out, ("BTC/USD",), Api.V2) == out / ".kbook-record.v2.BTC-USD.lock"
     assert lock_path(out, ("BTC/USD",), None) == lock_path(out, ("BTC/USD",), Api.V2)
+
+
+FRAMES = {
+    Api.V1: {
+        "status": {"event": "systemStatus", "connectionID": 1, "status": "online"},
+        "answer": {"event": "subscriptionStatus", "pair": "XBT/USD", "status": "subscribed"},
+        "heartbeat": {"event": "heartbeat"},
+        "book": [1, {"a": [["1.0", "2.0", "3.0"]], "c": "1"}, "book-10", "XBT/USD"],
+        "trade": [2, [["1.0", "2.0", "3.0", "b", "m", ""]], "trade", "XBT/USD"],
+        "nameless": [1, {"a": []}, "book-10", 7],
+        "no Kraken depth": [1, {"a": []}, "book-999999999", "XBT/USD"],
+        "NUL pair": [1, {"a": []}, "book-10", "XBT/\x00"],
+    },
+    Api.V2: {
+        "status": {"channel": "status", "type": "update", "data": [{"connection_id": 1}]},
+        "answer": {"method": "subscribe", "success": True, "result": {"channel": "book"}},
+        "heartbeat": {"channel": "heartbeat"},
+        "book": {"channel": "book", "type": "update", "data": [{"symbol": "BTC/USD"}]},
+        "trade": {"channel": "trade", "type": "update", "data": [{"symbol": "BTC/USD"}]},
+        "nameless": {"channel": "book", "type": "update", "data": [{"bids": []}]},
+        "NUL pair": {"channel": "book", "type": "update", "data": [{"symbol": "BTC/\x00"}]},
+    },
+}
+"""Per API, a frame of each shape replay tells apart (``replay.engine``)."""
+
+
+def test_replay_asks_the_dialect_which_frames_void_books_and_which_no_feed_files(
+    case: ApiCase,
+) -> None:
+    """The questions replay's one loop asks of a frame, answered alike for both APIs: only a
+    status frame or an (un)subscribe answer may void books (the feed acts on no other), and a
+    book frame naming no usable pair (or, in v1, no Kraken depth) is malformed, while another
+    channel's data is merely not followed."""
+    dialect = case.dialect
+    frames = FRAMES[case.api]
+    assert {name for name, msg in frames.items() if dialect.voids_books(msg)} == {
+        "status",
+        "answer",
+    }
+    books = {name for name, msg in frames.items() if dialect.is_book(msg)}
+    assert {"book", "nameless", "NUL pair"} <= books
+    assert "status" not in books
+    unfiled = {name for name in books if dialect.unfiled(frames[name])}
+    assert unfiled == {"nameless", "NUL pair", "no Kraken depth"} & frames.keys()
