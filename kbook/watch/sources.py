@@ -23,8 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
-from kbook.api import Api
-from kbook.dialect import NOT_JSON, spellings
+from kbook.dialect import NOT_JSON, dialect_for, spellings
 from kbook.errors import InputError, KbookError
 from kbook.feed import Outcome
 from kbook.live.session import Event as LiveEvent
@@ -32,7 +31,7 @@ from kbook.live.session import LiveSettings, Session
 from kbook.pairs import common_name
 from kbook.segment import Problem
 from kbook.units import MS, SECOND
-from kbook.v2 import RecordReader, V2BookFeed
+from kbook.v2 import RecordReader
 
 MAX_REPLAY_GAP_NS = 5 * SECOND
 """A replay waits at most this long (recorded time) between two lines: a longer gap is an outage
@@ -232,7 +231,7 @@ def find_book(
     for path in files:
         reader = RecordReader(path)
         file_api = str(reader.api)
-        tag = " (v2)" if file_api == Api.V2 else ""
+        tag = dialect_for(file_api).tag
         for wire, name in _books(reader):
             if not name.startswith("book-"):
                 continue
@@ -249,19 +248,27 @@ def find_book(
 
 
 def _books(reader: RecordReader) -> Iterator[tuple[str, str]]:
-    """``(pair on the wire, channel)`` of each book data frame and checkpoint in a segment."""
-    feed = V2BookFeed() if reader.api == Api.V2 else None
+    """``(pair on the wire, channel)`` of each book data frame and checkpoint in a segment.
+
+    The dialect names a frame's book (``Dialect.book_frame``); when it cannot yet (a v2 frame
+    never says its depth, and no answer or checkpoint before it did), the segment's feed applies
+    the frame and knows the book then. Every other frame goes to the feed too: a subscribe
+    answer tells the depth of the snapshots that follow."""
+    dialect = dialect_for(reader.api)
+    feed = dialect.feed()
     for record in reader:
         msg, meta = record.get("msg"), record.get("meta")
         if type(meta) is dict and meta.get("type") == "checkpoint":
-            if feed is not None:
-                feed.on_meta(meta, 0)  # it tells the depth of the snapshots that follow
+            feed.on_meta(meta, 0)
             yield str(meta.get("pair")), str(meta.get("channel"))
-        elif feed is not None:
-            # v2: the feed knows the book a frame belongs to once it has applied it.
+        elif msg is None:
+            continue
+        elif not dialect.is_book(msg):
+            feed.on_message(msg, 0)
+        elif (found := dialect.book_frame(msg, feed)) is not None and found[1] is not None:
+            yield found[0], found[1]
+        elif found is not None:
             feed.last_key = None
             feed.on_message(msg, 0)
-            if type(msg) is dict and msg.get("channel") == "book" and feed.last_key is not None:
+            if feed.last_key is not None:
                 yield feed.last_key
-        elif type(msg) is list and len(msg) >= 4 and all(type(x) is str for x in msg[-2:]):
-            yield msg[-1], msg[-2]
