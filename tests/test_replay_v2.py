@@ -204,7 +204,10 @@ def test_v2_recording_replays_exactly(recording: Path) -> None:
     assert len(segments) >= 2
     infos = [survey_segment(path) for path in segments]
     assert {info.api for info in infos} == {"v2"}
-    assert all(info.books == {(PAIR, "book-10")} for info in infos)
+    # On a loaded machine the first rotation may come before the first book frame: a segment
+    # may hold no book, never another one.
+    assert all(info.books <= {(PAIR, "book-10")} for info in infos)
+    assert sum(info.books == {(PAIR, "book-10")} for info in infos) >= 2
     assert infos[0].head_checkpoints == frozenset()
     assert sum(info.head_checkpoints == {(PAIR, "book-10")} for info in infos) >= 1
     records = all_records(recording)
