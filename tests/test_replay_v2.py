@@ -385,3 +385,22 @@ def test_v2_status_and_ack_void_the_book(event: str, captures_dir: Path, tmp_pat
         if not ok.as_py()
     ]
     assert invalid == list(range(-(-void_ns // every) * every, snapshot_ns, every))
+
+
+def test_a_v2_book_frame_naming_no_symbol_is_malformed_in_replay_as_in_verify(
+    captures_dir: Path, tmp_path: Path
+) -> None:
+    """Replay asks the dialect whether a book frame can be filed at all: one whose entry names
+    no symbol is malformed (the feed counts it so, and verify reports it), not merely a frame of
+    a book not followed."""
+    from kbook.verify import verify_paths
+
+    frames = capture_frames(captures_dir)
+    nameless = '{"channel":"book","type":"update","data":[{"bids":[],"asks":[],"checksum":1}]}'
+    path = write_v2_segment(
+        tmp_path / "capture.jsonl.zst", [*frames[:5], nameless, *frames[5:]], session_start=False
+    )
+    _, outcomes = run_replay([path], make_options("10ms"), None, None)
+    replayed = sum(result.malformed_frames for result, _ in outcomes)
+    assert replayed == verify_paths([path]).feed.malformed_frames == 1
+    assert sum(result.skipped_frames for result, _ in outcomes) == 0
