@@ -242,6 +242,14 @@ def test_v2_stream_is_cut_across_a_pool(recording: Path) -> None:
     _, one = run_replay([recording], options, None, None)
     _, two = run_replay([recording], dataclasses.replace(options, workers=2), None, None)
     assert [batches for _, batches in one] == [batches for _, batches in two]
+    # The invalid spans and their causes survive the join of the pieces.
+    spans = [[s.invalid_spans for s in result.pairs.values()] for result, _ in one]
+    assert spans == [[s.invalid_spans for s in result.pairs.values()] for result, _ in two]
+    # The faults' spans (a few ms each) may fall between two grid times: no other cause.
+    assert {cause for pairs in spans for found in pairs for _, _, cause in found} <= {
+        "disconnect",
+        "checksum",
+    }
 
 
 # -- (b) the real v2 capture -------------------------------------------------------------------
