@@ -14,7 +14,8 @@ orjson.
 Kraken v2 segments (``kbook.v2.segment_api``) are surveyed line by line (``_survey_v2``): a v2
 book frame names its symbol but not its depth, which comes from the subscribe acknowledgement
 (``result.depth``) or a checkpoint's channel, exactly as ``kbook.v2.V2BookFeed`` files its books,
-so the survey follows the same state. A book update (nearly every line) only says its symbol,
+so the survey follows the same state, through the dialect's ``kbook.dialect.BookNamer`` (which
+watch and the tests use too). A book update (nearly every line) only says its symbol,
 which is read off the text as v1's endings are; every other line is decoded.
 """
 
@@ -30,12 +31,12 @@ from typing import Any
 import orjson
 import zstandard
 
-from kbook.api import DEPTHS, Api
-from kbook.errors import FrameError, SegmentError
-from kbook.feed import channel_depth
+from kbook.api import Api
+from kbook.dialect import BookNamer, dialect_for
+from kbook.errors import SegmentError
 from kbook.lines import native_core
 from kbook.segment import MAX_LINE_BYTES, SegmentReader, sane_recv_ns
-from kbook.v2 import parse_ack, parse_status, segment_api
+from kbook.v2 import parse_status, segment_api
 
 _CHUNK = 1 << 20
 _BOOK_END = re.compile(rb'"(book-\d+)"\s*,\s*"([^"\n]*)"\s*\]')
@@ -172,24 +173,21 @@ class _Scan:
 def _survey_v2(path: Path) -> SegmentInfo:
     """``survey_segment`` for a v2 segment: book updates by their symbol, every other line
     decoded (orjson; the number lexemes do not matter here), books named ``(symbol, "book-N")``
-    as ``V2BookFeed`` keys them."""
+    as ``V2BookFeed`` keys them: the dialect's ``BookNamer`` follows what sets each depth."""
     scan = _Scan()
     first_ns: int | None = None
-    depths: dict[str, int] = {}
-    """Depth per symbol as the feed knows it: acknowledgements, then checkpoints."""
-    configured: int | None = None
-    """The recorder's ``--depth`` (``session_start``), for updates whose depth nothing else gave."""
+    namer = BookNamer(dialect_for(Api.V2))
 
     def update(symbol: str) -> None:
         """A book update: its book, at the depth the feed would file it under."""
         scan.seen_msg = True
-        depth = depths.get(symbol) or configured
+        depth = namer.depths.get(symbol) or namer.configured
         if depth:
             scan.books.add((symbol, f"book-{depth}"))
 
     def other(record: dict[str, Any] | None) -> None:
         """Any other line, decoded."""
-        nonlocal first_ns, configured
+        nonlocal first_ns
         if record is None:
             return
         recv_ns = record.get("recv_ns")
@@ -197,22 +195,14 @@ def _survey_v2(path: Path) -> SegmentInfo:
             first_ns = recv_ns
         meta, msg = record.get("meta"), record.get("msg")
         if type(meta) is dict:
-            config = meta.get("config")
-            if meta.get("type") == "session_start" and type(config) is dict:
-                depth = config.get("depth")
-                configured = depth if type(depth) is int and depth > 0 else configured
-            pair, channel = meta.get("pair"), meta.get("channel")
-            if (
-                meta.get("type") == "checkpoint"
-                and isinstance(pair, str)
-                and isinstance(channel, str)
-            ):
-                with contextlib.suppress(FrameError):
-                    depths.setdefault(pair, channel_depth(channel))
+            namer.on_meta(meta)
             scan.record(record, after_msg=scan.seen_msg)
         elif type(msg) is dict:
             scan.seen_msg = True
-            _v2_frame(scan, msg, depths, configured)
+            status = parse_status(msg)
+            if status is not None and status[1] is not None:
+                scan.connection_changed, scan.connection = True, status[1]
+            scan.books.update(namer.on_frame(msg))
         elif msg is not None:
             scan.seen_msg = True
 
@@ -277,38 +267,6 @@ def _plain_update_symbol(line: bytes) -> str | None:
     except (UnicodeDecodeError, orjson.JSONDecodeError):
         return None
     return text if type(record) is dict else None
-
-
-def _v2_frame(
-    scan: _Scan, msg: dict[str, Any], depths: dict[str, int], configured: int | None
-) -> None:
-    """One decoded v2 frame: its books, a subscribe's depth, a status's connection id."""
-    channel = msg.get("channel")
-    if channel == "status":
-        status = parse_status(msg)
-        if status is not None and status[1] is not None:
-            scan.connection_changed, scan.connection = True, status[1]
-        return
-    if channel != "book":
-        ack = parse_ack(msg)
-        if ack is not None and ack.success and ack.method == "subscribe" and ack.depth:
-            depths[ack.symbol or ""] = ack.depth
-        return
-    data = msg.get("data")
-    for entry in data if type(data) is list else ():
-        symbol = entry.get("symbol") if type(entry) is dict else None
-        if not isinstance(symbol, str):
-            continue
-        depth = depths.get(symbol)
-        if depth is None and msg.get("type") == "snapshot":
-            asks, bids = entry.get("asks"), entry.get("bids")
-            size = max(
-                len(asks) if type(asks) is list else 0, len(bids) if type(bids) is list else 0
-            )
-            depth = next((d for d in DEPTHS if d >= size), size)  # as V2BookFeed infers it
-        depth = depth or configured
-        if depth:
-            scan.books.add((symbol, f"book-{depth}"))
 
 
 def _bodies(path: Path) -> Iterator[bytes]:
