@@ -514,6 +514,21 @@ def replay(
             help="A source's book is stale (rows invalid) once it has received nothing this long.",
         ),
     ] = "10s",
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="FORMAT",
+            help="snapshots (rows on the --every grid) or deltas (a row per level change, in "
+            "the order applied; README, For backtests).",
+        ),
+    ] = "snapshots",
+    exact_text: Annotated[
+        bool,
+        typer.Option(
+            "--exact-text", help="With --format deltas: also the wire's price and size digits."
+        ),
+    ] = False,
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
     from kbook.errors import UsageError
@@ -523,6 +538,17 @@ def replay(
     from replay.report import print_summary, progress_bar
 
     remote = any(is_remote(path) for path in [*(paths or []), out or ""])
+    if output_format not in ("snapshots", "deltas"):
+        raise UsageError(f"--format must be snapshots or deltas, got {output_format!r}")
+    if exact_text and output_format != "deltas":
+        raise UsageError("--exact-text goes with --format deltas")
+    if output_format == "deltas":
+        if trades or update or engine != "local":
+            raise UsageError("--format deltas goes without --trades, --update and --engine dask")
+        out = out or "data/deltas"
+        sources = paths or [str(_default_raw())]
+        _replay_deltas(sources, out, pair, start, end, force, api, max_silence, exact_text)
+        return
     if trades:
         if remote:
             raise UsageError("--trades reads and writes local paths; copy the segments first")
@@ -580,6 +606,35 @@ def replay(
             "(kbook verify lists where)",
             err=True,
         )
+
+
+def _replay_deltas(
+    paths: list[str],
+    out: str,
+    pair: list[str] | None,
+    start: str | None,
+    end: str | None,
+    force: bool,
+    api: str | None,
+    max_silence: str,
+    exact_text: bool,
+) -> None:
+    """``kbook replay --format deltas``: the delta dataset (``replay.deltas``)."""
+    from replay.deltas import replay_deltas_to_dataset
+    from replay.report import print_summary, progress_bar
+
+    try:
+        with _stopped_by_signals(), progress_bar(enabled=sys.stderr.isatty()) as bar:
+            summary = replay_deltas_to_dataset(
+                paths, out, pair or None, start, end, force, api, max_silence, exact_text, bar
+            )
+    except _Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        typer.echo(f"kbook: replay stopped by {name}: {out} left as it was", err=True)
+        raise typer.Exit(128 + exc.signum) from None
+    print_summary(summary)
+    for problem in summary.problems:
+        typer.echo(f"kbook: warning: {problem}", err=True)
 
 
 def _replay_trades(

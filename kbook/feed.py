@@ -132,6 +132,9 @@ class BookFeed:
     """Set by a checkpoint: the connection is the recorder's current one, whose id this feed has
     not seen; the next ``systemStatus`` names it rather than starting a new connection (a new
     connection in a recorder's segment is announced by a ``connect`` meta line first)."""
+    book_type: type[Book] = Book
+    """The class of the books this feed creates: ``replay.deltas`` uses a ``Book`` that also
+    writes down each change it applies."""
 
     def pair_stats(self, pair: str) -> PairStats:
         stats = self.stats.get(pair)
@@ -157,7 +160,7 @@ class BookFeed:
             raise FrameError("checkpoint of a pair without a usable name")
         book = self.books.get((pair, channel))
         if book is None:
-            book = self.books[(pair, channel)] = Book(channel_depth(channel))
+            book = self.books[(pair, channel)] = self.book_type(channel_depth(channel))
         try:
             book.apply_snapshot(asks, bids)
         except (FrameError, AttributeError, IndexError, KeyError, TypeError, ValueError):
@@ -261,7 +264,7 @@ class BookFeed:
                 raise FrameError("book payload is not an object")
             if "as" in first or "bs" in first:
                 if book is None:
-                    book = self.books[key] = Book(channel_depth(channel))
+                    book = self.books[key] = self.book_type(channel_depth(channel))
                 book.apply_snapshot(first.get("as", ()), first.get("bs", ()))
                 stats.snapshots += 1
                 stats.become_valid(recv_ns)

@@ -100,3 +100,34 @@ def utc_text(ns: int | None, digits: int | None = None) -> str:
 def utc_day(ns: int) -> str:
     """The UTC date of ``ns``, ``YYYY-MM-DD`` (segment folders, the dataset's ``date``)."""
     return datetime.fromtimestamp(ns // SECOND, tz=UTC).strftime("%Y-%m-%d")
+
+
+_EXCHANGE_SECONDS = re.compile(r"^(\d{1,11})(?:\.(\d{1,9}))?$")
+_EXCHANGE_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z$")
+
+
+def seconds_text_ns(text: object) -> int | None:
+    """A v1 level's exchange time (``"1693415327.935623"``, seconds since the epoch as text) as
+    integer ns, exactly; None for anything else (Kraken sent no usable time)."""
+    if type(text) is not str:
+        return None
+    match = _EXCHANGE_SECONDS.match(text)
+    if match is None:
+        return None
+    whole, fraction = match.groups()
+    return int(whole) * SECOND + int((fraction or "").ljust(9, "0"))
+
+
+def rfc3339_ns(text: object) -> int | None:
+    """A v2 update's exchange time (``"2026-11-21T10:00:00.123456Z"``) as integer ns, exactly;
+    None for anything else (Kraken sent no usable time)."""
+    if type(text) is not str:
+        return None
+    match = _EXCHANGE_RFC3339.match(text)
+    if match is None:
+        return None
+    try:
+        moment = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(moment.timestamp()) * SECOND + int((match.group(2) or "").ljust(9, "0"))

@@ -165,7 +165,7 @@ class V2BookFeed(BookFeed):
                 key = book_key(symbol, depth)
                 book = self.books.get(key)
                 if book is None:
-                    book = self.books[key] = Book(depth)
+                    book = self.books[key] = self.book_type(depth)
                 book.apply_snapshot(asks, bids)
                 stats.snapshots += 1
             else:

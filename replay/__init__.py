@@ -14,6 +14,12 @@ call::
     summary = replay.replay_to_dataset("data/raw", "data/snapshots", every="100ms")
     table = replay.read_snapshots("data/snapshots", pair="BTC/USD", start="2026-11-21")
 
+Book deltas, every change of the book in the order applied (``deltas``, its docstring has the
+exact semantics)::
+
+    replay.replay_deltas_to_dataset("data/raw", "data/deltas")
+    deltas = replay.read_deltas("data/deltas", pair="BTC/USD")
+
 Trades (recorded with ``--channels book,trade``) are a stage of their own, ``trades``::
 
     replay.replay_trades_to_dataset("data/raw", "data/trades")
@@ -22,6 +28,7 @@ Trades (recorded with ``--channels book,trade``) are a stage of their own, ``tra
 
 from replay.api import ReplaySummary, read_snapshots, replay_table, replay_to_dataset
 from replay.columns import file_schema, level_names, table_schema
+from replay.deltas import delta_schema, read_deltas, replay_deltas_to_dataset
 from replay.options import ReplayOptions, make_options
 from replay.sampler import PairSummary
 from replay.trades import TradesSummary, read_trades, replay_trades_to_dataset
@@ -31,11 +38,14 @@ __all__ = [
     "TradesSummary",
     "ReplayOptions",
     "ReplaySummary",
+    "delta_schema",
     "file_schema",
     "level_names",
     "make_options",
+    "read_deltas",
     "read_snapshots",
     "read_trades",
+    "replay_deltas_to_dataset",
     "replay_table",
     "replay_to_dataset",
     "replay_trades_to_dataset",

@@ -374,12 +374,26 @@ def read_snapshots(
     ``kbook replay --pair`` refuses one). The returned ``pair`` column holds common names
     (``BTC/USD``), as ``replay_table`` does. ``start`` is inclusive, ``end`` exclusive.
     """
+    table = read_dataset(out, pair, start, end, columns)
+    return table.sort_by([("pair", "ascending"), ("ts", "ascending")])
+
+
+def read_dataset(
+    out: str | Path,
+    pair: Iterable[str] | str | None = None,
+    start: TimeLike = None,
+    end: TimeLike = None,
+    columns: Sequence[str] | None = None,
+    noun: str = "snapshot",
+) -> pa.Table:
+    """What ``read_snapshots`` and ``replay.read_deltas`` share: the rows of a kbook dataset
+    (``noun`` names its kind in errors), ``pair`` as common names, unsorted."""
     import pyarrow.dataset as ds  # here: it imports pandas, which replay workers never need
 
     partitioning = ds.partitioning(
         pa.schema([("pair", pa.string()), ("date", pa.string())]), flavor="hive"
     )
-    _require_pairs(out, pair)
+    _require_pairs(out, pair, noun)
     condition, wanted = _filter(pair, start, end), _wanted(columns)
     try:  # a stray file that is not Parquet, a damaged one, a column it does not hold
         if is_remote(out):
@@ -398,17 +412,17 @@ def read_snapshots(
             dataset = ds.dataset(out, format="parquet", partitioning=partitioning)
         table = dataset.to_table(filter=condition, columns=wanted)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{out}: cannot read the snapshots: {exc}") from None
+        raise InputError(f"{out}: cannot read the {noun}s: {exc}") from None
     common = pc.replace_substring(
         table.column("pair").cast(pa.string()), "-", "/", max_replacements=1
     )
     pair_field = pa.field("pair", pa.string(), nullable=False)
     table = table.set_column(table.schema.get_field_index("pair"), pair_field, common)
     order = [name for name in table_schema_names(table) if name != "date"]
-    return table.select(order).sort_by([("pair", "ascending"), ("ts", "ascending")])
+    return table.select(order)
 
 
-def _require_pairs(out: str | Path, pair: Iterable[str] | str | None) -> None:
+def _require_pairs(out: str | Path, pair: Iterable[str] | str | None, noun: str) -> None:
     """A pair the dataset does not hold is a ``UsageError``, as ``kbook replay --pair`` refuses
     one, rather than an empty table."""
     names = parse_pairs(pair)
@@ -423,7 +437,7 @@ def _require_pairs(out: str | Path, pair: Iterable[str] | str | None) -> None:
     missing = sorted(names - held)
     if missing:
         raise UsageError(
-            f"pair {', '.join(missing)} not found in the snapshot dataset {out}; it holds: "
+            f"pair {', '.join(missing)} not found in the {noun} dataset {out}; it holds: "
             + (", ".join(sorted(held)) or "no pairs")
         )
 

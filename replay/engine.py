@@ -127,20 +127,8 @@ class StreamReplay:
         self.dialect = dialect_for(stream.api)
         self.feed: BookFeed = self.dialect.feed()
         self.lines = LineFeed(self.feed)
-        capacity = row_group_rows(options.levels)
         self.samplers = {
-            pair: PairSampler(
-                pair,
-                channel,
-                options.levels,
-                options.every_ns,
-                options.start_ns,
-                options.end_ns,
-                capacity,
-                sinks(pair),
-                channel_depth(channel),
-                stream.label(pair),
-            )
+            pair: self.make_sampler(pair, channel, sinks(pair))
             for pair, channel in stream.channels.items()
         }
         for pair, sampler in self.samplers.items():
@@ -162,6 +150,25 @@ class StreamReplay:
         self._insane = 0
         """Lines of the current segment whose receive time is outside the sane window."""
         self._clean_start = True
+
+    def make_sampler(
+        self, pair: str, channel: str, sink: Callable[[pa.Table], None]
+    ) -> PairSampler:
+        """What turns ``pair``'s book events into rows: grid snapshots here (``replay.deltas``
+        puts its own in)."""
+        options = self.options
+        return PairSampler(
+            pair,
+            channel,
+            options.levels,
+            options.every_ns,
+            options.start_ns,
+            options.end_ns,
+            row_group_rows(options.levels),
+            sink,
+            channel_depth(channel),
+            self.stream.label(pair),
+        )
 
     @property
     def clock(self) -> int:

@@ -53,10 +53,16 @@ class DatasetWriter:
     of ``spooled`` pairs go to the source spool of source ``rank`` instead (``SOURCES``)."""
 
     def __init__(
-        self, root: Path, levels: int, spooled: frozenset[str] = frozenset(), rank: int = 0
+        self,
+        root: Path,
+        levels: int,
+        spooled: frozenset[str] = frozenset(),
+        rank: int = 0,
+        schema: pa.Schema | None = None,
     ) -> None:
         self.root = root
-        self.schema = file_schema(levels)
+        self.schema = file_schema(levels) if schema is None else schema
+        """The snapshot columns, or another table's (``replay.deltas``): same layout, same rules."""
         self.files: list[Path] = []
         self._open: dict[str, tuple[str, pq.ParquetWriter]] = {}
         self.spooled = spooled
@@ -107,7 +113,7 @@ class DatasetWriter:
                 path,
                 self.schema,
                 compression="zstd",
-                use_dictionary=["source"],
+                use_dictionary=[name for name in ("source", "side") if name in self.schema.names],
                 write_statistics=True,
             )
         except OSError as exc:

@@ -1,0 +1,242 @@
+"""Book deltas: a deliberately naive consumer of the rows holds kbook's book after every message.
+
+The consumer knows nothing of Kraken: a dict per side, ``size`` 0 deletes, Tardis's reset rule (a
+run of ``is_snapshot`` rows after other rows starts the book afresh), the unknown row clears it,
+and it never truncates. kbook's book is ``BookFeed``'s, driven line by line over the same
+segment; both are compared at every receive time, top of book and every level up to the depth.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from test_v2 import capture_frames
+
+import replay
+from kbook.api import Api
+from kbook.errors import UsageError
+from kbook.pairs import common_name
+from kbook.segment import frame_line, meta_line, write_segment
+from kbook.sim.market import Market
+from kbook.sim.market_v2 import V2Market
+from kbook.units import SECOND
+from kbook.v2 import RecordReader, feed_for
+
+BASE_NS = 1_700_000_000 * SECOND
+STEP_NS = 1_000_000
+
+
+class NaiveConsumer:
+    """What a backtester does with the rows, and nothing more."""
+
+    def __init__(self) -> None:
+        self.sides: dict[str, dict[float, float]] = {"bid": {}, "ask": {}}
+        self.known = False
+        self.in_snapshot = False
+        self.depth = 0
+
+    def apply(self, side: str | None, price: float, size: float, is_snapshot: bool) -> None:
+        if side is None:  # the book is unknown from here
+            self.sides = {"bid": {}, "ask": {}}
+            self.known = self.in_snapshot = False
+            return
+        if is_snapshot and not self.in_snapshot:
+            self.sides = {"bid": {}, "ask": {}}
+            self.known = True
+        self.in_snapshot = is_snapshot
+        if size == 0:
+            self.sides[side].pop(price, None)
+        else:
+            self.sides[side][price] = size
+
+
+Books = dict[tuple[str, str], list[tuple[int, bool, dict[float, float], dict[float, float]]]]
+
+
+def kbook_books(segment: Path, api: str) -> Books:
+    """Per (wire pair, channel): ``(clock, valid, bids, asks)`` of kbook's book after the last
+    line of each receive time that touched it, from a plain ``BookFeed`` fed line by line."""
+    feed = feed_for(api)
+    reader = RecordReader(segment, api)
+    states: Books = {}
+    clock = -1
+    for number, lines in reader.batches():
+        for index, line in enumerate(lines):
+            record = reader.decode(number + index, line) if line else None
+            if record is None:
+                continue
+            clock = max(clock, record["recv_ns"])
+            feed.last_key = None
+            if "msg" in record:
+                feed.on_message(record["msg"], clock)
+            elif "meta" in record:
+                feed.on_meta(record["meta"], clock)
+            touched = [feed.last_key] if feed.last_key is not None else list(feed.books)
+            for key in touched:
+                book = feed.books[key]
+                held = states.setdefault(key, [])
+                if held and held[-1][0] == clock:
+                    held.pop()
+                if book.valid:
+                    bids = {float(p): float(v) for p, v in book.top_bids(book.depth)}
+                    asks = {float(p): float(v) for p, v in book.top_asks(book.depth)}
+                    held.append((clock, True, bids, asks))
+                else:
+                    held.append((clock, False, {}, {}))
+    return states
+
+
+def assert_consumer_exact(deltas: pa.Table, states: list[Any], depth: int) -> int:
+    """Apply the rows up to each state's clock; the consumer's book equals kbook's whenever
+    kbook's is valid, is unknown whenever it is not, and never holds more than ``depth`` levels
+    after a message (Kraken truncates after the whole message, and so do the rows).
+    Returns how many states were compared with a valid book."""
+    ts = deltas.column("ts").cast(pa.int64()).to_pylist()
+    side = deltas.column("side").to_pylist()
+    price = deltas.column("price").to_pylist()
+    size = deltas.column("size").to_pylist()
+    snap = deltas.column("is_snapshot").to_pylist()
+    assert set(deltas.column("depth").to_pylist()) == {depth}
+    consumer = NaiveConsumer()
+    row = 0
+    compared = 0
+    seq = deltas.column("seq").to_pylist()
+    for clock, valid, bids, asks in states:
+        while row < len(ts) and ts[row] <= clock:
+            consumer.apply(side[row], price[row], size[row], snap[row])
+            row += 1
+            if row == len(ts) or seq[row] != seq[row - 1]:  # a message's last row
+                assert len(consumer.sides["bid"]) <= depth >= len(consumer.sides["ask"])
+        assert consumer.known is valid, clock
+        if valid:
+            compared += 1
+            held_bids, held_asks = consumer.sides["bid"], consumer.sides["ask"]
+            assert max(held_bids, default=None) == max(bids, default=None), clock
+            assert min(held_asks, default=None) == min(asks, default=None), clock
+            assert (held_bids, held_asks) == (bids, asks), clock
+    return compared
+
+
+def check_segment(segment: Path, api: str, tmp_path: Path, exact_text: bool = False) -> int:
+    """Deltas of every book in ``segment`` against kbook's books; returns states compared."""
+    out = tmp_path / f"deltas-{segment.name}"
+    summary = replay.replay_deltas_to_dataset(segment, out, exact_text=exact_text)
+    books = kbook_books(segment, api)
+    compared = 0
+    for name, pair in summary.pairs.items():
+        deltas = replay.read_deltas(out, pair=name)
+        assert deltas.column("seq").to_pylist() == sorted(deltas.column("seq").to_pylist())
+        depth = int(pair.channel.split("-")[1])
+        (key,) = [key for key in books if common_name(key[0]) == name and key[1] == pair.channel]
+        compared += assert_consumer_exact(deltas, books[key], depth)
+    assert compared
+    return compared
+
+
+# -- real captures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "capture",
+    [
+        "orderbook-v1.json",
+        "XDG-USD_book-10.jsonl",
+        "LUNA-EUR_book-10.jsonl",
+        "GST-EUR_book-10.jsonl",
+        pytest.param("KRAKEN.ws.50.0", marks=pytest.mark.slow),  # ten books of 1000 levels
+    ],
+)
+def test_real_capture_deltas_rebuild_the_book(
+    capture_segment: Callable[[str], Path], capture: str, tmp_path: Path
+) -> None:
+    assert check_segment(capture_segment(capture), Api.V1, tmp_path)
+
+
+def test_real_v2_capture_deltas_rebuild_the_book(captures_dir: Path, tmp_path: Path) -> None:
+    from sim_support import write_v2_segment
+
+    segment = write_v2_segment(tmp_path / "v2.jsonl.zst", capture_frames(captures_dir))
+    assert check_segment(segment, Api.V2, tmp_path, exact_text=True) > 100
+
+
+# -- simulated recordings with the faults of a real stream --------------------------------------
+
+
+def fixed_clock() -> float:
+    return 1_700_000_000.0
+
+
+def simulated_segment(path: Path, api: str, depth: int, seed: int, updates: int) -> Path:
+    """Two books interleaved (one at ``depth``, one at 10), with failed checksums (the book
+    dropped until a new snapshot), checkpoints, heartbeats and a disconnect."""
+    rng = random.Random(seed)
+    kind = V2Market if api == Api.V2 else Market
+    names = ("BTC/USD", "ETH/USD") if api == Api.V2 else ("XBT/USD", "ETH/USD")
+    markets = {names[0]: kind(names[0], depth, seed, clock=fixed_clock)}
+    markets[names[1]] = kind(names[1], 10, seed, clock=fixed_clock)
+    texts: list[str | dict[str, Any]] = []
+    if api == Api.V2:
+        texts.append({"type": "session_start", "kbook": "test", "api": "v2"})
+    texts += [market.snapshot_frame(7) for market in markets.values()]
+    resubscribe = dict.fromkeys(markets, -1)
+    for step in range(updates):
+        pair = names[0] if rng.random() < 0.7 else names[1]
+        market = markets[pair]
+        roll = rng.random()
+        resubscribe[pair] -= 1
+        if step == updates // 2:
+            texts.append({"type": "disconnect", "reason": "test"})
+            texts.append({"type": "connect"})
+            texts += [m.snapshot_frame(7) for m in markets.values()]
+        elif resubscribe[pair] == 0:
+            texts.append(market.snapshot_frame(7))
+        elif roll < 0.004:
+            texts.append(market.update_frame(7, bad_checksum=True))
+            resubscribe[pair] = 5
+        elif roll < 0.008:
+            asks, bids = market.window()
+            channel = f"book-{market.depth}"
+            texts.append({"type": "checkpoint", "pair": pair, "channel": channel})
+            texts[-1].update(asks=[list(a) for a in asks], bids=[list(b) for b in bids])  # type: ignore[union-attr]
+        elif roll < 0.02:
+            texts.append('{"event":"heartbeat"}' if api == Api.V1 else '{"channel":"heartbeat"}')
+        else:
+            texts.append(market.update_frame(7))
+    lines = []
+    for index, text in enumerate(texts):
+        recv_ns = BASE_NS + index * STEP_NS
+        if isinstance(text, dict):
+            lines.append(meta_line(recv_ns, text))
+        else:
+            lines.append(frame_line(recv_ns, index, text, True))
+    return write_segment(path, lines)
+
+
+@pytest.mark.parametrize("api", [Api.V1, Api.V2])
+@pytest.mark.parametrize(
+    ("depth", "seed", "updates"),
+    [(10, 1, 1500), (25, 2, 1500), pytest.param(100, 3, 3000, marks=pytest.mark.slow)],
+)
+def test_simulated_deltas_rebuild_the_book(
+    api: str, depth: int, seed: int, updates: int, tmp_path: Path
+) -> None:
+    segment = simulated_segment(tmp_path / "sim.jsonl.zst", api, depth, seed, updates)
+    assert check_segment(segment, api, tmp_path, exact_text=seed == 2) > updates // 2
+
+
+# -- the dataset -----------------------------------------------------------------------------------
+
+
+def test_read_deltas_refuses_a_pair_it_does_not_hold(
+    capture_segment: Callable[[str], Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "deltas"
+    replay.replay_deltas_to_dataset(capture_segment("orderbook-v1.json"), out)
+    with pytest.raises(UsageError, match="pair ETH/USD not found in the delta dataset"):
+        replay.read_deltas(out, pair="ETH/USD")
+    assert replay.read_deltas(out, pair="XBT/USD").num_rows > 0
