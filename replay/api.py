@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -384,15 +385,17 @@ def read_dataset(
     start: TimeLike = None,
     end: TimeLike = None,
     columns: Sequence[str] | None = None,
-    noun: str = "snapshot",
+    kind: str = "snapshots",
 ) -> pa.Table:
-    """What ``read_snapshots`` and ``replay.read_deltas`` share: the rows of a kbook dataset
-    (``noun`` names its kind in errors), ``pair`` as common names, unsorted."""
+    """What ``read_snapshots`` and ``replay.read_deltas`` share: the rows of a kbook dataset of
+    ``kind`` (its manifest's ``format``), ``pair`` as common names, unsorted."""
     import pyarrow.dataset as ds  # here: it imports pandas, which replay workers never need
 
     partitioning = ds.partitioning(
         pa.schema([("pair", pa.string()), ("date", pa.string())]), flavor="hive"
     )
+    noun = kind.removesuffix("s")
+    _require_kind(out, kind)
     _require_pairs(out, pair, noun)
     condition, wanted = _filter(pair, start, end), _wanted(columns)
     try:  # a stray file that is not Parquet, a damaged one, a column it does not hold
@@ -420,6 +423,22 @@ def read_dataset(
     table = table.set_column(table.schema.get_field_index("pair"), pair_field, common)
     order = [name for name in table_schema_names(table) if name != "date"]
     return table.select(order)
+
+
+def _require_kind(out: str | Path, kind: str) -> None:
+    """A dataset of another kind (deltas read as snapshots) is a ``UsageError`` naming the
+    function that reads it, rather than columns that do not match."""
+    if is_remote(out):
+        return
+    manifest = Path(out) / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        held = orjson.loads(manifest.read_bytes()).get("format", "snapshots")
+    except (orjson.JSONDecodeError, AttributeError, OSError) as exc:
+        raise InputError(f"{manifest}: not a kbook manifest: {exc}") from None
+    if held != kind:
+        raise UsageError(f"{out}: is a {held} dataset, not {kind}; read it with replay.read_{held}")
 
 
 def _require_pairs(out: str | Path, pair: Iterable[str] | str | None, noun: str) -> None:

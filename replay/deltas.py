@@ -47,11 +47,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
 
 from kbook.book import Book, Level, _Side, is_zero
-from kbook.errors import InputError, UsageError
+from kbook.errors import UsageError
 from kbook.feed import channel_depth
 from kbook.segment import find_segments
 from kbook.storage import is_remote
@@ -62,7 +61,6 @@ from replay.columns import TIMESTAMP
 from replay.engine import StreamReplay, StreamResult, merge_results
 from replay.options import MAX_SILENCE_NS, DurationLike, ReplayOptions, TimeLike, make_options
 from replay.parquet import (
-    MANIFEST,
     SOURCES,
     DatasetWriter,
     check_output,
@@ -360,6 +358,7 @@ class DeltaSampler(PairSampler):
             return
         self._flush()
         self.rows.unknown(life + max_silence, self.depth)
+        self.at = now  # the book, unchanged, is written again before the frame at ``now``
 
     def finish(self, continues: bool, life: int, max_silence: int) -> None:
         if self.book is None:
@@ -711,16 +710,5 @@ def read_deltas(
     exclusive; rows by pair, then in the order written (``seq``)."""
     from replay.api import read_dataset
 
-    if not is_remote(out):
-        manifest = Path(out) / MANIFEST
-        if manifest.is_file():
-            try:
-                kind = orjson.loads(manifest.read_bytes()).get("format", "snapshots")
-            except (orjson.JSONDecodeError, AttributeError, OSError) as exc:
-                raise InputError(f"{manifest}: not a kbook manifest: {exc}") from None
-            if kind != FORMAT:
-                raise UsageError(
-                    f"{out}: is a {kind} dataset, not deltas; read it with replay.read_snapshots"
-                )
-    table = read_dataset(out, pair, start, end, columns, "delta")
+    table = read_dataset(out, pair, start, end, columns, FORMAT)
     return table.sort_by([("pair", "ascending"), ("seq", "ascending")])

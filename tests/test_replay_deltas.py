@@ -13,8 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from replay_support import SynthMarket, write_records
 from test_v2 import capture_frames
 
 import replay
@@ -24,7 +27,7 @@ from kbook.pairs import common_name
 from kbook.segment import frame_line, meta_line, write_segment
 from kbook.sim.market import Market
 from kbook.sim.market_v2 import V2Market
-from kbook.units import SECOND
+from kbook.units import SECOND, rfc3339_ns, seconds_text_ns
 from kbook.v2 import RecordReader, feed_for
 
 BASE_NS = 1_700_000_000 * SECOND
@@ -240,3 +243,136 @@ def test_read_deltas_refuses_a_pair_it_does_not_hold(
     with pytest.raises(UsageError, match="pair ETH/USD not found in the delta dataset"):
         replay.read_deltas(out, pair="ETH/USD")
     assert replay.read_deltas(out, pair="XBT/USD").num_rows > 0
+
+
+# -- the rules around the book's validity -----------------------------------------------------------
+
+
+def deltas_of(segment: Path | list[Path] | Path, tmp_path: Path, **options: Any) -> pa.Table:
+    out = tmp_path / "deltas"
+    replay.replay_deltas_to_dataset(segment, out, **options)
+    return replay.read_deltas(out)
+
+
+def test_two_sources_one_timeline_with_an_outage(tmp_path: Path) -> None:
+    """Two recorders of one pair at once; the one followed loses 30 s. The rows switch to the
+    other with the unknown row and its whole book, and the consumer holds the complete run's
+    book at every frame, never unknown."""
+    from test_replay_timeline import STEP, T0, recorder_segments
+
+    raw = tmp_path / "raw"
+    frames = list(SynthMarket(seed=5).frames(400, T0, STEP))
+    outage = (T0 + 30 * SECOND, T0 + 60 * SECOND)
+    recorder_segments(raw / "a", frames, "a" * 32, outage=outage, rotate=None)
+    recorder_segments(raw / "b", frames, "b" * 32)
+    deltas = deltas_of(raw, tmp_path)
+    alone = write_records(tmp_path / "alone.jsonl.zst", [(ns, text) for ns, text in frames])
+    states = kbook_books(alone, Api.V1)[("XBT/USD", "book-10")]
+    assert assert_consumer_exact(deltas, states, 10) == len(frames)
+    unknown = deltas.filter(pc.is_null(deltas.column("side")))
+    # The switch at the outage, and the end of the run.
+    assert unknown.column("ts").cast(pa.int64()).to_pylist() == [
+        frames[120][0],
+        frames[-1][0] + 10 * SECOND,
+    ]
+
+
+def test_a_silence_writes_the_unknown_row_then_the_book_again(tmp_path: Path) -> None:
+    frames = list(SynthMarket(seed=6).frames(200, BASE_NS, STEP_NS))
+    frames = frames[:100] + [(ns + 30 * SECOND, text) for ns, text in frames[100:]]
+    segment = write_records(tmp_path / "gap.jsonl.zst", list(frames))
+    deltas = deltas_of(segment, tmp_path)
+    unknown = deltas.filter(pc.is_null(deltas.column("side")))
+    stale = frames[99][0] + 10 * SECOND
+    assert unknown.column("ts").cast(pa.int64()).to_pylist() == [stale, frames[-1][0] + 10 * SECOND]
+    after = deltas.filter(pc.greater(deltas.column("ts").cast(pa.int64()), stale))
+    assert after.column("ts").cast(pa.int64())[0].as_py() == frames[100][0]
+    assert after.column("is_snapshot")[0].as_py()
+    assert assert_consumer_exact(deltas, kbook_books(segment, Api.V1)[("XBT/USD", "book-10")], 10)
+
+
+def test_each_day_and_start_begin_with_the_whole_book(tmp_path: Path) -> None:
+    midnight = (BASE_NS // (86_400 * SECOND) + 1) * 86_400 * SECOND
+    frames = list(SynthMarket(seed=7).frames(300, midnight - 100 * STEP_NS, STEP_NS))
+    segment = write_records(tmp_path / "night.jsonl.zst", list(frames))
+    out = tmp_path / "deltas"
+    replay.replay_deltas_to_dataset(segment, out)
+    assert len(list(out.rglob("*.parquet"))) == 2
+    states = kbook_books(segment, Api.V1)[("XBT/USD", "book-10")]
+    second_day = replay.read_deltas(out, start=midnight)
+    assert second_day.column("is_snapshot")[0].as_py()
+    assert assert_consumer_exact(second_day, [s for s in states if s[0] >= midnight], 10) == 200
+    begin = frames[150][0]
+    later = deltas_of(segment, tmp_path / "later", start=begin)
+    assert later.column("ts").cast(pa.int64())[0].as_py() == begin
+    assert later.column("is_snapshot")[0].as_py()
+    assert assert_consumer_exact(later, [s for s in states if s[0] >= begin], 10) == 150
+
+
+def test_exchange_times_v1_levels_and_v2_updates(tmp_path: Path) -> None:
+    """v1: each row's ``exch_ts`` is its level's third field; v2: the update's ``timestamp``."""
+    ticks = iter(range(10**6))
+
+    def clock() -> float:
+        return 1_700_000_000.0 + next(ticks) * 0.001
+
+    for api, kind in ((Api.V1, Market), (Api.V2, V2Market)):
+        market = kind("BTC/USD" if api == Api.V2 else "XBT/USD", 10, 3, clock=clock)
+        texts = [market.snapshot_frame(7)] + [market.update_frame(7) for _ in range(50)]
+        lines = [frame_line(BASE_NS + i * STEP_NS, i, t, True) for i, t in enumerate(texts)]
+        segment = write_segment(tmp_path / f"{api}.jsonl.zst", lines)
+        deltas = deltas_of(segment, tmp_path / str(api), exact_text=True)
+        updates = deltas.filter(pc.invert(deltas.column("is_snapshot"))).to_pylist()
+        stamps: dict[tuple[int, float], int] = {}
+        for index, text in enumerate(texts[1:], start=1):
+            msg = orjson.loads(text)
+            recv = BASE_NS + index * STEP_NS
+            if api == Api.V1:
+                for payload in msg[1:-2]:
+                    for level in payload.get("a", []) + payload.get("b", []):
+                        stamps[(recv, float(level[0]))] = seconds_text_ns(level[2])  # type: ignore[assignment]
+            else:
+                moment = rfc3339_ns(msg["data"][0]["timestamp"])
+                for level in msg["data"][0]["asks"] + msg["data"][0]["bids"]:
+                    stamps[(recv, float(level["price"]))] = moment  # type: ignore[assignment]
+        checked = 0
+        for row in updates:
+            if row["side"] is None or row["size_text"] == "0":  # unknown row, truncation delete
+                assert row["exch_ts"] is None
+                continue
+            key = (row["ts"].value, row["price"])
+            assert row["exch_ts"].value == stamps[key]
+            checked += 1
+        assert checked > 40
+        assert len(set(stamps.values())) > 40
+
+
+def test_cli_writes_deltas_and_refuses_what_does_not_go_with_them(
+    capture_segment: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from test_replay_cli import run_main
+
+    segment = str(capture_segment("orderbook-v1.json"))
+    out = tmp_path / "deltas"
+    code, _, err = run_main(monkeypatch, capsys, segment, "--format", "deltas", "--out", str(out))
+    assert code == 0, err
+    rows = replay.read_deltas(out).num_rows
+    assert rows > 1000
+    manifest = orjson.loads((out / "_kbook_replay.json").read_bytes())
+    assert manifest["format"] == "deltas"
+    assert manifest["pairs"]["BTC/USD"]["rows"] == rows
+    for extra, message in (
+        (["--format", "deltas", "--trades"], "--format deltas goes without"),
+        (["--format", "grid"], "--format must be snapshots or deltas"),
+        (["--exact-text"], "--exact-text goes with --format deltas"),
+    ):
+        code, _, err = run_main(monkeypatch, capsys, segment, "--out", str(tmp_path / "x"), *extra)
+        assert code == 2
+        assert err.startswith("kbook: error: ")
+        assert message in err
+        assert not (tmp_path / "x").exists()
+    with pytest.raises(UsageError, match="is a deltas dataset, not snapshots"):
+        replay.read_snapshots(out)
