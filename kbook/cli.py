@@ -442,7 +442,12 @@ def replay(
         ),
     ] = None,
     every: Annotated[
-        str, typer.Option(metavar="TIME", help="Grid interval: 100ms, 1s, 5s, 1m, 1h, ...")
+        str,
+        typer.Option(
+            metavar="TIME",
+            help="Grid interval: 100ms, 1s, 5s, 1m, 1h, ...; or change: a row whenever the top "
+            "--levels changed (README, For backtests).",
+        ),
     ] = "1s",
     levels: Annotated[
         int, typer.Option(help="Levels per side in each row, up to the recorded depth.")

@@ -221,8 +221,18 @@ def replay_to_dataset(
     ``replay_table``. ``update`` rewrites only the partitions of an existing dataset whose inputs
     changed (``replay.update``).
 
+    ``every="change"`` writes on-change snapshots instead (``replay.changes``).
+
     ``engine="dask"`` runs the work on a Dask ``LocalCluster`` of ``workers`` processes, or on
     the cluster of ``scheduler`` (``tcp://host:8786``); see ``replay.executor``."""
+    if every == "change":  # on-change snapshots, message by message (replay.changes)
+        if update or engine != "local":
+            raise UsageError("--every change goes without --update and --engine dask")
+        from replay.changes import replay_changes_to_dataset
+
+        return replay_changes_to_dataset(
+            paths, out, levels, pairs, start, end, force, api, max_silence, progress
+        )
     began = time.monotonic()
     options = make_options(every, levels, pairs, start, end, workers, api, max_silence)
     run = Run(progress, parse_engine(engine, scheduler), scheduler)

@@ -44,6 +44,8 @@ import heapq
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -454,7 +456,7 @@ class DeltaReplay(StreamReplay):
         stream: Stream,
         options: ReplayOptions,
         sinks: Callable[[str], Callable[[pa.Table], None]],
-        exact_text: bool,
+        exact_text: bool = False,
     ) -> None:
         self.exact_text = exact_text
         super().__init__(stream, options, sinks)
@@ -490,6 +492,8 @@ class DeltaReplay(StreamReplay):
 # -- one timeline per pair --------------------------------------------------------------------------
 
 
+Source = tuple[int, Iterator[pa.Table]]
+"""A source of a pair: its depth, and its rows' batches in order."""
 Group = tuple[int, int, str, list[Change]]
 """``(ts, source index, kind, levels)``; kind ``delta``, ``snapshot`` or ``unknown``."""
 
@@ -529,8 +533,8 @@ def _groups(index: int, tables: Iterator[pa.Table]) -> Iterator[Group]:
 def follow(
     sources: Sequence[tuple[int, Iterator[pa.Table]]],
     sink: Callable[[pa.Table], None],
-    exact_text: bool,
     summary: PairSummary,
+    exact_text: bool = False,
 ) -> None:
     """One pair's timeline from its sources' rows (``(depth, batches)`` in the fixed order):
     the rule of the module docstring."""
@@ -581,6 +585,24 @@ def follow(
 # -- the dataset ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EventFormat:
+    """What differs between the outputs replayed message by message (deltas, on-change
+    snapshots): the rest of the run, the dataset and its manifest are ``write_events``'."""
+
+    name: str
+    """What ``--format``/``--every`` called it, for errors."""
+    schema: pa.Schema
+    replay: Callable[[Stream, ReplayOptions, Callable[[str], Callable[[pa.Table], None]]], Any]
+    """A ``StreamReplay`` of one stream into the given sinks."""
+    follow: Callable[
+        [Sequence[tuple[int, Iterator[pa.Table]]], Callable[[pa.Table], None], PairSummary], None
+    ]
+    """One timeline from the rows of a pair's sources (``(depth, batches)``, fixed order)."""
+    manifest: dict[str, Any]
+    """Entries the manifest adds (``format``, ...)."""
+
+
 def replay_deltas_to_dataset(
     paths: Iterable[str | Path] | str | Path,
     out: str | Path,
@@ -595,13 +617,34 @@ def replay_deltas_to_dataset(
 ) -> Any:
     """Replay segments into a delta dataset at ``out`` (a local folder), atomically, as
     ``replay_to_dataset`` writes snapshots; returns a ``replay.api.ReplaySummary``."""
+    options = make_options("1s", 1, pairs, start, end, 1, api, max_silence)
+    kind = EventFormat(
+        "--format deltas",
+        delta_schema(exact_text),
+        partial(DeltaReplay, exact_text=exact_text),
+        partial(follow, exact_text=exact_text),
+        {"format": FORMAT, "exact_text": exact_text, "every_ns": None, "levels": None},
+    )
+    return write_events(paths, out, options, force, kind, progress)
+
+
+def write_events(
+    paths: Iterable[str | Path] | str | Path,
+    out: str | Path,
+    options: ReplayOptions,
+    force: bool,
+    kind: EventFormat,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Replay segments into a dataset of ``kind`` at ``out`` (a local folder), atomically (as
+    ``replay.parquet`` says); returns a ``replay.api.ReplaySummary``. One process: the Python
+    path, stream after stream."""
     from replay.api import ReplaySummary
 
     began = time.monotonic()
-    options = make_options("1s", 1, pairs, start, end, 1, api, max_silence)
     given = [paths] if isinstance(paths, str | Path) else list(paths)
     if is_remote(out) or any(is_remote(path) for path in given):
-        raise UsageError("--format deltas reads and writes local paths; copy the segments first")
+        raise UsageError(f"{kind.name} reads and writes local paths; copy the segments first")
     out = Path(out)
     check_output(out, force)
     segments = find_segments([Path(path) for path in given])
@@ -610,14 +653,12 @@ def replay_deltas_to_dataset(
     folder = temporary_folder(out)
     done = False
     try:
-        result, files = _replay_into(folder, streams, options, exact_text, infos, progress)
+        result, files = _replay_into(folder, streams, options, kind, infos, progress)
         summary = ReplaySummary(options, segments, result, out, files)
         if not summary.rows:
             raise UsageError(_no_rows(options, infos))
         summary.seconds = time.monotonic() - began
-        manifest = summary.to_json() | {"format": FORMAT, "exact_text": exact_text}
-        del manifest["every_ns"], manifest["levels"]
-        write_manifest(folder, manifest)
+        write_manifest(folder, summary.to_json() | kind.manifest)
         publish(folder, out, force)
         done = True
         summary.files = [out / Path(path).relative_to(folder) for path in files]
@@ -631,12 +672,11 @@ def _replay_into(
     folder: Path,
     streams: list[Stream],
     options: ReplayOptions,
-    exact_text: bool,
+    kind: EventFormat,
     infos: list[SegmentInfo],
     progress: Callable[[int, int], None] | None,
 ) -> tuple[StreamResult, list[Path]]:
     """Every stream in this process, then each pair with several sources through ``follow``."""
-    schema = delta_schema(exact_text)
     total = sum(info.size for info in infos)
     done = total - sum(stream.size for stream in streams)
     results: list[StreamResult] = []
@@ -649,10 +689,9 @@ def _replay_into(
             progress(done, total)
 
     for stream in streams:
-        writer = DatasetWriter(folder, 0, frozenset(stream.shared), stream.rank, schema)
+        writer = DatasetWriter(folder, 0, frozenset(stream.shared), stream.rank, kind.schema)
         try:
-            replay = DeltaReplay(stream, options, writer.sink, exact_text)
-            results.append(replay.run(tick))
+            results.append(kind.replay(stream, options, writer.sink).run(tick))
         finally:
             writer.close()
         files += writer.files
@@ -661,7 +700,7 @@ def _replay_into(
     for stream in streams:
         for pair in sorted(stream.shared):
             holders.setdefault(pair, []).append(stream)
-    writer = DatasetWriter(folder, 0, schema=schema)
+    writer = DatasetWriter(folder, 0, schema=kind.schema)
     try:
         for pair, holding in sorted(holders.items()):
             parts = [result.pairs.pop(pair) for result in results if pair in result.pairs]
@@ -674,7 +713,7 @@ def _replay_into(
                 path = source_spool(folder, pair, stream.rank)
                 batches = read_spool(path) if path.exists() else iter(())
                 sources.append((channel_depth(stream.channels[pair]), batches))
-            follow(sources, writer.sink(pair), exact_text, summary)
+            kind.follow(sources, writer.sink(pair), summary)
             merged.pairs[pair] = summary
     finally:
         writer.close()
@@ -691,9 +730,9 @@ def _no_rows(options: ReplayOptions, infos: list[SegmentInfo]) -> str:
         else "no segment holds a frame"
     )
     if options.start_ns is None and options.end_ns is None:
-        return f"no delta rows: no book was known in the segments ({recorded})"
+        return f"no rows: no book was known in the segments ({recorded})"
     return (
-        f"no delta rows between {utc_text(options.start_ns)} and {utc_text(options.end_ns)}; "
+        f"no rows between {utc_text(options.start_ns)} and {utc_text(options.end_ns)}; "
         f"{len(infos)} {recorded}"
     )
 
