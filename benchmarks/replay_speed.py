@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/replay_speed.py [--frames 1000000] [--repeat 3]
         [--long-frames 8000000] [--api-frames 300000] [--cache DIR]
-        [--only e2e,book,floor,naive,memory,recorder,workers,apis]
+        [--only e2e,book,floor,naive,memory,recorder,workers,apis,events]
 
 ``KBOOK_NATIVE=0`` in the environment measures the pure-Python path instead of the native core.
 
@@ -25,8 +25,10 @@ deliberately naive book (dicts, ``sorted()`` per checksum, ``Decimal``, stdlib `
 peak RSS of a replay (in a child process); the recorder's writing cost; and the speed-up of
 ``workers=2`` over ``workers=1``; and the ``apis`` table: end to end, ``kbook verify``
 (``verify_paths``) and peak RSS for v1 and v2 side by side at each depth, with the ratios v2/v1
-and verify/end to end. Not a test: figures drift 15-30% between runs on a shared
-machine, so compare the ratios printed within one run.
+and verify/end to end; and ``events``: the grid replay beside the deltas and the on-change
+snapshots (``--format deltas``, ``--every change``, which run on the Python path). Not a test:
+figures drift 15-30% between runs on a shared machine, so compare the ratios printed within one
+run.
 """
 
 from __future__ import annotations
@@ -415,7 +417,12 @@ def cpu(who=resource.RUSAGE_SELF):
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 started, cpu_started = time.perf_counter(), cpu()
-summary = replay.replay_to_dataset(sys.argv[1], sys.argv[2], every="1s", workers=int(sys.argv[3]))
+mode = sys.argv[4] if len(sys.argv) > 4 else "grid"
+if mode == "deltas":
+    summary = replay.replay_deltas_to_dataset(sys.argv[1], sys.argv[2])
+else:
+    every = "change" if mode == "change" else "1s"
+    summary = replay.replay_to_dataset(sys.argv[1], sys.argv[2], every=every, workers=int(sys.argv[3]))
 seconds, cpu_seconds = time.perf_counter() - started, cpu() - cpu_started
 pool_cpu = cpu(resource.RUSAGE_CHILDREN)
 frames = sum(p.frames for p in summary.pairs.values())
@@ -426,11 +433,12 @@ print(json.dumps({"seconds": seconds, "cpu": cpu_seconds, "pool_cpu": pool_cpu, 
 """
 
 
-def replay_in_child(raw: Path, out: Path, workers: int) -> dict[str, Any]:
-    """An end-to-end replay in a fresh interpreter: its time, frames and peak RSS."""
+def replay_in_child(raw: Path, out: Path, workers: int, mode: str = "grid") -> dict[str, Any]:
+    """An end-to-end replay in a fresh interpreter: its time, frames and peak RSS. ``mode``:
+    ``grid`` (1 s snapshots), ``deltas`` or ``change`` (on-change snapshots)."""
     shutil.rmtree(out, ignore_errors=True)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(raw), str(out), str(workers)],
+        [sys.executable, "-c", CHILD, str(raw), str(out), str(workers), mode],
         capture_output=True,
         text=True,
         check=True,
@@ -527,7 +535,9 @@ def main() -> None:
         default=300_000,
         help="updates of each recording of the v1/v2 table (one per API and depth)",
     )
-    parser.add_argument("--only", default="e2e,book,floor,naive,memory,recorder,workers,apis")
+    parser.add_argument(
+        "--only", default="e2e,book,floor,naive,memory,recorder,workers,apis,events"
+    )
     args = parser.parse_args()
     wanted = set(args.only.split(","))
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -554,6 +564,17 @@ def main() -> None:
                 f"({wall:,.0f} frames/s wall)"
             )
             print(f"peak RSS of that replay: {rss:,.0f} MB")
+        if "events" in wanted:
+            rates = {}
+            for mode in ("grid", "deltas", "change"):
+                runs = [replay_in_child(single, work / mode, 1, mode) for _ in range(args.repeat)]
+                rates[mode] = statistics.median(r["frames"] / r["cpu"] for r in runs)
+            print(
+                "event outputs (1 worker, Parquet), frames per CPU second: "
+                f"1 s grid {rates['grid']:,.0f}, deltas {rates['deltas']:,.0f} "
+                f"({rates['deltas'] / rates['grid']:.2f}x), on-change snapshots "
+                f"{rates['change']:,.0f} ({rates['change'] / rates['grid']:.2f}x)"
+            )
         if "apis" in wanted:
             apis_table(args, work)
         if "book" in wanted:

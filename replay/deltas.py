@@ -181,8 +181,7 @@ class DeltaRows:
             self._write_book(ts, depth)
             return
         self._group(ts)
-        for change in changes:
-            self._row(ts, change, False, depth)
+        self._rows(ts, changes, False, depth)
         self.last_snapshot = False
 
     def snapshot(self, ts: int, levels: Sequence[Change], depth: int) -> None:
@@ -219,10 +218,9 @@ class DeltaRows:
                 return
         self._group(ts)
         asks, bids = self.sides
-        for price in sorted(bids, reverse=True):
-            self._row(ts, bids[price], True, depth)
-        for price in sorted(asks):
-            self._row(ts, asks[price], True, depth)
+        book = [bids[price] for price in sorted(bids, reverse=True)]
+        book += [asks[price] for price in sorted(asks)]
+        self._rows(ts, book, True, depth)
         self.last_snapshot = True
         spans = self.summary.invalid_spans
         if spans and spans[-1][0] == spans[-1][1] and spans[-1][0] <= ts:
@@ -238,7 +236,7 @@ class DeltaRows:
             columns[9].append(None)
         self.last_snapshot = False
         self.summary.invalid_spans.append((ts, ts))
-        self._note(ts, valid=False)
+        self._note(ts, 1, valid=False)
 
     def _group(self, ts: int) -> None:
         """A new group of rows at ``ts``: a batch ends at a new day or when full."""
@@ -249,29 +247,33 @@ class DeltaRows:
             self.flush()
         self.seq += 1
 
-    def _row(self, ts: int, change: Change, is_snapshot: bool, depth: int) -> None:
-        is_bid, price, size, price_text, size_text, exch = change
+    def _rows(self, ts: int, changes: Sequence[Change], is_snapshot: bool, depth: int) -> None:
+        """One group's rows, column by column."""
+        n = len(changes)
+        if not n:
+            return
         columns = self.columns
-        columns[0].append(ts)
-        columns[1].append(exch)
-        columns[2].append(0 if is_bid else 1)
-        columns[3].append(price)
-        columns[4].append(size)
-        columns[5].append(is_snapshot)
-        columns[6].append(self.seq)
-        columns[7].append(depth)
+        columns[0].extend([ts] * n)
+        columns[1].extend([change[5] for change in changes])
+        columns[2].extend([0 if change[0] else 1 for change in changes])
+        columns[3].extend([change[1] for change in changes])
+        columns[4].extend([change[2] for change in changes])
+        columns[5].extend([is_snapshot] * n)
+        columns[6].extend([self.seq] * n)
+        columns[7].extend([depth] * n)
         if self.exact_text:
-            columns[8].append(price_text)
-            columns[9].append(size_text)
-        self._note(ts, valid=True)
+            columns[8].extend([change[3] for change in changes])
+            columns[9].extend([change[4] for change in changes])
+        self._note(ts, n, valid=True)
 
-    def _note(self, ts: int, valid: bool) -> None:
+    def _note(self, ts: int, rows: int, valid: bool) -> None:
         summary = self.summary
         if summary.first_ts is None:
             summary.first_ts = ts
         summary.last_ts = ts
-        summary.rows += 1
-        summary.valid_rows += valid
+        summary.rows += rows
+        if valid:
+            summary.valid_rows += rows
 
     def flush(self) -> None:
         """Hand the buffered rows to the sink as one table."""
