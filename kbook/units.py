@@ -102,6 +102,8 @@ def utc_day(ns: int) -> str:
     return datetime.fromtimestamp(ns // SECOND, tz=UTC).strftime("%Y-%m-%d")
 
 
+LATEST_NS = (1 << 63) - 1
+"""The latest time a timestamp[ns] column holds (2262-04-11): later exchange times are none."""
 _EXCHANGE_RFC3339 = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?Z"
 )
@@ -109,7 +111,8 @@ _EXCHANGE_RFC3339 = re.compile(
 
 def seconds_text_ns(text: object) -> int | None:
     """A v1 level's exchange time (``"1693415327.935623"``, seconds since the epoch as text) as
-    integer ns, exactly; None for anything else (Kraken sent no usable time). Once per level
+    integer ns, exactly; None for anything else (Kraken sent no usable time), or after
+    ``LATEST_NS``. Once per level
     of the deltas, hence string methods rather than a regular expression."""
     if type(text) is not str:
         return None
@@ -118,12 +121,13 @@ def seconds_text_ns(text: object) -> int | None:
         return None
     if dot and not (0 < len(fraction) <= 9 and fraction.isascii() and fraction.isdigit()):
         return None
-    return int(whole) * SECOND + int(fraction.ljust(9, "0"))
+    ns = int(whole) * SECOND + int(fraction.ljust(9, "0"))
+    return ns if ns <= LATEST_NS else None
 
 
 def rfc3339_ns(text: object) -> int | None:
     """A v2 update's exchange time (``"2026-11-21T10:00:00.123456Z"``) as integer ns, exactly;
-    None for anything else (Kraken sent no usable time)."""
+    None for anything else (Kraken sent no usable time), before 1970 or after ``LATEST_NS``."""
     if type(text) is not str:
         return None
     match = _EXCHANGE_RFC3339.fullmatch(text)
@@ -133,4 +137,5 @@ def rfc3339_ns(text: object) -> int | None:
         moment = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
     except ValueError:
         return None
-    return int(moment.timestamp()) * SECOND + int((match.group(2) or "").ljust(9, "0"))
+    ns = int(moment.timestamp()) * SECOND + int((match.group(2) or "").ljust(9, "0"))
+    return ns if 0 <= ns <= LATEST_NS else None

@@ -383,7 +383,9 @@ def test_exchange_time_texts_parse_exactly_or_not_at_all() -> None:
     assert seconds_text_ns("1693415327") == 1_693_415_327 * SECOND
     assert rfc3339_ns("2023-11-14T22:13:20.001Z") == 1_700_000_000_001_000_000
     assert rfc3339_ns("2023-11-14T22:13:20Z") == 1_700_000_000 * SECOND
-    for text in ("1.", "١٢٣.5", "1.1234567891", "12\n", "", None, 5):
-        assert seconds_text_ns(text) is None
+    for text in ("1.", "١٢٣.5", "1.1234567891", "12\n", "", None, 5, "99999999999"):
+        assert seconds_text_ns(text) is None  # the last: after a timestamp[ns] column's end
     for text in ("2023-13-14T22:13:20Z", "2023-11-14T22:13:20", "2023-11-14T22:13:20Z\n", 0):
         assert rfc3339_ns(text) is None
+    assert rfc3339_ns("9999-12-31T23:59:59Z") is None
+    assert rfc3339_ns("1969-12-31T23:59:59Z") is None

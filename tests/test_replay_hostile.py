@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from replay_support import SynthMarket
 
@@ -104,3 +106,22 @@ def test_first_receive_time_is_decoded_whatever_the_key_order(tmp_path: Path) ->
     path = write_segment(tmp_path / "s.jsonl.zst", lines)
     info = survey_segment(path)
     assert (info.first_ns, info.last_ns) == (frames[0][0], frames[-1][0])
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_line_in_deltas_and_on_change_snapshots(name: str, tmp_path: Path) -> None:
+    """The message-by-message outputs read the same lines the same way: no traceback, the
+    line reported, and the book void until its next snapshot where the grid's is."""
+    path = recording(tmp_path / "hostile", HOSTILE[name])
+    summary = replay.replay_deltas_to_dataset(path, tmp_path / "deltas")
+    assert summary.problems or summary.result.malformed_frames
+    deltas = replay.read_deltas(tmp_path / "deltas")
+    # Where the book stops being known: at the malformed frame (the clock is then the frame
+    # before it's), else at the end of the recording.
+    void = T0 + 4 * 10**8 if name in VOIDS else T0 + 39 * 10**8 + 10 * 10**9
+    unknown = deltas.filter(deltas.column("side").is_null())
+    assert unknown.column("ts").cast(pa.int64()).to_pylist() == [void]
+    replay.replay_to_dataset(path, tmp_path / "changes", every="change")
+    rows = replay.read_snapshots(tmp_path / "changes")
+    invalid = rows.filter(pc.invert(rows.column("valid")))
+    assert invalid.column("ts").cast(pa.int64()).to_pylist() == [void]
