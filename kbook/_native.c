@@ -88,6 +88,7 @@ typedef struct {
 
 typedef struct {
     int64_t recv_ns;
+    int64_t exch_ns; /* Kraken's time of the message (kbook.book.exchange_time); -1: none */
     int ndicts;
     Dict dicts[2];
     Span channel, pair;
@@ -276,6 +277,35 @@ static inline int span_is(Span s, const char *text, Py_ssize_t n) {
 }
 
 /* ``[[price, volume, ...], ...]``: both first items strings; volume digits and dots only. */
+/* A v1 level's time, seconds since the epoch as text (kbook.units.seconds_text_ns): 1 to 11
+ * digits, then optionally a point and 1 to 9 digits; -1 when it is not one, or is past what an
+ * int64 of ns holds. */
+static int64_t seconds_ns(Span s) {
+    Py_ssize_t i = 0;
+    uint64_t whole = 0, fraction = 0;
+    while (i < s.n && is_digit(s.p[i]))
+        whole = whole * 10 + (uint64_t)(s.p[i++] - '0');
+    if (i == 0 || i > 11)
+        return -1;
+    int digits = 0;
+    if (i < s.n) {
+        if (s.p[i++] != '.')
+            return -1;
+        while (i < s.n && is_digit(s.p[i]) && digits < 10) {
+            fraction = fraction * 10 + (uint64_t)(s.p[i++] - '0');
+            digits++;
+        }
+        if (digits == 0 || digits > 9 || i != s.n)
+            return -1;
+    }
+    for (; digits < 9; digits++)
+        fraction *= 10;
+    if (whole > (uint64_t)INT64_MAX / 1000000000u)
+        return -1;
+    uint64_t ns = whole * 1000000000u + fraction;
+    return ns > (uint64_t)INT64_MAX ? -1 : (int64_t)ns;
+}
+
 static int levels_value(Cursor *c, Line *line, Group *group) {
     if (!expect(c, '['))
         return 0;
@@ -292,6 +322,19 @@ static int levels_value(Cursor *c, Line *line, Group *group) {
         if (!plain_string(c, &level->price) || !expect(c, ',') ||
             !plain_string(c, &level->volume))
             return 0;
+        if (expect(c, ',')) { /* the level's time: a string, or a value that is none */
+            skip_ws(c);
+            Span stamp;
+            if (c->p < c->end && *c->p == '"') {
+                if (!plain_string(c, &stamp))
+                    return 0;
+                int64_t ns = seconds_ns(stamp);
+                if (ns > line->exch_ns)
+                    line->exch_ns = ns;
+            } else if (!skip_value(c, 1)) {
+                return 0;
+            }
+        }
         while (expect(c, ','))
             if (!skip_value(c, 1))
                 return 0;
@@ -463,8 +506,66 @@ static int levels_v2(Cursor *c, Line *line, Group *group) {
 }
 
 /* A data entry: ``symbol``, ``asks`` and ``bids`` levels, an integer ``checksum``. */
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil). */
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* A v2 update's time, ``YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`` (kbook.units.rfc3339_ns): -1 when it
+ * is not one (a date that does not exist included), or is before 1970 or past int64 ns. */
+static int64_t rfc3339_ns(Span s) {
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
+    int64_t f[6] = {0};
+    int field = 0;
+    if (s.n < 20)
+        return -1;
+    for (int i = 0; i < 19; i++) {
+        char ch = s.p[i];
+        if (shape[i] == 'd') {
+            if (!is_digit(ch))
+                return -1;
+            f[field] = f[field] * 10 + (ch - '0');
+        } else if (ch != shape[i]) {
+            return -1;
+        } else {
+            field++;
+        }
+    }
+    Py_ssize_t i = 19;
+    int64_t fraction = 0;
+    int digits = 0;
+    if (s.p[i] == '.') {
+        for (i++; i < s.n && is_digit(s.p[i]) && digits < 10; i++, digits++)
+            fraction = fraction * 10 + (s.p[i] - '0');
+        if (digits == 0 || digits > 9)
+            return -1;
+    }
+    if (i != s.n - 1 || s.p[i] != 'Z')
+        return -1;
+    for (; digits < 9; digits++)
+        fraction *= 10;
+    static const int month_days[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int64_t y = f[0], mo = f[1], d = f[2];
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > month_days[mo - 1] ||
+        (mo == 2 && d == 29 && !leap) || f[3] > 23 || f[4] > 59 || f[5] > 59)
+        return -1;
+    if (y < 1970 || y > 2262)
+        return -1;
+    int64_t seconds = days_from_civil(y, mo, d) * 86400 + f[3] * 3600 + f[4] * 60 + f[5];
+    if (seconds > INT64_MAX / 1000000000)
+        return -1;
+    uint64_t ns = (uint64_t)seconds * 1000000000u + (uint64_t)fraction;
+    return ns > (uint64_t)INT64_MAX ? -1 : (int64_t)ns;
+}
+
 static int entry_v2(Cursor *c, Line *line, Dict *dict) {
-    int seen_symbol = 0, integral;
+    int seen_symbol = 0, seen_time = 0, integral;
     memset(dict, 0, sizeof(*dict));
     if (!expect(c, '{'))
         return 0;
@@ -490,6 +591,11 @@ static int entry_v2(Cursor *c, Line *line, Dict *dict) {
             for (Py_ssize_t i = 0; i < text.n; i++) /* at most 19 digits: no wrap */
                 v = v * 10 + (uint64_t)(text.p[i] - '0');
             dict->c = v;
+        } else if (span_is(key, "timestamp", 9)) {
+            Span stamp;
+            if (seen_time++ || !plain_string(c, &stamp))
+                return 0; /* not text: the general path says it is none */
+            line->exch_ns = rfc3339_ns(stamp);
         } else if (!skip_value(c, 1)) {
             return 0;
         }
@@ -534,6 +640,7 @@ static int parse_line(const char *text, Py_ssize_t n, Line *line, int v2) {
     Cursor c = {text, text + n};
     int seen_recv = 0, seen_msg = 0;
     line->nlevels = 0;
+    line->exch_ns = -1;
     if (!expect(&c, '{'))
         return 0;
     for (;;) {
@@ -569,7 +676,8 @@ static int parse_line(const char *text, Py_ssize_t n, Line *line, int v2) {
 static PyObject *s_routes, *s_feed, *s_clock, *s_channel, *s_book, *s_limit, *s_stats, *s_key,
     *s_valid, *s_depth, *s_scale, *s_asks, *s_bids, *s_keys, *s_levels, *s_top, *s_dirty,
     *s_ask_crc, *s_bid_text, *s_checksum, *s_frames, *s_updates, *s_checksums_ok,
-    *s_checksums_failed, *s_last_ns, *s_last_key, *s_become_invalid, *s_v2, *s_books;
+    *s_checksums_failed, *s_last_ns, *s_last_key, *s_become_invalid, *s_v2, *s_books,
+    *s_exch_ns;
 
 typedef struct {
     const char *owner, *name;
@@ -596,6 +704,7 @@ static const Attribute INTERFACE[] = {
     {"Book", "_ask_crc", &s_ask_crc},
     {"Book", "_bid_text", &s_bid_text},
     {"Book", "_checksum", &s_checksum},
+    {"Book", "exch_ns", &s_exch_ns},
     {"_Side", "keys", &s_keys},
     {"_Side", "levels", &s_levels},
     {"_Side", "top", &s_top},
@@ -666,6 +775,8 @@ typedef struct {
     Py_ssize_t bid_len, bid_cap;
     int crc_changed;
     int64_t frames, ok, failed, last_ns;
+    int64_t exch_ns; /* the latest applied line's (-1: none) */
+    int exch_changed;
     int loaded; /* sides and caches read from the book */
     int shared; /* v2: another valid book of the symbol is there (its lines are handed back) */
 } Route;
@@ -853,6 +964,13 @@ static int store_route(Route *r) {
     if (r->valid_changed) {
         ok = ok && PyObject_SetAttr(r->book, s_valid, r->valid ? Py_True : Py_False) == 0;
         r->valid_changed = 0;
+    }
+    if (r->exch_changed) {
+        if (r->exch_ns < 0)
+            ok = ok && PyObject_SetAttr(r->book, s_exch_ns, Py_None) == 0;
+        else
+            ok = ok && set_int_attr(r->book, s_exch_ns, r->exch_ns);
+        r->exch_changed = 0;
     }
     return ok;
 }
@@ -1364,6 +1482,8 @@ static PyObject *native_run(PyObject *module, PyObject *const *args, Py_ssize_t 
         clock = now;
         r->frames++;
         r->last_ns = now;
+        r->exch_ns = line->exch_ns;
+        r->exch_changed = 1;
         last = r;
         if (ok) {
             r->ok++;

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 
 from kbook.errors import FrameError
+from kbook.units import seconds_text_ns
 
 MAX_SNAPSHOT_LEVELS = 1000
 """Levels a snapshot side may hold at most: Kraken's deepest book (``kbook.api.DEPTHS``)."""
@@ -63,6 +64,19 @@ def is_zero(volume: str) -> bool:
         except InvalidOperation:
             return False
     return False
+
+
+def exchange_time(sides: Iterable[Iterable[Level]]) -> int | None:
+    """A v1 message's exchange time: the latest of its levels' third fields (seconds since the
+    epoch as text, ``kbook.units.seconds_text_ns``), None when no level has a usable one."""
+    latest = None
+    for side in sides:
+        for level in side:
+            if len(level) > 2:
+                ns = seconds_text_ns(level[2])
+                if ns is not None and (latest is None or ns > latest):
+                    latest = ns
+    return latest
 
 
 def _decimals(price: str) -> int:
@@ -135,12 +149,25 @@ class _Side:
 class Book:
     """One order book. ``valid`` is False until a snapshot and after a failed checksum."""
 
-    __slots__ = ("depth", "asks", "bids", "scale", "valid", "_checksum", "_ask_crc", "_bid_text")
+    __slots__ = (
+        "depth",
+        "asks",
+        "bids",
+        "scale",
+        "valid",
+        "exch_ns",
+        "_checksum",
+        "_ask_crc",
+        "_bid_text",
+    )
 
     def __init__(self, depth: int) -> None:
         if depth < 1:
             raise ValueError(f"depth must be positive, got {depth}")
         self.depth = depth
+        self.exch_ns: int | None = None
+        """Kraken's time of the latest snapshot or update applied (``exchange_time``), set by
+        the feed; None where it sent none, and after a checkpoint (which holds none)."""
         self.asks = _Side(1)
         self.bids = _Side(-1)
         self.scale = 0

@@ -23,7 +23,7 @@ from enum import IntEnum
 from typing import Any
 
 from kbook.api import DEPTHS
-from kbook.book import Book, Level
+from kbook.book import Book, Level, exchange_time
 from kbook.errors import FrameError
 
 _DEPTH_OF = {f"book-{depth}": depth for depth in DEPTHS}
@@ -169,6 +169,7 @@ class BookFeed:
                 book.invalidate()
                 self.pair_stats(pair).become_invalid(recv_ns)
             raise
+        book.exch_ns = None  # a checkpoint holds no exchange time
         if self.connection_id is None:
             self.adopt_connection = True
         stats = self.pair_stats(pair)
@@ -266,6 +267,7 @@ class BookFeed:
                 if book is None:
                     book = self.books[key] = self.book_type(channel_depth(channel))
                 book.apply_snapshot(first.get("as", ()), first.get("bs", ()))
+                book.exch_ns = exchange_time((first.get("as", ()), first.get("bs", ())))
                 stats.snapshots += 1
                 stats.become_valid(recv_ns)
                 self.last_key = key
@@ -276,16 +278,20 @@ class BookFeed:
                 return Outcome.DROPPED
             self.last_key = key
             apply = book.apply_side
+            sides = []
             for payload in msg[1:-2]:
                 # v1 sends one dict, or two ({"a": ...} then {"b": ..., "c": ...}): dicts in
                 # order, asks then bids within each (a missing side is an empty one).
                 asks = payload.get("a", NO_SIDE)
                 if asks is not NO_SIDE:
                     apply(book.asks, asks)
+                    sides.append(asks)
                 bids = payload.get("b", NO_SIDE)
                 if bids is not NO_SIDE:
                     apply(book.bids, bids)
+                    sides.append(bids)
             book.truncate()
+            book.exch_ns = exchange_time(sides)
             checksum = msg[-3].get("c")
             if checksum is None:
                 return Outcome.UNVERIFIED

@@ -55,7 +55,7 @@ from typing import Any
 
 import orjson
 
-from kbook.book import Book
+from kbook.book import Book, exchange_time
 from kbook.errors import FrameError
 from kbook.feed import NO_SIDE, BookFeed, Outcome, PairStats
 from kbook.v2 import V2BookFeed
@@ -65,7 +65,17 @@ NATIVE_INTERFACE: dict[str, tuple[str, ...]] = {
     "LineFeed": ("routes", "feed", "clock", "v2"),
     "Route": ("key", "channel", "book", "limit", "stats"),
     "BookFeed": ("last_key", "books"),
-    "Book": ("valid", "depth", "scale", "asks", "bids", "_ask_crc", "_bid_text", "_checksum"),
+    "Book": (
+        "valid",
+        "depth",
+        "scale",
+        "asks",
+        "bids",
+        "_ask_crc",
+        "_bid_text",
+        "_checksum",
+        "exch_ns",
+    ),
     "_Side": ("keys", "levels", "top", "dirty"),
     "PairStats": (
         "frames",
@@ -273,21 +283,27 @@ class LineFeed:
                 # One dict, or two ({"a": ...} then {"b": ..., "c": ...}); asks then bids in each.
                 apply = book.apply_side
                 deep = False
+                sides = []
                 side = payload.get("a", NO_SIDE)
                 if side is not NO_SIDE:
                     deep = apply(book.asks, side)
+                    sides.append(side)
                 side = payload.get("b", NO_SIDE)
                 if side is not NO_SIDE:
                     deep = apply(book.bids, side) or deep
+                    sides.append(side)
                 if size == 5:
                     side = last.get("a", NO_SIDE)
                     if side is not NO_SIDE:
                         deep = apply(book.asks, side) or deep
+                        sides.append(side)
                     side = last.get("b", NO_SIDE)
                     if side is not NO_SIDE:
                         deep = apply(book.bids, side) or deep
+                        sides.append(side)
                 if deep:
                     book.truncate()
+                book.exch_ns = exchange_time(sides)
                 expected = int(checksum)  # before checksum(), as BookFeed.on_message does
                 if book.checksum() == expected:
                     stats.checksums_ok += 1

@@ -143,10 +143,11 @@ class ChangeSampler(PairSampler):
         self._build_row()
         row, valid = self.row, self.row_valid
         if at < self.row_day_end and valid == self.shown_valid and (not valid or row == self.shown):
+            # The book's top is as shown: a later exchange time alone is no change.
             return
         frames, failed, last = self.counts()
         updates, failures = frames - self.mark_frames, failed - self.mark_failed
-        self.buffer.append(at, 1, 1, row, valid, updates, failures, last)
+        self.buffer.append(at, 1, 1, row, valid, updates, failures, last, self.row_exch)
         self.summary.note_rows(at, 1, 1, valid)
         self.mark_frames, self.mark_failed = frames, failed
         self.shown, self.shown_valid = row, valid

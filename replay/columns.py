@@ -27,12 +27,16 @@ EXTRA_FIELDS = (
     pa.field("updates", pa.int32(), nullable=False),
     pa.field("checksum_failures", pa.int32(), nullable=False),
     pa.field("last_update", TIMESTAMP, nullable=False),
+    pa.field("exch_ts", TIMESTAMP),
     pa.field("depth", pa.int16()),
     pa.field("source", pa.string()),
 )
-"""After the levels: counts, the latest frame's time, and where the row came from: ``depth`` of
-the followed channel and ``source`` (``replay.plan.Stream.label``), both null when the row is
-invalid (no source had a valid book)."""
+"""After the levels: counts, the latest frame's time, Kraken's time of it (``exch_ts``, from
+``Book.exch_ns``), and where the row came from: ``depth`` of the followed channel and ``source``
+(``replay.plan.Stream.label``); the last three null when the row is invalid (no source had a
+valid book)."""
+NO_EXCH = -1
+"""``exch_ts`` while buffered, for none (no exchange time is before 1970)."""
 NULL_DEPTH = pa.scalar(None, pa.int16())
 NULL_SOURCE = pa.scalar(None, pa.string())
 ROW_GROUP_BYTES = 32 << 20
@@ -83,6 +87,7 @@ class RowBuffer:
         "updates",
         "failures",
         "last_update",
+        "exch",
         "depth",
         "source",
     )
@@ -113,6 +118,7 @@ class RowBuffer:
         self.updates = array("i")
         self.failures = array("i")
         self.last_update = array("q")
+        self.exch = array("q")
 
     def append(
         self,
@@ -124,8 +130,10 @@ class RowBuffer:
         updates: int,
         failures: int,
         last_update: int,
+        exch: int = NO_EXCH,
     ) -> None:
-        """Append ``n`` rows at ``t, t + every, ...`` showing the same book.
+        """Append ``n`` rows at ``t, t + every, ...`` showing the same book (whose exchange
+        time is ``exch``, ``NO_EXCH`` for none).
 
         The counts belong to the first row only: later rows saw no frame.
         """
@@ -144,8 +152,10 @@ class RowBuffer:
             self.day_rows += k
             if k == 1:
                 self._append_one(t, row, valid, updates, failures, last_update)
+                self.exch.append(exch)
             else:
                 self._append_many(t, k, every, row, valid, updates, failures, last_update)
+                self.exch.extend(array("q", (exch,)) * k)
             self.count += k
             if self.count >= self.capacity:
                 self.flush()
@@ -203,6 +213,7 @@ class RowBuffer:
             _wrap(pa.int32(), n, self.updates),
             _wrap(pa.int32(), n, self.failures),
             _wrap(TIMESTAMP, n, self.last_update),
+            _times(n, self.exch),
         ]
         valid = columns[1]
         columns.append(pc.if_else(valid, pa.scalar(self.depth, pa.int16()), NULL_DEPTH))
@@ -213,6 +224,17 @@ class RowBuffer:
 def _wrap(kind: pa.DataType, n: int, data: array | bytearray) -> pa.Array:
     """An Arrow array over ``data`` without copying it."""
     return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(data)])
+
+
+def _times(n: int, data: array) -> pa.Array:
+    """A timestamp array where ``NO_EXCH`` becomes null."""
+    values = _wrap(pa.int64(), n, data)
+    missing = pc.equal(values, NO_EXCH)
+    nulls = missing.true_count
+    if not nulls:
+        return values.view(TIMESTAMP)
+    validity = pc.invert(missing).buffers()[1]
+    return pa.Array.from_buffers(TIMESTAMP, n, [validity, pa.py_buffer(data)], null_count=nulls)
 
 
 def _floats(n: int, data: array) -> pa.Array:

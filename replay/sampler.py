@@ -44,7 +44,7 @@ import pyarrow as pa
 from kbook.book import Book
 from kbook.feed import PairStats
 from kbook.units import DAY
-from replay.columns import RowBuffer
+from replay.columns import NO_EXCH, RowBuffer
 
 NAN = float("nan")
 NEVER = 1 << 126
@@ -154,6 +154,7 @@ class PairSampler:
         "row_cause",
         "void_cause",
         "failed_at_begin",
+        "row_exch",
         "empty_row",
         "buffer",
         "summary",
@@ -201,6 +202,7 @@ class PairSampler:
         self.failed_at_begin = 0
         """Failed checksums counted at the last snapshot or checkpoint: more now means one
         failed since."""
+        self.row_exch = NO_EXCH
         self.buffer = RowBuffer(levels, capacity, sink, depth, source)
         self.summary = PairSummary(pair, channel)
         self.silent = False
@@ -304,6 +306,7 @@ class PairSampler:
             frames - self.mark_frames,
             failed - self.mark_failed,
             last,
+            self.row_exch,
         )
         self.summary.note_rows(t, n, self.every, self.row_cause)
         self.mark_frames, self.mark_failed = frames, failed
@@ -349,6 +352,7 @@ class PairSampler:
             self.row = self.empty_row
             self.row_valid = False
             self.row_cause = self._cause()
+            self.row_exch = NO_EXCH
             return
         row = self.empty_row.copy()
         n = self.levels
@@ -365,6 +369,7 @@ class PairSampler:
         self.row = row
         self.row_valid = True
         self.row_cause = None
+        self.row_exch = NO_EXCH if book.exch_ns is None else book.exch_ns
 
     def _cause(self) -> Cause:
         """Why the book cannot be shown: what voided it first, else the silence it is in."""

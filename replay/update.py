@@ -39,6 +39,7 @@ import orjson
 from kbook.errors import OutputError, UsageError
 from kbook.pairs import file_name
 from kbook.units import DAY, utc_day, utc_text
+from replay.columns import file_schema
 from replay.options import ReplayOptions
 from replay.plan import Stream
 from replay.survey import SegmentInfo
@@ -59,6 +60,7 @@ def options_json(options: ReplayOptions) -> dict[str, Any]:
         "pair_filter": None if options.pairs is None else sorted(options.pairs),
         "start": utc_text(options.start_ns) if options.start_ns is not None else None,
         "end": utc_text(options.end_ns) if options.end_ns is not None else None,
+        "columns": file_schema(options.levels).names,
     }
 
 
@@ -75,6 +77,11 @@ def check_options(manifest: dict[str, Any], options: ReplayOptions, out: Path) -
                 f"{out}: built with {key} {manifest.get(key)!r}, not {wanted[key]!r}; --update "
                 "needs the options the dataset was built with (or --force to rebuild it)"
             )
+    if manifest.get("columns") != wanted["columns"]:
+        raise UsageError(
+            f"{out}: its files hold other columns than this kbook writes (exch_ts is new); "
+            "rebuild it once with --force"
+        )
 
 
 def fingerprints(streams: Iterable[Stream], options: ReplayOptions) -> dict[str, str]:

@@ -131,6 +131,7 @@ def book_state(book: Book, final: bool, strict: bool = False) -> dict[str, Any]:
     ``test_a_checksum_int_refuses_leaves_the_same_caches``)."""
     state: dict[str, Any] = {
         "valid": book.valid,
+        "exch_ns": book.exch_ns,
         "depth": book.depth,
         "scale": book.scale,
         "asks": side_state(book.asks),

@@ -36,6 +36,7 @@ def snapshot_table(rows: int, invalid: range, outlier: float) -> pa.Table:
     columns["updates"] = [1] * rows
     columns["checksum_failures"] = [0] * rows
     columns["last_update"] = columns["ts"]
+    columns["exch_ts"] = [t if ok else None for t, ok in zip(columns["ts"], valid, strict=True)]
     columns["depth"] = [10 if ok else None for ok in valid]
     columns["source"] = ["v2 book-10" if ok else None for ok in valid]
     return pa.table({name: columns[name] for name in schema.names}, schema=schema)

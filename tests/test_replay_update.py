@@ -13,6 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from replay_support import SynthMarket, write_records
 from test_replay_timeline import book_at, checkpoint, session
@@ -98,3 +99,9 @@ def test_update_needs_the_same_options(
         replay.replay_to_dataset(raw, out, every="1s", update=True)
     with pytest.raises(UsageError, match="pick one"):
         replay.replay_to_dataset(raw, out, every="1m", update=True, force=True)
+    # A dataset of an older kbook, whose files lack exch_ts, is rebuilt rather than mixed.
+    manifest = orjson.loads((out / "_kbook_replay.json").read_bytes())
+    del manifest["columns"]
+    (out / "_kbook_replay.json").write_bytes(orjson.dumps(manifest))
+    with pytest.raises(UsageError, match="other columns than this kbook writes"):
+        replay.replay_to_dataset(raw, out, every="1m", update=True)
