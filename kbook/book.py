@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 
 from kbook.errors import FrameError
-from kbook.units import seconds_text_ns
+from kbook.units import rfc3339_ns, seconds_text_ns
 
 MAX_SNAPSHOT_LEVELS = 1000
 """Levels a snapshot side may hold at most: Kraken's deepest book (``kbook.api.DEPTHS``)."""
@@ -155,7 +155,7 @@ class Book:
         "bids",
         "scale",
         "valid",
-        "exch_ns",
+        "exch_source",
         "_checksum",
         "_ask_crc",
         "_bid_text",
@@ -165,9 +165,10 @@ class Book:
         if depth < 1:
             raise ValueError(f"depth must be positive, got {depth}")
         self.depth = depth
-        self.exch_ns: int | None = None
-        """Kraken's time of the latest snapshot or update applied (``exchange_time``), set by
-        the feed; None where it sent none, and after a checkpoint (which holds none)."""
+        self.exch_source: object = None
+        """What ``exch_ns`` is read from: ns (or None), or, as the Python feeds leave it, the
+        latest message's v1 level lists (a ``list``) or v2 ``timestamp`` (in a ``tuple``),
+        parsed only if read (rows are built far less often than messages arrive)."""
         self.asks = _Side(1)
         self.bids = _Side(-1)
         self.scale = 0
@@ -209,6 +210,25 @@ class Book:
         for is_bid, level in changes:
             self.apply_side(self.bids if is_bid else self.asks, (level,))
         self.truncate()
+
+    @property
+    def exch_ns(self) -> int | None:
+        """Kraken's time of the latest snapshot or update applied: v1 the largest of its levels'
+        third fields (``exchange_time``), v2 its ``timestamp``; None where it sent none, and
+        after a checkpoint (which holds none). The native core sets it as ns."""
+        source = self.exch_source
+        if type(source) is list:
+            ns = exchange_time(source)
+        elif type(source) is tuple:
+            ns = rfc3339_ns(source[0])
+        else:
+            return source  # type: ignore[return-value]
+        self.exch_source = ns
+        return ns
+
+    @exch_ns.setter
+    def exch_ns(self, ns: int | None) -> None:
+        self.exch_source = ns
 
     def invalidate(self) -> None:
         """Mark the book void (checksum failure, disconnect) until the next snapshot."""

@@ -23,7 +23,7 @@ from enum import IntEnum
 from typing import Any
 
 from kbook.api import DEPTHS
-from kbook.book import Book, Level, exchange_time
+from kbook.book import Book, Level
 from kbook.errors import FrameError
 
 _DEPTH_OF = {f"book-{depth}": depth for depth in DEPTHS}
@@ -267,7 +267,7 @@ class BookFeed:
                 if book is None:
                     book = self.books[key] = self.book_type(channel_depth(channel))
                 book.apply_snapshot(first.get("as", ()), first.get("bs", ()))
-                book.exch_ns = exchange_time((first.get("as", ()), first.get("bs", ())))
+                book.exch_source = [first.get("as", ()), first.get("bs", ())]
                 stats.snapshots += 1
                 stats.become_valid(recv_ns)
                 self.last_key = key
@@ -291,7 +291,7 @@ class BookFeed:
                     apply(book.bids, bids)
                     sides.append(bids)
             book.truncate()
-            book.exch_ns = exchange_time(sides)
+            book.exch_source = sides  # parsed if read (Book.exch_ns)
             checksum = msg[-3].get("c")
             if checksum is None:
                 return Outcome.UNVERIFIED

@@ -55,7 +55,7 @@ from typing import Any
 
 import orjson
 
-from kbook.book import Book, exchange_time
+from kbook.book import Book
 from kbook.errors import FrameError
 from kbook.feed import NO_SIDE, BookFeed, Outcome, PairStats
 from kbook.v2 import V2BookFeed
@@ -303,7 +303,7 @@ class LineFeed:
                         sides.append(side)
                 if deep:
                     book.truncate()
-                book.exch_ns = exchange_time(sides)
+                book.exch_source = sides  # parsed if read (Book.exch_ns)
                 expected = int(checksum)  # before checksum(), as BookFeed.on_message does
                 if book.checksum() == expected:
                     stats.checksums_ok += 1

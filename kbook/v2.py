@@ -34,7 +34,6 @@ from kbook.book import Book, Level
 from kbook.errors import FrameError
 from kbook.feed import BookFeed, Outcome, sane_pair
 from kbook.segment import Problem, SegmentReader
-from kbook.units import rfc3339_ns
 
 decode = partial(json.loads, parse_float=str)
 """JSON decoding that keeps each float's exact text (``0.10000000`` stays ``"0.10000000"``)."""
@@ -168,7 +167,7 @@ class V2BookFeed(BookFeed):
                 if book is None:
                     book = self.books[key] = self.book_type(depth)
                 book.apply_snapshot(asks, bids)
-                book.exch_ns = rfc3339_ns(entry.get("timestamp"))
+                book.exch_source = (entry.get("timestamp"),)  # parsed if read (Book.exch_ns)
                 stats.snapshots += 1
             else:
                 stats.updates += 1
@@ -178,7 +177,7 @@ class V2BookFeed(BookFeed):
                     return Outcome.DROPPED
                 book = self.books[key]
                 book.apply_update(asks, bids)
-                book.exch_ns = rfc3339_ns(entry.get("timestamp"))
+                book.exch_source = (entry.get("timestamp"),)  # parsed if read (Book.exch_ns)
             self.last_key = key
             checksum = entry.get("checksum")
             if checksum is None:
