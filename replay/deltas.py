@@ -463,6 +463,7 @@ class DeltaReplay(StreamReplay):
         self.exact_text = exact_text
         super().__init__(stream, options, sinks)
         self.feed.book_type = DeltaBook
+        self.followed = {route.key for route, _ in self.routes}
 
     def make_sampler(
         self, pair: str, channel: str, sink: Callable[[pa.Table], None]
@@ -479,6 +480,14 @@ class DeltaReplay(StreamReplay):
                 if line:
                     handle(reader, number + index, line)
         self._segment_end(info, reader.problems)
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        super()._apply(record)
+        # A book no sampler follows (a v2 frame may carry entries of other symbols) keeps no
+        # changes: nothing would ever take them.
+        for key, book in self.feed.books.items():
+            if isinstance(book, DeltaBook) and book.changes and key not in self.followed:
+                book.changes.clear()
 
     def _apply_v2(self, msg: dict[str, Any], clock: int) -> None:
         data = msg.get("data")
