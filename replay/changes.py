@@ -39,10 +39,10 @@ from kbook.feed import channel_depth
 from kbook.units import DAY
 from replay.chunks import Stitcher
 from replay.columns import file_schema, level_names, row_group_rows
-from replay.deltas import EventFormat, write_events
+from replay.deltas import EventFormat, Source, cause_at, write_events
 from replay.engine import StreamReplay
 from replay.options import MAX_SILENCE_NS, DurationLike, ReplayOptions, TimeLike, make_options
-from replay.sampler import NEVER, Carry, PairSampler, PairSummary
+from replay.sampler import NEVER, Carry, Cause, PairSampler, PairSummary
 from replay.survey import SegmentInfo
 
 
@@ -90,6 +90,8 @@ class ChangeSampler(PairSampler):
             self.mark_frames = self.first_frames = frames - counted
             self.mark_failed = self.first_failed = failed
         self.book = book
+        self.void_cause = None
+        self.failed_at_begin = self.counts()[1]
         self.at = clock
 
     def catch_up(self, clock: int) -> None:
@@ -99,7 +101,9 @@ class ChangeSampler(PairSampler):
     def prepare(self, clock: int) -> None:
         self._look()
 
-    def voided(self, clock: int) -> None:
+    def voided(self, clock: int, cause: Cause = Cause.DISCONNECT) -> None:
+        if self.void_cause is None:
+            self.void_cause = cause
         self.at = clock
         self._look()
 
@@ -148,7 +152,7 @@ class ChangeSampler(PairSampler):
         frames, failed, last = self.counts()
         updates, failures = frames - self.mark_frames, failed - self.mark_failed
         self.buffer.append(at, 1, 1, row, valid, updates, failures, last, self.row_exch)
-        self.summary.note_rows(at, 1, 1, valid)
+        self.summary.note_rows(at, 1, 1, self.row_cause)
         self.mark_frames, self.mark_failed = frames, failed
         self.shown, self.shown_valid = row, valid
         self.row_day_end = (at // DAY + 1) * DAY
@@ -210,7 +214,7 @@ def _rows(index: int, tables: Iterator[pa.Table]) -> Iterator[tuple[int, int, di
 
 
 def follow_changes(
-    sources: Sequence[tuple[int, Iterator[pa.Table]]],
+    sources: Sequence[Source],
     sink: Callable[[pa.Table], None],
     summary: PairSummary,
     levels: int = 10,
@@ -221,13 +225,13 @@ def follow_changes(
     names = level_names(levels)
     stitcher = Stitcher(row_group_rows(levels), sink)
     latest: list[dict[str, Any] | None] = [None] * len(sources)
-    depths = [depth for depth, _ in sources]
+    depths = [source[0] for source in sources]
     followed: int | None = None
     shown: tuple[Any, ...] | None = None
     day_end = 0
     pending: list[dict[str, Any]] = []
 
-    def emit(at: int, row: dict[str, Any], own: bool) -> None:
+    def emit(at: int, row: dict[str, Any], own: bool, source: int) -> None:
         nonlocal shown, day_end
         valid = bool(row["valid"])
         top = (valid, row["source"] if valid else None, *(row[name] for name in names))
@@ -239,7 +243,7 @@ def follow_changes(
         if not valid:
             out["depth"] = out["source"] = None
         pending.append(out)
-        summary.note_rows(at, 1, 1, valid)
+        summary.note_rows(at, 1, 1, None if valid else cause_at(sources[source], at))
         shown, day_end = top, (at // DAY + 1) * DAY
         if len(pending) >= 4096:
             flush()
@@ -250,7 +254,7 @@ def follow_changes(
             pending.clear()
 
     merged = heapq.merge(
-        *(_rows(index, tables) for index, (_, tables) in enumerate(sources)),
+        *(_rows(index, source[1]) for index, source in enumerate(sources)),
         key=lambda item: (item[0], item[1]),
     )
     for at, index, row in merged:
@@ -261,15 +265,15 @@ def follow_changes(
         deeper = best is not None and followed is not None and depths[best] > depths[followed]
         if held is not None and held["valid"] and not deeper:
             if index == followed:
-                emit(at, row, True)
+                emit(at, row, True, index)
             continue
         if best is None:  # no source is valid: the followed one's rows say so
             if index == followed:
-                emit(at, row, True)
+                emit(at, row, True, index)
             continue
         followed = best
         chosen = latest[best]
         assert chosen is not None
-        emit(at, chosen, best == index)
+        emit(at, chosen, best == index, best)
     flush()
     stitcher.flush()

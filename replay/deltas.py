@@ -73,7 +73,7 @@ from replay.parquet import (
     write_manifest,
 )
 from replay.plan import Stream, plan_streams
-from replay.sampler import NEVER, Carry, PairSampler, PairSummary
+from replay.sampler import NEVER, Carry, Cause, PairSampler, PairSummary, Span
 from replay.survey import SegmentInfo, survey_segment
 
 FORMAT = "deltas"
@@ -195,14 +195,24 @@ class DeltaRows:
         if self.start <= ts < self.end:
             self._write_book(ts, depth)
 
-    def unknown(self, ts: int, depth: int) -> None:
-        """The book is unknown from ``ts`` on."""
+    def unknown(self, ts: int, depth: int, cause: Cause) -> None:
+        """The book is unknown from ``ts`` on, for ``cause`` (the summary's invalid span)."""
         if not self.known:
             return
         self.known = False
         self.sides = ({}, {})
         if self.start <= ts < self.end:
-            self._unknown_row(ts, depth)
+            self._unknown_row(ts, depth, cause)
+
+    def reset(self, ts: int, depth: int) -> None:
+        """The unknown row before another source's book: the consumer starts afresh, though
+        the pair's book was known all along (no invalid span)."""
+        if not self.known:
+            return
+        self.known = False
+        self.sides = ({}, {})
+        if self.start <= ts < self.end:
+            self._unknown_row(ts, depth, None)
 
     def close(self) -> None:
         self.flush()
@@ -213,7 +223,7 @@ class DeltaRows:
         if self.last_snapshot or not (self.sides[0] or self.sides[1]):
             # A run of is_snapshot rows would go on (the consumer would merge two books), or an
             # empty book has no rows to reset with: the unknown row clears the consumer's book.
-            self._unknown_row(ts, depth)
+            self._unknown_row(ts, depth, None)
             if not (self.sides[0] or self.sides[1]):
                 return
         self._group(ts)
@@ -224,9 +234,10 @@ class DeltaRows:
         self.last_snapshot = True
         spans = self.summary.invalid_spans
         if spans and spans[-1][0] == spans[-1][1] and spans[-1][0] <= ts:
-            spans[-1] = (spans[-1][0], ts)
+            spans[-1] = (spans[-1][0], ts, spans[-1][2])
 
-    def _unknown_row(self, ts: int, depth: int) -> None:
+    def _unknown_row(self, ts: int, depth: int, cause: Cause | None) -> None:
+        """The unknown row; ``cause`` None: only a reset of the consumer (no invalid span)."""
         self._group(ts)
         columns = self.columns
         for index, value in enumerate((ts, None, None, None, None, False, self.seq, depth)):
@@ -235,8 +246,9 @@ class DeltaRows:
             columns[8].append(None)
             columns[9].append(None)
         self.last_snapshot = False
-        self.summary.invalid_spans.append((ts, ts))
-        self._note(ts, 1, valid=False)
+        if cause is not None:
+            self.summary.invalid_spans.append((ts, ts, cause))
+        self._note(ts, 1, valid=cause is None)
 
     def _group(self, ts: int) -> None:
         """A new group of rows at ``ts``: a batch ends at a new day or when full."""
@@ -341,6 +353,8 @@ class DeltaSampler(PairSampler):
             frames, failed, _ = self.counts()
             self.first_frames, self.first_failed = frames - counted, failed
         self.book = book
+        self.void_cause = None
+        self.failed_at_begin = self.counts()[1]
         self.at = clock
         self.blind = False
         self._write_whole()
@@ -353,7 +367,9 @@ class DeltaSampler(PairSampler):
     def prepare(self, clock: int) -> None:
         self._flush()
 
-    def voided(self, clock: int) -> None:
+    def voided(self, clock: int, cause: Cause = Cause.DISCONNECT) -> None:
+        if self.void_cause is None:
+            self.void_cause = cause
         self.at = clock
         self._flush()
 
@@ -361,7 +377,7 @@ class DeltaSampler(PairSampler):
         if self.book is None:
             return
         self._flush()
-        self.rows.unknown(life + max_silence, self.depth)
+        self.rows.unknown(life + max_silence, self.depth, Cause.SILENCE)
         self.at = now  # the book, unchanged, is written again before the frame at ``now``
 
     def finish(self, continues: bool, life: int, max_silence: int) -> None:
@@ -369,7 +385,7 @@ class DeltaSampler(PairSampler):
             return
         self._flush()
         if not continues or self.end - life > max_silence:
-            self.rows.unknown(life + max_silence, self.depth)
+            self.rows.unknown(life + max_silence, self.depth, Cause.SILENCE)
         self.rows.close()
         frames, failed, _ = self.counts()
         self.summary.frames = frames - self.first_frames
@@ -386,7 +402,7 @@ class DeltaSampler(PairSampler):
             return
         if not book.valid or self.blind:
             book.changes.clear()
-            self.rows.unknown(self.at, self.depth)
+            self.rows.unknown(self.at, self.depth, Cause.MALFORMED if self.blind else self._cause())
             return
         if not self.rows.known:
             self._write_whole()
@@ -396,7 +412,7 @@ class DeltaSampler(PairSampler):
             book.changes.clear()
             if changes is None:
                 self.blind = True
-                self.rows.unknown(self.at, self.depth)
+                self.rows.unknown(self.at, self.depth, Cause.MALFORMED)
             else:
                 self.rows.update(self.at, changes, self.depth)
 
@@ -408,7 +424,7 @@ class DeltaSampler(PairSampler):
         stamps = {level[0]: level for _, level, cut in book.changes if not cut}
         book.changes.clear()
         if not book.valid:
-            self.rows.unknown(self.at, self.depth)
+            self.rows.unknown(self.at, self.depth, self._cause())
             return
         levels = [
             (is_bid, level, False)
@@ -421,7 +437,7 @@ class DeltaSampler(PairSampler):
         changes = self._convert(levels, stamps)
         if changes is None:
             self.blind = True
-            self.rows.unknown(self.at, self.depth)
+            self.rows.unknown(self.at, self.depth, Cause.MALFORMED)
             return
         self.rows.snapshot(self.at, changes, self.depth)
 
@@ -489,22 +505,23 @@ class DeltaReplay(StreamReplay):
             if isinstance(book, DeltaBook) and book.changes and key not in self.followed:
                 book.changes.clear()
 
-    def _apply_v2(self, msg: dict[str, Any], clock: int) -> None:
-        data = msg.get("data")
-        if msg.get("channel") == "book" and type(data) is list:
+    def _apply_frame(self, msg: Any, clock: int) -> None:
+        data = msg.get("data") if type(msg) is dict else None
+        if type(data) is list and msg.get("channel") == "book":
             for entry in data:
                 symbol = entry.get("symbol") if type(entry) is dict else None
                 sampler = self.by_wire.get(symbol) if type(symbol) is str else None
                 if isinstance(sampler, DeltaSampler):
                     sampler.exch_in = rfc3339_ns(entry.get("timestamp"))
-        super()._apply_v2(msg, clock)
+        super()._apply_frame(msg, clock)
 
 
 # -- one timeline per pair --------------------------------------------------------------------------
 
 
-Source = tuple[int, Iterator[pa.Table]]
-"""A source of a pair: its depth, and its rows' batches in order."""
+Source = tuple[int, Iterator[pa.Table], list[Span]]
+"""A source of a pair: its depth, its rows' batches in order, and its invalid spans (for the
+cause of each unknown row)."""
 Group = tuple[int, int, str, list[Change]]
 """``(ts, source index, kind, levels)``; kind ``delta``, ``snapshot`` or ``unknown``."""
 
@@ -541,20 +558,25 @@ def _groups(index: int, tables: Iterator[pa.Table]) -> Iterator[Group]:
             row = stop
 
 
+def cause_at(source: Source, ts: int) -> Cause:
+    """Why ``source``'s rows became invalid at ``ts`` (its invalid span from there)."""
+    return next((cause for first, _, cause in source[2] if first == ts), Cause.DISCONNECT)
+
+
 def follow(
-    sources: Sequence[tuple[int, Iterator[pa.Table]]],
+    sources: Sequence[Source],
     sink: Callable[[pa.Table], None],
     summary: PairSummary,
     exact_text: bool = False,
 ) -> None:
-    """One pair's timeline from its sources' rows (``(depth, batches)`` in the fixed order):
-    the rule of the module docstring."""
+    """One pair's timeline from its sources' rows (in the fixed order): the rule of the module
+    docstring."""
     rows = DeltaRows(sink, exact_text, None, None, summary)
     books: list[tuple[dict[float, Change], dict[float, Change]] | None] = [None] * len(sources)
-    depths = [depth for depth, _ in sources]
+    depths = [source[0] for source in sources]
     followed: int | None = None
     merged = heapq.merge(
-        *(_groups(index, tables) for index, (_, tables) in enumerate(sources)),
+        *(_groups(index, source[1]) for index, source in enumerate(sources)),
         key=lambda group: (group[0], group[1]),
     )
     for ts, index, kind, levels in merged:
@@ -573,7 +595,7 @@ def follow(
                     book[change[0]][change[1]] = change
         if index == followed:
             if kind == "unknown":
-                rows.unknown(ts, depths[index])
+                rows.unknown(ts, depths[index], cause_at(sources[index], ts))
                 followed = None
             elif kind == "snapshot":
                 rows.snapshot(ts, levels, depths[index])
@@ -585,7 +607,7 @@ def follow(
         best = min(known, key=lambda i: (-depths[i], i))
         if followed is None or depths[best] > depths[followed]:
             if followed is not None:
-                rows.unknown(ts, depths[followed])
+                rows.reset(ts, depths[followed])
             followed = best
             held = books[best]
             assert held is not None
@@ -606,10 +628,8 @@ class EventFormat:
     schema: pa.Schema
     replay: Callable[[Stream, ReplayOptions, Callable[[str], Callable[[pa.Table], None]]], Any]
     """A ``StreamReplay`` of one stream into the given sinks."""
-    follow: Callable[
-        [Sequence[tuple[int, Iterator[pa.Table]]], Callable[[pa.Table], None], PairSummary], None
-    ]
-    """One timeline from the rows of a pair's sources (``(depth, batches)``, fixed order)."""
+    follow: Callable[[Sequence[Source], Callable[[pa.Table], None], PairSummary], None]
+    """One timeline from the rows of a pair's sources (in the fixed order)."""
     manifest: dict[str, Any]
     """Entries the manifest adds (``format``, ...)."""
 
@@ -713,17 +733,21 @@ def _replay_into(
             holders.setdefault(pair, []).append(stream)
     writer = DatasetWriter(folder, 0, schema=kind.schema)
     try:
-        for pair, holding in sorted(holders.items()):
-            parts = [result.pairs.pop(pair) for result in results if pair in result.pairs]
+        for pair in sorted(holders):
+            parts: list[PairSummary] = []
+            sources: list[Source] = []
+            for stream, result in zip(streams, results, strict=True):
+                if pair not in result.pairs:
+                    continue
+                part = result.pairs.pop(pair)
+                parts.append(part)
+                path = source_spool(folder, pair, stream.rank)
+                batches = read_spool(path) if path.exists() else iter(())
+                sources.append((channel_depth(stream.channels[pair]), batches, part.invalid_spans))
             summary = PairSummary(pair, ", ".join(sorted({p.channel for p in parts})))
             summary.frames = sum(p.frames for p in parts)
             summary.checksum_failures = sum(p.checksum_failures for p in parts)
             summary.sources = [label for p in parts for label in p.sources]
-            sources = []
-            for stream in holding:
-                path = source_spool(folder, pair, stream.rank)
-                batches = read_spool(path) if path.exists() else iter(())
-                sources.append((channel_depth(stream.channels[pair]), batches))
             kind.follow(sources, writer.sink(pair), summary)
             merged.pairs[pair] = summary
     finally:
