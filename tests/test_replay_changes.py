@@ -145,6 +145,7 @@ def test_change_refuses_what_does_not_go_with_it(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # about 3 s: two recorder runs, replayed twice (grid and on-change)
 def test_two_sources_one_timeline_with_an_outage(tmp_path: Path) -> None:
     """Two recorders of one pair, the followed one loses 30 s: the rows carry on from the other
     (one row naming it at the switch), valid throughout, and equal the grid as of every grid

@@ -254,6 +254,7 @@ def deltas_of(segment: Path | list[Path] | Path, tmp_path: Path, **options: Any)
     return replay.read_deltas(out)
 
 
+@pytest.mark.slow  # about 3 s: two recorder runs of rotated segments
 def test_two_sources_one_timeline_with_an_outage(tmp_path: Path) -> None:
     """Two recorders of one pair at once; the one followed loses 30 s. The rows switch to the
     other with the unknown row and its whole book, and the consumer holds the complete run's
@@ -261,8 +262,8 @@ def test_two_sources_one_timeline_with_an_outage(tmp_path: Path) -> None:
     from test_replay_timeline import STEP, T0, recorder_segments
 
     raw = tmp_path / "raw"
-    frames = list(SynthMarket(seed=5).frames(400, T0, STEP))
-    outage = (T0 + 30 * SECOND, T0 + 60 * SECOND)
+    frames = list(SynthMarket(seed=5).frames(200, T0, STEP))
+    outage = (T0 + 15 * SECOND, T0 + 30 * SECOND)
     recorder_segments(raw / "a", frames, "a" * 32, outage=outage, rotate=None)
     recorder_segments(raw / "b", frames, "b" * 32)
     deltas = deltas_of(raw, tmp_path)
@@ -272,7 +273,7 @@ def test_two_sources_one_timeline_with_an_outage(tmp_path: Path) -> None:
     unknown = deltas.filter(pc.is_null(deltas.column("side")))
     # The switch at the outage, and the end of the run.
     assert unknown.column("ts").cast(pa.int64()).to_pylist() == [
-        frames[120][0],
+        frames[60][0],
         frames[-1][0] + 10 * SECOND,
     ]
 
