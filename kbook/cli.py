@@ -524,8 +524,9 @@ def replay(
         typer.Option(
             "--format",
             metavar="FORMAT",
-            help="snapshots (rows on the --every grid) or deltas (a row per level change, in "
-            "the order applied; README, For backtests).",
+            help="snapshots (rows on the --every grid), deltas (a row per level change, in "
+            "the order applied), tardis (Tardis's incremental_book_L2 and book_snapshot_25 "
+            "CSV) or hftbacktest (its event arrays, .npz); README, For backtests.",
         ),
     ] = "snapshots",
     exact_text: Annotated[
@@ -543,16 +544,22 @@ def replay(
     from replay.report import print_summary, progress_bar
 
     remote = any(is_remote(path) for path in [*(paths or []), out or ""])
-    if output_format not in ("snapshots", "deltas"):
-        raise UsageError(f"--format must be snapshots or deltas, got {output_format!r}")
+    if output_format not in ("snapshots", "deltas", "tardis", "hftbacktest"):
+        raise UsageError(
+            f"--format must be snapshots, deltas, tardis or hftbacktest, got {output_format!r}"
+        )
     if exact_text and output_format != "deltas":
         raise UsageError("--exact-text goes with --format deltas")
-    if output_format == "deltas":
+    if output_format != "snapshots":
         if trades or update or engine != "local":
-            raise UsageError("--format deltas goes without --trades, --update and --engine dask")
-        out = out or "data/deltas"
+            raise UsageError(
+                f"--format {output_format} goes without --trades, --update and --engine dask"
+            )
+        out = out or f"data/{output_format}"
         sources = paths or [str(_default_raw())]
-        _replay_deltas(sources, out, pair, start, end, force, api, max_silence, exact_text)
+        _replay_deltas(
+            sources, out, output_format, pair, start, end, force, api, max_silence, exact_text
+        )
         return
     if trades:
         if remote:
@@ -616,6 +623,7 @@ def replay(
 def _replay_deltas(
     paths: list[str],
     out: str,
+    output_format: str,
     pair: list[str] | None,
     start: str | None,
     end: str | None,
@@ -624,15 +632,31 @@ def _replay_deltas(
     max_silence: str,
     exact_text: bool,
 ) -> None:
-    """``kbook replay --format deltas``: the delta dataset (``replay.deltas``)."""
+    """``kbook replay --format deltas``: the delta dataset (``replay.deltas``), or the files
+    of a backtester converted from it (``replay.backtest_formats``)."""
+    from replay.backtest_formats import replay_to_backtest_files
     from replay.deltas import replay_deltas_to_dataset
     from replay.report import print_summary, progress_bar
 
     try:
         with _stopped_by_signals(), progress_bar(enabled=sys.stderr.isatty()) as bar:
-            summary = replay_deltas_to_dataset(
-                paths, out, pair or None, start, end, force, api, max_silence, exact_text, bar
-            )
+            if output_format == "deltas":
+                summary = replay_deltas_to_dataset(
+                    paths, out, pair or None, start, end, force, api, max_silence, exact_text, bar
+                )
+            else:
+                summary = replay_to_backtest_files(
+                    paths,
+                    out,
+                    output_format,
+                    pair or None,
+                    start,
+                    end,
+                    force,
+                    api,
+                    max_silence,
+                    bar,
+                )
     except _Interrupted as exc:
         name = signal.Signals(exc.signum).name
         typer.echo(f"kbook: replay stopped by {name}: {out} left as it was", err=True)

@@ -20,6 +20,11 @@ exact semantics)::
     replay.replay_deltas_to_dataset("data/raw", "data/deltas")
     deltas = replay.read_deltas("data/deltas", pair="BTC/USD")
 
+The same deltas as a backtester's files (``backtest_formats``: Tardis CSV, hftbacktest)::
+
+    replay.replay_to_backtest_files("data/raw", "data/hftbacktest", "hftbacktest")
+    replay.convert_deltas("data/deltas", "data/tardis", "tardis")  # an existing folder
+
 Trades (recorded with ``--channels book,trade``) are a stage of their own, ``trades``::
 
     replay.replay_trades_to_dataset("data/raw", "data/trades")
@@ -27,6 +32,7 @@ Trades (recorded with ``--channels book,trade``) are a stage of their own, ``tra
 """
 
 from replay.api import ReplaySummary, read_snapshots, replay_table, replay_to_dataset
+from replay.backtest_formats import convert_deltas, replay_to_backtest_files
 from replay.columns import file_schema, level_names, table_schema
 from replay.deltas import delta_schema, read_deltas, replay_deltas_to_dataset
 from replay.options import ReplayOptions, make_options
@@ -40,6 +46,7 @@ __all__ = [
     "ReplaySummary",
     "delta_schema",
     "file_schema",
+    "convert_deltas",
     "level_names",
     "make_options",
     "read_deltas",
@@ -47,6 +54,7 @@ __all__ = [
     "read_trades",
     "replay_deltas_to_dataset",
     "replay_table",
+    "replay_to_backtest_files",
     "replay_to_dataset",
     "replay_trades_to_dataset",
     "table_schema",

@@ -2,7 +2,9 @@
 
 The deltas (``replay.deltas``: one row per level change, ``ts, exch_ts, side, price, size,
 is_snapshot, seq, depth``) are the one place that knows how kbook's book evolves; this module
-only re-spells them, one pair at a time, one UTC day per output file:
+only re-spells them, one pair at a time, one UTC day per output file. ``kbook replay --format
+tardis|hftbacktest`` (``replay_to_backtest_files``) writes the deltas to a private folder and
+converts them (``convert_deltas``, also usable on an existing delta dataset) into:
 
 - ``kraken_incremental_book_L2_<date>_<SYMBOL>.csv.gz`` and
   ``kraken_book_snapshot_25_<date>_<SYMBOL>.csv.gz``: Tardis's downloadable CSV (columns, units
@@ -40,7 +42,7 @@ import bisect
 import gzip
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,8 +50,11 @@ from typing import Any, TextIO
 import numpy as np
 import pyarrow as pa
 
-from kbook.errors import OutputError
+from kbook.errors import InputError, OutputError, UsageError
 from kbook.pairs import common_name, file_name, v1_alias
+from kbook.storage import is_remote
+from replay.options import MAX_SILENCE_NS, DurationLike, TimeLike
+from replay.parquet import check_output, discard, publish, temporary_folder, write_manifest
 
 TARDIS_EXCHANGE = "kraken"
 TARDIS_LEVELS = 25
@@ -92,6 +97,93 @@ EXCH_EVENT = 1 << 31
 LOCAL_EVENT = 1 << 30
 BUY_EVENT = 1 << 29
 SELL_EVENT = 1 << 28
+
+FORMATS = ("tardis", "hftbacktest")
+DELTA_COLUMNS = ["ts", "exch_ts", "side", "price", "size", "is_snapshot", "seq"]
+"""The delta columns the conversion reads."""
+
+
+def replay_to_backtest_files(
+    paths: Iterable[str | Path] | str | Path,
+    out: str | Path,
+    output_format: str,
+    pairs: Iterable[str] | str | None = None,
+    start: TimeLike = None,
+    end: TimeLike = None,
+    force: bool = False,
+    api: str | None = None,
+    max_silence: DurationLike = MAX_SILENCE_NS,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Replay segments into Tardis CSV or hftbacktest files in the folder ``out``, atomically
+    (a failed or interrupted run leaves ``out`` as it was): the delta dataset is written to a
+    private folder first (``replay.deltas``), then converted (``convert_deltas``). Returns the
+    deltas' ``replay.api.ReplaySummary`` with ``out`` and ``files`` of the new folder."""
+    from replay.deltas import replay_deltas_to_dataset
+
+    if output_format not in FORMATS:
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+    given = [paths] if isinstance(paths, str | Path) else list(paths)
+    if is_remote(out) or any(is_remote(path) for path in given):
+        raise UsageError(
+            f"--format {output_format} reads and writes local paths; copy the segments first"
+        )
+    out = Path(out)
+    check_output(out, force)
+    folder = temporary_folder(out)
+    try:
+        summary = replay_deltas_to_dataset(
+            given, folder / "deltas", pairs, start, end, False, api, max_silence, False, progress
+        )
+        files_folder = folder / output_format
+        files_folder.mkdir()
+        files = convert_deltas(folder / "deltas", files_folder, output_format)
+        manifest = summary.to_json() | {"format": output_format}
+        manifest.pop("every_ns", None)
+        manifest.pop("levels", None)
+        write_manifest(files_folder, manifest)
+        publish(files_folder, out, force)
+        summary.out = out
+        summary.files = [out / path.name for path in files]
+        return summary
+    finally:
+        discard(folder)
+
+
+def convert_deltas(deltas: str | Path, target: str | Path, output_format: str) -> list[Path]:
+    """Convert a delta dataset (``replay.deltas``) into ``output_format`` files in the existing
+    folder ``target``: per pair, its days in order, one pair-day in memory at a time."""
+    deltas, target = Path(deltas), Path(target)
+    pair_folders = sorted(deltas.glob("pair=*"))
+    if not pair_folders:
+        raise InputError(f"{deltas}: holds no pair=... folders; not a delta dataset")
+    files: list[Path] = []
+    for pair_folder in pair_folders:
+        pair = pair_folder.name.removeprefix("pair=").replace("-", "/", 1)
+        walker = BookWalker()
+        for day_folder in sorted(pair_folder.glob("date=*")):
+            day = day_folder.name.removeprefix("date=")
+            batches = _day_rows(day_folder).to_batches(max_chunksize=65_536)
+            if output_format == "tardis":
+                files += write_tardis_day(walker, batches, pair, day, target)
+            else:
+                files.append(write_hftbacktest_day(walker, batches, pair, day, target))
+    return files
+
+
+def _day_rows(folder: Path) -> pa.Table:
+    """A pair-day's delta rows in the order written (its parts, ordered by ``seq``)."""
+    import pyarrow.parquet as pq
+
+    try:
+        parts = [pq.read_table(path, columns=DELTA_COLUMNS) for path in folder.glob("*.parquet")]
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{folder}: cannot read the deltas: {exc}") from None
+    if not parts:
+        raise InputError(f"{folder}: holds no Parquet files; not a delta dataset")
+    table = pa.concat_tables(parts)
+    side = table.column("side").cast(pa.string())  # the parts' dictionaries differ
+    return table.set_column(table.schema.get_field_index("side"), "side", side).sort_by("seq")
 
 
 def snapshot_columns(levels: int = TARDIS_LEVELS) -> list[str]:

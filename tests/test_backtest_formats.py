@@ -284,13 +284,17 @@ def test_event_codes_are_hftbacktest_s() -> None:
         assert getattr(bf, name) == getattr(types, name), name
 
 
-def backtest_books(path: Path, times: list[int], tick: float) -> list[tuple[float, float]]:
-    """Best bid and ask of a real ``HashMapMarketDepthBacktest`` after elapsing to each time."""
+def backtest_books(
+    path: Path | list[Path], times: list[int], tick: float
+) -> list[tuple[float, float]]:
+    """Best bid and ask of a real ``HashMapMarketDepthBacktest`` after elapsing to each time
+    (the files of ``path`` in order, one day after another)."""
     from hftbacktest import BacktestAsset, HashMapMarketDepthBacktest
 
+    paths = path if isinstance(path, list) else [path]
     asset = (
         BacktestAsset()
-        .data([str(path)])
+        .data([str(one) for one in paths])
         .linear_asset(1.0)
         .constant_order_latency(0, 0)
         .risk_adverse_queue_model()
