@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -217,25 +218,42 @@ class Message:
 
 @dataclass
 class LevelBook:
-    """Both sides of a book as a consumer of the deltas holds it: prices sorted ascending."""
+    """Both sides of a book as a consumer of the deltas holds it: prices sorted ascending.
+
+    ``top_changed`` is set by any change within the best ``TARDIS_LEVELS`` of a side (a change
+    deeper down cannot alter them), so ``book_snapshot_25`` reads the top only when it may have
+    changed; ``top_text`` keeps each level's CSV text until the level changes."""
 
     sizes: dict[str, dict[float, float]] = field(default_factory=lambda: {BID: {}, ASK: {}})
     prices: dict[str, list[float]] = field(default_factory=lambda: {BID: [], ASK: []})
+    texts: dict[str, dict[float, str]] = field(default_factory=lambda: {BID: {}, ASK: {}})
+    top_changed: bool = True
 
     def set(self, side: str, price: float, size: float) -> None:
         sizes, prices = self.sizes[side], self.prices[side]
+        index = bisect.bisect_left(prices, price)
+        held = price in sizes
+        if size == 0 and not held:
+            return
+        # Bids are best last: their rank counts from the end (of the list before an insertion).
+        rank = index if side == ASK else len(prices) - index - (1 if held else 0)
+        if rank < TARDIS_LEVELS:
+            self.top_changed = True
+        self.texts[side].pop(price, None)
         if size == 0:
-            if sizes.pop(price, None) is not None:
-                del prices[bisect.bisect_left(prices, price)]
+            del sizes[price]
+            del prices[index]
         else:
-            if price not in sizes:
-                bisect.insort(prices, price)
+            if not held:
+                prices.insert(index, price)
             sizes[price] = size
 
     def clear(self) -> None:
         for side in (BID, ASK):
             self.sizes[side].clear()
             self.prices[side].clear()
+            self.texts[side].clear()
+        self.top_changed = True
 
     def levels(self, side: str) -> list[tuple[float, float]]:
         """Best first."""
@@ -243,15 +261,20 @@ class LevelBook:
         ordered = reversed(prices) if side == BID else prices
         return [(price, self.sizes[side][price]) for price in ordered]
 
-    def top(self, levels: int) -> tuple[tuple[float, ...], ...]:
-        """The best ``levels`` of each side as ``(asks..., bids...)`` price/size tuples."""
-        bids, asks = self.prices[BID][-levels:][::-1], self.prices[ASK][:levels]
-        return (
-            tuple(asks),
-            tuple(self.sizes[ASK][price] for price in asks),
-            tuple(bids),
-            tuple(self.sizes[BID][price] for price in bids),
-        )
+    def top_text(self) -> str:
+        """The best ``TARDIS_LEVELS`` of each side as ``book_snapshot_25``'s level fields."""
+        asks = [self._text(ASK, price) for price in self.prices[ASK][:TARDIS_LEVELS]]
+        bids = [self._text(BID, price) for price in self.prices[BID][-TARDIS_LEVELS:][::-1]]
+        asks += [","] * (TARDIS_LEVELS - len(asks))
+        bids += [","] * (TARDIS_LEVELS - len(bids))
+        return ",".join(itertools.chain.from_iterable(zip(asks, bids, strict=True)))
+
+    def _text(self, side: str, price: float) -> str:
+        texts = self.texts[side]
+        text = texts.get(price)
+        if text is None:
+            text = texts[price] = f"{_number(price)},{_number(self.sizes[side][price])}"
+        return text
 
     def __bool__(self) -> bool:
         return bool(self.sizes[BID] or self.sizes[ASK])
@@ -362,7 +385,7 @@ def write_tardis_day(
         incremental.write(",".join(INCREMENTAL_COLUMNS) + "\n")
         snapshots.write(",".join(snapshot_columns()) + "\n")
         prefix = f"{TARDIS_EXCHANGE},{symbol},"
-        last_top: tuple[tuple[float, ...], ...] | None = None
+        last_top: str | None = None
         for message in walker.day(batches):
             times = f"{message.exch_ns // 1000},{message.local_ns // 1000},"
             lines = [
@@ -372,23 +395,14 @@ def write_tardis_day(
                 if kind != RESET
             ]
             incremental.write("".join(lines))
-            top = walker.book.top(TARDIS_LEVELS)
-            if top != last_top:
-                last_top = top
-                snapshots.write(prefix + times + _snapshot_levels(top) + "\n")
+            book = walker.book
+            if book.top_changed or last_top is None:
+                book.top_changed = False
+                top = book.top_text()
+                if top != last_top:
+                    last_top = top
+                    snapshots.write(prefix + times + top + "\n")
     return [incremental_path, snapshot_path]
-
-
-def _snapshot_levels(top: tuple[tuple[float, ...], ...]) -> str:
-    ask_prices, ask_sizes, bid_prices, bid_sizes = top
-    fields: list[str] = []
-    for i in range(TARDIS_LEVELS):
-        for prices, sizes in ((ask_prices, ask_sizes), (bid_prices, bid_sizes)):
-            if i < len(prices):
-                fields += [_number(prices[i]), _number(sizes[i])]
-            else:
-                fields += ["", ""]
-    return ",".join(fields)
 
 
 def _number(value: float) -> str:
