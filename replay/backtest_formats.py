@@ -122,8 +122,7 @@ def replay_to_backtest_files(
     deltas' ``replay.api.ReplaySummary`` with ``out`` and ``files`` of the new folder."""
     from replay.deltas import replay_deltas_to_dataset
 
-    if output_format not in FORMATS:
-        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+    _check_format(output_format)
     given = [paths] if isinstance(paths, str | Path) else list(paths)
     if is_remote(out) or any(is_remote(path) for path in given):
         raise UsageError(
@@ -154,6 +153,7 @@ def replay_to_backtest_files(
 def convert_deltas(deltas: str | Path, target: str | Path, output_format: str) -> list[Path]:
     """Convert a delta dataset (``replay.deltas``) into ``output_format`` files in the existing
     folder ``target``: per pair, its days in order, one pair-day in memory at a time."""
+    _check_format(output_format)
     deltas, target = Path(deltas), Path(target)
     pair_folders = sorted(deltas.glob("pair=*"))
     if not pair_folders:
@@ -164,7 +164,7 @@ def convert_deltas(deltas: str | Path, target: str | Path, output_format: str) -
         walker = BookWalker()
         for day_folder in sorted(pair_folder.glob("date=*")):
             day = day_folder.name.removeprefix("date=")
-            batches = _day_rows(day_folder).to_batches(max_chunksize=65_536)
+            batches = _day_batches(day_folder)
             if output_format == "tardis":
                 files += write_tardis_day(walker, batches, pair, day, target)
             else:
@@ -172,19 +172,29 @@ def convert_deltas(deltas: str | Path, target: str | Path, output_format: str) -
     return files
 
 
-def _day_rows(folder: Path) -> pa.Table:
-    """A pair-day's delta rows in the order written (its parts, ordered by ``seq``)."""
+def _check_format(output_format: str) -> None:
+    if output_format not in FORMATS:
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+
+
+def _day_batches(folder: Path) -> Iterator[pa.RecordBatch]:
+    """A pair-day's delta rows in the order written: one part streamed as written, several
+    read whole and ordered by ``seq``."""
     import pyarrow.parquet as pq
 
+    paths = sorted(folder.glob("*.parquet"))
+    if not paths:
+        raise InputError(f"{folder}: holds no Parquet files; not a delta dataset")
     try:
-        parts = [pq.read_table(path, columns=DELTA_COLUMNS) for path in folder.glob("*.parquet")]
+        if len(paths) == 1:
+            yield from pq.ParquetFile(paths[0]).iter_batches(65_536, columns=DELTA_COLUMNS)
+            return
+        table = pa.concat_tables(pq.read_table(path, columns=DELTA_COLUMNS) for path in paths)
+        side = table.column("side").cast(pa.string())  # the parts' dictionaries differ
+        table = table.set_column(table.schema.get_field_index("side"), "side", side)
+        yield from table.sort_by("seq").to_batches(65_536)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{folder}: cannot read the deltas: {exc}") from None
-    if not parts:
-        raise InputError(f"{folder}: holds no Parquet files; not a delta dataset")
-    table = pa.concat_tables(parts)
-    side = table.column("side").cast(pa.string())  # the parts' dictionaries differ
-    return table.set_column(table.schema.get_field_index("side"), "side", side).sort_by("seq")
 
 
 def snapshot_columns(levels: int = TARDIS_LEVELS) -> list[str]:
@@ -451,11 +461,21 @@ def hftbacktest_name(pair: str, day: str) -> str:
 def hftbacktest_events(messages: Iterable[Message]) -> np.ndarray:
     """hftbacktest's event array of ``messages``, flagged for its exchange and local processors
     (``_flag_for_processors``)."""
+    chunks: list[np.ndarray] = []
     evs: list[int] = []
     exch: list[int] = []
     local: list[int] = []
     px: list[float] = []
     qty: list[float] = []
+
+    def flush() -> None:  # numpy holds an event in 64 bytes, Python's lists in several times that
+        chunk = np.zeros(len(evs), EVENT_DTYPE)
+        chunk["ev"], chunk["exch_ts"], chunk["local_ts"] = evs, exch, local
+        chunk["px"], chunk["qty"] = px, qty
+        chunks.append(chunk)
+        for values in (evs, exch, local, px, qty):
+            values.clear()
+
     for message in messages:
         for kind, side, price, size in message.events:
             if kind == RESET:
@@ -474,9 +494,10 @@ def hftbacktest_events(messages: Iterable[Message]) -> np.ndarray:
                 local.append(message.local_ns)
                 px.append(event_price)
                 qty.append(size)
-    events = np.zeros(len(evs), EVENT_DTYPE)
-    events["ev"], events["exch_ts"], events["local_ts"] = evs, exch, local
-    events["px"], events["qty"] = px, qty
+        if len(evs) >= 65_536:
+            flush()
+    flush()
+    events = np.concatenate(chunks)
     return _flag_for_processors(events)
 
 

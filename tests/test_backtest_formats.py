@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kbook.errors import InputError
 from replay import backtest_formats as bf
 
 S = 1_000_000_000
@@ -374,3 +375,27 @@ def test_tardis_files_load_with_hftbacktest_s_converter(tmp_path: Path) -> None:
     reference = list(by_time(reference_books(rows), 1000).items())
     got = backtest_books(converted, [t * 1000 for t, _ in reference], 1.0)
     np.testing.assert_array_equal(got, [best(book) for _, book in reference])
+
+
+def test_convert_deltas_reads_a_dataset_of_several_parts(tmp_path: Path) -> None:
+    """Parts of one pair-day are read in ``seq`` order, whatever their names; a damaged part is
+    one error naming it."""
+    import pyarrow.parquet as pq
+
+    day = tmp_path / "deltas" / "pair=BTC-USD" / f"date={DAY}"
+    day.mkdir(parents=True)
+    pq.write_table(deltas([row for row in SIMPLE if row[6] >= 5]), day / "part-0.parquet")
+    pq.write_table(deltas([row for row in SIMPLE if row[6] < 5]), day / "part-1.parquet")
+    (tmp_path / "split").mkdir()
+    (tmp_path / "whole").mkdir()
+    split = bf.convert_deltas(tmp_path / "deltas", tmp_path / "split", "tardis")
+    bf.write_tardis_day(
+        bf.BookWalker(), deltas(SIMPLE).to_batches(), "BTC/USD", DAY, tmp_path / "whole"
+    )
+    for path in split:
+        assert read_csv(path) == read_csv(tmp_path / "whole" / path.name)
+    (day / "part-1.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match=r"date=2027-01-15: cannot read the deltas"):
+        bf.convert_deltas(tmp_path / "deltas", tmp_path / "split", "hftbacktest")
+    with pytest.raises(InputError, match="holds no pair=... folders; not a delta dataset"):
+        bf.convert_deltas(tmp_path / "split", tmp_path / "whole", "tardis")
