@@ -448,7 +448,12 @@ def _require_kind(out: str | Path, kind: str) -> None:
     except (orjson.JSONDecodeError, AttributeError, OSError) as exc:
         raise InputError(f"{manifest}: not a kbook manifest: {exc}") from None
     if held != kind:
-        raise UsageError(f"{out}: is a {held} dataset, not {kind}; read it with replay.read_{held}")
+        advice = (
+            f"read it with replay.read_{held}"
+            if held in ("snapshots", "deltas")
+            else f"its files are {held}'s to load (README, For backtests)"
+        )
+        raise UsageError(f"{out}: is a {held} dataset, not {kind}; {advice}")
 
 
 def _require_pairs(out: str | Path, pair: Iterable[str] | str | None, noun: str) -> None:

@@ -72,8 +72,8 @@ INCREMENTAL_COLUMNS = [
 """Tardis's ``incremental_book_L2`` columns, in its order."""
 
 CHANGE, SNAPSHOT, RESET = 0, 1, 2
-"""Kinds of ``BookEvent``: a level set (0 deletes it), a level of a snapshot, and the start of a
-snapshot (the book is replaced by the snapshot levels that follow)."""
+"""Kinds of ``Message.events``: a level set (size 0 deletes it), a level of a snapshot, and the
+start of a snapshot (the book is replaced by the snapshot levels that follow)."""
 BID, ASK = "bid", "ask"
 
 # hftbacktest's event layout and codes, as its ``hftbacktest.types`` defines them (2.x); the

@@ -21,6 +21,7 @@ from test_backtest_formats import backtest_books
 
 import replay
 from kbook.cli import main
+from kbook.errors import UsageError
 from kbook.sim import Simulator, SimulatorConfig
 from kbook.units import SECOND
 
@@ -294,3 +295,5 @@ def test_a_second_run_needs_force_and_replaces_the_files(
     assert run_replay(monkeypatch, capsys, *args)[0] == 0
     assert sorted(path.name for path in out.iterdir()) == names
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([Path(segment).name, "npz"])
+    with pytest.raises(UsageError, match="is a hftbacktest dataset, not deltas; its files are"):
+        replay.read_deltas(out)

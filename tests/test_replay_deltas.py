@@ -367,7 +367,7 @@ def test_cli_writes_deltas_and_refuses_what_does_not_go_with_them(
     assert manifest["pairs"]["BTC/USD"]["rows"] == rows
     for extra, message in (
         (["--format", "deltas", "--trades"], "--format deltas goes without"),
-        (["--format", "grid"], "--format must be snapshots or deltas"),
+        (["--format", "grid"], "--format must be snapshots, deltas, tardis or hftbacktest"),
         (["--exact-text"], "--exact-text goes with --format deltas"),
     ):
         code, _, err = run_main(monkeypatch, capsys, segment, "--out", str(tmp_path / "x"), *extra)
