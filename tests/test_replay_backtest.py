@@ -24,6 +24,7 @@ from kbook.cli import main
 from kbook.errors import UsageError
 from kbook.sim import Simulator, SimulatorConfig
 from kbook.units import SECOND
+from replay import backtest_formats as bf
 
 PAIR = "BTC/USD"
 EVERY = 1_000_000  # 1 ms: the faults' invalid spans (a few ms) cover grid times
@@ -76,16 +77,16 @@ def run_replay(
 Grid = list[tuple[int, bool, list[tuple[float, float]], list[tuple[float, float]]]]
 
 
-def kbook_grid(raw: Path, out: Path, faults: bool = True) -> Grid:
-    """kbook's snapshots: ``(t, valid, bids, asks)`` per grid time, levels best first."""
-    replay.replay_to_dataset([raw], out, every=EVERY, levels=LEVELS)
+def kbook_grids(raw: Path, out: Path, every: int = EVERY) -> dict[str, Grid]:
+    """kbook's snapshots per pair: ``(t, valid, bids, asks)`` per grid time, best first."""
+    replay.replay_to_dataset([raw], out, every=every, levels=LEVELS)
     table = replay.read_snapshots(out)
-    grid: Grid = []
+    grids: dict[str, Grid] = {}
     for row in table.to_pylist():
         bids = [(row[f"bid_px_{i}"], row[f"bid_sz_{i}"]) for i in range(LEVELS)]
         asks = [(row[f"ask_px_{i}"], row[f"ask_sz_{i}"]) for i in range(LEVELS)]
         t = row["ts"].value if hasattr(row["ts"], "value") else _ns(row["ts"])
-        grid.append(
+        grids.setdefault(row["pair"], []).append(
             (
                 t,
                 row["valid"],
@@ -93,6 +94,12 @@ def kbook_grid(raw: Path, out: Path, faults: bool = True) -> Grid:
                 [a for a in asks if a[0] is not None],
             )
         )
+    return grids
+
+
+def kbook_grid(raw: Path, out: Path, faults: bool = True) -> Grid:
+    """The one pair's grid (``kbook_grids``); ``faults``: whether the book goes invalid."""
+    (grid,) = kbook_grids(raw, out).values()
     assert any(not valid for _, valid, _, _ in grid) == faults  # the faults show
     assert sum(valid for _, valid, _, _ in grid) > 10
     return grid
@@ -104,9 +111,19 @@ def _ns(moment: object) -> int:
 
 def received_times(raw: Path, out: Path) -> np.ndarray:
     """The receive times (ns) of every delta row, sorted."""
+    return np.sort(np.concatenate([times for times, _ in delta_facts(raw, out).values()]))
+
+
+def delta_facts(raw: Path, out: Path) -> dict[str, tuple[np.ndarray, int]]:
+    """Per pair: the sorted receive times (ns) of its delta rows, and its book's depth."""
     replay.replay_deltas_to_dataset([raw], out)
-    ts = replay.read_deltas(out, columns=["ts", "seq"]).column("ts").cast(pa.int64())
-    return np.sort(ts.to_numpy())
+    table = replay.read_deltas(out, columns=["ts", "seq", "depth"])
+    facts = {}
+    for pair in set(table.column("pair").to_pylist()):
+        rows = table.filter(pa.compute.equal(table.column("pair"), pair))
+        times = np.sort(rows.column("ts").cast(pa.int64()).to_numpy())
+        facts[pair] = (times, max(rows.column("depth").to_pylist()))
+    return facts
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -116,28 +133,43 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     return [dict(zip(names, line.split(","), strict=True)) for line in lines]
 
 
-def tardis_states(path: Path) -> list[tuple[int, dict[str, dict[float, float]]]]:
-    """A naive Tardis consumer (Tardis's reset rule): the book after each ``local_timestamp``."""
+def assert_tardis_matches(
+    paths: list[Path], grid: Grid, received: np.ndarray, depth: int = LEVELS
+) -> int:
+    """A naive Tardis consumer (a dict per side, Tardis's reset rule) reading ``paths`` in
+    order holds kbook's book at every grid time, never deeper than ``depth``; returns the
+    valid grid times compared. Tardis keeps µs, so a grid time with a message received in
+    the µs after it cannot be told apart and is skipped."""
+    rows = iter([row for path in paths for row in read_csv(path)])
     book: dict[str, dict[float, float]] = {"bid": {}, "ask": {}}
-    states: list[tuple[int, dict[str, dict[float, float]]]] = []
     previous_snapshot = False
-    for row in read_csv(path):
-        snap = row["is_snapshot"] == "true"
-        if snap and not previous_snapshot:
-            book = {"bid": {}, "ask": {}}
-        previous_snapshot = snap
-        price, amount = float(row["price"]), float(row["amount"])
-        if amount == 0:
-            book[row["side"]].pop(price, None)
-        else:
-            book[row["side"]][price] = amount
-        local = int(row["local_timestamp"])
-        copy = {side: dict(levels) for side, levels in book.items()}
-        if states and states[-1][0] == local:
-            states[-1] = (local, copy)
-        else:
-            states.append((local, copy))
-    return states
+    pending = next(rows, None)
+    compared = 0
+    for t, valid, bids, asks in grid:
+        while pending is not None and int(pending["local_timestamp"]) <= t // 1000:
+            snap = pending["is_snapshot"] == "true"
+            if snap and not previous_snapshot:
+                book = {"bid": {}, "ask": {}}
+            previous_snapshot = snap
+            price, amount = float(pending["price"]), float(pending["amount"])
+            if amount == 0:
+                book[pending["side"]].pop(price, None)
+            else:
+                book[pending["side"]][price] = amount
+            pending = next(rows, None)
+        # whole messages applied (a message's rows share its µs): never deeper than the book
+        assert len(book["bid"]) <= depth
+        assert len(book["ask"]) <= depth
+        after = int(np.searchsorted(received, t, side="right"))
+        if after < len(received) and received[after] < t + 1000:
+            continue
+        if not valid:
+            assert book == {"bid": {}, "ask": {}}, t
+            continue
+        assert sorted(book["bid"].items(), reverse=True)[:LEVELS] == bids, t
+        assert sorted(book["ask"].items())[:LEVELS] == asks, t
+        compared += 1
+    return compared
 
 
 def test_tardis_files_hold_kbook_s_book_at_every_grid_time(
@@ -156,33 +188,43 @@ def test_tardis_files_hold_kbook_s_book_at_every_grid_time(
     assert day_files
     assert all(name.startswith("kraken_") and "_XBT-USD" in name for name in day_files)
     grid = kbook_grid(recording, tmp_path / "snapshots", faults)
-    states = []
-    for path in sorted(out.glob("kraken_incremental_book_L2_*.csv.gz")):
-        states += tardis_states(path)
-    times = [local for local, _ in states]
+    paths = sorted(out.glob("kraken_incremental_book_L2_*.csv.gz"))
     received = received_times(recording, tmp_path / "deltas")
-    compared = 0
-    for t, valid, bids, asks in grid:
-        # Tardis keeps µs: a message received in the µs after t would read as at t.
-        after = int(np.searchsorted(received, t, side="right"))
-        if after < len(received) and received[after] < t + 1000:
-            continue
-        index = int(np.searchsorted(times, t // 1000, side="right")) - 1
-        book = states[index][1] if index >= 0 else {"bid": {}, "ask": {}}
-        if not valid:
-            assert book == {"bid": {}, "ask": {}}, t
-            continue
-        assert sorted(book["bid"].items(), reverse=True)[:LEVELS] == bids, t
-        assert sorted(book["ask"].items())[:LEVELS] == asks, t
-        assert len(book["bid"]) <= LEVELS
-        assert len(book["ask"]) <= LEVELS
-        compared += 1
-    assert compared > 10
+    assert assert_tardis_matches(paths, grid, received) > 10
+
+
+@pytest.mark.slow  # ten books of 1000 levels
+def test_every_pair_of_a_deep_real_capture(
+    capture_segment: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Kraken's ten-pair capture at depth 1000 (truncation at every level that falls out):
+    each pair's Tardis CSV and hftbacktest array against kbook's snapshots."""
+    segment = capture_segment("KRAKEN.ws.50.0")
+    grids = kbook_grids(segment, tmp_path / "snapshots", every=100_000_000)
+    facts = delta_facts(segment, tmp_path / "deltas")
+    assert len(grids) == 10
+    tardis_files = replay.replay_to_backtest_files(segment, tmp_path / "tardis", "tardis").files
+    arrays = replay.replay_to_backtest_files(segment, tmp_path / "npz", "hftbacktest").files
+    for pair, grid in grids.items():
+        received, depth = facts[pair]
+        symbol = bf.tardis_symbol(pair).replace("/", "-")
+        paths = sorted(
+            p
+            for p in tardis_files
+            if "incremental_book_L2_" in p.name and p.name.endswith(f"_{symbol}.csv.gz")
+        )
+        assert assert_tardis_matches(paths, grid, received, depth) > 10, pair
+        mine = sorted(p for p in arrays if p.name.startswith(pair.replace("/", "-") + "_"))
+        assert_backtest_matches(mine, grid)
 
 
 def decimals(grid: Grid) -> int:
     """The most decimals of any price in ``grid`` (the pair's tick is 10 to the minus that)."""
-    texts = [repr(price) for _, _, bids, asks in grid for price, _ in bids + asks]
+    texts = [
+        np.format_float_positional(price, trim="-")
+        for _, _, bids, asks in grid
+        for price, _ in bids + asks
+    ]
     return max(len(text.partition(".")[2].rstrip("0")) for text in texts)
 
 
