@@ -273,8 +273,15 @@ class LevelBook:
 
     def top_text(self) -> str:
         """The best ``TARDIS_LEVELS`` of each side as ``book_snapshot_25``'s level fields."""
-        asks = [self._text(ASK, price) for price in self.prices[ASK][:TARDIS_LEVELS]]
-        bids = [self._text(BID, price) for price in self.prices[BID][-TARDIS_LEVELS:][::-1]]
+        ask_texts, bid_texts = self.texts[ASK], self.texts[BID]  # most levels' text is kept
+        asks = [
+            ask_texts.get(price) or self._text(ASK, price)
+            for price in self.prices[ASK][:TARDIS_LEVELS]
+        ]
+        bids = [
+            bid_texts.get(price) or self._text(BID, price)
+            for price in self.prices[BID][-TARDIS_LEVELS:][::-1]
+        ]
         asks += [","] * (TARDIS_LEVELS - len(asks))
         bids += [","] * (TARDIS_LEVELS - len(bids))
         return ",".join(itertools.chain.from_iterable(zip(asks, bids, strict=True)))
