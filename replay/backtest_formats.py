@@ -16,7 +16,8 @@ converts them (``convert_deltas``, also usable on an existing delta dataset) int
 
 Semantics, shared by both (``BookWalker``):
 
-- **Times.** ``local_timestamp`` / ``local_ts`` is kbook's receive time of the message. The
+- **Times.** ``local_timestamp`` / ``local_ts`` is kbook's receive time of the message (one
+  that goes back, where a timeline changes source, is read as the latest so far). The
   exchange time of a message is the latest ``exch_ts`` among its rows (what Tardis does for
   Kraken: a v1 message carries a time per level, v2 one per update); where Kraken sent none,
   the receive time stands in (Tardis's documented fallback). Tardis's CSV is in µs (kbook's ns
@@ -304,6 +305,9 @@ class BookWalker:
     def __init__(self) -> None:
         self.book = LevelBook()
         self._in_snapshot = False
+        self._clock = 0
+        """The latest receive time so far: one that goes back (where a timeline changes source)
+        is read as this, as kbook's grid reads it, so the rows' order is the book's."""
 
     def day(self, batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[Message]:
         """The messages of one UTC day's delta rows (in file order)."""
@@ -322,7 +326,7 @@ class BookWalker:
         for side in (BID, ASK):
             events += [(SNAPSHOT, side, price, size) for price, size in self.book.levels(side)]
         self._in_snapshot = True
-        return Message(rows[0][0], _exchange_time(rows), events)
+        return Message(self._tick(rows), _exchange_time(rows), events)
 
     def _apply(self, rows: list[tuple[Any, ...]]) -> Message:
         events: list[tuple[int, str, float, float]] = []
@@ -341,7 +345,11 @@ class BookWalker:
             self._in_snapshot = bool(is_snapshot)
             events.append((SNAPSHOT if is_snapshot else CHANGE, side, price, size))
             book.set(side, price, size)
-        return Message(rows[0][0], _exchange_time(rows), events)
+        return Message(self._tick(rows), _exchange_time(rows), events)
+
+    def _tick(self, rows: list[tuple[Any, ...]]) -> int:
+        self._clock = max(self._clock, int(rows[0][0]))
+        return self._clock
 
 
 def _exchange_time(rows: list[tuple[Any, ...]]) -> int:
@@ -521,7 +529,7 @@ def _flag_for_processors(events: np.ndarray) -> np.ndarray:
     count = len(events)
     if count == 0:
         return events
-    events = events[np.argsort(events["local_ts"], kind="stable")]
+    events["local_ts"] = np.maximum.accumulate(events["local_ts"])  # never reorder the book
     exch = events["exch_ts"]
     not_after_later = exch <= np.minimum.accumulate(exch[::-1])[::-1]
     not_before_earlier = exch >= np.maximum.accumulate(exch)

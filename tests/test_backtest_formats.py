@@ -399,3 +399,32 @@ def test_convert_deltas_reads_a_dataset_of_several_parts(tmp_path: Path) -> None
         bf.convert_deltas(tmp_path / "deltas", tmp_path / "split", "hftbacktest")
     with pytest.raises(InputError, match="holds no pair=... folders; not a delta dataset"):
         bf.convert_deltas(tmp_path / "split", tmp_path / "whole", "tardis")
+
+
+def test_a_receive_time_that_goes_back_is_read_as_the_latest(tmp_path: Path) -> None:
+    """Where a timeline changes source the next rows may be stamped earlier: they keep their
+    place after the rows before them (the unknown row's deletes), stamped with the latest time."""
+    rows: list[Row] = [
+        (T0, T0, "bid", 100.0, 1.0, True, 1),
+        (T0, T0, "ask", 101.0, 1.0, True, 1),
+        (T0 + 5 * S, None, None, None, None, False, 2),  # unknown, stamped after a silence
+        (T0 + 2 * S, T0 + 2 * S, "bid", 99.0, 1.0, True, 3),  # the other source's book
+        (T0 + 2 * S, T0 + 2 * S, "ask", 102.0, 1.0, True, 3),
+    ]
+    incremental, _ = bf.write_tardis_day(
+        bf.BookWalker(), deltas(rows).to_batches(), "BTC/USD", DAY, tmp_path
+    )
+    written = read_csv(incremental)
+    assert [r["local_timestamp"] for r in written] == [str(T0 // 1000)] * 2 + [
+        str((T0 + 5 * S) // 1000)
+    ] * 4
+    assert by_time(tardis_books(incremental))[(T0 + 5 * S) // 1000] == {
+        "bid": {99.0: 1.0},
+        "ask": {102.0: 1.0},
+    }
+    events = bf.hftbacktest_events(bf.BookWalker().day(deltas(rows).to_batches()))
+    assert (events["ev"] & (bf.EXCH_EVENT | bf.LOCAL_EVENT) != 0).all()
+    local = events[(events["ev"] & bf.LOCAL_EVENT) != 0]
+    assert list(local["px"][-6:-4]) == [100.0, 101.0]  # the deletes, before the new book
+    assert list(local["qty"][-6:-4]) == [0.0, 0.0]
+    assert (np.diff(local["local_ts"]) >= 0).all()
