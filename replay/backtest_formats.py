@@ -47,7 +47,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +57,9 @@ from kbook.pairs import common_name, file_name, v1_alias
 from kbook.storage import is_remote
 from replay.options import MAX_SILENCE_NS, DurationLike, TimeLike
 from replay.parquet import check_output, discard, publish, temporary_folder, write_manifest
+
+if TYPE_CHECKING:
+    from replay.api import ReplaySummary
 
 TARDIS_EXCHANGE = "kraken"
 TARDIS_LEVELS = 25
@@ -116,7 +119,7 @@ def replay_to_backtest_files(
     api: str | None = None,
     max_silence: DurationLike = MAX_SILENCE_NS,
     progress: Callable[[int, int], None] | None = None,
-) -> Any:
+) -> ReplaySummary:
     """Replay segments into Tardis CSV or hftbacktest files in the folder ``out``, atomically
     (a failed or interrupted run leaves ``out`` as it was): the delta dataset is written to a
     private folder first (``replay.deltas``), then converted (``convert_deltas``). Returns the
