@@ -784,5 +784,9 @@ def read_deltas(
     exclusive; rows by pair, then in the order written (``seq``)."""
     from replay.api import read_dataset
 
-    table = read_dataset(out, pair, start, end, columns, FORMAT)
-    return table.sort_by([("pair", "ascending"), ("seq", "ascending")])
+    wanted = None if columns is None else [*columns, "seq"]
+    table = read_dataset(out, pair, start, end, wanted, FORMAT)
+    table = table.sort_by([("pair", "ascending"), ("seq", "ascending")])
+    if columns is not None and "seq" not in columns:
+        table = table.drop_columns(["seq"])
+    return table

@@ -245,6 +245,17 @@ def test_read_deltas_refuses_a_pair_it_does_not_hold(
     assert replay.read_deltas(out, pair="XBT/USD").num_rows > 0
 
 
+def test_read_deltas_keeps_the_written_order_whatever_columns_are_asked(
+    capture_segment: Callable[[str], Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "deltas"
+    replay.replay_deltas_to_dataset(capture_segment("orderbook-v1.json"), out)
+    whole = replay.read_deltas(out)
+    some = replay.read_deltas(out, columns=["price", "size"])
+    assert some.column_names == ["ts", "pair", "price", "size"]
+    assert some == whole.select(["ts", "pair", "price", "size"])
+
+
 # -- the rules around the book's validity -----------------------------------------------------------
 
 
