@@ -54,3 +54,27 @@ def test_peak_memory_does_not_grow_with_the_input(tmp_path: Path) -> None:
         peaks.append(rss)
     small, large = peaks
     assert large < small + 40_000, f"peak RSS {small} KiB for 15k frames, {large} KiB for 150k"
+
+
+PANDAS_CHILD = """
+import sys
+import replay
+summary = replay.replay_to_dataset(sys.argv[1], sys.argv[2], every="1ms", levels=10, workers=1)
+print(summary.rows, "pandas" in sys.modules)
+"""
+
+
+def test_replay_never_imports_pandas(tmp_path: Path) -> None:
+    """pandas is 50 MB of peak RSS a replay never needs (``pa.scalar`` and ``pa.array`` import
+    it on first use, so the row buffers build their arrays from buffers instead)."""
+    segment = write_segment(
+        tmp_path / "s.jsonl.zst", cheap_frames(2_000, 1_763_683_200_000 * MS, MS)
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", PANDAS_CHILD, str(segment), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == ["2000", "False"]
