@@ -1678,20 +1678,22 @@ done:
 
 static const char V2_UPDATE[] = "\"msg\":{\"channel\":\"book\",\"type\":\"update\",\"data\":[{\"symbol\":\"";
 
-/* replay.survey._plain_update_symbol: the symbol of a v2 book update line with one entry. */
+/* replay.survey._plain_update_symbol: the symbol of a v2 book update line with one entry. The
+ * line must hold ``"symbol"`` exactly once, and V2_UPDATE ends with it: so V2_UPDATE is in the
+ * line only where it ends at that one ``"symbol"`` (one scan of the line, not two). */
 static int plain_update_symbol(const char *p, Py_ssize_t n, Span *out) {
-    const char *end = p + n, *q = p;
-    const char *at = memmem(p, (size_t)n, V2_UPDATE, sizeof(V2_UPDATE) - 1);
-    if (at == NULL)
-        return 0;
-    int count = 0;
+    const char *end = p + n, *q = p, *found = NULL;
     while ((q = memmem(q, (size_t)(end - q), "\"symbol\"", 8)) != NULL) {
-        count++;
+        if (found != NULL)
+            return 0;
+        found = q;
         q += 8;
     }
-    if (count != 1)
+    const Py_ssize_t before = sizeof(V2_UPDATE) - 1 - 10; /* V2_UPDATE up to its "symbol" */
+    if (found == NULL || found - p < before || end - found < 10 ||
+        memcmp(found - before, V2_UPDATE, sizeof(V2_UPDATE) - 1) != 0)
         return 0;
-    const char *s = at + sizeof(V2_UPDATE) - 1;
+    const char *s = found + 10;
     const char *e = memchr(s, '"', (size_t)(end - s));
     if (e == NULL || memchr(s, '\\', (size_t)(e - s)) != NULL)
         return 0;
@@ -1710,16 +1712,19 @@ static int json_line(const char *p, Py_ssize_t n) {
     return c.p == c.end;
 }
 
-/* survey_v2_lines(lines, start) -> items in line order: the index of a line to decode, or the
+/* survey_v2_body(body, start) -> items in line order from offset ``start`` of decompressed text
+ * (whole lines, each ending in a newline): the ``(start, stop)`` of a line to decode, or the
  * symbol (bytes) of a run of update lines of that symbol (again after every decoded line; a
- * line of the run that is not JSON names the run's symbol, which the survey has already). */
-static PyObject *native_survey_v2_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+ * line of the run that is not JSON names the run's symbol, which the survey has already). The
+ * lines are never copied into objects of their own, as the v1 survey's ``survey_body``. */
+static PyObject *native_survey_v2_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 2 || !PyList_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "survey_v2_lines(lines: list[bytes], start)");
+    if (nargs != 2 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "survey_v2_body(body: bytes, start)");
         return NULL;
     }
-    PyObject *lines = args[0];
+    const char *body = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     if (start == -1 && PyErr_Occurred())
         return NULL;
@@ -1727,27 +1732,30 @@ static PyObject *native_survey_v2_lines(PyObject *module, PyObject *const *args,
     if (items == NULL)
         return NULL;
     Span last = {NULL, 0};
-    for (Py_ssize_t i = start < 0 ? 0 : start; i < PyList_GET_SIZE(lines); i++) {
-        PyObject *line = PyList_GET_ITEM(lines, i), *item;
+    for (Py_ssize_t at = start < 0 ? 0 : start, stop; at < size; at = stop + 1) {
+        const char *text = body + at;
+        const char *newline = memchr(text, '\n', (size_t)(size - at));
+        stop = newline == NULL ? size : newline - body;
+        Py_ssize_t n = stop - at;
+        PyObject *item;
         Span symbol;
-        if (PyBytes_CheckExact(line) && PyBytes_GET_SIZE(line) == 0)
+        if (n == 0)
             continue;
-        const char *text = PyBytes_CheckExact(line) ? PyBytes_AS_STRING(line) : NULL;
-        if (text != NULL && plain_update_symbol(text, PyBytes_GET_SIZE(line), &symbol)) {
+        if (plain_update_symbol(text, n, &symbol)) {
             /* The run's symbol again says nothing new (the depths change only at decoded
              * lines), so only a line that names a new one must be JSON to count. */
             if (last.p != NULL && last.n == symbol.n && !memcmp(last.p, symbol.p, symbol.n))
                 continue;
-            if (json_line(text, PyBytes_GET_SIZE(line))) {
+            if (json_line(text, n)) {
                 last = symbol;
                 item = PyBytes_FromStringAndSize(symbol.p, symbol.n);
             } else {
                 last.p = NULL;
-                item = PyLong_FromSsize_t(i);
+                item = Py_BuildValue("(nn)", at, stop);
             }
         } else {
             last.p = NULL;
-            item = PyLong_FromSsize_t(i);
+            item = Py_BuildValue("(nn)", at, stop);
         }
         int added = item != NULL && PyList_Append(items, item) == 0;
         Py_XDECREF(item);
@@ -1766,8 +1774,8 @@ static PyMethodDef methods[] = {
      "interface() -> {class name: (attribute, ...)}: every attribute the core reads or writes."},
     {"survey_body", native_survey_body, METH_O,
      "survey_body(body) -> (rare line spans, [(pair, channel)]): replay.survey's scan."},
-    {"survey_v2_lines", (PyCFunction)(void (*)(void))native_survey_v2_lines, METH_FASTCALL,
-     "survey_v2_lines(lines, start) -> [index | symbol]: replay.survey's v2 scan."},
+    {"survey_v2_body", (PyCFunction)(void (*)(void))native_survey_v2_body, METH_FASTCALL,
+     "survey_v2_body(body, start) -> [(start, stop) | symbol]: replay.survey's v2 scan."},
     {NULL, NULL, 0, NULL},
 };
 

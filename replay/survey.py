@@ -11,7 +11,8 @@ that). The native core finds those endings and the rare ``meta``/``connectionID`
 ending found once per chunk and removed with ``bytes.replace``. The rare lines are decoded with
 orjson.
 
-Kraken v2 segments (``kbook.v2.segment_api``) are surveyed line by line (``_survey_v2``): a v2
+Kraken v2 segments (``kbook.v2.segment_api``) are surveyed line by line (``_survey_v2``), over
+the same decompressed pieces (the native core's ``survey_v2_body`` walks their lines in place): a v2
 book frame names its symbol but not its depth, which comes from the subscribe acknowledgement
 (``result.depth``) or a checkpoint's channel, exactly as ``kbook.v2.V2BookFeed`` files its books,
 so the survey follows the same state, through the dialect's ``kbook.dialect.BookNamer`` (which
@@ -81,6 +82,8 @@ def survey_segment(path: Path) -> SegmentInfo:
     first_ns: int | None = None
     last_body = b""
     for body in _bodies(path):
+        if not body:  # damage: every line is read again, and found again harmlessly
+            continue
         if first_ns is None:
             first_ns = _line_recv_ns(body, first=True)
         last_body = body
@@ -206,31 +209,33 @@ def _survey_v2(path: Path) -> SegmentInfo:
         elif msg is not None:
             scan.seen_msg = True
 
-    reader = SegmentReader(path)
     core = native_core()
-    tail: list[bytes] = []
-    """The last lines read, for the last receive time."""
-    for number, lines in reader.batches():
-        tail = (tail + lines)[-8:]
-        index = 0
-        while first_ns is None and index < len(lines):  # the first receive time: decoded
-            if lines[index]:
-                other(reader.decode(number + index, lines[index]))
-            index += 1
+    last_body = b""
+    for body in _bodies(path):
+        if not body:  # damage: every line is read again from the start, so start afresh
+            scan, first_ns, namer = _Scan(), None, BookNamer(dialect_for(Api.V2))
+            continue
+        last_body = body
+        start = 0
+        while first_ns is None and start < len(body):  # the first receive time: decoded
+            stop = body.index(b"\n", start)  # a body is whole lines
+            if stop > start:
+                other(_decoded(body[start:stop]))
+            start = stop + 1
         if core is not None:
-            for item in core.survey_v2_lines(lines, index):
-                if type(item) is int:
-                    other(reader.decode(number + item, lines[item]))
+            for item in core.survey_v2_body(body, start):
+                if type(item) is tuple:
+                    other(_decoded(body[item[0] : item[1]]))
                 else:
                     with contextlib.suppress(UnicodeDecodeError):  # such a line is not JSON
                         update(item.decode())
             continue
-        for offset, line in enumerate(lines[index:], number + index):
+        for line in body[start:].split(b"\n"):
             symbol = _plain_update_symbol(line) if line else None
             if symbol is not None:
                 update(symbol)
             elif line:
-                other(reader.decode(offset, line))
+                other(_decoded(line))
     return SegmentInfo(
         path=path,
         size=path.stat().st_size,
@@ -240,9 +245,18 @@ def _survey_v2(path: Path) -> SegmentInfo:
         connection_changed=scan.connection_changed,
         connection_at_end=scan.connection,
         api=Api.V2,
-        last_ns=_line_recv_ns(b"\n".join(tail), first=False),
+        last_ns=_line_recv_ns(last_body, first=False),
         run_id=scan.run_id,
     )
+
+
+def _decoded(line: bytes) -> dict[str, Any] | None:
+    """A line as a dict, or None when it is not a JSON object (the replay reports it)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if type(record) is dict else None
 
 
 _V2_UPDATE = b'"msg":{"channel":"book","type":"update","data":[{"symbol":"'
@@ -252,7 +266,7 @@ _V2_UPDATE = b'"msg":{"channel":"book","type":"update","data":[{"symbol":"'
 def _plain_update_symbol(line: bytes) -> str | None:
     """The symbol of a v2 book update line with one entry, read off its text, or None when the
     line must be decoded (another frame, several entries, an escape in the symbol, not JSON).
-    The native core's ``survey_v2_lines`` reads it the same way, and faster."""
+    The native core's ``survey_v2_body`` reads it the same way, and faster."""
     at = line.find(_V2_UPDATE)
     if at < 0 or line.count(b'"symbol"') != 1:
         return None
@@ -270,7 +284,8 @@ def _plain_update_symbol(line: bytes) -> str | None:
 
 
 def _bodies(path: Path) -> Iterator[bytes]:
-    """Decompressed text in large pieces that end at a line break (a torn tail is dropped)."""
+    """Decompressed text in large pieces that end at a line break (a torn tail is dropped); an
+    empty piece means damage was met and the pieces start again from the first line."""
     tail = b""
     try:
         with open(path, "rb") as fh:
@@ -291,7 +306,8 @@ def _bodies(path: Path) -> Iterator[bytes]:
                     yield text[:cut]
     except zstandard.ZstdError:
         # Damaged data: scan again as the replay's SegmentReader reads (and reports) it, going on
-        # after each damaged frame; what was found before the damage is found again, harmlessly.
+        # after each damaged frame, from the start: an empty body first says so.
+        yield b""
         yield from _resynced_bodies(path)
     except OSError as exc:
         raise SegmentError(f"{path}: cannot read: {exc.strerror}") from exc

@@ -145,3 +145,42 @@ def test_v2_survey_reads_updates_off_the_text_exactly(
             info = survey_segment(path)
         assert info.books == expected, f"KBOOK_NATIVE={native}"
         assert info.first_ns == 1
+
+
+def test_v2_survey_of_a_damaged_segment_names_books_as_one_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After damage the survey reads the segment again from its first line, with the books'
+    depths as they stood at its start: an update read before a later acknowledgement is not
+    filed under that acknowledgement's depth (natively and with ``KBOOK_NATIVE=0``)."""
+    import zstandard
+
+    from kbook.segment import frame_line, meta_line
+    from replay.survey import survey_segment
+
+    def update(symbol: str) -> bytes:
+        entry = f'{{"symbol":"{symbol}","bids":[],"asks":[],"checksum":1}}'
+        text = f'{{"channel":"book","type":"update","data":[{entry}]}}'
+        return frame_line(3, 1, text, True)
+
+    result = '{"channel":"book","depth":25,"symbol":"ETH/USD"}'
+    ack = f'{{"method":"subscribe","result":{result},"success":true}}'
+    heartbeats = [frame_line(5, 3, '{"channel":"heartbeat"}', True)] * 40_000  # 2.5 MB: the
+    # survey reads its first pieces (the acknowledgement's among them) before the damage
+    head = [
+        meta_line(1, {"type": "session_start", "api": Api.V2, "config": {"depth": 100}}),
+        update("ETH/USD"),
+        frame_line(4, 2, ack, True),
+        *heartbeats,
+    ]
+    compress = zstandard.ZstdCompressor().compress
+    damaged = b"\x28\xb5\x2f\xfd" + b"\xff" * 32  # a frame's magic, then nothing zstd can read
+    data = compress(b"".join(head)) + damaged + compress(update("BTC/USD"))
+    path = tmp_path / "ALL.20231114T221320Z.jsonl.zst"
+    path.write_bytes(data)
+    for native in ("1", "0"):
+        with monkeypatch.context() as patch:
+            patch.setenv("KBOOK_NATIVE", native)
+            info = survey_segment(path)
+        assert info.books == {("ETH/USD", "book-100"), ("BTC/USD", "book-100")}, native
+        assert info.first_ns == 1
