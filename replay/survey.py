@@ -297,13 +297,17 @@ def _bodies(path: Path) -> Iterator[bytes]:
                     if end < 0:
                         continue
                     chunk, skipping = chunk[end + 1 :], False
-                text = tail + chunk
-                cut = text.rfind(b"\n") + 1
-                tail = text[cut:]
+                cut = chunk.rfind(b"\n") + 1  # a tail holds no line break: this is the last
+                if not cut:
+                    tail += chunk
+                    if len(tail) > MAX_LINE_BYTES:
+                        tail, skipping = b"", True
+                    continue
+                body = tail + memoryview(chunk)[:cut]  # one copy of the text, not two
+                tail = chunk[cut:]
                 if len(tail) > MAX_LINE_BYTES:
                     tail, skipping = b"", True
-                if cut:
-                    yield text[:cut]
+                yield body
     except zstandard.ZstdError:
         # Damaged data: scan again as the replay's SegmentReader reads (and reports) it, going on
         # after each damaged frame, from the start: an empty body first says so.
