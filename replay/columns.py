@@ -231,7 +231,7 @@ def _wrap(kind: pa.DataType, n: int, data: array | bytearray) -> pa.Array:
 def _times(n: int, data: array) -> pa.Array:
     """A timestamp array where ``NO_EXCH`` becomes null."""
     values = _wrap(pa.int64(), n, data)
-    missing = pc.equal(values, NO_EXCH)
+    missing = pc.equal(values, _wrap(pa.int64(), n, array("q", (NO_EXCH,)) * n))  # no pa.scalar
     nulls = missing.true_count
     if not nulls:
         return values.view(TIMESTAMP)

@@ -78,7 +78,8 @@ from replay.survey import SegmentInfo, survey_segment
 
 FORMAT = "deltas"
 """The manifest's ``format`` of a delta dataset."""
-SIDES = pa.array(["bid", "ask"])
+SIDES = ("bid", "ask")
+"""The ``side`` dictionary (an Arrow array only when written: ``pa.array`` imports pandas)."""
 BATCH_ROWS = 65_536
 """Rows per row group (a batch is cut at a group of rows, never inside one)."""
 
@@ -296,7 +297,7 @@ class DeltaRows:
         arrays = [
             pa.array(columns[0], pa.int64()).cast(TIMESTAMP),
             pa.array(columns[1], pa.int64()).cast(TIMESTAMP),
-            pa.DictionaryArray.from_arrays(pa.array(columns[2], pa.int8()), SIDES),
+            pa.DictionaryArray.from_arrays(pa.array(columns[2], pa.int8()), pa.array(SIDES)),
             pa.array(columns[3], pa.float64()),
             pa.array(columns[4], pa.float64()),
             pa.array(columns[5], pa.bool_()),
