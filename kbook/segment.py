@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,30 @@ def checkpoint_meta(
 # -- writing --------------------------------------------------------------------------------------
 
 
+BUFFER_BYTES = 4 << 20
+"""Uncompressed bytes a writer holds before it compresses them into a frame without a flush."""
+
+_compressors = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's compressor for ``level``, shared by every writer the thread has open.
+
+    Each flush compresses what was written since the last one as one whole zstd frame, sized
+    for that input, so a writer holds no compression window of its own between flushes: a
+    recorder of hundreds of pairs needs one compression context, not one per open segment.
+    Each frame has zstd's content checksum (4 bytes a flush): a flipped bit is caught and the
+    frame skipped, rather than read as a changed digit.
+    """
+    by_level: dict[int, zstandard.ZstdCompressor] | None = getattr(_compressors, "by_level", None)
+    if by_level is None:
+        by_level = _compressors.by_level = {}
+    compressor = by_level.get(level)
+    if compressor is None:
+        compressor = by_level[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    return compressor
+
+
 class SegmentWriter:
     """Writes one segment: created as ``<path>.partial``, renamed to ``path`` when closed.
 
@@ -146,10 +171,9 @@ class SegmentWriter:
             raise OutputError(
                 f"{self.partial_path}: cannot create segment: {exc.strerror}"
             ) from exc
-        # A content checksum per frame (4 bytes a flush): a flipped bit is caught and the frame
-        # skipped, rather than read as a changed digit.
-        self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
-        self._stream = self._compressor.stream_writer(self._file, closefd=False)
+        self._level = level
+        self._buffer: list[bytes] = []
+        self._buffered = 0
         self.lines = 0
         self.bytes_in = 0
         self.pending = 0
@@ -179,6 +203,7 @@ class SegmentWriter:
         disk failed); ``cut_at``: first truncate the file to that many bytes, the end of a flush
         that succeeded, so it ends on a whole zstd frame."""
         file, self._file = self._file, None
+        self._buffer = []
         if file is None:
             return
         if cut_at is not None:
@@ -192,28 +217,55 @@ class SegmentWriter:
 
     def write(self, line: bytes) -> None:
         """Append one encoded line (from ``frame_line`` or ``meta_line``)."""
+        self.write_lines((line,))
+
+    def write_lines(self, lines: Sequence[bytes]) -> None:
+        """Append encoded lines, in order."""
         if self._file is None:
             raise ValueError(f"{self.path}: segment writer is closed")
-        try:
-            self._stream.write(line)
-        except OSError as exc:
-            raise OutputError(f"{self.partial_path}: write failed: {exc.strerror}") from exc
-        self.lines += 1
-        self.pending += 1
-        self.bytes_in += len(line)
+        size = sum(map(len, lines)) if len(lines) != 1 else len(lines[0])
+        self._buffer.extend(lines)
+        self._buffered += size
+        self.lines += len(lines)
+        self.pending += len(lines)
+        self.bytes_in += size
+        if self._buffered >= BUFFER_BYTES:
+            self._compress()
 
     def flush(self, fsync: bool = True) -> None:
         """End the current zstd frame and push it to disk, so a reader sees every line so far."""
         if self._file is None:
             raise ValueError(f"{self.path}: segment writer is closed")
+        self._compress()
         try:
-            self._stream.flush(zstandard.FLUSH_FRAME)
             self._file.flush()
             if fsync:
                 os.fsync(self._file.fileno())
         except OSError as exc:
             raise OutputError(f"{self.partial_path}: write failed: {exc.strerror}") from exc
         self.pending = 0
+
+    def sync_handle(self) -> int | None:
+        """A duplicate of the open file's descriptor, for ``os.fsync`` on another thread (the
+        caller closes it); None once closed."""
+        if self._file is None:
+            return None
+        try:
+            return os.dup(self._file.fileno())
+        except OSError as exc:
+            raise OutputError(f"{self.partial_path}: cannot sync: {exc.strerror}") from exc
+
+    def _compress(self) -> None:
+        """The lines buffered so far as one zstd frame, written to the file."""
+        if not self._buffer or self._file is None:
+            return
+        data = b"".join(self._buffer)
+        self._buffer = []
+        self._buffered = 0
+        try:
+            self._file.write(_compressor(self._level).compress(data))
+        except OSError as exc:
+            raise OutputError(f"{self.partial_path}: write failed: {exc.strerror}") from exc
 
     def close(self) -> Path:
         """Flush, close and give the segment its final name; returns that name."""

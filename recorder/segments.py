@@ -8,7 +8,9 @@ limit, a pair gets at most one new file per flush interval).
 
 Every segment stands on its own: a rotated segment's first lines are ``checkpoint`` meta lines of
 the pair's books that were valid at that moment, so replay needs no earlier file. Rotation happens
-between two frames in the single recorder thread, so no frame is lost or written twice.
+between two frames in the single recorder thread, so no frame is lost or written twice (frames
+the recorder's fast path applied together are written together, and the segment rotates after
+them: a segment may hold one such batch stamped past its end).
 
 A name is never reused: ``SegmentWriter`` creates ``<name>.partial`` exclusively, and when the name
 for that second is taken (a restart, or several size rotations in one second) a counter is added:
@@ -30,6 +32,7 @@ cleanup script), the lines since the last flush go into a new segment, which sta
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -131,6 +134,22 @@ class SegmentStream:
         if self.writer.bytes_in - self._flushed_in < UNFLUSHED_KEPT:
             self.unflushed.append(line)
 
+    def write_lines(self, now_ns: int, lines: list[bytes]) -> None:
+        """``write`` of frames the books have already taken (the recorder's fast path), in
+        order, with one call to the writer. The segment's time may be up: the lines still go
+        into it and it rotates after them, so that the checkpoints that start the next one are
+        the books as these lines left them."""
+        if self.closed or not self.committed:
+            for line in lines:
+                self.write(now_ns, line)
+            return
+        assert self.writer is not None
+        self.writer.write_lines(lines)
+        if self.writer.bytes_in - self._flushed_in < UNFLUSHED_KEPT:
+            self.unflushed.extend(lines)
+        if now_ns >= self.boundary_ns:
+            self.rotate(now_ns, now_ns - now_ns % self.rotate_ns, "rotate")
+
     def commit(self) -> None:
         """Start writing to disk: open the first segment and write the held lines."""
         if self.committed or self.closed:
@@ -173,17 +192,20 @@ class SegmentStream:
         self._flushed_in = self.writer.bytes_in
         self.good_bytes = self.writer.bytes_out
 
-    def flush(self, now_ns: int) -> bool:
-        """End a zstd frame and fsync, if anything was written since the last flush; then rotate
-        if the file is full. False when the ``.partial`` was found deleted or replaced (the lines
-        since the last flush went into a new segment)."""
+    def flush(self, now_ns: int, syncer: Syncer | None = None) -> bool:
+        """End a zstd frame and fsync (on ``syncer``'s thread when given), if anything was
+        written since the last flush; then rotate if the file is full. False when the
+        ``.partial`` was found deleted or replaced (the lines since the last flush went into a
+        new segment)."""
         writer = self.writer
         if writer is None or not writer.pending:
             return True
         if not writer.on_disk():
             self._replace(now_ns, writer)
             return False
-        writer.flush()
+        writer.flush(fsync=syncer is None)
+        if syncer is not None:
+            syncer.sync(writer)
         self.unflushed = []
         self._flushed_in = writer.bytes_in
         self._rotate_if_full(now_ns)
@@ -263,6 +285,81 @@ class SegmentStream:
                 self.bytes_closed += writer.path.stat().st_size
 
 
+class Syncer:
+    """fsyncs files on its own thread, so that the recorder's thread never waits on the disk.
+
+    A flush writes every changed file's new zstd frame first (readers and ``kill -9`` see the
+    data from then on) and hands the files to this thread, which fsyncs them in one batch (a
+    power cut loses at most what was not fsynced yet). A file still waiting from an earlier
+    flush is fsynced once. An fsync that fails is raised as ``OutputError`` by the next
+    ``check`` (the next flush), like a failed write.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[Path, int] = {}
+        """Files to fsync -> a duplicate of their descriptor (closed once synced)."""
+        self._error: OutputError | None = None
+        self._ready = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        """Started by the first ``sync``."""
+
+    def sync(self, writer: SegmentWriter) -> None:
+        handle = writer.sync_handle()
+        if handle is None:
+            return
+        with self._ready:
+            old = self._pending.pop(writer.partial_path, None)
+            self._pending[writer.partial_path] = handle
+            self._ready.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kbook-fsync", daemon=True)
+                self._thread.start()
+        if old is not None:
+            os.close(old)
+
+    def check(self) -> None:
+        """Raise the first fsync that failed since the last check."""
+        with self._ready:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """fsync what is pending, then stop the thread."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+            while self._thread is not None and (self._pending or self._busy):
+                self._ready.wait()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending and not self._closed:
+                    self._ready.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, {}
+                self._busy = True
+            for path, handle in batch.items():
+                try:
+                    os.fsync(handle)
+                except OSError as exc:
+                    with self._ready:
+                        self._error = self._error or OutputError(
+                            f"{path}: write failed: {exc.strerror}"
+                        )
+                finally:
+                    os.close(handle)
+            with self._ready:
+                self._busy = False
+                self._ready.notify_all()
+
+
 class SegmentStreams:
     """Every pair's stream, with routing helpers and the flush timer."""
 
@@ -279,6 +376,7 @@ class SegmentStreams:
             pair: SegmentStream(root, pair, rotate_ns, max_bytes, checkpoints, max_held)
             for pair in pairs
         }
+        self.syncer = Syncer()
 
     def write(self, now_ns: int, line: bytes, pairs: Iterable[str] | None = None) -> None:
         """Write ``line`` to the streams of ``pairs`` (None: every open stream)."""
@@ -292,15 +390,28 @@ class SegmentStreams:
             self._cut_back()
             raise
 
+    def write_lines(self, now_ns: int, lines: list[bytes], pair: str) -> None:
+        """Write ``lines``, in order, to the stream of ``pair``."""
+        stream = self.streams.get(pair)
+        if stream is None:
+            return
+        try:
+            stream.write_lines(now_ns, lines)
+        except OutputError:
+            self._cut_back()
+            raise
+
     def rotate_if_due(self, now_ns: int) -> None:
         for stream in self.streams.values():
             stream.rotate_if_due(now_ns)
 
     def flush(self, now_ns: int) -> list[str]:
-        """Flush every stream written since the last flush (one fsync each); the pairs whose
-        ``.partial`` was found deleted or replaced."""
+        """Flush every stream written since the last flush (one fsync each, on the syncer's
+        thread); the pairs whose ``.partial`` was found deleted or replaced."""
         try:
-            replaced = [pair for pair, stream in self.streams.items() if not stream.flush(now_ns)]
+            self.syncer.check()
+            syncer = self.syncer
+            replaced = [p for p, stream in self.streams.items() if not stream.flush(now_ns, syncer)]
         except OutputError:
             self._cut_back()
             raise
@@ -320,6 +431,11 @@ class SegmentStreams:
     def close(self, now_ns: int, reason: str, keep_held: bool = False) -> None:
         """Close every stream; on a disk error, still try the others, then raise the first."""
         first_error: OutputError | None = None
+        self.syncer.close()
+        try:
+            self.syncer.check()
+        except OutputError as exc:
+            first_error = exc
         for stream in self.streams.values():
             try:
                 stream.close(now_ns, reason, keep_held)
