@@ -29,11 +29,14 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
+import orjson
+
 from kbook import __version__
 from kbook.dialect import Dialect
 from kbook.errors import OutputError, RecordError
 from kbook.feed import Outcome
-from kbook.live.session import Event, Session
+from kbook.lines import LineFeed, native_core
+from kbook.live.session import Bulk, Event, Session
 from kbook.live.subscriptions import State
 from kbook.segment import checkpoint_meta, frame_line, meta_line
 from recorder.config import RecordConfig, RecordSummary
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
     from recorder.monitor import Monitor
 
 _V1 = Dialect()
+_MSG_LINE = b'{"recv_ns":%d,"seq":%d,"msg":%b}\n'
+"""``kbook.segment.frame_line`` of a frame that is JSON without a newline."""
 
 
 def decode_frame(text: str) -> tuple[Any, bool]:
@@ -75,6 +80,8 @@ class Recorder:
         self.dialect = self.session.dialect
         self.subs = self.session.subs
         self.feed = self.dialect.feed()
+        self.lines = LineFeed(self.feed) if native_core() is not None else None
+        """The fast path's book builder (``bulk``), on the same books as ``feed``."""
         self.streams = SegmentStreams(
             config.out,
             config.pairs,
@@ -180,6 +187,89 @@ class Recorder:
             self.feed.on_message(msg, recv_ns)
         return None
 
+    def bulk(self, recv_ns: int, texts: list[str]) -> Bulk | None:
+        """The fast path over frames taken together: runs of plain updates of followed books
+        are applied and checked by ``kbook.lines.LineFeed`` (the native core) straight from
+        their segment lines, which are then written with one call per pair. The lines are built
+        once for the whole batch; a frame the core does not apply (anything but a plain update
+        of a valid book, text that is not JSON or holds a newline) is left to ``frame``.
+
+        Exactness: a frame is written as ``msg`` only when it is JSON without a newline (as
+        ``frame`` decides), and the core applies a line only with the effect
+        ``BookFeed.on_message`` would have (``kbook.lines``). Without the native core there is
+        no fast path: every frame goes to ``frame``."""
+        feed_lines = self.lines
+        if feed_lines is None:
+            return None
+        base = self.frames
+        loads, decode_error, route = orjson.loads, orjson.JSONDecodeError, self.dialect.route
+        lines: list[bytes] = []
+        names: list[Any] = []
+        """The wire pair name of each frame (only the decoded frame's name is kept)."""
+        for offset, text in enumerate(texts):
+            name: Any = None
+            line = b""  # never applied: left to ``frame``
+            if "\n" not in text:
+                try:
+                    name = route(loads(text))
+                except decode_error:
+                    pass
+                else:
+                    line = _MSG_LINE % (recv_ns, base + offset, text.encode())
+            lines.append(line)
+            names.append(name)
+
+        def run(start: int) -> tuple[int, list[Any]]:
+            if recv_ns > feed_lines.clock:
+                feed_lines.clock = recv_ns
+            stop = feed_lines.run(lines, start)
+            if stop == start:
+                return stop, []
+            self.frames = base + stop
+            return stop, self._write_applied(recv_ns, base, texts, lines, names, start, stop)
+
+        return run
+
+    def _write_applied(
+        self,
+        recv_ns: int,
+        base: int,
+        texts: list[str],
+        lines: list[bytes],
+        names: list[Any],
+        start: int,
+        stop: int,
+    ) -> list[Any]:
+        """Write the lines ``LineFeed`` applied, one call per pair; a line whose checksum failed
+        is followed by its ``checksum_mismatch`` meta line. The wire names that failed."""
+        pair_for = self.subs.pair_for
+        groups: dict[str, list[bytes]] = {}
+        last: dict[Any, tuple[int, str, int]] = {}
+        """Wire name -> (index, pair, position in the pair's group) of its last line."""
+        for index in range(start, stop):
+            name = names[index]
+            pair = pair_for(name)
+            assert pair is not None  # the core applies lines of followed books only
+            group = groups.get(pair)
+            if group is None:
+                group = groups[pair] = []
+            group.append(lines[index])
+            last[name] = (index, pair, len(group))
+        # A failed checksum voids the book, so the core hands back the pair's next line: the
+        # line that failed is the last one applied of a name whose book is no longer valid.
+        routes = self.lines.routes if self.lines is not None else {}
+        failed = []
+        for name, (index, pair, position) in last.items():
+            book = routes[name].book
+            if book is not None and not book.valid:
+                failed.append(name)
+                msg = self.dialect.decode(texts[index])[0]
+                meta = self._mismatch(msg, base + index, routes[name].key)
+                groups[pair].insert(position, meta_line(self.now(), meta))
+        for pair, group in groups.items():
+            self.streams.write_lines(recv_ns, group, pair)
+        return failed
+
     def meta(self, meta: dict[str, Any], targets: tuple[str, ...] | None = None) -> None:
         now_ns = self.now()
         self.streams.write(now_ns, meta_line(now_ns, meta), targets)
@@ -266,19 +356,39 @@ class Recorder:
 
     def _on_data(self, msg: Any, seq: int, recv_ns: int) -> Outcome | None:
         outcome = self.feed.on_message(msg, recv_ns)
+        self._follow()
         if outcome is Outcome.CHECKSUM_FAILED:
-            pair_name, channel, expected = self.dialect.mismatch(msg, self.feed)
-            book = self.feed.books.get((pair_name, channel)) if channel is not None else None
-            meta: dict[str, Any] = {"type": "checksum_mismatch", "pair": pair_name}
-            meta["channel"] = channel
-            meta["frame_seq"] = seq
-            meta["expected"] = expected
-            meta["computed"] = book.checksum() if book is not None else None
-            pair = self.subs.pair_for(pair_name)
+            meta = self._mismatch(msg, seq)
+            pair = self.subs.pair_for(meta["pair"])
             self.meta(meta, (pair,) if pair else None)
         elif outcome is Outcome.MALFORMED:
             return self._on_malformed(msg, seq)
         return outcome
+
+    def _mismatch(self, msg: Any, seq: int, key: tuple[str, str] | None = None) -> dict[str, Any]:
+        """The ``checksum_mismatch`` meta record of frame ``seq`` (``key``: its book's, when
+        known)."""
+        pair_name, channel, expected = self.dialect.mismatch(msg, self.feed)
+        if key is not None:
+            pair_name, channel = key
+        book = self.feed.books.get((pair_name, channel)) if channel is not None else None
+        meta: dict[str, Any] = {"type": "checksum_mismatch", "pair": pair_name}
+        meta["channel"] = channel
+        meta["frame_seq"] = seq
+        meta["expected"] = expected
+        meta["computed"] = book.checksum() if book is not None else None
+        return meta
+
+    def _follow(self) -> None:
+        """Let the fast path (``bulk``) apply the updates of the book the last frame touched."""
+        key = self.feed.last_key
+        if key is None or self.lines is None:
+            return
+        route = self.lines.routes.get(key[0])
+        if route is None or route.key != key:
+            self.lines.follow(*key)
+        elif route.book is None:
+            route.book = self.feed.books.get(key)
 
     def _on_malformed(self, msg: Any, seq: int) -> Outcome | None:
         """A book frame that could not be applied leaves its pair's book void: resync it like a

@@ -42,7 +42,6 @@ import orjson
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
@@ -60,10 +59,12 @@ class Dropped(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A message as the reader got it: ``arrival_mono`` is ``time.monotonic_ns()`` on arrival."""
+    """The messages one socket read completed, in order: ``arrival_mono`` is
+    ``time.monotonic_ns()`` on arrival (or when the reader began to wait for room in the inbox,
+    if it had to: they may have waited in the socket since)."""
 
     arrival_mono: int
-    text: str
+    texts: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,25 +91,23 @@ class Inbox:
         self.max_items = max_items
         self._items: deque[Item] = deque()
         self._bytes = 0
+        self._count = 0
         self._ready = threading.Condition()
 
-    def put(self, item: Item, size: int, cancelled: threading.Event) -> bool:
-        """Append ``item`` once there is room (one item is always let in, whatever its size);
-        False when ``cancelled`` was set while waiting."""
-        return self.put_many([item], size, cancelled)
-
-    def put_many(self, items: list[Item], size: int, cancelled: threading.Event) -> bool:
-        """``put`` for a batch (``size`` in all): one hand-over for every message one socket read
-        brought."""
+    def put(self, item: Item, size: int, cancelled: threading.Event, count: int = 1) -> bool:
+        """Append ``item`` (``count`` messages, ``size`` bytes) once there is room (an item is
+        always let into an empty inbox, whatever its size); False when ``cancelled`` was set
+        while waiting."""
         with self._ready:
             while self._items and (
-                self._bytes + size > self.max_bytes or len(self._items) >= self.max_items
+                self._bytes + size > self.max_bytes or self._count + count > self.max_items
             ):
                 if cancelled.is_set():
                     return False
                 self._ready.wait(POLL_NS / SECOND)
-            self._items.extend(items)
+            self._items.append(item)
             self._bytes += size
+            self._count += count
             self._ready.notify_all()
             return True
 
@@ -120,9 +119,73 @@ class Inbox:
             items = list(self._items)
             self._items.clear()
             self._bytes = 0
+            self._count = 0
             self._ready.notify_all()
             return items
 
+
+class FrameSplitter:
+    """Cuts plain frames from the bytes a server sends: each one whole, unfragmented text or
+    binary message in an unmasked frame with no extension bits, at most ``max_frame_bytes``.
+
+    ``split`` returns the texts of the frames completed so far (UTF-8 decoded with replacement:
+    a bad byte costs one character), their size, and, at the first frame that is not plain (or
+    over the limit), the bytes from that frame on, for ``websockets``' protocol to read
+    instead: it refuses, answers or closes exactly as it would have. A frame begun is kept
+    until it is whole; the limit bounds what is kept.
+    """
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 2
+        """Bytes needed before the next frame can be cut (its header, or all of it)."""
+
+    def split(self, data: bytes) -> tuple[list[str], int, bytes | None]:
+        self._chunks.append(data)
+        self._have += len(data)
+        if self._have < self._need:
+            return [], 0, None
+        buf = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        texts: list[str] = []
+        size = pos = 0
+        end = len(buf)
+        need = 2
+        while end - pos >= 2:
+            first, length = buf[pos], buf[pos + 1]
+            if (first != _TEXT_FIN and first != _BINARY_FIN) or length & 0x80:
+                self._chunks, self._have = [], 0
+                return texts, size, buf[pos:]
+            head = 2
+            if length == 126:
+                head = 4
+            elif length == 127:
+                head = 10
+            if end - pos < head:
+                need = head
+                break
+            if head > 2:
+                length = int.from_bytes(buf[pos + 2 : pos + head], "big")
+            if length > self.max_frame_bytes:
+                self._chunks, self._have = [], 0
+                return texts, size, buf[pos:]
+            stop = pos + head + length
+            if stop > end:
+                need = head + length
+                break
+            texts.append(buf[pos + head : stop].decode("utf-8", errors="replace"))
+            size += length
+            pos = stop
+        rest = buf[pos:] if pos else buf
+        self._chunks = [rest] if rest else []
+        self._have = len(rest)
+        self._need = need
+        return texts, size, None
+
+
+_TEXT_FIN = 0x80 | Opcode.TEXT.value
+_BINARY_FIN = 0x80 | Opcode.BINARY.value
 
 READ_BYTES = 1 << 18
 """Bytes asked of the socket per read: every message they complete is handed over at once."""
@@ -194,9 +257,9 @@ class Connection:
         self._end(reason, opened=True)
         self._close_politely()
 
-    def _open(self, deadline: int) -> tuple[socket.socket, ClientProtocol, list[Any]]:
+    def _open(self, deadline: int) -> tuple[socket.socket, ClientProtocol, bytes]:
         """TCP, TLS and the WebSocket handshake, all within ``deadline`` (monotonic ns); the
-        events that came with the handshake's answer."""
+        bytes that came after the handshake's answer (frames: ``_receive`` takes them)."""
 
         def left() -> float:
             seconds = (deadline - time.monotonic_ns()) / SECOND
@@ -215,38 +278,91 @@ class Connection:
             protocol.send_request(protocol.connect())
             sock.settimeout(left())
             sock.sendall(b"".join(protocol.data_to_send()))
+            tail = b""  # the last bytes given to the protocol, to find the end of the headers
             while True:
                 sock.settimeout(left())
                 data = sock.recv(READ_BYTES)
+                after = b""
                 if data:
+                    # The protocol gets the answer up to its blank line only: what follows is
+                    # frames, read by ``_receive`` from a frame boundary.
+                    cut = (tail + data).find(b"\r\n\r\n")
+                    if cut >= 0:
+                        cut += 4 - len(tail)
+                        data, after = data[:cut], data[cut:]
+                    tail = (tail + data)[-3:]
                     protocol.receive_data(data)
                 else:
                     protocol.receive_eof()
-                events = protocol.events_received()
+                protocol.events_received()
                 if protocol.handshake_exc is not None:
                     raise protocol.handshake_exc
                 if protocol.state is State.OPEN:
-                    return sock, protocol, [e for e in events if not isinstance(e, Response)]
+                    return sock, protocol, after
                 if not data:
                     raise ConnectionError("connection closed during the WebSocket handshake")
         except BaseException:
             sock.close()
             raise
 
-    def _receive(self, sock: socket.socket, protocol: ClientProtocol, early: list[Any]) -> str:
-        """Read until the connection ends; the reason it ended."""
+    def _receive(self, sock: socket.socket, protocol: ClientProtocol, early: bytes) -> str:
+        """Read until the connection ends; the reason it ended.
+
+        Plain frames (a whole text or binary message in one unmasked frame within the size
+        limit: all Kraken sends) are cut from the bytes by ``FrameSplitter``, at a fraction of
+        the cost of the protocol's parser. At the first frame of any other kind (a ping, a
+        close, a fragment, anything odd) the rest of the bytes go to ``websockets``' protocol,
+        which then reads this connection to its end: the protocol's parser has seen nothing
+        since the handshake, so it starts at a frame boundary.
+        """
         fragments: list[bytes] = []
+        splitter: FrameSplitter | None = FrameSplitter(self.max_frame_bytes)
         last_mono = time.monotonic_ns()
-        events: list[Any] = early
+        waited_since: int | None = None
+        data: bytes | None = early or None
+        """Bytes read and not taken in yet (``b""``: the end of the stream)."""
         while not self._closing.is_set():
-            if events:
-                batch, size = self._messages(events, fragments)
-                events = []
-                if batch:
-                    if not self.inbox.put_many(batch, size, self._closing):
+            if data is not None:
+                now = time.monotonic_ns()
+                texts: list[str] = []
+                size = 0
+                rest: bytes | None = data
+                if splitter is not None and data:
+                    texts, size, rest = splitter.split(data)
+                    if rest is not None:
+                        splitter = None
+                events: list[Any] = []
+                if rest is not None and (rest or not data):
+                    with self._lock:
+                        if rest:
+                            protocol.receive_data(rest)
+                        else:
+                            protocol.receive_eof()
+                        events = protocol.events_received()
+                        replies = protocol.data_to_send()  # pongs, the answer to a close
+                        if replies:
+                            try:
+                                sock.sendall(b"".join(replies))
+                            except OSError as exc:
+                                return _describe(exc)
+                    more, more_size = self._messages(events, fragments)
+                    texts += more
+                    size += more_size
+                if texts:
+                    arrival = now if waited_since is None else waited_since
+                    before = time.monotonic_ns()
+                    item = Received(arrival, texts)
+                    if not self.inbox.put(item, size, self._closing, len(texts)):
                         break
-                    # Time spent waiting for room in the inbox is the consumer's, not the socket's.
                     last_mono = time.monotonic_ns()
+                    # Waiting for room is the consumer's time, not the socket's; what is read
+                    # next may have waited in the socket since the wait began.
+                    waited_since = before if last_mono - before > MS else None
+                if not data and not events:
+                    return (
+                        _ended(protocol, self.max_frame_bytes) or "connection closed by the server"
+                    )
+                data = None
             ended = _ended(protocol, self.max_frame_bytes)
             if ended is not None:
                 return ended
@@ -264,28 +380,13 @@ class Connection:
                 continue
             except OSError as exc:
                 return _describe(exc)
-            with self._lock:
-                if data:
-                    protocol.receive_data(data)
-                else:
-                    protocol.receive_eof()
-                events = protocol.events_received()
-                replies = protocol.data_to_send()  # pongs, the answer to a close
-                if replies:
-                    try:
-                        sock.sendall(b"".join(replies))
-                    except OSError as exc:
-                        return _describe(exc)
-            if not data and not events:
-                return _ended(protocol, self.max_frame_bytes) or "connection closed by the server"
         return "closed"
 
     @staticmethod
-    def _messages(events: list[Any], fragments: list[bytes]) -> tuple[list[Item], int]:
-        """Whole messages among ``events`` (frames), stamped now; pings, pongs and closes are
+    def _messages(events: list[Any], fragments: list[bytes]) -> tuple[list[str], int]:
+        """Whole messages among ``events`` (frames) and their size; pings, pongs and closes are
         the protocol's. ``fragments`` carries a message begun but not ended."""
-        now = time.monotonic_ns()
-        batch: list[Item] = []
+        batch: list[str] = []
         size = 0
         for frame in events:
             if not isinstance(frame, Frame):
@@ -305,7 +406,7 @@ class Connection:
                 fragments.clear()
                 # Kraken sends text frames only; anything else is kept, decoded as best we can.
                 # UTF-8 is checked here, with replacement: a bad byte costs one character.
-                batch.append(Received(now, data.decode("utf-8", errors="replace")))
+                batch.append(data.decode("utf-8", errors="replace"))
                 size += len(data)
         return batch, size
 

@@ -1,16 +1,19 @@
 """The live session with Kraken, written once for ``kbook record`` and ``kbook watch``.
 
     connect (backoff between attempts) -> subscribe every pair in one request -> serve:
-        take what the reader thread received -> stamp each frame (``Consumer.now``) ->
-        hand ``(recv_ns, text, decoded)`` to the consumer -> act on its outcome (resync a pair
-        whose checksum failed, alias retry, rate limits) -> every tick: due requests, keep-alive
-        ping, ``Consumer.tick`` (flush, rotation, status), the stop and duration checks
+        take what the reader thread received -> stamp it (``Consumer.now``, one stamp for
+        the frames taken together) -> the consumer's ``bulk`` fast path takes the runs of plain
+        book updates, ``Consumer.frame`` every other frame ``(recv_ns, text, decoded)`` -> act
+        on the outcome (resync a pair whose checksum failed, alias retry, rate limits) -> every
+        tick: due requests, keep-alive ping, ``Consumer.tick`` (flush, rotation, status), the
+        stop and duration checks
 
 The socket is read by ``kbook.live.connection.Connection``'s own thread, so this loop runs on its
 own clock whatever the socket does: a stuck handshake, a trickled message, a ping flood or a
 paused peer delay nothing here. ``recv_ns`` is the wall time at which this loop took the frame
-from the reader; how long frames waited between the reader and this loop is the ``lag`` (a meta
-line says when it passes ``LAG_NOTE_NS`` and when it is back under). What differs between
+from the reader; how long the frames waited before (in the inbox, or in the socket while the
+reader waited for room in the inbox) is the ``lag``: a meta line says when it passes
+``LAG_NOTE_NS`` and when it is back under, and the status line shows it. What differs between
 Kraken's v1 and v2 is asked of the run's ``kbook.dialect.Dialect``.
 
 Ending: ``stop`` (any thread, a signal handler) or the duration ends the run after recording what
@@ -25,70 +28,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any, Protocol
 
-from kbook.api import Channel
 from kbook.dialect import SUBSCRIBED, Dialect, dialect_for
 from kbook.errors import RecordError
 from kbook.feed import Outcome
 from kbook.live.backoff import Backoff
+from kbook.live.config import LiveConfig
 from kbook.live.connection import Closed, Connection, Dropped, Opened, Received
 from kbook.live.subscriptions import Action, Subscriptions
 from kbook.units import SECOND
 
+BULK_FRAMES = 2048
+"""Frames handed to the consumer's ``bulk`` at a time: what it builds for them stays small."""
 LAG_NOTE_NS = SECOND
 """Frames waiting longer than this between the reader and the consumer are worth a meta line."""
-
-
-class LiveSettings(Protocol):
-    """What a session needs from its configuration (``recorder.config.RecordConfig`` has it)."""
-
-    @property
-    def pairs(self) -> tuple[str, ...]: ...
-    @property
-    def depth(self) -> int: ...
-    @property
-    def url(self) -> str | None: ...
-    @property
-    def api(self) -> str | None: ...
-    @property
-    def channels(self) -> tuple[Channel, ...]: ...
-    @property
-    def duration_ns(self) -> int | None: ...
-    @property
-    def connect_retries(self) -> int | None: ...
-    @property
-    def immediate_retries(self) -> int: ...
-    @property
-    def backoff_base_ns(self) -> int: ...
-    @property
-    def backoff_cap_ns(self) -> int: ...
-    @property
-    def maintenance_delay_ns(self) -> int: ...
-    @property
-    def connect_timeout_ns(self) -> int: ...
-    @property
-    def stall_timeout_ns(self) -> int: ...
-    @property
-    def ping_interval_ns(self) -> int: ...
-    @property
-    def subscribe_timeout_ns(self) -> int: ...
-    @property
-    def subscribe_deadline_ns(self) -> int: ...
-    @property
-    def resubscribe_interval_ns(self) -> int: ...
-    @property
-    def rate_limit_delay_ns(self) -> int: ...
-    @property
-    def drain_ns(self) -> int: ...
-    @property
-    def tick_ns(self) -> int: ...
-    @property
-    def max_frame_bytes(self) -> int: ...
-    @property
-    def inbox_bytes(self) -> int: ...
 
 
 class Event(Enum):
@@ -104,6 +60,13 @@ class Event(Enum):
     """Something the user must fix (a refused pair)."""
 
 
+Bulk = Callable[[int], tuple[int, Sequence[Any]]]
+"""``bulk(start)``: take ``texts[start:]`` while each is a frame the fast path handles whole
+(written, applied, checked), in order; returns the index of the first frame it left for
+``Consumer.frame`` (``len(texts)``: none) and the wire pair names whose checksum failed on the
+way (the session resyncs them)."""
+
+
 class Consumer(Protocol):
     """What a session hands frames to (``recorder.record.Recorder``, ``kbook.watch``)."""
 
@@ -114,6 +77,10 @@ class Consumer(Protocol):
     def frame(self, recv_ns: int, text: str, msg: Any, is_json: bool) -> Outcome | None:
         """Take one frame; for a book frame, what applying it did (``CHECKSUM_FAILED`` and
         ``MALFORMED`` make the session resync the pair)."""
+        ...
+
+    def bulk(self, recv_ns: int, texts: list[str]) -> Bulk | None:
+        """A fast path over frames taken together, or None (every frame goes to ``frame``)."""
         ...
 
     def meta(self, meta: dict[str, Any], targets: tuple[str, ...] | None) -> None:
@@ -134,7 +101,7 @@ class Consumer(Protocol):
 class Session:
     """One run's connections; ``run`` once, ``stop`` from anywhere."""
 
-    def __init__(self, config: LiveSettings, consumer: Consumer, give_up_first: bool = False):
+    def __init__(self, config: LiveConfig, consumer: Consumer, give_up_first: bool = False):
         """``give_up_first``: a first connection that cannot be made after the immediate retries
         ends the run at once (``kbook watch``: a wrong ``--url`` is reported, not retried)."""
         self.config = config
@@ -208,14 +175,21 @@ class Session:
         self._subscribed_here = False
         try:
             while self._running():
+                received: list[Received] = []
                 for item in conn.inbox.take(self._until_tick()):
                     if type(item) is Received:
-                        self._received(conn, item)
-                    elif type(item) is Opened:
+                        received.append(item)
+                        continue
+                    if received:
+                        self._frames(conn, received)
+                        received = []
+                    if type(item) is Opened:
                         opened = True
                         self._opened(conn)
                     elif type(item) is Closed:
                         return self._judge(item)
+                if received:
+                    self._frames(conn, received)
                 self._tick(conn if opened else None)
             self._drain(conn)
         except Dropped as exc:
@@ -275,11 +249,38 @@ class Session:
 
     # -- frames ---------------------------------------------------------------------------------
 
-    def _received(self, conn: Connection, item: Received) -> None:
-        self._note_lag(time.monotonic_ns() - item.arrival_mono)
-        text = item.text
+    def _frames(self, conn: Connection | None, items: list[Received]) -> None:
+        """Frames taken from the reader together (``conn`` None: stopping, nothing is sent).
+
+        They share one ``recv_ns``. The consumer's ``bulk`` takes the runs of plain book
+        updates it can apply and write in one go; every other frame goes through ``frame`` one
+        by one, in order."""
+        self._note_lag(time.monotonic_ns() - items[0].arrival_mono)
+        recv_ns = self.consumer.now()
+        texts = [text for item in items for text in item.texts]
+        for first in range(0, len(texts), BULK_FRAMES):
+            self._chunk(conn, recv_ns, texts[first : first + BULK_FRAMES])
+
+    def _chunk(self, conn: Connection | None, recv_ns: int, texts: list[str]) -> None:
+        bulk = self.consumer.bulk(recv_ns, texts)
+        index, count = 0, len(texts)
+        while index < count:
+            if bulk is not None:
+                index, failed = bulk(index)
+                if failed and conn is not None:
+                    now_mono = time.monotonic_ns()
+                    for name in failed:
+                        self.subs.on_checksum_failed(name, now_mono)
+                if index >= count:
+                    return
+            self._received(conn, recv_ns, texts[index])
+            index += 1
+
+    def _received(self, conn: Connection | None, recv_ns: int, text: str) -> None:
         msg, is_json = self.dialect.decode(text)
-        outcome = self.consumer.frame(self.consumer.now(), text, msg, is_json)
+        outcome = self.consumer.frame(recv_ns, text, msg, is_json)
+        if conn is None:
+            return
         if outcome is Outcome.SNAPSHOT:
             self.backoff.healthy()
         elif outcome is Outcome.CHECKSUM_FAILED or outcome is Outcome.MALFORMED:
@@ -380,10 +381,4 @@ class Session:
             received = [item for item in items if type(item) is Received]
             if not received:
                 return
-            for item in received:
-                self._received_quietly(item)
-
-    def _received_quietly(self, item: Received) -> None:
-        """A frame while stopping: recorded, but nothing is sent any more."""
-        msg, is_json = self.dialect.decode(item.text)
-        self.consumer.frame(self.consumer.now(), item.text, msg, is_json)
+            self._frames(None, received)  # recorded, but nothing is sent any more

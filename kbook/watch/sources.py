@@ -26,8 +26,9 @@ from typing import Any, Protocol
 from kbook.dialect import NOT_JSON, dialect_for, spellings
 from kbook.errors import InputError, KbookError
 from kbook.feed import Outcome
+from kbook.live.config import LiveConfig
+from kbook.live.session import Bulk, Session
 from kbook.live.session import Event as LiveEvent
-from kbook.live.session import LiveSettings, Session
 from kbook.pairs import common_name
 from kbook.segment import Problem
 from kbook.units import MS, SECOND
@@ -75,7 +76,7 @@ class LiveSource:
     recorder uses them; its output settings are not (nothing is written).
     """
 
-    def __init__(self, config: LiveSettings) -> None:
+    def __init__(self, config: LiveConfig) -> None:
         self.config = config
         self.pair: str = config.pairs[0]
         self.session = Session(config, self, give_up_first=True)
@@ -109,6 +110,10 @@ class LiveSource:
         outcome = self._sink.frame(msg, recv_ns)
         if self.dialect.is_book(msg) or outcome is Outcome.SNAPSHOT:
             return outcome
+        return None
+
+    def bulk(self, recv_ns: int, texts: list[str]) -> Bulk | None:
+        """No fast path: a watch follows one pair, every frame goes to ``frame``."""
         return None
 
     def meta(self, meta: dict[str, Any], targets: tuple[str, ...] | None) -> None:
