@@ -6,16 +6,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from record_support import FAST, wait_until
 
 from kbook.book import Book
+from kbook.live.config import LiveConfig
 from kbook.watch import Watcher, WatchOptions, live_config
 from kbook.watch.sources import LiveSource
 from kbook.watch.view import WatchStatus, render_text
 
-LIVE_TIMINGS = {key: value for key, value in FAST.items() if key != "quiet"}
+LIVE_TIMINGS = {
+    key: value for key, value in FAST.items() if key in {f.name for f in fields(LiveConfig)}
+}
+"""The recorder's fast timings that a live session has (not its output's)."""
 
 
 @dataclass

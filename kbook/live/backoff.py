@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from kbook.units import SECOND
 
 if TYPE_CHECKING:
-    from kbook.live.session import LiveSettings
+    from kbook.live.config import LiveConfig
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Backoff:
     """Attempts since the last healthy connection."""
 
     @classmethod
-    def for_config(cls, config: LiveSettings) -> Backoff:
+    def for_config(cls, config: LiveConfig) -> Backoff:
         """The backoff a recording (or a watch) is configured with."""
         return cls(
             immediate=config.immediate_retries,

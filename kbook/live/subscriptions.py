@@ -44,7 +44,7 @@ from kbook.dialect import (
 from kbook.units import SECOND
 
 if TYPE_CHECKING:
-    from kbook.live.session import LiveSettings
+    from kbook.live.config import LiveConfig
 
 __all__ = ["Action", "PairSubscription", "State", "Subscriptions", "spellings"]
 
@@ -129,7 +129,7 @@ class Subscriptions:
     """The channel of each request sent, for answers that do not say theirs."""
 
     @classmethod
-    def for_config(cls, config: LiveSettings, dialect: Dialect) -> Subscriptions:
+    def for_config(cls, config: LiveConfig, dialect: Dialect) -> Subscriptions:
         """The subscriptions a recording (or a watch) asks for, with its configured pacing."""
         return cls(
             config.pairs,

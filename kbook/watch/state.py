@@ -38,6 +38,7 @@ from kbook.book import Book
 from kbook.dialect import Trade, dialect_for, spellings
 from kbook.errors import FrameError, UsageError
 from kbook.feed import BookFeed, Outcome
+from kbook.live.config import LiveConfig
 from kbook.live.signals import stop_on_signals
 from kbook.pairs import common_name, file_name, parse_pair
 from kbook.segment import Problem, find_segments
@@ -47,7 +48,6 @@ from kbook.v2 import segment_api
 from kbook.verify import stream_name
 from kbook.watch.sources import Event, LiveSource, ReplaySource, find_book
 from kbook.watch.view import WatchStatus, render_rich, render_text
-from recorder.config import RecordConfig
 
 if TYPE_CHECKING:
     from rich.live import Live
@@ -365,9 +365,9 @@ class WatchSummary:
         )
 
 
-def live_config(options: WatchOptions, **timings: Any) -> RecordConfig:
-    """The ``RecordConfig`` whose connection settings a live watch uses (``timings`` for tests)."""
-    config = RecordConfig(
+def live_config(options: WatchOptions, **timings: Any) -> LiveConfig:
+    """The live session of a watch (``timings`` for tests)."""
+    config = LiveConfig(
         pairs=(options.pair,),
         depth=options.depth or 10,
         url=options.url,
