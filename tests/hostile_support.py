@@ -218,6 +218,8 @@ class RecorderProcess:
         )
         self.peak_rss_kb = 0
         self.signalled_at = 0.0
+        self.stderr = ""
+        """What the process wrote to stderr, once it ended (``terminate``)."""
 
     def sample_rss(self) -> int:
         """The child's RSS now (kB); the peak seen so far is kept."""
@@ -237,6 +239,7 @@ class RecorderProcess:
         started = self.signalled_at = time.monotonic()
         self.process.send_signal(sig)
         stdout, stderr = self.process.communicate(timeout=20)
+        self.stderr = stderr
         took = time.monotonic() - started
         assert self.process.returncode == 0, stderr
         report: dict[str, Any] = json.loads(stdout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from hostile_support import (
 )
 from record_support import read_output, wait_until
 
+from kbook.segment import SegmentReader, find_segments
 from kbook.units import SECOND
 
 RSS_BOUND_KB = 300_000
@@ -73,6 +75,18 @@ def book_snapshot(depth: int) -> str:
     asks = [[f"{50000 + i}.10000", "1.00000000", "1700000000.000000"] for i in range(depth)]
     bids = [[f"{49999 - i}.10000", "1.00000000", "1700000000.000000"] for i in range(depth)]
     return orjson.dumps([0, {"as": asks, "bs": bids}, f"book-{depth}", "XBT/USD"]).decode()
+
+
+def lag_lines(out: Path) -> int:
+    """``lag`` meta lines on disk so far, found without decoding every line (time.sleep: a
+    recording of snapshots is costly to read back, and the server shares this process)."""
+    time.sleep(0.5)
+    count = 0
+    if not (out / "raw").exists():
+        return 0
+    for path in find_segments([out / "raw"]):
+        count += sum(b'"type":"lag"' in line for _, line in SegmentReader(path).raw_lines())
+    return count
 
 
 def disconnect_reasons(out: Path) -> list[str]:
@@ -234,6 +248,50 @@ def test_a_pause_of_the_recorder_under_load_is_not_a_stall(tmp_path: Path) -> No
     # A heartbeat still in flight when SIGTERM came need not be there: the helper allows it.
     assert_nothing_received_lost(out, server, recorder)
     assert recorder.peak_rss_kb < RSS_BOUND_KB
+
+
+@pytest.mark.slow
+def test_frames_that_wait_over_a_second_are_a_lag_meta_line_and_in_the_status(
+    tmp_path: Path,
+) -> None:
+    """A burst of 600 depth-1000 snapshots (60 MB, each one built by the Python book, several
+    seconds of work) outruns the recorder: frames wait in its inbox. A ``lag`` meta line says
+    it is behind by more than a second, the status line shows the lag, and once it has caught
+    up a second ``lag`` meta line says it is back. Nothing received is lost."""
+    snapshot = book_snapshot(1000)
+
+    async def burst(peer: Peer) -> None:
+        for _ in range(600):
+            await peer.send_text(snapshot)
+        while True:
+            await peer.heartbeats(1)
+            await asyncio.sleep(0.05)
+
+    out = tmp_path / "out"
+    with HostileServer(burst) as server:
+        recorder = RecorderProcess(
+            server.url,
+            out,
+            stall_timeout_ns=5 * SECOND,
+            quiet=False,
+            status_interval_ns=SECOND // 5,
+        )
+        try:
+            wait_until(lambda: lag_lines(out) >= 2, 60, "the lag meta lines")
+            took, report = recorder.terminate()
+        finally:
+            recorder.kill()
+    behind, back = read_output(out).metas("lag")[:2]
+    assert behind["behind"] is True
+    assert behind["lag_ns"] > SECOND
+    assert back["behind"] is False
+    assert back["lag_ns"] <= SECOND
+    lags = [float(m) for m in re.findall(r", lag ([0-9.]+) s,", recorder.stderr)]
+    assert max(lags) >= 1.0, recorder.stderr[-2000:]
+    assert "falling behind the feed" in recorder.stderr
+    assert took < STOP_BOUND_S
+    assert report["reconnects"] == 0, disconnect_reasons(out)
+    assert_nothing_received_lost(out, server, recorder)
 
 
 def test_frames_held_before_an_answer_are_written_when_the_run_stops(tmp_path: Path) -> None:

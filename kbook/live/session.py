@@ -2,7 +2,7 @@
 
     connect (backoff between attempts) -> subscribe every pair in one request -> serve:
         take what the reader thread received -> stamp it (``Consumer.now``, one stamp for
-        the frames taken together) -> the consumer's ``bulk`` fast path takes the runs of plain
+        a chunk of frames taken together) -> the consumer's ``bulk`` fast path takes the runs of plain
         book updates, ``Consumer.frame`` every other frame ``(recv_ns, text, decoded)`` -> act
         on the outcome (resync a pair whose checksum failed, alias retry, rate limits) -> every
         tick: due requests, keep-alive ping, ``Consumer.tick`` (flush, rotation, status), the
@@ -250,18 +250,21 @@ class Session:
     # -- frames ---------------------------------------------------------------------------------
 
     def _frames(self, conn: Connection | None, items: list[Received]) -> None:
-        """Frames taken from the reader together (``conn`` None: stopping, nothing is sent).
-
-        They share one ``recv_ns``. The consumer's ``bulk`` takes the runs of plain book
-        updates it can apply and write in one go; every other frame goes through ``frame`` one
-        by one, in order."""
-        self._note_lag(time.monotonic_ns() - items[0].arrival_mono)
-        recv_ns = self.consumer.now()
+        """Frames taken from the reader together (``conn`` None: stopping, nothing is sent), in
+        chunks of up to ``BULK_FRAMES`` that share one ``recv_ns``. The consumer's ``bulk``
+        takes the runs of plain book updates it can apply and write in one go; every other
+        frame goes through ``frame`` one by one, in order."""
         texts = [text for item in items for text in item.texts]
+        arrivals = [item.arrival_mono for item in items for _ in item.texts]
         for first in range(0, len(texts), BULK_FRAMES):
-            self._chunk(conn, recv_ns, texts[first : first + BULK_FRAMES])
+            chunk = slice(first, first + BULK_FRAMES)
+            self._chunk(conn, texts[chunk], arrivals[chunk])
 
-    def _chunk(self, conn: Connection | None, recv_ns: int, texts: list[str]) -> None:
+    def _chunk(self, conn: Connection | None, texts: list[str], arrivals: list[int]) -> None:
+        """Up to ``BULK_FRAMES`` frames, stamped once; the clock's work (``_tick``) is done
+        between frames when it is due, and the lag is that of the frame at hand."""
+        self._note_lag(time.monotonic_ns() - arrivals[0])
+        recv_ns = self.consumer.now()
         bulk = self.consumer.bulk(recv_ns, texts)
         index, count = 0, len(texts)
         while index < count:
@@ -273,8 +276,15 @@ class Session:
                         self.subs.on_checksum_failed(name, now_mono)
                 if index >= count:
                     return
+                if time.monotonic_ns() >= self._next_tick_mono:
+                    self._note_lag(time.monotonic_ns() - arrivals[index])
+                    self._tick(conn)
             self._received(conn, recv_ns, texts[index])
             index += 1
+            if index < count and time.monotonic_ns() >= self._next_tick_mono:
+                # A long chunk (deep snapshots) still flushes, shows its status and stops on time.
+                self._note_lag(time.monotonic_ns() - arrivals[index])
+                self._tick(conn)
 
     def _received(self, conn: Connection | None, recv_ns: int, text: str) -> None:
         msg, is_json = self.dialect.decode(text)
