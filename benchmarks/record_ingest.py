@@ -85,10 +85,13 @@ def sender(pairs: list[str], depth: int, updates: int, port_out: multiprocessing
         for start in range(0, len(blob), 1 << 20):
             writer.write(blob[start : start + (1 << 20)])
             await writer.drain()
-        while True:
-            writer.write(ws_frame(b'{"event":"heartbeat"}'))
-            await writer.drain()
-            await asyncio.sleep(0.5)
+        try:
+            while True:
+                writer.write(ws_frame(b'{"event":"heartbeat"}'))
+                await writer.drain()
+                await asyncio.sleep(0.5)
+        except ConnectionError:
+            return  # the recorder stopped: this run is over
 
     async def main() -> None:
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
