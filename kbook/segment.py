@@ -174,6 +174,8 @@ class SegmentWriter:
         self._level = level
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._sealed: list[bytes] = []
+        """Compressed frames not written to the file yet (``seal``)."""
         self.lines = 0
         self.bytes_in = 0
         self.pending = 0
@@ -203,7 +205,7 @@ class SegmentWriter:
         disk failed); ``cut_at``: first truncate the file to that many bytes, the end of a flush
         that succeeded, so it ends on a whole zstd frame."""
         file, self._file = self._file, None
-        self._buffer = []
+        self._buffer, self._sealed = [], []
         if file is None:
             return
         if cut_at is not None:
@@ -255,15 +257,26 @@ class SegmentWriter:
         except OSError as exc:
             raise OutputError(f"{self.partial_path}: cannot sync: {exc.strerror}") from exc
 
-    def _compress(self) -> None:
-        """The lines buffered so far as one zstd frame, written to the file."""
-        if not self._buffer or self._file is None:
+    def seal(self) -> None:
+        """Compress the lines buffered so far into the zstd frame the next write or flush puts
+        in the file: the CPU work of a flush, which a recorder does for every file before it
+        writes any, so that the files of one flush reach the disk together."""
+        if not self._buffer:
             return
         data = b"".join(self._buffer)
         self._buffer = []
         self._buffered = 0
+        self._sealed.append(_compressor(self._level).compress(data))
+
+    def _compress(self) -> None:
+        """The lines buffered so far as one zstd frame, written to the file."""
+        self.seal()
+        if not self._sealed or self._file is None:
+            return
+        frames, self._sealed = self._sealed, []
         try:
-            self._file.write(_compressor(self._level).compress(data))
+            for frame in frames:
+                self._file.write(frame)
         except OSError as exc:
             raise OutputError(f"{self.partial_path}: write failed: {exc.strerror}") from exc
 

@@ -410,6 +410,9 @@ class SegmentStreams:
         thread); the pairs whose ``.partial`` was found deleted or replaced."""
         try:
             self.syncer.check()
+            for stream in self.streams.values():
+                if stream.writer is not None and stream.writer.pending:
+                    stream.writer.seal()  # compress every file's frame before writing any
             syncer = self.syncer
             replaced = [p for p, stream in self.streams.items() if not stream.flush(now_ns, syncer)]
         except OutputError:
