@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define CHECKSUM_LEVELS 10
@@ -1269,11 +1270,29 @@ typedef struct {
     Py_ssize_t count;
 } Routes;
 
+/* Routes are ordered by their pair's length, then bytes (load_routes sorts them), so that a
+ * line's route is found by bisection: a recorder follows hundreds of pairs. */
+static int span_order(Span a, Span b) {
+    if (a.n != b.n)
+        return a.n < b.n ? -1 : 1;
+    return memcmp(a.p, b.p, a.n);
+}
+
+static int route_order(const void *a, const void *b) {
+    return span_order(((const Route *)a)->pair, ((const Route *)b)->pair);
+}
+
 static Route *find_route(Routes *routes, Span pair) {
-    for (Py_ssize_t i = 0; i < routes->count; i++) {
-        Route *r = &routes->routes[i];
-        if (r->pair.n == pair.n && !memcmp(r->pair.p, pair.p, pair.n))
-            return r;
+    Py_ssize_t low = 0, high = routes->count;
+    while (low < high) {
+        Py_ssize_t mid = low + (high - low) / 2;
+        int order = span_order(routes->routes[mid].pair, pair);
+        if (order == 0)
+            return &routes->routes[mid];
+        if (order < 0)
+            low = mid + 1;
+        else
+            high = mid;
     }
     return NULL;
 }
@@ -1298,6 +1317,7 @@ static int load_routes(PyObject *dict, Routes *routes) {
         r->pair = wire;
         routes->count++;
     }
+    qsort(routes->routes, routes->count, sizeof(Route), route_order);
     return 1;
 }
 
