@@ -17,7 +17,7 @@ Names and meaning (README, Monitoring):
     kbook_book_valid{pair}                           1 while the pair's book is known exactly
     kbook_last_frame_timestamp_seconds{pair}         receive time of the pair's newest book frame
     kbook_bytes_written_total                        compressed bytes written to segments
-    kbook_segment_flush_timestamp_seconds            time of the last flush (zstd frame + fsync)
+    kbook_segment_flush_timestamp_seconds            time of the last flush (zstd frames written)
     kbook_receive_lag_seconds                        how long the latest frame waited to be taken
     kbook_upload_backlog_files                       closed segments not yet uploaded
     kbook_upload_last_success_timestamp_seconds      time of the last verified upload
