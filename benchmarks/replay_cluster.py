@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from replay_speed import recording, same_dataset  # noqa: E402
 
 import replay  # noqa: E402
-from replay.executor import open_pool  # noqa: E402
+from replay.executor import open_executor  # noqa: E402
 
 
 def frames_in(raw: Path) -> int:
@@ -37,7 +37,7 @@ def frames_in(raw: Path) -> int:
 def cluster_start(workers: int) -> float:
     """Seconds to start and stop a LocalCluster of ``workers``, as a replay does."""
     started = time.perf_counter()
-    with open_pool("dask", workers):
+    with open_executor("dask", workers):
         pass
     return time.perf_counter() - started
 

@@ -1,8 +1,9 @@
 """Replay recorded Kraken book segments into order book snapshots on a time grid.
 
 Stages, one module each: ``survey`` (a fast first pass over segments) -> ``plan`` (sources: one
-book as one recorder delivered it; option checks) -> ``parallel`` (sources, or ``chunks`` of one,
-on every core) -> ``engine`` (segments through ``kbook.lines`` and ``kbook.feed.BookFeed``) ->
+book as one recorder delivered it; option checks; tasks: a source's pair-days) -> ``executor``
+(the tasks in this process, on a process pool or on Dask) -> ``tasks`` (one task's replay; a
+source's tasks joined) -> ``engine`` (segments through ``kbook.lines`` and ``kbook.feed.BookFeed``) ->
 ``sampler`` (the time grid and staleness; its docstring states the snapshot semantics exactly)
 -> ``columns`` (row buffers, schema) -> ``timeline`` (per pair with several sources, the best
 valid one per grid time) -> ``parquet`` (the dataset, written atomically; ``update`` rewrites

@@ -5,8 +5,9 @@
     summary = replay.replay_to_dataset(["data/raw"], "data/snapshots", every="100ms")
     table = replay.read_snapshots("data/snapshots", pair="BTC/USD", start="2026-11-21T10:00")
 
-Work is split into streams (``replay.plan``); with ``workers > 1`` the survey of segments and the
-streams run on a process pool, and the output is the same as with one worker.
+Work is split into tasks, one per source and UTC day (``replay.plan``); with ``workers > 1`` the
+survey of segments and the tasks run on a process pool or a Dask cluster (``replay.executor``),
+and the output is the same byte for byte as in this process.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,9 @@ from kbook.storage import (
     read_remote_manifest,
 )
 from kbook.units import utc_day, utc_text
-from replay.chunks import read_spool
 from replay.columns import TIMESTAMP, file_schema, row_group_rows, table_schema
 from replay.engine import StreamResult, merge_results
-from replay.executor import open_pool, parse_engine
+from replay.executor import Executor, open_executor, parse_engine
 from replay.options import (
     MAX_SILENCE_NS,
     DurationLike,
@@ -53,7 +52,6 @@ from replay.options import (
     parse_pairs,
     to_ns,
 )
-from replay.parallel import Rows, Workers, run_streams, share
 from replay.parquet import (
     MANIFEST,
     SOURCES,
@@ -66,9 +64,10 @@ from replay.parquet import (
     temporary_folder,
     write_manifest,
 )
-from replay.plan import Stream, plan_streams
+from replay.plan import Stream, plan_streams, plan_tasks
 from replay.sampler import PairSummary
 from replay.survey import SegmentInfo, survey_segment
+from replay.tasks import Rows, read_spool, run_tasks
 from replay.timeline import SourceRows, merge
 from replay.update import (
     PARTITIONS,
@@ -244,7 +243,7 @@ def replay_to_dataset(
     if update and force:
         raise UsageError("--update keeps what did not change and --force replaces it all: pick one")
     if update and (out / MANIFEST).is_file():
-        return _update(paths, out, options, progress, began)
+        return _update(paths, out, options, run, began)
     check_output(out, force)
     folder: Path | None = None
     done = False
@@ -274,13 +273,10 @@ def _manifest(
 
 
 def _update(
-    paths: PathsLike,
-    out: Path,
-    options: ReplayOptions,
-    progress: ProgressCallback | None,
-    began: float,
+    paths: PathsLike, out: Path, options: ReplayOptions, run: Run, began: float
 ) -> ReplaySummary:
-    """``replay_to_dataset(update=True)`` on an existing dataset (see ``replay.update``)."""
+    """``replay_to_dataset(update=True)`` on an existing dataset (see ``replay.update``); the
+    changed pair-days run on ``run.engine`` as a full replay's tasks do."""
     manifest = read_manifest(out / MANIFEST)
     check_options(manifest, options, out)
     known = known_surveys(manifest)
@@ -298,12 +294,14 @@ def _update(
         first_day = min(to_ns(key.split("/")[1], "date") or 0 for key in todo)
         start = first_day if options.start_ns is None else max(first_day, options.start_ns)
         pairs = frozenset(common_name(key.split("/")[0].replace("-", "/", 1)) for key in todo)
-        run = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
+        wanted = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
         folder = temporary_folder(out)
         try:
-            if run.pairs:
+            if wanted.pairs:
                 known = {info.path: info for info in infos}
-                _, outcomes = run_replay(paths, run, folder, progress, known)
+                _, outcomes = run_replay(
+                    paths, wanted, folder, run.progress, known, run.engine, run.scheduler
+                )
                 result = merge_results([outcome[0] for outcome in outcomes])
             replaced = replace_partitions(folder, out, todo)
         finally:
@@ -530,12 +528,12 @@ def run_replay(
     engine: str = "local",
     scheduler: str | None = None,
 ) -> tuple[list[SegmentInfo], list[tuple[StreamResult, Rows]]]:
-    """Find, survey and plan, then run every stream (on a pool when it pays, or on the Dask
-    cluster of ``replay.executor``); outcomes in order.
+    """Find, survey and plan, then run every task (``replay.plan.plan_tasks``) on the executor
+    of ``engine`` (``replay.executor``); one outcome per source, in the plan's order.
 
     What both public functions share. Rows go to in-memory batches when ``folder`` is None, else
     into Parquet files under ``folder`` (no manifest; nothing published). Tests call it with
-    options ``make_options`` does not expose (``min_chunk_bytes``).
+    options ``make_options`` does not expose (``task_bytes``).
     """
     with local_segments(_as_inputs(paths)) as local:
         dropped: list[Problem] = []
@@ -556,23 +554,17 @@ def _run_local(
     scheduler: str | None,
 ) -> tuple[list[SegmentInfo], list[tuple[StreamResult, Rows]]]:
     total = sum(path.stat().st_size for path in segments)
-    # A pool costs a fresh interpreter per worker (about 0.3 s here) and the join; below some
-    # 16 MB of segments (half a second of replay with the native core) one process is as fast:
-    # measured 0.32 s alone against 0.38 s with a pool at 9 MB, 0.57 s against 0.48 s at 17 MB.
-    use_pool = engine == "dask" or (
-        options.workers > 1 and len(segments) > 1 and total >= 16 * options.min_chunk_bytes
-    )
-    with open_pool(engine, options.workers, scheduler) if use_pool else nullcontext() as pool:
-        workers = None
-        if pool is not None:
-            # Workers start while this process surveys; work goes to each once it is up.
-            started = [pool.executor.submit(_warm_up) for _ in range(pool.slots)]
-            workers = Workers(pool.executor, started, pool.here)
-        infos = _survey(segments, workers, known)
+    # A pool costs a fresh interpreter per worker (about 0.3 s here): below one task's worth of
+    # segments (16 MB by default, half a second of replay with the native core) this process
+    # alone is as fast.
+    workers = options.workers if engine == "dask" or total > options.task_bytes else 1
+    with open_executor(engine, workers, scheduler) as executor:
+        infos = _survey(segments, executor, known)
         streams = plan_streams(infos, options)
+        tasks = plan_tasks(streams, options)
         if progress is not None:
             progress(0, total)
-        done = total - sum(stream.size for stream in streams)
+        done = total - sum(task.size for task in tasks)
 
         def tick(size: int) -> None:
             nonlocal done
@@ -580,7 +572,7 @@ def _run_local(
             if progress is not None:
                 progress(done, total)
 
-        outcomes = run_streams(streams, options, folder, tick, workers)
+        outcomes = run_tasks(tasks, len(streams), options, folder, executor, tick)
     if outcomes:  # stale copies left out of the replay, warned about first
         outcomes[0][0].problems[:0] = dropped
     return infos, outcomes + _timelines(streams, outcomes, options, folder)
@@ -636,32 +628,29 @@ def _timelines(
     return [(merged, rows)]
 
 
-def _warm_up() -> None:
-    """Nothing: importing this module in a worker is the point."""
-
-
 SURVEY_BATCHES = 4
 """Batches of segments to survey per worker: a task on a Dask cluster costs some 20-40 ms of
 round trip, which a task per segment would pay hundreds of times over."""
 
 
 def _survey(
-    segments: list[Path], workers: Workers | None, known: dict[Path, SegmentInfo]
+    segments: list[Path], executor: Executor, known: dict[Path, SegmentInfo]
 ) -> list[SegmentInfo]:
     """Survey each segment (``known`` ones were surveyed before, by an ``--update``'s
     manifest); on a pool or cluster, in a few batches per worker."""
     todo = [path for path in segments if path not in known]
-    if workers is None:
-        fresh = [survey_segment(path) for path in todo]
-    else:
-        slots = len(workers.started) + workers.here
-        size = max(1, -(-len(todo) // (SURVEY_BATCHES * slots)))
-        batches = [todo[first : first + size] for first in range(0, len(todo), size)]
-        found: dict[int, list[SegmentInfo]] = {}
-        share(workers, survey_batch, batches, found.__setitem__)
-        fresh = [info for index in range(len(batches)) for info in found[index]]
+    size = max(1, -(-len(todo) // (SURVEY_BATCHES * executor.slots)))
+    batches = [todo[first : first + size] for first in range(0, len(todo), size)]
+    found: dict[int, list[SegmentInfo]] = {}
+    executor.run(survey_batch, batches, found.__setitem__, _describe_survey)
+    fresh = [info for index in range(len(batches)) for info in found[index]]
     surveyed = dict(zip(todo, fresh, strict=True))
     return [known.get(path) or surveyed[path] for path in segments]
+
+
+def _describe_survey(paths: list[Path]) -> str:
+    more = f" to {paths[-1]}" if len(paths) > 1 else ""
+    return f"the survey of {paths[0]}{more}"
 
 
 def survey_batch(paths: list[Path]) -> list[SegmentInfo]:

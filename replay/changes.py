@@ -37,13 +37,13 @@ import pyarrow as pa
 from kbook.book import Book
 from kbook.feed import channel_depth
 from kbook.units import DAY
-from replay.chunks import Stitcher
 from replay.columns import file_schema, level_names, row_group_rows
 from replay.deltas import EventFormat, Source, cause_at, write_events
 from replay.engine import StreamReplay
 from replay.options import MAX_SILENCE_NS, DurationLike, ReplayOptions, TimeLike, make_options
 from replay.sampler import NEVER, Carry, Cause, PairSampler, PairSummary
 from replay.survey import SegmentInfo
+from replay.tasks import Stitcher
 
 
 class ChangeSampler(PairSampler):

@@ -58,7 +58,6 @@ from kbook.segment import find_segments
 from kbook.storage import is_remote
 from kbook.units import DAY, rfc3339_ns, seconds_text_ns, utc_text
 from kbook.v2 import RecordReader
-from replay.chunks import read_spool
 from replay.columns import TIMESTAMP
 from replay.engine import StreamReplay, StreamResult, merge_results
 from replay.options import MAX_SILENCE_NS, DurationLike, ReplayOptions, TimeLike, make_options
@@ -75,6 +74,7 @@ from replay.parquet import (
 from replay.plan import Stream, plan_streams
 from replay.sampler import NEVER, Carry, Cause, PairSampler, PairSummary, Span
 from replay.survey import SegmentInfo, survey_segment
+from replay.tasks import read_spool
 
 FORMAT = "deltas"
 """The manifest's ``format`` of a delta dataset."""

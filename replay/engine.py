@@ -30,14 +30,14 @@ dialect (``kbook.dialect``) answers every question whose answer differs per API:
 data, which book would its feed file it under, can no feed file it, may it void books (a status
 frame or an (un)subscribe answer: a global event). Its feed (``BookFeed`` or ``V2BookFeed``)
 applies it with the same rules; checkpoints restore, a damaged tail voids; a v2 stream is cut into
-chunks as v1 is.
+tasks as v1 is.
 
-The same fact lets one stream run as several ``Chunk``s in parallel (``replay.chunks`` plans and
-joins them): a chunk after the first starts at such a segment, and a chunk before another stops
-at the head of the next one's first segment, emitting exactly the rows the whole replay emits
-before each followed book is restored there. What a chunk cannot know alone (counts pending
-across the boundary, whether its start state was really the one the whole replay reaches) goes
-into its ``ChunkResult`` for the join to settle.
+The same fact lets one stream run as several ``Chunk``s in parallel (the tasks of
+``replay.plan``, joined by ``replay.tasks``): a chunk after the first starts at such a segment,
+and a chunk before another stops at the head of the next one's first segment, emitting exactly
+the rows the whole replay emits before each followed book is restored there. What a chunk
+cannot know alone (counts pending across the boundary, whether its start state was really the
+one the whole replay reaches) goes into its ``ChunkResult`` for the join to settle.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from kbook.segment import Problem, SegmentReader, sane_recv_ns
 from kbook.v2 import RecordReader
 from replay.columns import row_group_rows
 from replay.options import ReplayOptions
-from replay.plan import Stream
+from replay.plan import Stream, span
 from replay.sampler import Carry, Cause, PairSampler, PairSummary
 from replay.survey import SegmentInfo
 
@@ -88,7 +88,7 @@ class Chunk:
 
 @dataclass
 class ChunkResult:
-    """A chunk's result and what the join checks to accept it (see ``replay.chunks``)."""
+    """A chunk's result and what the join checks to accept it (see ``replay.tasks``)."""
 
     result: StreamResult
     carries: dict[str, Carry] = field(default_factory=dict)
@@ -427,31 +427,6 @@ class StreamReplay:
             if not sampler.book.valid:  # type: ignore[union-attr]
                 sampler.voided(clock)
         self._sync()
-
-
-def span(stream: Stream, options: ReplayOptions) -> tuple[int, int]:
-    """Indexes ``[first, stop)`` of the segments that must be read for --start/--end."""
-    segments = stream.segments
-    end = options.end_ns
-    stop = len(segments)
-    if end is not None:
-        stop = next(
-            (i for i, s in enumerate(segments) if s.first_ns is not None and s.first_ns >= end),
-            stop,
-        )
-    first = 0
-    start = options.start_ns
-    if start is not None:
-        wanted = set(stream.channels.items())
-        latest = start - options.every_ns
-        for index in range(1, stop):
-            info = segments[index]
-            if info.first_ns is None or info.first_ns > latest:
-                break
-            head = {(common_name(wire), channel) for wire, channel in info.head_checkpoints}
-            if wanted <= head:
-                first = index
-    return first, stop
 
 
 def replay_stream(

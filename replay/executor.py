@@ -1,15 +1,20 @@
-"""Where replay's units of work run: a local process pool, or a Dask cluster.
+"""Where replay's tasks run: in this process, on a local process pool, or on a Dask cluster.
 
-Both are a ``concurrent.futures.Executor`` to ``replay.parallel``, which hands the units over
-and joins their results in plan order, so the output is byte-identical whatever runs them.
+One seam for the three: ``Executor.run(fn, items, done, describe)`` runs ``fn`` on every item and
+calls ``done(index, result)`` here, in this thread, as results come (``as_completed``), so the
+caller puts each in its place and the output is the same whatever ran the tasks and in whatever
+order they finished.
 
-``local``: a ``ProcessPoolExecutor`` of ``workers - 1`` fresh interpreters; this process works
-too. ``dask``: a ``distributed.Client`` on a ``LocalCluster`` of ``workers`` processes (one
-thread each, no dashboard), or on the cluster whose scheduler is ``scheduler``
-(``tcp://host:8786``); units go to it through ``Client.get_executor`` with one retry each, and
-this process only plans, hands over and joins. A unit that fails twice (its worker died twice,
-or it raised twice) fails the replay, which then publishes nothing. Dask is an optional extra
-(``pip install 'kbook[dask]'``), imported only here and only for ``engine="dask"``.
+``local`` with one worker: every task runs here, in order (no pool to start). ``local`` with
+several: a ``concurrent.futures.ProcessPoolExecutor`` of ``workers`` fresh interpreters
+(``spawn``: a worker shares no state with this process). ``dask``: a ``distributed.Client`` on a
+``LocalCluster`` of ``workers`` processes (one thread each, no dashboard), or on the cluster
+whose scheduler is ``scheduler`` (``tcp://host:8786``); each task is submitted with one retry.
+A task that fails (raises, or its worker dies) on a pool, or fails twice on Dask, stops the run
+with a ``TaskError`` naming it (``describe``); errors of kbook's own (a ``KbookError``: a bad
+file, too many rows) pass as they are. The tasks not started are cancelled, and the caller
+publishes nothing. Dask is an optional extra (``pip install 'kbook[dask]'``), imported only here
+and only for ``engine="dask"``.
 
 A cluster's workers must see the same paths as this process: the segments (or their local copy
 made by ``kbook.storage``) and the dataset's temporary folder. On one machine they do; across
@@ -19,26 +24,19 @@ machines, put both on a shared file system (see README, On a cluster).
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from kbook.errors import UsageError
+from kbook.errors import KbookError, TaskError, UsageError
 
 ENGINES = ("local", "dask")
 RETRIES = 1
-"""Times a failed unit is submitted again before the replay fails."""
+"""Times a failed task is submitted again on Dask before the replay fails."""
 
-
-@dataclass(frozen=True, slots=True)
-class Pool:
-    """An executor for units, how many run at once on it, and whether this process works too."""
-
-    executor: Executor
-    slots: int
-    here: bool
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def parse_engine(engine: str, scheduler: str | None = None) -> str:
@@ -50,17 +48,107 @@ def parse_engine(engine: str, scheduler: str | None = None) -> str:
     return engine
 
 
+class Executor:
+    """Runs tasks here (no ``pool``, no ``client``), on a process ``pool``, or on a Dask
+    ``client`` (see the module docstring)."""
+
+    def __init__(
+        self, pool: ProcessPoolExecutor | None = None, client: Any = None, workers: int = 1
+    ) -> None:
+        self.pool = pool
+        self.client = client
+        self.workers = workers
+        """The pool's size."""
+
+    @property
+    def inline(self) -> bool:
+        """True when tasks run in this process, one after another."""
+        return self.pool is None and self.client is None
+
+    @property
+    def slots(self) -> int:
+        """How many tasks run at once."""
+        if self.client is not None:
+            return sum(self.client.nthreads().values()) or 1
+        return self.workers
+
+    def run(
+        self,
+        fn: Callable[[Item], Result],
+        items: Sequence[Item],
+        done: Callable[[int, Result], None],
+        describe: Callable[[Item], str],
+    ) -> None:
+        """``fn`` on every item; ``done(index, result)`` here for each, as results come."""
+        if self.inline:
+            for index, item in enumerate(items):
+                done(index, fn(item))
+            return
+        if self.client is not None:
+            self._run_dask(fn, items, done, describe)
+            return
+        assert self.pool is not None
+        futures: dict[Future[Result], int] = {
+            self.pool.submit(fn, item): index for index, item in enumerate(items)
+        }
+        try:
+            for future in as_completed(futures):
+                index = futures[future]
+                done(index, _result(future, items[index], describe))
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def _run_dask(
+        self,
+        fn: Callable[[Item], Result],
+        items: Sequence[Item],
+        done: Callable[[int, Result], None],
+        describe: Callable[[Item], str],
+    ) -> None:
+        from distributed import as_completed as dask_completed
+
+        client = self.client
+        futures = [client.submit(fn, item, retries=RETRIES, pure=False) for item in items]
+        index_of = {future.key: index for index, future in enumerate(futures)}
+        try:
+            for future in dask_completed(futures):
+                index = index_of[future.key]
+                done(index, _result(future, items[index], describe))
+        finally:
+            client.cancel(futures)
+
+
+def _result(future: Any, item: Item, describe: Callable[[Item], str]) -> Any:
+    """The task's result; its failure as a ``TaskError`` naming it (a ``KbookError`` as is)."""
+    try:
+        return future.result()
+    except KbookError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of a task is reported the same way
+        raise TaskError(f"{describe(item)} failed: {_why(exc)}") from exc
+
+
+def _why(error: BaseException) -> str:
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 @contextmanager
-def open_pool(engine: str, workers: int, scheduler: str | None = None) -> Iterator[Pool]:
-    """The executor of ``engine``, shut down when the block ends (see the module docstring)."""
+def open_executor(engine: str, workers: int, scheduler: str | None = None) -> Iterator[Executor]:
+    """The executor of ``engine`` for ``workers``, shut down when the block ends (see the
+    module docstring)."""
     if parse_engine(engine, scheduler) == "local":
+        if workers <= 1:
+            yield Executor()
+            return
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers - 1, mp_context=context) as pool:
-            yield Pool(pool, workers - 1, True)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            yield Executor(pool=pool, workers=workers)
         return
     with _dask_client(workers, scheduler) as client:
-        threads = sum(client.nthreads().values()) or 1
-        yield Pool(client.get_executor(retries=RETRIES, pure=False), threads, False)
+        yield Executor(client=client)
 
 
 @contextmanager

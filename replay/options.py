@@ -39,9 +39,10 @@ class ReplayOptions:
     end_ns: int | None = None
     """Rows stop before this time (exclusive)."""
     workers: int = 1
-    min_chunk_bytes: int = 1 << 20
-    """With several workers, one stream is split into chunks of at least this many compressed
-    bytes (``replay.chunks``); smaller pieces would cost more to join than they save."""
+    task_bytes: int = 16 << 20
+    """A UTC day of one source with more compressed segment bytes than this is cut into tasks
+    of about this size (``replay.plan.plan_tasks``): a day of a busy pair keeps several cores
+    busy, and a task stays bounded in time and memory."""
     api: str | None = None
     """Replay only segments of this Kraken WebSocket API (``v1``/``v2``), or None for all."""
     max_silence_ns: int = MAX_SILENCE_NS

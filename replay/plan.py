@@ -29,6 +29,16 @@ any output exists. v1 and v2 recordings of one pair are sources of one timeline;
 
 The *fixed order* of sources, the timeline's last tie-break: v2 before v1, then by first receive
 time, then by first segment path; ``Stream.rank`` is the position in that order.
+
+The *tasks* (``plan_tasks``), the units of work whatever runs them (``replay.executor``): each
+source is cut at the first segment of every UTC day, so that a task is one pair-day (one source
+of one or several pairs, for one day), and a day of more than ``ReplayOptions.task_bytes`` of
+segments is cut again into pieces of about that size. A cut is made only at a segment whose head
+holds checkpoints of every followed book: the recorder rotates at UTC boundaries and writes them
+there, and a checkpoint replaces the book entirely, so the task starting there needs nothing
+earlier but the connection id, which the survey knows. The task list depends on the inputs and
+options only, never on the number of workers, and ``replay.tasks`` joins a source's tasks into
+exactly what one run over it writes.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from kbook.api import Api
 from kbook.errors import FrameError, UsageError
 from kbook.feed import channel_depth, sane_pair
 from kbook.pairs import common_name
+from kbook.units import utc_day
 from replay.options import ReplayOptions
 from replay.survey import SegmentInfo
 
@@ -78,6 +89,112 @@ class Stream:
     @property
     def first_ns(self) -> int | None:
         return next((info.first_ns for info in self.segments if info.first_ns is not None), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """Segments ``[first, stop)`` of source ``source`` of the plan, replayed on their own (see
+    the module docstring): a task after the source's first starts at its checkpoints."""
+
+    source: int
+    """Index of the stream in ``plan_streams``' list."""
+    stream: Stream
+    first: int
+    stop: int
+    number: int = 0
+    """Position among the source's tasks."""
+    last: bool = True
+    """The source's last task finishes its pairs; the others end at the head of ``stop``."""
+
+    @property
+    def size(self) -> int:
+        return sum(info.size for info in self.stream.segments[self.first : self.stop])
+
+    @property
+    def day(self) -> str | None:
+        """The UTC day the task starts in (None for segments without a receive time)."""
+        first_ns = next(
+            (s.first_ns for s in self.stream.segments[self.first : self.stop] if s.first_ns),
+            None,
+        )
+        return utc_day(first_ns) if first_ns is not None else None
+
+    def describe(self) -> str:
+        """Names the task in an error: its pairs and segments."""
+        segments = self.stream.segments[self.first : self.stop]
+        pairs = ", ".join(sorted(self.stream.channels)) or "a source"
+        if not segments:
+            return f"the replay of {pairs}"
+        names = segments[0].path.name
+        if len(segments) > 1:
+            names += f" to {segments[-1].path.name}"
+        return f"the replay of {pairs} from {names}"
+
+
+def plan_tasks(streams: Sequence[Stream], options: ReplayOptions) -> list[Task]:
+    """Every source's tasks, source after source, each source's in time order (see the module
+    docstring). The segments ``--start``/``--end`` leave out (``span``) are in no task."""
+    tasks: list[Task] = []
+    for index, stream in enumerate(streams):
+        first, stop = span(stream, options)
+        bounds = [first, *_cuts(stream, first, stop, options.task_bytes), stop]
+        count = len(bounds) - 1
+        tasks += [
+            Task(index, stream, bounds[n], bounds[n + 1], n, n == count - 1) for n in range(count)
+        ]
+    return tasks
+
+
+def _cuts(stream: Stream, first: int, stop: int, task_bytes: int) -> list[int]:
+    """Where the tasks of segments ``[first, stop)`` start after the first: at each checkpointed
+    segment that opens a new UTC day, or ends ``task_bytes`` of segments."""
+    segments = stream.segments
+    followed = {
+        (wire, channel)
+        for wire, channel in stream.books
+        if stream.channels.get(common_name(wire)) == channel
+    }
+    cuts: list[int] = []
+    day = _day(segments[first]) if first < stop else None
+    size = 0
+    for index in range(first + 1, stop):
+        size += segments[index - 1].size
+        info = segments[index]
+        if info.first_ns is None or not followed <= info.head_checkpoints:
+            continue
+        if _day(info) != day or size >= task_bytes:
+            cuts.append(index)
+            day, size = _day(info), 0
+    return cuts
+
+
+def _day(info: SegmentInfo) -> str | None:
+    return utc_day(info.first_ns) if info.first_ns is not None else None
+
+
+def span(stream: Stream, options: ReplayOptions) -> tuple[int, int]:
+    """Indexes ``[first, stop)`` of the segments that must be read for --start/--end."""
+    segments = stream.segments
+    end = options.end_ns
+    stop = len(segments)
+    if end is not None:
+        stop = next(
+            (i for i, s in enumerate(segments) if s.first_ns is not None and s.first_ns >= end),
+            stop,
+        )
+    first = 0
+    start = options.start_ns
+    if start is not None:
+        wanted = set(stream.channels.items())
+        latest = start - options.every_ns
+        for index in range(1, stop):
+            info = segments[index]
+            if info.first_ns is None or info.first_ns > latest:
+                break
+            head = {(common_name(wire), channel) for wire, channel in info.head_checkpoints}
+            if wanted <= head:
+                first = index
+    return first, stop
 
 
 def plan_streams(infos: Sequence[SegmentInfo], options: ReplayOptions) -> list[Stream]:

@@ -21,7 +21,7 @@ any source has one; within one UTC day the grid is dense from the day's first ro
 ``last_update`` seen), and a day no source covers gets no rows. ``updates`` and
 ``checksum_failures`` are the chosen source's counts.
 
-The output is cut into batches as one ``RowBuffer`` cuts them (``replay.chunks.Stitcher``), and
+The output is cut into batches as one ``RowBuffer`` cuts them (``replay.tasks.Stitcher``), and
 nothing here depends on how the sources were computed, so any number of workers writes the same
 bytes.
 """
@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kbook.units import DAY
-from replay.chunks import Stitcher
 from replay.sampler import Cause, PairSummary, Span
+from replay.tasks import Stitcher
 
 CAUSES = list(Cause)
 """Causes by code (``_causes``); -1 is a valid row."""

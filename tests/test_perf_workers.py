@@ -1,10 +1,11 @@
-"""Several workers, one pair: a stream cut into chunks joins into exactly the one-worker output.
+"""Several workers, one pair: a source cut into tasks joins into exactly the output of one run.
 
-``replay.chunks`` cuts a stream at segments that start with checkpoints of every followed book and
-joins the pieces; these tests compare, batch for batch and Parquet byte for byte, against one worker
-on recordings full of trouble (``perf_support``), with the options that move the boundaries around:
-a dense grid, ``--start``/``--end``, fewer levels, in Kraken's v1 and v2. ``min_chunk_bytes=0``
-lets small recordings be cut as finely as their segments allow.
+``replay.plan`` cuts a source into tasks at segments that start with checkpoints of every followed
+book and ``replay.tasks`` joins them; these tests compare, batch for batch and Parquet byte for
+byte, tasks on a process pool against the source replayed in one piece in this process, on
+recordings full of trouble (``perf_support``), with the options that move the boundaries around:
+a dense grid, ``--start``/``--end``, fewer levels, in Kraken's v1 and v2. ``task_bytes=0`` cuts
+small recordings as finely as their segments allow (and sends them to a pool).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from kbook.api import Api
 from kbook.segment import SegmentWriter, find_segments, frame_line, meta_line
 from kbook.sim import Market
 from replay.api import run_replay
-from replay.chunks import join, plan_chunks
-from replay.engine import StreamReplay
+from replay.engine import Chunk, StreamReplay
 from replay.options import make_options
-from replay.plan import plan_streams
+from replay.plan import plan_streams, plan_tasks
 from replay.survey import survey_segment
+from replay.tasks import join
 
 OPTIONS = {
     "1s": {"every": "1s"},
@@ -53,8 +54,16 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def options_for(name: str, workers: int) -> replay.ReplayOptions:
-    return dataclasses.replace(make_options(**OPTIONS[name]), workers=workers, min_chunk_bytes=0)
+WHOLE = 1 << 62
+"""``task_bytes`` that cuts no source of one day: the reference, one piece in this process."""
+
+
+def options_for(name: str, workers: int, cut: bool | None = None) -> replay.ReplayOptions:
+    """Each source in one piece, or cut as finely as it can be (by default: with workers)."""
+    task_bytes = 0 if (workers > 1 if cut is None else cut) else WHOLE
+    return dataclasses.replace(
+        make_options(**OPTIONS[name]), workers=workers, task_bytes=task_bytes
+    )
 
 
 def parquet_files(folder: Path) -> dict[str, bytes]:
@@ -90,7 +99,9 @@ def test_two_workers_write_what_one_writes(
     streams = plan_streams(
         [survey_segment(p) for p in find_segments(paths)], options_for(option, 2)
     )
-    assert max(len(plan_chunks(s, options_for(option, 2), 0)) for s in streams) > 1
+    tasks = plan_tasks(streams, options_for(option, 2))
+    assert len(tasks) > len(streams)
+    assert len(plan_tasks(streams, options_for(option, 1))) == len(streams)
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
@@ -98,7 +109,7 @@ def test_two_workers_write_what_one_writes(
     _, outcomes_two = run_replay(paths, options_for(option, 2), two, None)
     assert [o[0] for o in outcomes_two] == [o[0] for o in outcomes_one]
     assert parquet_files(two) == parquet_files(one)
-    assert not (two / ".chunks").exists()
+    assert not (two / ".tasks").exists()
     if tables_too:
         _, batches_one = run_replay(paths, options_for(option, 1), None, None)
         _, batches_two = run_replay(paths, options_for(option, 2), None, None)
@@ -110,12 +121,16 @@ def test_two_workers_write_what_one_writes(
 
 @pytest.mark.slow
 def test_public_api_cuts_one_pair_across_workers(tmp_path: Path) -> None:
-    """Through ``replay_to_dataset`` as ``kbook replay`` calls it, with the default chunk size."""
+    """Through ``replay_to_dataset`` as ``kbook replay`` calls it, with the default task size:
+    the same tasks in this process and on a pool of two."""
     raw = write_recording(
-        tmp_path / "raw", ("XBT/USD",), 270_000, depth=100, gap_ns=1_000_000, seed=6
+        tmp_path / "raw", ("XBT/USD",), 500_000, depth=100, gap_ns=1_000_000, seed=6
     )
     size = sum(p.stat().st_size for p in raw.rglob("*.zst"))
-    assert size > 8 * make_options().min_chunk_bytes  # large enough for a pool and chunks
+    assert size > make_options().task_bytes  # large enough for a pool
+    infos = [survey_segment(path) for path in find_segments([raw])]
+    tasks = plan_tasks(plan_streams(infos, make_options()), make_options())
+    assert [task.day for task in tasks][:2] == ["2025-12-31", "2026-01-01"]
     one = replay.replay_to_dataset(raw, tmp_path / "one", every="100ms", workers=1)
     two = replay.replay_to_dataset(raw, tmp_path / "two", every="100ms", workers=2)
     assert two.to_json() == one.to_json()
@@ -127,18 +142,19 @@ def test_public_api_cuts_one_pair_across_workers(tmp_path: Path) -> None:
 def test_two_workers_write_what_one_writes_for_a_pair_of_two_sources(
     recordings: dict[str, Path], option: str, tmp_path: Path
 ) -> None:
-    """Two recordings of one pair at once: the timeline of their chunks' rows is the same too."""
+    """Two recordings of one pair at once: the timeline of their tasks' rows is the same too
+    (the tasks in this process: the pool is the slow tests' to try)."""
     paths = [recordings["one pair"], recordings["one pair, other seed"]]
-    streams = plan_streams(
-        [survey_segment(p) for p in find_segments(paths)], options_for(option, 2)
-    )
+    cut = options_for(option, 1, cut=True)
+    streams = plan_streams([survey_segment(p) for p in find_segments(paths)], cut)
     assert len(streams) == 2
     assert all(stream.shared == {"BTC/USD"} for stream in streams)
+    assert len(plan_tasks(streams, cut)) > 2
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
     _, outcomes_one = run_replay(paths, options_for(option, 1), one, None)
-    _, outcomes_two = run_replay(paths, options_for(option, 2), two, None)
+    _, outcomes_two = run_replay(paths, cut, two, None)
     assert [o[0] for o in outcomes_two] == [o[0] for o in outcomes_one]
     assert parquet_files(two) == parquet_files(one)
     assert len(parquet_files(one)) >= 1
@@ -193,10 +209,11 @@ def crafted(folder: Path, trouble: str) -> Path:
 def test_a_segment_starting_before_the_last_one_ended_is_another_source(tmp_path: Path) -> None:
     """The recorder's stamps never go back within a run: an overlap is a second recorder."""
     raw = crafted(tmp_path / "raw", "clock steps back")
-    options = dataclasses.replace(make_options(every="100ms"), workers=2, min_chunk_bytes=0)
+    options = dataclasses.replace(make_options(every="100ms"), task_bytes=0)
     streams = plan_streams([survey_segment(p) for p in find_segments([raw])], options)
     assert [len(stream.segments) for stream in streams] == [2, 1]
-    _, one = run_replay([raw], dataclasses.replace(options, workers=1), None, None)
+    whole = dataclasses.replace(options, task_bytes=WHOLE)
+    _, one = run_replay([raw], whole, None, None)
     _, two = run_replay([raw], options, None, None)
     assert two == one
 
@@ -206,16 +223,20 @@ def test_a_boundary_that_cannot_be_proven_falls_back_to_one_piece(
     trouble: str, tmp_path: Path
 ) -> None:
     raw = crafted(tmp_path / "raw", trouble)
-    options = dataclasses.replace(make_options(every="100ms"), workers=2, min_chunk_bytes=0)
+    options = dataclasses.replace(make_options(every="100ms"), task_bytes=0)
     (stream,) = plan_streams([survey_segment(p) for p in find_segments([raw])], options)
-    chunks = plan_chunks(stream, options, 0)
-    assert len(chunks) == 3
+    tasks = plan_tasks([stream], options)
+    assert len(tasks) == 3
     results = [
-        StreamReplay(stream, options, lambda _pair: lambda _t: None).run_chunk(c) for c in chunks
+        StreamReplay(stream, options, lambda _pair: lambda _t: None).run_chunk(
+            Chunk(stream, t.first, t.stop, t.number, t.last)
+        )
+        for t in tasks
     ]
-    assert join(chunks[:2], results[:2], options.every_ns, options.max_silence_ns) is not None
-    assert join(chunks, results, options.every_ns, options.max_silence_ns) is None
-    _, one = run_replay([raw], dataclasses.replace(options, workers=1), None, None)
+    assert join(tasks[:2], results[:2], options.every_ns, options.max_silence_ns) is not None
+    assert join(tasks, results, options.every_ns, options.max_silence_ns) is None
+    whole = dataclasses.replace(options, task_bytes=WHOLE)
+    _, one = run_replay([raw], whole, None, None)
     _, two = run_replay([raw], options, None, None)
     assert two[0][0] == one[0][0]
     assert two[0][1] == one[0][1]

@@ -134,7 +134,7 @@ def test_a_signal_stops_replay_and_leaves_no_debris(sig: signal.Signals, tmp_pat
     dead = subprocess.Popen(["true"])  # a process id that no longer runs
     dead.wait()
     debris = tmp_path / f".snaps.tmp-{dead.pid}-0123abcd"
-    (debris / ".chunks").mkdir(parents=True)
+    (debris / ".tasks").mkdir(parents=True)
     command = [str(KBOOK), "replay", str(raw), "--every", "1ms", "--out", str(out)]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     mine = f".snaps.tmp-{process.pid}-"

@@ -1,6 +1,7 @@
 """Replay on Dask: the work runs on a LocalCluster of real worker processes and the dataset is
 the very bytes a replay in this process writes, S3 to S3 included; a worker that dies mid-run
-changes nothing; a unit that kills its worker every time fails the replay, named, unpublished."""
+changes nothing; a task that kills its worker every time fails the replay, named, unpublished.
+A cluster of processes takes seconds to start: those tests are slow ones."""
 
 from __future__ import annotations
 
@@ -28,14 +29,14 @@ MANIFEST = "_kbook_replay.json"
 
 
 class Sabotage(distributed.WorkerPlugin):  # type: ignore[misc]
-    """Ends its worker process (as a crash or an OOM kill would) when a replay unit starts and a
+    """Ends its worker process (as a crash or an OOM kill would) when a replay task starts and a
     file says so: ``once`` (the file is removed first) or ``always``."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if finish != "executing" or not str(key).startswith("work-"):
+        if finish != "executing" or not str(key).startswith("run_task-"):
             return
         once = os.path.join(self.folder, "once")
         if os.path.exists(once):
@@ -76,7 +77,7 @@ def files_under(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A LocalCluster of two workers that a unit's worker dies on when told (``Sabotage``);
-    a unit may be on two workers that died before it fails."""
+    a task may be on two workers that died before it fails."""
     folder = tmp_path_factory.mktemp("sabotage")
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 1}),
@@ -113,6 +114,7 @@ def upload(s3: S3Server, folder: Path) -> None:
             out.write(path.read_bytes())
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_mid_run_changes_nothing(
     raw: Path, expected: dict[str, bytes], cluster: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -124,7 +126,8 @@ def test_a_worker_that_dies_mid_run_changes_nothing(
     assert files_under(out) == expected
 
 
-def test_a_unit_that_fails_twice_is_named_and_nothing_is_published(
+@pytest.mark.slow
+def test_a_task_that_fails_twice_is_named_and_nothing_is_published(
     raw: Path, cluster: tuple[str, Path], tmp_path: Path
 ) -> None:
     address, sabotage = cluster

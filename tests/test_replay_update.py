@@ -105,3 +105,34 @@ def test_update_needs_the_same_options(
     (out / "_kbook_replay.json").write_bytes(orjson.dumps(manifest))
     with pytest.raises(UsageError, match="other columns than this kbook writes"):
         replay.replay_to_dataset(raw, out, every="1m", update=True)
+
+
+def test_update_runs_its_pair_days_on_the_engine_given(
+    recordings: dict[str, list[tuple[int, str]]], tmp_path: Path
+) -> None:
+    """``--update --engine dask``: the changed pair-days are tasks on the cluster (here an
+    in-process one, quick to start), and the partitions are those of a replay in this process."""
+    distributed = pytest.importorskip("distributed")
+    raw, out, here = tmp_path / "raw", tmp_path / "snapshots", tmp_path / "here"
+    for pair, frames in recordings.items():
+        write_day(raw, pair, frames, 0)
+    replay.replay_to_dataset(raw, out, every="1m")
+    for pair, frames in recordings.items():
+        write_day(raw, pair, frames, 1)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+        distributed.get_task_stream(client) as stream,
+    ):
+        summary = replay.replay_to_dataset(
+            raw, out, every="1m", update=True, engine="dask", scheduler=cluster.scheduler_address
+        )
+    ran = {task["key"].split("-", 1)[0] for task in stream.data}
+    assert "run_task" in ran
+    assert summary.updated == 2
+    replay.replay_to_dataset(raw, here, every="1m")
+    assert {k: v[0] for k, v in snapshot_files(out).items()} == {
+        k: v[0] for k, v in snapshot_files(here).items()
+    }

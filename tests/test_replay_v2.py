@@ -20,6 +20,7 @@ from replay_support import RefBook, SynthMarket, assert_rows_match, write_frames
 from sim_support import write_v2_segment
 from test_v2 import capture_frames
 
+from kbook.api import Api
 from kbook.cli import main
 from kbook.errors import UsageError
 from kbook.segment import find_segments
@@ -27,9 +28,8 @@ from kbook.sim import Simulator, SimulatorConfig
 from kbook.v2 import decode
 from replay import replay_table
 from replay.api import run_replay
-from replay.chunks import plan_chunks
 from replay.options import make_options
-from replay.plan import plan_streams
+from replay.plan import plan_streams, plan_tasks
 from replay.survey import survey_segment
 
 PAIR = "BTC/USD"
@@ -234,12 +234,13 @@ def test_v2_recording_replays_exactly(recording: Path) -> None:
 def test_v2_stream_is_cut_across_a_pool(recording: Path) -> None:
     """A v2 stream is cut at its checkpointed segments as a v1 one is; with workers it gives one
     worker's output."""
-    options = dataclasses.replace(make_options(every="10ms"), min_chunk_bytes=0)
+    options = dataclasses.replace(make_options(every="10ms"), task_bytes=0)
     infos = [survey_segment(path) for path in find_segments([recording])]
     [stream] = plan_streams(infos, options)
-    assert stream.api == "v2"
-    assert len(plan_chunks(stream, options, 1)) > 1
-    _, one = run_replay([recording], options, None, None)
+    assert stream.api == Api.V2
+    assert len(plan_tasks([stream], options)) > 1
+    whole = dataclasses.replace(options, task_bytes=1 << 62)
+    _, one = run_replay([recording], whole, None, None)
     _, two = run_replay([recording], dataclasses.replace(options, workers=2), None, None)
     assert [batches for _, batches in one] == [batches for _, batches in two]
     # The invalid spans and their causes survive the join of the pieces.

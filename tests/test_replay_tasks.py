@@ -1,0 +1,90 @@
+"""The pair-day is the unit of work: the plan cuts each source at the first segment of every UTC
+day (and finer on request), the task list is the same whatever runs it, and the dataset is the
+bytes of the source replayed in one piece, in this process, on a process pool or on Dask."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from perf_support import SECOND, START_NS, write_recording
+
+from kbook.segment import find_segments
+from kbook.units import utc_day
+from replay.api import run_replay
+from replay.options import make_options
+from replay.plan import plan_streams, plan_tasks
+from replay.survey import survey_segment
+
+WHOLE = 1 << 62
+"""``task_bytes`` that cuts no source of one day."""
+MIDNIGHT = START_NS + 90 * SECOND
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two pairs, each its own recorder stream, 2 minutes across a UTC midnight, rotated every
+    10 s with checkpoints (a segment opens at the midnight)."""
+    root = tmp_path_factory.mktemp("raw")
+    return write_recording(
+        root, ("XBT/USD", "ETH/USD"), 2_400, seed=11, gap_ns=50_000_000, faults=False
+    )
+
+
+def parquet_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.parquet"))}
+
+
+def test_a_task_per_source_and_utc_day_whatever_the_workers(raw: Path) -> None:
+    options = make_options(every="1s")
+    infos = [survey_segment(path) for path in find_segments([raw])]
+    streams = plan_streams(infos, options)
+    tasks = plan_tasks(streams, options)
+    assert [(task.source, task.day) for task in tasks] == [
+        (0, "2025-12-31"),
+        (0, "2026-01-01"),
+        (1, "2025-12-31"),
+        (1, "2026-01-01"),
+    ]
+    for task in tasks[1::2]:
+        first_ns = task.stream.segments[task.first].first_ns or 0
+        assert MIDNIGHT <= first_ns < MIDNIGHT + SECOND
+        assert utc_day(task.stream.segments[task.first - 1].first_ns or 0) == "2025-12-31"
+    assert [task.last for task in tasks] == [False, True, False, True]
+    assert plan_tasks(streams, dataclasses.replace(options, workers=8)) == tasks
+    finer = plan_tasks(streams, dataclasses.replace(options, task_bytes=0))
+    assert len(finer) == sum(len(stream.segments) for stream in streams)
+
+
+def test_pair_days_join_into_the_bytes_of_one_piece(raw: Path, tmp_path: Path) -> None:
+    days, whole = tmp_path / "days", tmp_path / "whole"
+    days.mkdir()
+    whole.mkdir()
+    options = make_options(every="100ms", levels=5)
+    _, by_day = run_replay([raw], options, days, None)
+    _, in_one = run_replay([raw], dataclasses.replace(options, task_bytes=WHOLE), whole, None)
+    assert [outcome[0] for outcome in by_day] == [outcome[0] for outcome in in_one]
+    files = parquet_files(days)
+    assert files == parquet_files(whole)
+    assert {name.split("/")[1] for name in files} == {"date=2025-12-31", "date=2026-01-01"}
+    assert not (days / ".tasks").exists()
+
+
+def test_the_same_tasks_on_dask_write_the_same_bytes(raw: Path, tmp_path: Path) -> None:
+    """On an in-process Dask cluster (threads: quick to start), a task per pair-day."""
+    distributed = pytest.importorskip("distributed")
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    options = make_options(every="1s", workers=2)
+    _, alone = run_replay([raw], dataclasses.replace(options, workers=1), here, None)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        _, on_dask = run_replay(
+            [raw], options, there, None, None, "dask", cluster.scheduler_address
+        )
+    assert [outcome[0] for outcome in on_dask] == [outcome[0] for outcome in alone]
+    assert parquet_files(there) == parquet_files(here)
+    assert len(parquet_files(here)) == 4
