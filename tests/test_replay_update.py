@@ -107,6 +107,7 @@ def test_update_needs_the_same_options(
         replay.replay_to_dataset(raw, out, every="1m", update=True)
 
 
+@pytest.mark.slow
 def test_update_runs_its_pair_days_on_the_engine_given(
     recordings: dict[str, list[tuple[int, str]]], tmp_path: Path
 ) -> None:
