@@ -537,7 +537,6 @@ def replay(
     ] = False,
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
-    from kbook.errors import UsageError
     from kbook.lines import native_core
     from kbook.storage import is_remote
     from replay.api import replay_to_dataset
@@ -562,11 +561,9 @@ def replay(
         )
         return
     if trades:
-        if remote:
-            raise UsageError("--trades reads and writes local paths; copy the segments first")
         out = out or "data/trades"
-        inputs = [Path(path) for path in paths] if paths else [_default_raw()]
-        _replay_trades(inputs, Path(out), pair, start, end, force, api)
+        inputs: list[str | Path] = list(paths) if paths else [_default_raw()]
+        _replay_trades(inputs, out, pair, start, end, force, api)
         return
     out = out or "data/snapshots"
     from replay.trades import replay_without_books
@@ -667,8 +664,8 @@ def _replay_deltas(
 
 
 def _replay_trades(
-    paths: list[Path],
-    out: Path,
+    paths: list[str | Path],
+    out: str,
     pair: list[str] | None,
     start: str | None,
     end: str | None,

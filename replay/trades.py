@@ -17,6 +17,8 @@ from the wire's text (the text itself is in the segments).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +34,20 @@ from kbook.dialect import Dialect, Trade, dialect_for
 from kbook.errors import FrameError, InputError, OutputError, UsageError
 from kbook.pairs import common_name, file_name
 from kbook.segment import Problem, SegmentReader, find_segments
+from kbook.storage import (
+    check_remote_output,
+    is_remote,
+    local_segments,
+    open_location,
+    publish_dataset,
+)
 from kbook.trades import TradeLedger, in_order
 from kbook.units import utc_day, utc_text
 from kbook.v2 import segment_api
 from replay.columns import TIMESTAMP
 from replay.options import TimeLike, parse_pairs, to_ns
 from replay.parquet import (
+    MANIFEST,
     check_output,
     discard,
     new_part,
@@ -77,8 +87,10 @@ class TradesSummary:
     segments: list[Path]
     ledger: TradeLedger = field(default_factory=TradeLedger)
     problems: list[Problem] = field(default_factory=list)
-    out: Path | None = None
-    files: list[Path] = field(default_factory=list)
+    out: Path | str | None = None
+    """A local folder, or an ``s3://`` URI."""
+    files: list[Path] | list[str] = field(default_factory=list)
+    """The dataset's files (URIs for a dataset on object storage)."""
     seconds: float = 0.0
 
     @property
@@ -114,32 +126,66 @@ def replay_trades_to_dataset(
 ) -> TradesSummary:
     """Write the trades recorded in ``paths`` to a dataset at ``out``, atomically; ``pairs``,
     ``start`` (inclusive) and ``end`` (exclusive, receive times) narrow it; ``api`` keeps the
-    segments of one API and is needed when a pair's trades were recorded under both."""
+    segments of one API and is needed when a pair's trades were recorded under both.
+
+    ``paths`` and ``out`` may be ``s3://`` URIs, as for the snapshots (``kbook.storage``): the
+    dataset is made in a private local folder and published object by object, manifest last."""
     began = time.monotonic()
-    out = Path(out)
-    check_output(out, force)
-    folder = temporary_folder(out)
-    done = False
+    if not is_remote(out):
+        local = Path(out)
+        check_output(local, force)
+        folder = temporary_folder(local)
+        done = False
+        try:
+            summary = _write_trades(paths, folder, pairs, start, end, api, began)
+            publish(folder, local, force)
+            done = True
+            summary.out = local
+            summary.files = [local / Path(path).relative_to(folder) for path in summary.files]
+            return summary
+        finally:
+            if not done:
+                discard(folder)
+    location = open_location(out, "--out")
+    check_remote_output(location, MANIFEST, force)
+    folder = Path(tempfile.mkdtemp(prefix="kbook-trades-"))
     try:
+        summary = _write_trades(paths, folder, pairs, start, end, api, began)
+        keys = publish_dataset(folder, location, MANIFEST, force)
+        summary.out = location.text
+        summary.files = [location.uri(key) for key in keys]
+        return summary
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_trades(
+    paths: Iterable[str | Path] | str | Path,
+    folder: Path,
+    pairs: Iterable[str] | str | None,
+    start: TimeLike,
+    end: TimeLike,
+    api: str | None,
+    began: float,
+) -> TradesSummary:
+    """The trades dataset, manifest included, into the unpublished ``folder``; the summary
+    (files under ``folder``). ``s3://`` inputs are read from a local copy (``kbook.storage``)."""
+    given = [paths] if isinstance(paths, str | Path) else list(paths)
+    inputs = [path if is_remote(path) else Path(path) for path in given]
+    with local_segments(inputs) as local:
         summary = TradesSummary([])
         writer = _Writer(folder)
         try:
-            for pair, rows in _trades(paths, pairs, start, end, api, summary):
+            for pair, rows in _trades(local, pairs, start, end, api, summary):
                 writer.add(pair, rows)
         finally:
             writer.close()
         if not summary.rows:
             raise UsageError(_no_trades(summary, start, end))
         summary.seconds = time.monotonic() - began
+        summary.files = list(writer.files)
         write_manifest(folder, summary.to_json())
-        publish(folder, out, force)
-        done = True
-        summary.out = out
-        summary.files = [out / path.relative_to(folder) for path in writer.files]
-        return summary
-    finally:
-        if not done:
-            discard(folder)
+    return summary
 
 
 def read_trades(

@@ -223,3 +223,42 @@ def test_a_replay_killed_while_publishing_leaves_no_dataset_to_read(
     objects.pop(MANIFEST)
     assert objects == local_files(tmp_path / "whole"), "and the killed run's debris is gone"
     assert replay.read_snapshots(out).equals(replay.read_snapshots(tmp_path / "whole"))
+
+
+def test_trades_s3_to_s3_are_the_bytes_of_a_local_trades_replay(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """``kbook replay --trades`` reads and writes s3:// as the snapshots do."""
+    folder = tmp_path / "raw"
+    frames = [
+        (
+            MIDNIGHT + n * SECOND,
+            orjson.dumps(
+                [0, [[f"{90000 + n}.1", "0.5", f"{MIDNIGHT // 10**9 + n}.0", "b", "l", ""]]]
+                + ["trade", "XBT/USD"]
+            ).decode(),
+        )
+        for n in range(30)
+    ]
+    write_frames(folder / "XBT-USD.jsonl.zst", frames)
+    fs = s3.filesystem()
+    with fs.open_output_stream(f"{BUCKET}/trades-raw/XBT-USD.jsonl.zst") as out:
+        out.write((folder / "XBT-USD.jsonl.zst").read_bytes())
+    replay.replay_trades_to_dataset(folder, tmp_path / "trades")
+    expected = local_files(tmp_path / "trades")
+    done = subprocess.run(
+        [sys.executable, "-m", "kbook", "replay", f"s3://{BUCKET}/trades-raw", "--trades"]
+        + ["--out", f"s3://{BUCKET}/trades"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **s3.env},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"30 trades into s3://{BUCKET}/trades" in done.stderr
+    objects = s3.objects("trades")
+    manifest = orjson.loads(objects.pop(MANIFEST))
+    assert manifest["dataset"] == "trades"
+    assert objects == expected
+    assert list(expected) == ["pair=BTC-USD/date=2025-11-21/part-0.parquet"]
