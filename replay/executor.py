@@ -8,7 +8,7 @@ order they finished.
 ``local`` with one worker: every task runs here, in order (no pool to start). ``local`` with
 several: a ``concurrent.futures.ProcessPoolExecutor`` of ``workers`` fresh interpreters
 (``spawn``: a worker shares no state with this process). ``dask``: a ``distributed.Client`` on a
-``LocalCluster`` of ``workers`` processes (one thread each, no dashboard), or on the cluster
+``LocalCluster`` of ``workers`` processes (one thread each, no dashboard, on 127.0.0.1), or on the cluster
 whose scheduler is ``scheduler`` (``tcp://host:8786``); each task is submitted with one retry.
 A task that fails (raises, or its worker dies) on a pool, or fails twice on Dask, stops the run
 with a ``TaskError`` naming it (``describe``); errors of kbook's own (a ``KbookError``: a bad
@@ -23,6 +23,7 @@ machines, put both on a shared file system (see README, On a cluster).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -167,8 +168,17 @@ def _dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
         with client:
             yield client
         return
+    # On the loopback interface only, its HTTP server (health, metrics) on a free port rather
+    # than 8787; its nannies' warnings (a worker restarted after a crash or a signal) would be
+    # lines beside kbook's own: a task's failure is reported by its future, once.
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        silence_logs=logging.ERROR,
     )
     with cluster, Client(cluster) as client:
         yield client

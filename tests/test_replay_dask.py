@@ -6,6 +6,7 @@ A cluster of processes takes seconds to start: those tests are slow ones."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from record_support import wait_until
 from replay_support import SynthMarket, write_frames
 from s3_support import BUCKET, S3Server, aws_env, s3_server
 
@@ -82,7 +84,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 1}),
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         ) as local,
         distributed.Client(local) as client,
     ):
@@ -167,3 +174,40 @@ def test_without_dask_the_engine_says_what_to_install(raw: Path, tmp_path: Path)
         "kbook: error: --engine dask needs Dask distributed: pip install 'kbook[dask]'"
     ]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_dask_replay_stopped_mid_run_publishes_nothing(tmp_path: Path) -> None:
+    """SIGTERM while the cluster's workers write partitions: one line, exit 143, no dataset and
+    no hidden folder left behind."""
+    market = SynthMarket("XBT/USD", depth=10, seed=3)
+    raw = tmp_path / "raw"
+    for hour in range(2):  # two hours at 1 ms: 7.2 M rows, seconds of work
+        frames = market.frames(20, MIDNIGHT + hour * 3_600_000_000_000, 180_000_000_000)
+        write_frames(raw / f"{hour}.jsonl.zst", frames)
+    out = tmp_path / "snaps"
+    kbook = Path(sys.executable).with_name("kbook")
+    command = [str(kbook), "replay", str(raw), "--every", "1ms", "--out", str(out)]
+    process = subprocess.Popen(
+        [*command, "--engine", "dask", "--workers", "2"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        mine = f".snaps.tmp-{process.pid}-"
+        wait_until(
+            lambda: any(
+                p.name.startswith(mine) and next(p.rglob("*.parquet"), None) is not None
+                for p in tmp_path.iterdir()
+            ),
+            120,
+            "a partition being written",
+        )
+        assert process.poll() is None, "the replay ended before the signal: make it longer"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signal.SIGTERM
+    assert stderr.splitlines() == [f"kbook: replay stopped by SIGTERM: {out} left as it was"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

@@ -122,7 +122,11 @@ def test_update_runs_its_pair_days_on_the_engine_given(
         write_day(raw, pair, frames, 1)
     with (
         distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # not 8787
         ) as cluster,
         distributed.Client(cluster) as client,
         distributed.get_task_stream(client) as stream,
