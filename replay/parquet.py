@@ -80,7 +80,7 @@ class DatasetWriter:
         try:
             if writer is None:
                 path = source_spool(self.root, pair, self.rank)
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_folders(self.root, path.parent)
                 writer = self._spools[pair] = pa.ipc.new_file(path, self.schema)
             writer.write_table(table)
         except OSError as exc:
@@ -124,16 +124,26 @@ class DatasetWriter:
 
 def new_part(root: Path, pair: str, day: str) -> Path:
     """The next free ``part-N.parquet`` of the (pair, UTC day) partition under ``root``, whose
-    folder this creates: the one hive layout every kbook dataset shares."""
+    folder this creates: the one hive layout every kbook dataset shares. ``root`` must exist."""
     folder = root / f"pair={file_name(pair)}" / f"date={day}"
     number = 0
     while (folder / f"part-{number}.parquet").exists():
         number += 1
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folders(root, folder)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot create: {exc}") from exc
     return folder / f"part-{number}.parquet"
+
+
+def make_folders(root: Path, folder: Path) -> None:
+    """Create ``folder`` and the folders between it and ``root``, but never ``root`` itself: a
+    task still running on a cluster after its replay failed and removed the unfinished dataset
+    cannot bring it back (its write fails instead)."""
+    current = root
+    for name in folder.relative_to(root).parts:
+        current = current / name
+        current.mkdir(exist_ok=True)  # FileNotFoundError when root is gone
 
 
 # -- the whole dataset, atomically -----------------------------------------------------------------

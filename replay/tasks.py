@@ -33,12 +33,13 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from kbook.errors import OutputError
 from kbook.units import DAY
 from replay.columns import file_schema, row_group_rows
 from replay.engine import Chunk, ChunkResult, StreamReplay, StreamResult
 from replay.executor import Executor
 from replay.options import ReplayOptions
-from replay.parquet import DatasetWriter
+from replay.parquet import DatasetWriter, make_folders
 from replay.plan import Task
 from replay.sampler import Carry, PairSummary, note_span
 
@@ -100,7 +101,7 @@ def run_task(
     elif alone:
         writer = DatasetWriter(folder, options.levels, stream.shared, stream.rank)
     else:
-        writer = Spool(folder / SPOOL / f"{task.source}-{task.number}", options.levels)
+        writer = Spool(folder, f"{task.source}-{task.number}", options.levels)
     try:
         replay = StreamReplay(stream, options, writer.sink)
         chunk = Chunk(stream, task.first, task.stop, task.number, task.last)
@@ -352,8 +353,10 @@ class Spool:
     """Where a task's rows wait for the join when they go to a dataset: one Arrow IPC file per
     pair (uncompressed and memory-mapped when read back, so the join stays cheap and flat)."""
 
-    def __init__(self, folder: Path, levels: int) -> None:
-        self.folder = folder
+    def __init__(self, root: Path, name: str, levels: int) -> None:
+        self.root = root
+        """The dataset's temporary folder; the spool is ``root/.tasks/name``."""
+        self.folder = root / SPOOL / name
         self.schema = file_schema(levels)
         self.files: dict[str, Path] = {}
         self._writers: dict[str, pa.ipc.RecordBatchFileWriter] = {}
@@ -363,12 +366,15 @@ class Spool:
 
     def write(self, pair: str, table: pa.Table) -> None:
         writer = self._writers.get(pair)
-        if writer is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / f"{len(self.files)}.arrow"
-            self.files[pair] = path
-            writer = self._writers[pair] = pa.ipc.new_file(path, self.schema)
-        writer.write_table(table)
+        try:
+            if writer is None:
+                make_folders(self.root, self.folder)
+                path = self.folder / f"{len(self.files)}.arrow"
+                self.files[pair] = path
+                writer = self._writers[pair] = pa.ipc.new_file(path, self.schema)
+            writer.write_table(table)
+        except OSError as exc:
+            raise OutputError(f"{self.root}: cannot write snapshots: {exc}") from exc
 
     def close(self) -> None:
         for writer in self._writers.values():

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from perf_support import SECOND, START_NS, write_recording
 
+from kbook.errors import OutputError
 from kbook.segment import find_segments
 from kbook.units import utc_day
 from replay.api import run_replay
 from replay.options import make_options
 from replay.plan import plan_streams, plan_tasks
 from replay.survey import survey_segment
+from replay.tasks import run_task
 
 WHOLE = 1 << 62
 """``task_bytes`` that cuts no source of one day."""
@@ -80,7 +82,11 @@ def test_the_same_tasks_on_dask_write_the_same_bytes(raw: Path, tmp_path: Path) 
     options = make_options(every="1s", workers=2)
     _, alone = run_replay([raw], dataclasses.replace(options, workers=1), here, None)
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        n_workers=2,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # not 8787
     ) as cluster:
         _, on_dask = run_replay(
             [raw], options, there, None, None, "dask", cluster.scheduler_address
@@ -88,3 +94,19 @@ def test_the_same_tasks_on_dask_write_the_same_bytes(raw: Path, tmp_path: Path) 
     assert [outcome[0] for outcome in on_dask] == [outcome[0] for outcome in alone]
     assert parquet_files(there) == parquet_files(here)
     assert len(parquet_files(here)) == 4
+
+
+@pytest.mark.parametrize("task_bytes", [WHOLE, 0], ids=["whole", "pieces"])
+def test_a_task_outliving_its_replay_cannot_bring_the_dataset_folder_back(
+    raw: Path, tmp_path: Path, task_bytes: int
+) -> None:
+    """A task still running on a cluster after its replay failed (and removed its unfinished
+    dataset) fails to write, rather than creating the folder again: the partitions straight,
+    or a piece's spool."""
+    options = dataclasses.replace(make_options(every="1s"), task_bytes=task_bytes)
+    infos = [survey_segment(path) for path in find_segments([raw])]
+    [task, *_] = plan_tasks(plan_streams(infos, options), options)
+    gone = tmp_path / ".snaps.tmp-1-abandoned"
+    with pytest.raises(OutputError, match="cannot"):
+        run_task(task, options, gone)
+    assert list(tmp_path.iterdir()) == []
