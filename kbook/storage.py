@@ -128,11 +128,28 @@ def _is_segment_key(relative: str) -> bool:
 
 
 def copy_object(fs: pafs.FileSystem, source: str, target: Path) -> None:
-    """Stream one object to a local file, a chunk at a time (bounded memory)."""
+    """Stream one object to a local file, a chunk at a time (bounded memory); the copy keeps
+    the object's modification time, so that ``--update`` sees an unchanged object as unchanged."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    mtime_ns = fs.get_file_info(source).mtime_ns
     with fs.open_input_stream(source) as stream, target.open("wb") as out:
         while chunk := stream.read(CHUNK):
             out.write(chunk)
+    if mtime_ns is not None:
+        os.utime(target, ns=(mtime_ns, mtime_ns))
+
+
+_COPIES: set[Path] = set()
+"""The private folders of the ``local_segments`` blocks under way."""
+
+
+def source_name(path: Path) -> str:
+    """What a segment is called for good: the ``s3://`` URI of a local copy that
+    ``local_segments`` made, or the path itself (resolved) for a local file."""
+    for folder in _COPIES:
+        if path.is_relative_to(folder):
+            return SCHEME + path.relative_to(folder).as_posix()
+    return str(path.resolve())
 
 
 @contextmanager
@@ -146,6 +163,7 @@ def local_segments(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
         yield [Path(path) for path in given]
         return
     folder = Path(tempfile.mkdtemp(prefix="kbook-s3-"))
+    _COPIES.add(folder)
     try:
         local: list[Path] = []
         for path in given:
@@ -157,6 +175,7 @@ def local_segments(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
             local.append(_fetch(location, folder / location.path))
         yield local
     finally:
+        _COPIES.discard(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
 

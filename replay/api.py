@@ -38,6 +38,7 @@ from kbook.storage import (
     open_location,
     publish_dataset,
     read_remote_manifest,
+    source_name,
 )
 from kbook.units import utc_day, utc_text
 from replay.columns import TIMESTAMP, file_schema, row_group_rows, table_schema
@@ -268,7 +269,7 @@ def _manifest(
     if pairs is not None:
         manifest["pairs"] = pairs | manifest["pairs"]
     manifest[PARTITIONS] = fingerprints(plan_streams(infos, options), options)
-    manifest[SEGMENTS] = {str(info.path): segment_json(info) for info in infos}
+    manifest[SEGMENTS] = {source_name(info.path): segment_json(info) for info in infos}
     return manifest
 
 
@@ -279,44 +280,42 @@ def _update(
     changed pair-days run on ``run.engine`` as a full replay's tasks do."""
     manifest = read_manifest(out / MANIFEST)
     check_options(manifest, options, out)
-    known = known_surveys(manifest)
-    inputs = _as_inputs(paths)
-    if any(is_remote(path) for path in inputs):
-        raise UsageError("--update reads local segments; replay s3:// segments in full")
-    segments = find_segments([Path(path) for path in inputs])
-    infos = [known.get(path) or survey_segment(path) for path in segments]
-    prints = fingerprints(plan_streams(infos, options), options)
-    old: dict[str, str] = manifest[PARTITIONS]
-    todo = set(changed(old, prints)) | (old.keys() - prints.keys())
-    result = StreamResult()
-    replaced: list[str] = []
-    if todo:
-        first_day = min(to_ns(key.split("/")[1], "date") or 0 for key in todo)
-        start = first_day if options.start_ns is None else max(first_day, options.start_ns)
-        pairs = frozenset(common_name(key.split("/")[0].replace("-", "/", 1)) for key in todo)
-        wanted = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
-        folder = temporary_folder(out)
-        try:
-            if wanted.pairs:
-                known = {info.path: info for info in infos}
-                _, outcomes = run_replay(
-                    paths, wanted, folder, run.progress, known, run.engine, run.scheduler
-                )
-                result = merge_results([outcome[0] for outcome in outcomes])
-            replaced = replace_partitions(folder, out, todo)
-        finally:
-            discard(folder)
-    files = [
-        path
-        for key in replaced
-        for path in sorted((out / "pair={}/date={}".format(*key.split("/"))).glob("*.parquet"))
-    ]
-    summary = ReplaySummary(options, segments, result, out, files)
-    summary.updated = len(replaced)
-    summary.unchanged = len(prints) - len(set(replaced) & prints.keys())
-    summary.seconds = time.monotonic() - began
-    kept = {pair: data for pair, data in manifest.get("pairs", {}).items()}
-    write_manifest_atomically(out / MANIFEST, _manifest(summary, infos, kept))
+    with local_segments(_as_inputs(paths)) as local:  # s3:// objects: a local copy each
+        segments = find_segments(local)
+        known = known_surveys(manifest, segments)
+        infos = [known.get(path) or survey_segment(path) for path in segments]
+        prints = fingerprints(plan_streams(infos, options), options)
+        old: dict[str, str] = manifest[PARTITIONS]
+        todo = set(changed(old, prints)) | (old.keys() - prints.keys())
+        result = StreamResult()
+        replaced: list[str] = []
+        if todo:
+            first_day = min(to_ns(key.split("/")[1], "date") or 0 for key in todo)
+            start = first_day if options.start_ns is None else max(first_day, options.start_ns)
+            pairs = frozenset(common_name(key.split("/")[0].replace("-", "/", 1)) for key in todo)
+            wanted = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
+            folder = temporary_folder(out)
+            try:
+                if wanted.pairs:
+                    known = {info.path: info for info in infos}
+                    _, outcomes = run_replay(
+                        local, wanted, folder, run.progress, known, run.engine, run.scheduler
+                    )
+                    result = merge_results([outcome[0] for outcome in outcomes])
+                replaced = replace_partitions(folder, out, todo)
+            finally:
+                discard(folder)
+        files = [
+            path
+            for key in replaced
+            for path in sorted((out / "pair={}/date={}".format(*key.split("/"))).glob("*.parquet"))
+        ]
+        summary = ReplaySummary(options, segments, result, out, files)
+        summary.updated = len(replaced)
+        summary.unchanged = len(prints) - len(set(replaced) & prints.keys())
+        summary.seconds = time.monotonic() - began
+        kept = {pair: data for pair, data in manifest.get("pairs", {}).items()}
+        write_manifest_atomically(out / MANIFEST, _manifest(summary, infos, kept))
     return summary
 
 

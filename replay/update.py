@@ -5,10 +5,11 @@ A nightly cron job should not replay a month to add a day. The dataset's manifes
 was built from, and the survey of every segment read:
 
 - a partition's inputs are the segments of the pair's sources that start before the day ends
-  (path, size and modification time: a recording only grows), and whether any segment of the
+  (name, size and modification time: a recording only grows; an ``s3://`` object is named by
+  its URI and keeps its modification time in the local copy replay reads), and whether any segment of the
   pair starts after it (a source that goes on changes the day's last rows: they run to the end
   of the day instead of stopping at the last frame);
-- ``--update`` surveys only segments it has not seen (same path, size and time), computes every
+- ``--update`` surveys only segments it has not seen (same name, size and time), computes every
   partition's fingerprint, and replays only from the first UTC day whose fingerprint changed or
   is new, only the pairs with such a day (``--start`` at that midnight: the replay reads from the
   last segment before it that opens with checkpoints, ``replay.engine.span``). Rows from a
@@ -38,6 +39,7 @@ import orjson
 
 from kbook.errors import OutputError, UsageError
 from kbook.pairs import file_name
+from kbook.storage import source_name
 from kbook.units import DAY, utc_day, utc_text
 from replay.columns import file_schema
 from replay.options import ReplayOptions
@@ -114,7 +116,7 @@ def fingerprints(streams: Iterable[Stream], options: ReplayOptions) -> dict[str,
 
 def _stamp(info: SegmentInfo) -> list[Any]:
     stat = info.path.stat()
-    return [str(info.path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return [source_name(info.path), stat.st_size, stat.st_mtime_ns]
 
 
 def changed(old: dict[str, str], new: dict[str, str]) -> dict[str, str]:
@@ -179,11 +181,15 @@ def segment_json(info: SegmentInfo) -> dict[str, Any]:
     }
 
 
-def known_surveys(manifest: dict[str, Any]) -> dict[Path, SegmentInfo]:
-    """Surveys the manifest holds that still match their segment (same size and time)."""
+def known_surveys(manifest: dict[str, Any], segments: Iterable[Path]) -> dict[Path, SegmentInfo]:
+    """Surveys the manifest holds of ``segments`` that still match them (same size and time);
+    the manifest names each segment as ``source_name`` does (an ``s3://`` URI for a copy)."""
     known: dict[Path, SegmentInfo] = {}
-    for name, data in manifest.get(SEGMENTS, {}).items():
-        path = Path(name)
+    surveyed = manifest.get(SEGMENTS, {})
+    for path in segments:
+        data = surveyed.get(source_name(path))
+        if data is None:
+            continue
         try:
             stat = path.stat()
         except OSError:

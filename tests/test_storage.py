@@ -262,3 +262,31 @@ def test_trades_s3_to_s3_are_the_bytes_of_a_local_trades_replay(
     assert manifest["dataset"] == "trades"
     assert objects == expected
     assert list(expected) == ["pair=BTC-USD/date=2025-11-21/part-0.parquet"]
+
+
+def test_update_from_s3_replays_only_what_changed(raw: Path, s3: S3Server, tmp_path: Path) -> None:
+    """``--update`` with s3:// segments: objects are named by their URI and keep their time in
+    the local copy, so a second run finds nothing changed; new objects give the full bytes."""
+    fs = s3.filesystem()
+    segments = sorted(raw.rglob("*.jsonl.zst"))
+    assert len(segments) == 4
+
+    def put(path: Path) -> None:
+        with fs.open_output_stream(f"{BUCKET}/upd/{path.relative_to(raw).as_posix()}") as out:
+            out.write(path.read_bytes())
+
+    for path in segments:
+        if path.parent.name == "2025-11-20":
+            put(path)
+    out = tmp_path / "snaps"
+    first = replay.replay_to_dataset(f"s3://{BUCKET}/upd", out, levels=5, update=True)
+    assert first.updated is None  # no dataset yet: a full replay
+    same = replay.replay_to_dataset(f"s3://{BUCKET}/upd", out, levels=5, update=True)
+    assert (same.updated, same.unchanged) == (0, 2)
+    for path in segments:
+        if path.parent.name == "2025-11-21":
+            put(path)
+    more = replay.replay_to_dataset(f"s3://{BUCKET}/upd", out, levels=5, update=True)
+    assert (more.updated, more.unchanged) == (2, 2)  # the new day; the old day the same bytes
+    replay.replay_to_dataset(raw, tmp_path / "full", levels=5)
+    assert local_files(out) == local_files(tmp_path / "full")
