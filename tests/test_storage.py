@@ -225,6 +225,7 @@ def test_a_replay_killed_while_publishing_leaves_no_dataset_to_read(
     assert replay.read_snapshots(out).equals(replay.read_snapshots(tmp_path / "whole"))
 
 
+@pytest.mark.slow
 def test_trades_s3_to_s3_are_the_bytes_of_a_local_trades_replay(
     s3: S3Server, tmp_path: Path
 ) -> None:
