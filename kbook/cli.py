@@ -537,6 +537,7 @@ def replay(
     ] = False,
 ) -> None:
     """Replay segments into Parquet book snapshots on a time grid (one row per pair and tick)."""
+    from kbook.errors import UsageError
     from kbook.lines import native_core
     from kbook.storage import is_remote
     from replay.api import replay_to_dataset
