@@ -32,12 +32,12 @@ frame or an (un)subscribe answer: a global event). Its feed (``BookFeed`` or ``V
 applies it with the same rules; checkpoints restore, a damaged tail voids; a v2 stream is cut into
 tasks as v1 is.
 
-The same fact lets one stream run as several ``Chunk``s in parallel (the tasks of
-``replay.plan``, joined by ``replay.tasks``): a chunk after the first starts at such a segment,
-and a chunk before another stops at the head of the next one's first segment, emitting exactly
-the rows the whole replay emits before each followed book is restored there. What a chunk
-cannot know alone (counts pending across the boundary, whether its start state was really the
-one the whole replay reaches) goes into its ``ChunkResult`` for the join to settle.
+The same fact lets one stream run as several tasks in parallel (``replay.plan``'s, joined by
+``replay.tasks``): a task after the first starts at such a segment, and a task before another
+stops at the head of the next one's first segment, emitting exactly the rows the whole replay
+emits before each followed book is restored there. What a task cannot know alone (counts pending
+across the boundary, whether its start state was really the one the whole replay reaches) goes
+into its ``TaskResult`` for the join to settle.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from kbook.segment import Problem, SegmentReader, sane_recv_ns
 from kbook.v2 import RecordReader
 from replay.columns import row_group_rows
 from replay.options import ReplayOptions
-from replay.plan import Stream, span
+from replay.plan import Stream, Task, span
 from replay.sampler import Carry, Cause, PairSampler, PairSummary
 from replay.survey import SegmentInfo
 
@@ -69,31 +69,14 @@ Progress = Callable[[int], None]
 _LOST_TAIL = ("last line cut short", "torn zstd frame", "corrupt zstd data")
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """Segments ``[first, stop)`` of a stream, replayed on their own."""
-
-    stream: Stream
-    first: int
-    stop: int
-    number: int = 0
-    """Position among the stream's chunks."""
-    last: bool = True
-    """The stream's last chunk finishes the pairs; the others end at the head of ``stop``."""
-
-    @property
-    def size(self) -> int:
-        return sum(info.size for info in self.stream.segments[self.first : self.stop])
-
-
 @dataclass
-class ChunkResult:
-    """A chunk's result and what the join checks to accept it (see ``replay.tasks``)."""
+class TaskResult:
+    """A task's result and what the join checks to accept it (see ``replay.tasks``)."""
 
     result: StreamResult
     carries: dict[str, Carry] = field(default_factory=dict)
     start_connection: int | None = None
-    """The connection id the chunk assumed at its start (from the survey)."""
+    """The connection id the task assumed at its start (from the survey)."""
     end_connection: int | None = None
     """The connection id in force after its last segment."""
     end_clock: int = 0
@@ -101,7 +84,7 @@ class ChunkResult:
     clean_start: bool = True
     """Every followed book was restored by the first segment's head checkpoints."""
     clean_end: bool = True
-    """The head of the next chunk's first segment restored every followed book."""
+    """The head of the next task's first segment restored every followed book."""
 
 
 @dataclass
@@ -146,7 +129,7 @@ class StreamReplay:
             self.routes.append((route, sampler))
         self.result = StreamResult()
         self._heading = False
-        """True until the first ``msg`` line of a chunk that must start at checkpoints."""
+        """True until the first ``msg`` line of a task that must start at checkpoints."""
         self._insane = 0
         """Lines of the current segment whose receive time is outside the sane window."""
         self._clean_start = True
@@ -182,20 +165,21 @@ class StreamReplay:
             self.result.segments_skipped += 1
             if progress is not None:
                 progress(info.size)
-        return self.run_chunk(Chunk(self.stream, first, stop), progress).result
+        return self.run_task(Task(0, self.stream, first, stop), progress).result
 
-    def run_chunk(self, chunk: Chunk, progress: Progress | None = None) -> ChunkResult:
-        """Replay one chunk of the stream; the whole stream is the chunk ``[first, stop)``."""
+    def run_task(self, task: Task, progress: Progress | None = None) -> TaskResult:
+        """Replay one task's segments ``[first, stop)`` of the stream (the whole stream is one
+        task)."""
         segments = self.stream.segments
-        self._skip_to(chunk.first)
+        self._skip_to(task.first)
         start_connection = self.feed.connection_id
-        self._heading = chunk.number > 0
-        for info in segments[chunk.first : chunk.stop]:
+        self._heading = task.number > 0
+        for info in segments[task.first : task.stop]:
             self._replay_segment(info)
             self.result.segments_read += 1
             if progress is not None:
                 progress(info.size)
-        done = ChunkResult(
+        done = TaskResult(
             self.result,
             start_connection=start_connection,
             end_connection=self.feed.connection_id,
@@ -203,13 +187,13 @@ class StreamReplay:
             clean_start=self._clean_start and not self._heading,
         )
         self.result.malformed_frames = self.feed.malformed_frames
-        if chunk.last:
-            later = {common_name(wire) for info in segments[chunk.stop :] for wire, _ in info.books}
+        if task.last:
+            later = {common_name(wire) for info in segments[task.stop :] for wire, _ in info.books}
             silence = self.options.max_silence_ns
             for pair, sampler in self.samplers.items():
                 sampler.finish(pair in later, self.clock, silence)
         else:
-            done.clean_end = self._peek(segments[chunk.stop])
+            done.clean_end = self._peek(segments[task.stop])
         for pair, sampler in self.samplers.items():
             done.carries[pair] = sampler.carry()
             self.result.pairs[pair] = sampler.summary
@@ -312,7 +296,7 @@ class StreamReplay:
             self.result.skipped_frames += 1  # another channel (ticker, trade, ...)
 
     def _head(self, reader: RecordReader, number: int, lines: list[bytes]) -> int:
-        """A chunk's start: apply lines one by one up to the first ``msg`` line (returned, not
+        """A task's start: apply lines one by one up to the first ``msg`` line (returned, not
         applied); by then the head checkpoints must have restored every followed book."""
         for index, line in enumerate(lines):
             if not line:
@@ -332,7 +316,7 @@ class StreamReplay:
         return len(lines)
 
     def _peek(self, info: SegmentInfo) -> bool:
-        """End a chunk where the next one starts: read the head of its first segment and emit
+        """End a task where the next one starts: read the head of its first segment and emit
         each pair's rows up to its checkpoint there, as the whole replay would before restoring
         it (connect/disconnect lines before it still void books). True when every followed book
         had its checkpoint before the first ``msg`` line."""

@@ -36,7 +36,7 @@ import pyarrow as pa
 from kbook.errors import OutputError
 from kbook.units import DAY
 from replay.columns import file_schema, row_group_rows
-from replay.engine import Chunk, ChunkResult, StreamReplay, StreamResult
+from replay.engine import StreamReplay, StreamResult, TaskResult
 from replay.executor import Executor
 from replay.options import ReplayOptions
 from replay.parquet import DatasetWriter, make_folders
@@ -83,7 +83,7 @@ class Rows:
     """Spool files per pair (a task's rows, waiting for the join)."""
 
 
-Outcome = tuple[ChunkResult, Rows]
+Outcome = tuple[TaskResult, Rows]
 """What a task gives back: its result (with what the join checks), and where its rows are."""
 
 
@@ -104,8 +104,7 @@ def run_task(
         writer = Spool(folder, f"{task.source}-{task.number}", options.levels)
     try:
         replay = StreamReplay(stream, options, writer.sink)
-        chunk = Chunk(stream, task.first, task.stop, task.number, task.last)
-        done = replay.run_chunk(chunk, tick)
+        done = replay.run_task(task, tick)
         if alone:
             done.result.segments_skipped = len(stream.segments) - (task.stop - task.first)
     finally:
@@ -219,7 +218,7 @@ class Joined:
 
 
 def join(
-    tasks: Sequence[Task], outcomes: Sequence[ChunkResult], every: int, max_silence: int
+    tasks: Sequence[Task], outcomes: Sequence[TaskResult], every: int, max_silence: int
 ) -> Joined | None:
     """Join a source's task results (in order); None when a boundary fails its checks."""
     for before, after, task in zip(outcomes, outcomes[1:], tasks[1:], strict=False):

@@ -22,7 +22,7 @@ from kbook.api import Api
 from kbook.segment import SegmentWriter, find_segments, frame_line, meta_line
 from kbook.sim import Market
 from replay.api import run_replay
-from replay.engine import Chunk, StreamReplay
+from replay.engine import StreamReplay
 from replay.options import make_options
 from replay.plan import plan_streams, plan_tasks
 from replay.survey import survey_segment
@@ -228,10 +228,7 @@ def test_a_boundary_that_cannot_be_proven_falls_back_to_one_piece(
     tasks = plan_tasks([stream], options)
     assert len(tasks) == 3
     results = [
-        StreamReplay(stream, options, lambda _pair: lambda _t: None).run_chunk(
-            Chunk(stream, t.first, t.stop, t.number, t.last)
-        )
-        for t in tasks
+        StreamReplay(stream, options, lambda _pair: lambda _t: None).run_task(t) for t in tasks
     ]
     assert join(tasks[:2], results[:2], options.every_ns, options.max_silence_ns) is not None
     assert join(tasks, results, options.every_ns, options.max_silence_ns) is None
