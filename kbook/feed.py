@@ -23,7 +23,7 @@ from enum import IntEnum
 from typing import Any
 
 from kbook.api import DEPTHS
-from kbook.book import Book, Level
+from kbook.book import Book, Level, exchange_time
 from kbook.errors import FrameError
 
 _DEPTH_OF = {f"book-{depth}": depth for depth in DEPTHS}
@@ -267,7 +267,9 @@ class BookFeed:
                 if book is None:
                     book = self.books[key] = self.book_type(channel_depth(channel))
                 book.apply_snapshot(first.get("as", ()), first.get("bs", ()))
-                book.exch_source = [first.get("as", ()), first.get("bs", ())]
+                # Parsed now, not when read: a snapshot's level lists are large, and a book that
+                # is never sampled (the recorder's) would hold them until the next update.
+                book.exch_ns = exchange_time((first.get("as", ()), first.get("bs", ())))
                 stats.snapshots += 1
                 stats.become_valid(recv_ns)
                 self.last_key = key
