@@ -38,22 +38,24 @@ from kbook.book import Book
 from kbook.feed import channel_depth
 from kbook.units import DAY
 from replay.columns import file_schema, level_names, row_group_rows
-from replay.deltas import EventFormat, Source, cause_at, write_events
-from replay.engine import StreamReplay
+from replay.deltas import (
+    EventFormat,
+    EventSampler,
+    PythonPathReplay,
+    Source,
+    cause_at,
+    write_events,
+)
 from replay.options import MAX_SILENCE_NS, DurationLike, ReplayOptions, TimeLike, make_options
-from replay.sampler import NEVER, Carry, Cause, PairSampler, PairSummary
-from replay.survey import SegmentInfo
+from replay.sampler import NEVER, PairSampler, PairSummary
 from replay.tasks import Stitcher
 
 
-class ChangeSampler(PairSampler):
-    """``PairSampler``'s rows, one per message that changed the top instead of one per grid time.
+class ChangeSampler(EventSampler):
+    """``PairSampler``'s rows, one per message that changed the top instead of one per grid time
+    (an ``EventSampler``: it looks at the book the previous frame, at ``at``, left)."""
 
-    As ``replay.deltas.DeltaSampler``, it has the engine call ``catch_up`` before each frame of
-    the pair (``next_t`` always in the past) and looks at the book the previous frame (at
-    ``at``) left."""
-
-    __slots__ = ("at", "first", "shown", "shown_valid", "row_day_end")
+    __slots__ = ("first", "shown", "shown_valid", "row_day_end")
 
     def __init__(
         self,
@@ -94,46 +96,18 @@ class ChangeSampler(PairSampler):
         self.failed_at_begin = self.counts()[1]
         self.at = clock
 
-    def catch_up(self, clock: int) -> None:
-        self._look()
-        self.at = clock
-
-    def prepare(self, clock: int) -> None:
-        self._look()
-
-    def voided(self, clock: int, cause: Cause = Cause.DISCONNECT) -> None:
-        if self.void_cause is None:
-            self.void_cause = cause
-        self.at = clock
-        self._look()
-
-    def silence(self, life: int, now: int, max_silence: int) -> None:
-        if self.book is None:
-            return
-        self._look()
-        self._stale(life + max_silence)
-        self.at = now
-
-    def finish(self, continues: bool, life: int, max_silence: int) -> None:
-        if self.book is None:
-            return
-        self._look()
-        if not continues or self.end - life > max_silence:
-            self._stale(life + max_silence)
-        self._close()
-
-    def carry(self) -> Carry:
-        return Carry()
-
     # -- internals --------------------------------------------------------------------------------
 
     def _stale(self, at: int) -> None:
         self.silent = True
         self.at = at
-        self._look()
+        self._emit()
         self.silent = False
 
-    def _look(self) -> None:
+    def _end(self) -> None:
+        self._close()
+
+    def _emit(self) -> None:
         """Write a row at ``at`` if the book's top (or validity) differs from the last row's."""
         at = self.at
         if self.book is None or at is None:
@@ -158,24 +132,13 @@ class ChangeSampler(PairSampler):
         self.row_day_end = (at // DAY + 1) * DAY
 
 
-class ChangeReplay(StreamReplay):
+class ChangeReplay(PythonPathReplay):
     """``StreamReplay`` with ``ChangeSampler``s, every line through the feed (Python path)."""
 
     def make_sampler(
         self, pair: str, channel: str, sink: Callable[[pa.Table], None]
     ) -> PairSampler:
         return ChangeSampler(pair, channel, self.options, sink, self.stream.label(pair))
-
-    def _replay_segment(self, info: SegmentInfo) -> None:
-        from kbook.v2 import RecordReader
-
-        reader = RecordReader(info.path, self.stream.api)
-        handle = self._handle
-        for number, lines in reader.batches():
-            for index, line in enumerate(lines):
-                if line:
-                    handle(reader, number + index, line)
-        self._segment_end(info, reader.problems)
 
 
 def replay_changes_to_dataset(

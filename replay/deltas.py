@@ -317,14 +317,71 @@ def _nowhere(_table: pa.Table) -> None:
     """The grid rows a ``DeltaSampler`` never makes."""
 
 
-class DeltaSampler(PairSampler):
+class EventSampler(PairSampler):
+    """A sampler driven by the pair's messages rather than by grid times (deltas, on-change
+    snapshots): the engine calls ``catch_up`` before each frame of the pair (``next_t`` is
+    always in the past), so what the book shows is looked at one frame late, stamped with that
+    frame's receive time (``at``). Subclasses say what to write (``_emit``), how a silence ends
+    the book (``_stale``) and how the rows end (``_end``)."""
+
+    __slots__ = ("at",)
+
+    at: int | None
+
+    def catch_up(self, clock: int) -> None:
+        self._emit()
+        self.at = clock
+
+    def prepare(self, clock: int) -> None:
+        self._emit()
+
+    def voided(self, clock: int, cause: Cause = Cause.DISCONNECT) -> None:
+        if self.void_cause is None:
+            self.void_cause = cause
+        self.at = clock
+        self._emit()
+
+    def silence(self, life: int, now: int, max_silence: int) -> None:
+        if self.book is None:
+            return
+        self._emit()
+        self._stale(life + max_silence)
+        self.at = now  # the book, unchanged, is shown again before the frame at ``now``
+
+    def finish(self, continues: bool, life: int, max_silence: int) -> None:
+        if self.book is None:
+            return
+        self._emit()
+        if not continues or self.end - life > max_silence:
+            self._stale(life + max_silence)
+        self._end()
+
+    def carry(self) -> Carry:
+        return Carry()
+
+    def _emit(self) -> None:
+        """Write what the book at ``at`` shows, if anything."""
+        raise NotImplementedError
+
+    def _stale(self, at: int) -> None:
+        """The book went silent: unknown from ``at``."""
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        """The source's last rows are written."""
+        raise NotImplementedError
+
+
+class DeltaSampler(EventSampler):
     """Turns one pair's book events into delta rows (``DeltaRows``).
 
     The engine calls ``catch_up`` before each frame of the pair (``next_t`` is always in the
     past), so the changes the book wrote down since are exactly the previous frame's: they are
     written then, stamped with that frame's receive time (``at``)."""
 
-    __slots__ = ("rows", "depth", "at", "exch", "exch_in", "blind")
+    __slots__ = ("rows", "depth", "exch", "exch_in", "blind")
+
+    at: int
 
     def __init__(
         self,
@@ -361,43 +418,21 @@ class DeltaSampler(PairSampler):
         self._write_whole()
 
     def catch_up(self, clock: int) -> None:
-        self._flush()
-        self.at = clock
+        super().catch_up(clock)
         self.exch, self.exch_in = self.exch_in, None
 
-    def prepare(self, clock: int) -> None:
-        self._flush()
+    # -- internals --------------------------------------------------------------------------------
 
-    def voided(self, clock: int, cause: Cause = Cause.DISCONNECT) -> None:
-        if self.void_cause is None:
-            self.void_cause = cause
-        self.at = clock
-        self._flush()
+    def _stale(self, at: int) -> None:
+        self.rows.unknown(at, self.depth, Cause.SILENCE)
 
-    def silence(self, life: int, now: int, max_silence: int) -> None:
-        if self.book is None:
-            return
-        self._flush()
-        self.rows.unknown(life + max_silence, self.depth, Cause.SILENCE)
-        self.at = now  # the book, unchanged, is written again before the frame at ``now``
-
-    def finish(self, continues: bool, life: int, max_silence: int) -> None:
-        if self.book is None:
-            return
-        self._flush()
-        if not continues or self.end - life > max_silence:
-            self.rows.unknown(life + max_silence, self.depth, Cause.SILENCE)
+    def _end(self) -> None:
         self.rows.close()
         frames, failed, _ = self.counts()
         self.summary.frames = frames - self.first_frames
         self.summary.checksum_failures = failed - self.first_failed
 
-    def carry(self) -> Carry:
-        return Carry()
-
-    # -- internals --------------------------------------------------------------------------------
-
-    def _flush(self) -> None:
+    def _emit(self) -> None:
         book = self.book
         if not isinstance(book, DeltaBook):
             return
@@ -466,7 +501,21 @@ class DeltaSampler(PairSampler):
         return changes
 
 
-class DeltaReplay(StreamReplay):
+class PythonPathReplay(StreamReplay):
+    """``StreamReplay`` with every line decoded and applied by the feed (no native core): the
+    event outputs need each message's changes, which only the Python books write down."""
+
+    def _replay_segment(self, info: SegmentInfo) -> None:
+        reader = RecordReader(info.path, self.stream.api)
+        handle = self._handle
+        for number, lines in reader.batches():
+            for index, line in enumerate(lines):
+                if line:
+                    handle(reader, number + index, line)
+        self._segment_end(info, reader.problems)
+
+
+class DeltaReplay(PythonPathReplay):
     """``StreamReplay`` with ``DeltaSampler``s: every line is decoded and applied by the feed,
     whose books write down their changes."""
 
@@ -488,15 +537,6 @@ class DeltaReplay(StreamReplay):
         return DeltaSampler(
             pair, channel, self.options, sink, self.exact_text, self.stream.label(pair)
         )
-
-    def _replay_segment(self, info: SegmentInfo) -> None:
-        reader = RecordReader(info.path, self.stream.api)
-        handle = self._handle
-        for number, lines in reader.batches():
-            for index, line in enumerate(lines):
-                if line:
-                    handle(reader, number + index, line)
-        self._segment_end(info, reader.problems)
 
     def _apply(self, record: dict[str, Any]) -> None:
         super()._apply(record)
