@@ -15,7 +15,9 @@ from typing import Any
 
 import orjson
 
+from kbook.book import Book
 from kbook.segment import frame_line, meta_line, write_segment
+from kbook.v2 import RecordReader, feed_for
 
 
 def _piece(text: str) -> str:
@@ -283,3 +285,25 @@ def cheap_frames(count: int, start_ns: int, step_ns: int, seed: int = 0) -> Iter
             f'[42,{{"b":[["50000.00000","{volume}","{ts}"]],"c":"{checksum}"}},"book-10","XBT/USD"]'
         )
         yield frame_line(start_ns + seq * step_ns, seq, text, True)
+
+
+def books_after_each_line(segment: Path, api: str) -> Iterator[tuple[int, Any, Book]]:
+    """A plain ``BookFeed`` fed a segment line by line: ``(clock, key, book)`` for every book
+    each line touched (every book, for a line that names none), the reference the event
+    outputs are held to."""
+    feed = feed_for(api)
+    reader = RecordReader(segment, api)
+    clock = -1
+    for number, lines in reader.batches():
+        for index, line in enumerate(lines):
+            record = reader.decode(number + index, line) if line else None
+            if record is None:
+                continue
+            clock = max(clock, record["recv_ns"])
+            feed.last_key = None
+            if "msg" in record:
+                feed.on_message(record["msg"], clock)
+            elif "meta" in record:
+                feed.on_meta(record["meta"], clock)
+            for key in [feed.last_key] if feed.last_key is not None else list(feed.books):
+                yield clock, key, feed.books[key]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from replay_support import SynthMarket, write_records
+from replay_support import SynthMarket, books_after_each_line, write_records
 from test_replay_deltas import BASE_NS, STEP_NS, simulated_segment
 
 import replay
@@ -21,7 +21,6 @@ from kbook.api import Api
 from kbook.errors import UsageError
 from kbook.pairs import common_name
 from kbook.units import SECOND
-from kbook.v2 import RecordReader, feed_for
 from replay.columns import level_names
 
 Top = tuple[bool, tuple[float, ...]]
@@ -31,30 +30,15 @@ def kbook_tops(
     segment: Path, api: str, levels: int
 ) -> dict[tuple[str, str], list[tuple[int, Top]]]:
     """Per book: ``(clock, (valid, top levels))`` after every line that touched it."""
-    feed = feed_for(api)
-    reader = RecordReader(segment, api)
     tops: dict[tuple[str, str], list[tuple[int, Top]]] = {}
-    clock = -1
-    for number, lines in reader.batches():
-        for index, line in enumerate(lines):
-            record = reader.decode(number + index, line) if line else None
-            if record is None:
-                continue
-            clock = max(clock, record["recv_ns"])
-            feed.last_key = None
-            if "msg" in record:
-                feed.on_message(record["msg"], clock)
-            elif "meta" in record:
-                feed.on_meta(record["meta"], clock)
-            for key in [feed.last_key] if feed.last_key is not None else list(feed.books):
-                book = feed.books[key]
-                row: list[float] = []
-                if book.valid:
-                    bids, asks = book.top_bids(levels), book.top_asks(levels)
-                    for i in range(levels):
-                        for side in (bids, asks):
-                            row += [float(x) for x in side[i]] if i < len(side) else [-1.0, -1.0]
-                tops.setdefault(key, []).append((clock, (book.valid, tuple(row))))
+    for clock, key, book in books_after_each_line(segment, api):
+        row: list[float] = []
+        if book.valid:
+            bids, asks = book.top_bids(levels), book.top_asks(levels)
+            for i in range(levels):
+                for side in (bids, asks):
+                    row += [float(x) for x in side[i]] if i < len(side) else [-1.0, -1.0]
+        tops.setdefault(key, []).append((clock, (book.valid, tuple(row))))
     return tops
 
 

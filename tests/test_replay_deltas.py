@@ -17,7 +17,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from replay_support import SynthMarket, write_records
+from replay_support import SynthMarket, books_after_each_line, write_records
 from test_v2 import capture_frames
 
 import replay
@@ -28,7 +28,6 @@ from kbook.segment import frame_line, meta_line, write_segment
 from kbook.sim.market import Market
 from kbook.sim.market_v2 import V2Market
 from kbook.units import SECOND, rfc3339_ns, seconds_text_ns
-from kbook.v2 import RecordReader, feed_for
 
 BASE_NS = 1_700_000_000 * SECOND
 STEP_NS = 1_000_000
@@ -64,33 +63,17 @@ Books = dict[tuple[str, str], list[tuple[int, bool, dict[float, float], dict[flo
 def kbook_books(segment: Path, api: str) -> Books:
     """Per (wire pair, channel): ``(clock, valid, bids, asks)`` of kbook's book after the last
     line of each receive time that touched it, from a plain ``BookFeed`` fed line by line."""
-    feed = feed_for(api)
-    reader = RecordReader(segment, api)
     states: Books = {}
-    clock = -1
-    for number, lines in reader.batches():
-        for index, line in enumerate(lines):
-            record = reader.decode(number + index, line) if line else None
-            if record is None:
-                continue
-            clock = max(clock, record["recv_ns"])
-            feed.last_key = None
-            if "msg" in record:
-                feed.on_message(record["msg"], clock)
-            elif "meta" in record:
-                feed.on_meta(record["meta"], clock)
-            touched = [feed.last_key] if feed.last_key is not None else list(feed.books)
-            for key in touched:
-                book = feed.books[key]
-                held = states.setdefault(key, [])
-                if held and held[-1][0] == clock:
-                    held.pop()
-                if book.valid:
-                    bids = {float(p): float(v) for p, v in book.top_bids(book.depth)}
-                    asks = {float(p): float(v) for p, v in book.top_asks(book.depth)}
-                    held.append((clock, True, bids, asks))
-                else:
-                    held.append((clock, False, {}, {}))
+    for clock, key, book in books_after_each_line(segment, api):
+        held = states.setdefault(key, [])
+        if held and held[-1][0] == clock:
+            held.pop()
+        if book.valid:
+            bids = {float(p): float(v) for p, v in book.top_bids(book.depth)}
+            asks = {float(p): float(v) for p, v in book.top_asks(book.depth)}
+            held.append((clock, True, bids, asks))
+        else:
+            held.append((clock, False, {}, {}))
     return states
 
 
