@@ -18,6 +18,7 @@ Rules it adds on top of ``Book`` (``shared/kraken/README.md`` sections 1 and 2):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -132,9 +133,11 @@ class BookFeed:
     """Set by a checkpoint: the connection is the recorder's current one, whose id this feed has
     not seen; the next ``systemStatus`` names it rather than starting a new connection (a new
     connection in a recorder's segment is announced by a ``connect`` meta line first)."""
-    book_type: type[Book] = Book
-    """The class of the books this feed creates: ``replay.deltas`` uses a ``Book`` that also
-    writes down each change it applies."""
+    new_book: Callable[[tuple[str, str], int], Book] = field(
+        default=lambda _key, depth: Book(depth)
+    )
+    """Makes the book of a (pair, channel) key and depth the first time the feed meets it:
+    ``replay.deltas`` makes the books it follows ``Book``s that also write down each change."""
 
     def pair_stats(self, pair: str) -> PairStats:
         stats = self.stats.get(pair)
@@ -158,9 +161,10 @@ class BookFeed:
         """Start a book from a recorder checkpoint (a validated book written at rotation)."""
         if not isinstance(pair, str) or not sane_pair(pair):
             raise FrameError("checkpoint of a pair without a usable name")
-        book = self.books.get((pair, channel))
+        key = (pair, channel)
+        book = self.books.get(key)
         if book is None:
-            book = self.books[(pair, channel)] = self.book_type(channel_depth(channel))
+            book = self.books[key] = self.new_book(key, channel_depth(channel))
         try:
             book.apply_snapshot(asks, bids)
         except (FrameError, AttributeError, IndexError, KeyError, TypeError, ValueError):
@@ -265,7 +269,7 @@ class BookFeed:
                 raise FrameError("book payload is not an object")
             if "as" in first or "bs" in first:
                 if book is None:
-                    book = self.books[key] = self.book_type(channel_depth(channel))
+                    book = self.books[key] = self.new_book(key, channel_depth(channel))
                 book.apply_snapshot(first.get("as", ()), first.get("bs", ()))
                 # Parsed now, not when read: a snapshot's level lists are large, and a book that
                 # is never sampled (the recorder's) would hold them until the next update.

@@ -165,7 +165,7 @@ class V2BookFeed(BookFeed):
                 key = book_key(symbol, depth)
                 book = self.books.get(key)
                 if book is None:
-                    book = self.books[key] = self.book_type(depth)
+                    book = self.books[key] = self.new_book(key, depth)
                 book.apply_snapshot(asks, bids)
                 book.exch_source = (entry.get("timestamp"),)  # parsed if read (Book.exch_ns)
                 stats.snapshots += 1

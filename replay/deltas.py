@@ -528,8 +528,14 @@ class DeltaReplay(PythonPathReplay):
     ) -> None:
         self.exact_text = exact_text
         super().__init__(stream, options, sinks)
-        self.feed.book_type = DeltaBook
-        self.followed = {route.key for route, _ in self.routes}
+        followed = {route.key for route, _ in self.routes}
+
+        def new_book(key: tuple[str, str], depth: int) -> Book:
+            # A book no sampler follows (a v2 frame may carry entries of other symbols) writes
+            # down no changes: nothing would ever take them.
+            return DeltaBook(depth) if key in followed else Book(depth)
+
+        self.feed.new_book = new_book
 
     def make_sampler(
         self, pair: str, channel: str, sink: Callable[[pa.Table], None]
@@ -537,14 +543,6 @@ class DeltaReplay(PythonPathReplay):
         return DeltaSampler(
             pair, channel, self.options, sink, self.exact_text, self.stream.label(pair)
         )
-
-    def _apply(self, record: dict[str, Any]) -> None:
-        super()._apply(record)
-        # A book no sampler follows (a v2 frame may carry entries of other symbols) keeps no
-        # changes: nothing would ever take them.
-        for key, book in self.feed.books.items():
-            if isinstance(book, DeltaBook) and book.changes and key not in self.followed:
-                book.changes.clear()
 
     def _apply_frame(self, msg: Any, clock: int) -> None:
         data = msg.get("data") if type(msg) is dict else None
