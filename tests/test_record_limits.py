@@ -91,6 +91,10 @@ def test_a_deleted_partial_is_noticed_at_the_next_flush(tmp_path: Path) -> None:
         wait_until(lambda: any(tmp_path.rglob("*" + PARTIAL_SUFFIX)), 5, "a new segment")
         seen = sim.count("update", 1)
         wait_until(lambda: sim.count("update", 1) >= seen + 50, 10, "more updates")
+        # No update is in flight at the stop (only heartbeats may follow), so the tail bound
+        # below measures the recorder, not how loaded the machine is.
+        sim.pause()
+        wait_until(lambda: run.recorder.frames >= sim.frames_sent, 10, "the recorder to catch up")
         run.finish()
     output = read_output(tmp_path)
     [lost] = output.metas("segment_lost")
@@ -102,7 +106,7 @@ def test_a_deleted_partial_is_noticed_at_the_next_flush(tmp_path: Path) -> None:
     sent = [frame.text for frame in sim.sent]
     start = sent.index(texts[0])
     assert texts == sent[start : start + len(texts)]
-    assert len(sent) - start - len(texts) <= 5  # only what came after the stop
+    assert len(sent) - start - len(texts) <= 2  # only heartbeats sent after the stop
     assert verify_paths([tmp_path / "raw"]).problems == []
 
 
