@@ -997,9 +997,10 @@ SNAPSHOT_PRICES: list[Callable[[str], str]] = [
 """Snapshot price forms (form 0 keeps the whole window; the others keep one to three levels
 of each side, so that some snapshots leave a side empty-ish and the updates refill it)."""
 
-PAIRS = {"XBT/USD": 10, "ETH/USD": 25, "XDG/USD": 3}
-"""The followed books: depths below, at and above the checksum's 10 levels (``Market``'s own
-checksum assumes 10 or more, but updates here carry the checksum of the book they reach)."""
+PAIRS = {"XBT/USD": 10, "ETH/USD": 25, "XDG/USD": 100}
+"""The followed books: Kraken's smallest depth, whose levels are exactly the checksum's 10, and
+deeper ones, where the checksum covers only the top of the book (updates here carry the checksum
+of the book they reach)."""
 ROUTES: tuple[Key, ...] = tuple((pair, f"book-{depth}") for pair, depth in PAIRS.items())
 
 

@@ -114,7 +114,7 @@ levels_st = st.lists(st.tuples(prices, volumes).map(lambda pv: [pv[0], pv[1], "1
 @pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(
-    depth=st.sampled_from([3, 10, 12]),
+    depth=st.sampled_from([10, 25]),
     start=st.tuples(levels_st, levels_st),
     updates=st.lists(st.lists(st.tuples(st.sampled_from("ab"), levels_st)), max_size=30),
 )
@@ -124,7 +124,8 @@ def test_book_matches_naive_model_with_odd_numbers(
     updates: list[list[tuple[str, list[list[str]]]]],
 ) -> None:
     """Mixed decimal widths (the scale widens, the price memo resets), exponent volumes (the
-    exact zero test), depths below the checksum's 10, dicts in any order."""
+    exact zero test), Kraken's smallest depths (10: the checksum's levels exactly), dicts in any
+    order."""
     book, naive = Book(depth), NaiveBook(depth)
     snap_asks = [lv for lv in start[0] if Decimal(lv[1]) != 0]
     snap_bids = [lv for lv in start[1] if Decimal(lv[1]) != 0]

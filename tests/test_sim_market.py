@@ -11,6 +11,7 @@ from sim_support import strip_timestamps
 
 from kbook.feed import BookFeed, Outcome
 from kbook.sim import Market
+from kbook.sim.market_v2 import V2Market
 from kbook.sim.protocol import plan_subscribe
 
 FIXED_CLOCK = 1693415327.935623
@@ -160,3 +161,13 @@ def test_subscribe_plan_wording() -> None:
         "Currency pair not supported XBT/EUR",
         "Currency pair not in ISO 4217-A3 format XBT-USD",
     ]
+
+
+@pytest.mark.parametrize("depth", [0, 3, 11, 999_999_999])
+def test_a_market_is_only_of_a_kraken_depth(depth: int) -> None:
+    """Kraken serves books of 10, 25, 100, 500 and 1000 levels, so a simulated market is one of
+    those: a test of another depth would exercise a book no recording holds."""
+    with pytest.raises(ValueError, match=f"depth {depth} is not one Kraken offers"):
+        Market("XBT/USD", depth, seed=1)
+    with pytest.raises(ValueError, match=f"depth {depth} is not one Kraken offers"):
+        V2Market("BTC/USD", depth, seed=1)

@@ -44,6 +44,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kbook.api import DEPTHS
 from kbook.book import CHECKSUM_LEVELS, checksum_piece
 from kbook.pairs import v1_alias
 
@@ -170,8 +171,9 @@ class Market:
         clock: Callable[[], float] = time.time,
         spec: PairSpec | None = None,
     ) -> None:
-        if depth < 1:
-            raise ValueError(f"depth must be positive, got {depth}")
+        if depth not in DEPTHS:  # Kraken serves no other book, so no test market either
+            offered = ", ".join(map(str, DEPTHS))
+            raise ValueError(f"depth {depth} is not one Kraken offers; use one of {offered}")
         self.pair = pair
         """The pair as printed in frames (``BTC/USD`` and ``XBT/USD`` share one random walk)."""
         self.depth = depth
