@@ -398,7 +398,7 @@ class V2Dialect(Dialect):
             return None
         # v2 book frames never say their depth: the subscribe answer (or a checkpoint) did.
         depth = feed.depths.get(symbol) if isinstance(feed, v2.V2BookFeed) else None
-        return symbol, v2.book_key(symbol, depth)[1] if depth is not None else None
+        return symbol, v2.book_key(symbol, depth)[1] if depth else None  # NO_DEPTH: unknown
 
     def unfiled(self, msg: Any) -> bool:
         symbol = v2.frame_symbol(msg)
@@ -537,6 +537,8 @@ class V2Dialect(Dialect):
             if not isinstance(symbol, str):
                 continue
             depth = depths.get(symbol)
+            if depth == v2.NO_DEPTH:  # an answer of no Kraken depth: the feed files none
+                continue
             if depth is None and kind is FrameKind.SNAPSHOT:
                 # No answer said the depth: the smallest one that holds the snapshot, as
                 # ``V2BookFeed`` infers it.
@@ -544,17 +546,17 @@ class V2Dialect(Dialect):
                 size = max(
                     len(asks) if type(asks) is list else 0, len(bids) if type(bids) is list else 0
                 )
-                depth = next((d for d in DEPTHS if d >= size), size)
+                depth = next((d for d in DEPTHS if d >= size), None)
             depth = depth or configured
-            if depth:
+            if depth:  # none for a snapshot deeper than any book: the feed finds it malformed
                 found.append(v2.book_key(symbol, depth))
         return found
 
     def answer_depth(self, msg: Any) -> tuple[str, int] | None:
-        ack = v2.parse_ack(msg)
-        if ack is None or not ack.success or ack.method != "subscribe" or not ack.depth:
+        answer = v2.book_answer(msg)
+        if answer is None or answer[1] is None:
             return None
-        return ack.symbol or "", ack.depth
+        return answer[0], answer[1]  # NO_DEPTH for a depth Kraken does not serve
 
     def spellings(self, pair: str) -> tuple[str, ...]:
         # v2 knows only the common names and rejects XBT/XDG: nothing to retry under.
@@ -695,13 +697,15 @@ class BookNamer:
         if kind == "session_start":
             config = meta.get("config")
             depth = config.get("depth") if isinstance(config, Mapping) else None
-            if type(depth) is int and depth > 0:
+            if type(depth) is int and depth in DEPTHS:
                 self.configured = depth
         elif kind == "checkpoint":
             pair, channel = meta.get("pair"), meta.get("channel")
             if isinstance(pair, str) and isinstance(channel, str):
                 with contextlib.suppress(FrameError):
-                    self.depths.setdefault(pair, channel_depth(channel))
+                    depth = channel_depth(channel)
+                    if not self.depths.get(pair):  # as V2BookFeed.restore: none, or NO_DEPTH
+                        self.depths[pair] = depth
 
     def on_frame(self, msg: Any) -> list[tuple[str, str]]:
         """The books a decoded frame touches (none for a control frame, which may set a depth)."""

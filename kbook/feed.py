@@ -13,6 +13,9 @@ Rules it adds on top of ``Book`` (``shared/kraken/README.md`` sections 1 and 2):
   its new snapshot, and updates before that snapshot are dropped (counted, not applied);
 - a ``subscriptionStatus`` of ``subscribed`` or ``unsubscribed`` voids that pair's book the same way
   (one of the book: the answer for the ``trade`` channel on the same connection leaves it be);
+- a book's channel is ``book-N`` with N one of Kraken's depths (``kbook.api.DEPTHS``): a frame or
+  checkpoint of any other (``book-3``, ``book-999999999``) is malformed, and no book of that
+  depth is made (``channel_depth``);
 - frames of other channels (ticker, trade, ...) are counted and skipped.
 """
 
@@ -28,7 +31,6 @@ from kbook.book import Book, Level, exchange_time
 from kbook.errors import FrameError
 
 _DEPTH_OF = {f"book-{depth}": depth for depth in DEPTHS}
-MAX_DEPTH = max(DEPTHS)
 
 
 class Outcome(IntEnum):
@@ -85,17 +87,27 @@ class PairStats:
 
 
 def channel_depth(channel: str) -> int:
-    """The depth in a channel name: ``"book-100"`` -> 100. At most ``MAX_DEPTH`` (Kraken's
-    deepest book): ``book-999999999`` is a malformed frame, not a book of a billion levels.
-    (Shallower depths than Kraken's 10 are accepted: tests use ``book-3`` books.)"""
+    """The depth in a channel name: ``"book-100"`` -> 100, for Kraken's depths only
+    (``kbook.api.DEPTHS``). Any other name (``book-3``, ``book-0``, ``book-999999999``) is a
+    ``FrameError``: a malformed frame, never a book of a depth Kraken does not serve, so no
+    claimed depth sizes anything."""
     depth = _DEPTH_OF.get(channel)
     if depth is None:
-        digits = channel[5:]
-        if not channel.startswith("book-") or not digits.isascii() or not digits.isdigit():
-            raise FrameError(f"channel name {channel[:40]!r} is not book-N")
-        depth = int(digits) if len(digits) <= 4 else MAX_DEPTH + 1
-        if not 1 <= depth <= MAX_DEPTH:
-            raise FrameError(f"channel name {channel[:40]!r}: no Kraken book is that deep")
+        offered = ", ".join(map(str, DEPTHS))
+        raise FrameError(
+            f"channel {channel[:40]!r} is not a Kraken book (book-N, N one of {offered})"
+        )
+    return depth
+
+
+def book_depth(depth: object) -> int:
+    """``depth`` when it is one of Kraken's (``kbook.api.DEPTHS``), else a ``FrameError``: what a
+    v2 subscribe answer, a checkpoint or a recorder's configuration may say about a book's depth
+    is held to the same rule as a v1 channel name."""
+    if type(depth) is not int or depth not in DEPTHS:
+        shown = depth if type(depth) is int and abs(depth) < 10**12 else "given"
+        offered = ", ".join(map(str, DEPTHS))
+        raise FrameError(f"depth {shown} is not one of Kraken's book depths ({offered})")
     return depth
 
 
@@ -248,7 +260,10 @@ class BookFeed:
         if type(channel) is not str or type(pair) is not str:
             self.malformed_frames += 1
             return Outcome.MALFORMED
-        if not channel.startswith("book-"):
+        if channel not in _DEPTH_OF:
+            if channel.startswith("book-"):  # a book of no Kraken depth: no book files it
+                self.malformed_frames += 1
+                return Outcome.MALFORMED
             self.other_channel_frames += 1
             return Outcome.OTHER_CHANNEL
         stats = self.stats.get(pair)

@@ -32,7 +32,7 @@ import orjson
 from kbook.api import DEPTHS, Api
 from kbook.book import Book, Level
 from kbook.errors import FrameError
-from kbook.feed import BookFeed, Outcome, sane_pair
+from kbook.feed import BookFeed, Outcome, book_depth, sane_pair
 from kbook.segment import Problem, SegmentReader
 
 decode = partial(json.loads, parse_float=str)
@@ -71,6 +71,35 @@ def _levels(entries: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
     return levels
 
 
+NO_DEPTH = 0
+"""The depth of a symbol whose subscribe answer named a depth Kraken does not serve: no book has
+it, so the frames that would have been filed by it are filed nowhere (``kbook.feed.book_depth``)."""
+
+
+def book_answer(msg: Any) -> tuple[str, int | None] | None:
+    """``(symbol, depth)`` of a successful answer to a book (un)subscribe request, else None.
+
+    ``depth`` is what a subscribe answer settles for the symbol's frames after it: its
+    ``result.depth`` when that is one of Kraken's depths, ``NO_DEPTH`` when it is anything else
+    (a malformed answer), None when it settles nothing (an unsubscribe, or no depth said).
+    ``V2BookFeed`` and the dialect's ``BookNamer`` both read answers through this."""
+    if type(msg) is not dict or msg.get("channel") is not None or not msg.get("success"):
+        return None
+    method = msg.get("method")
+    result = msg.get("result")
+    if method not in ("subscribe", "unsubscribe") or type(result) is not dict:
+        return None
+    symbol = result.get("symbol")
+    if result.get("channel") != "book" or not isinstance(symbol, str):
+        return None
+    if method != "subscribe" or "depth" not in result:
+        return symbol, None
+    try:
+        return symbol, book_depth(result["depth"])
+    except FrameError:
+        return symbol, NO_DEPTH
+
+
 def _inferred_depth(asks: list[tuple[str, str]], bids: list[tuple[str, str]]) -> int:
     """The smallest subscribable depth that holds the snapshot, when no ack said the depth."""
     size = max(len(asks), len(bids))
@@ -82,7 +111,8 @@ class V2BookFeed(BookFeed):
     """``BookFeed`` for v2 frames: same books, counts and outcomes, v2 wire shapes."""
 
     depths: dict[str, int] = field(default_factory=dict)
-    """Depth per symbol from subscribe acknowledgements."""
+    """Depth per symbol from subscribe acknowledgements and checkpoints (``NO_DEPTH`` after an
+    answer of a depth Kraken does not serve)."""
 
     def on_message(self, msg: Any, recv_ns: int) -> Outcome:
         if type(msg) is not dict:
@@ -94,7 +124,7 @@ class V2BookFeed(BookFeed):
         if channel == "status":
             self._on_status(msg, recv_ns)
         elif channel is None and msg.get("method") in ("subscribe", "unsubscribe"):
-            self._on_ack(msg, recv_ns)
+            return self._on_ack(msg, recv_ns)
         elif channel not in (None, "heartbeat", "pong"):
             self.other_channel_frames += 1
             return Outcome.OTHER_CHANNEL
@@ -119,19 +149,26 @@ class V2BookFeed(BookFeed):
         a snapshot after a reconnect in a rotated segment (no acknowledgement in it) is filed
         under the checkpoint's book rather than one guessed from the snapshot's size."""
         book = super().restore(pair, channel, asks, bids, recv_ns)
-        self.depths.setdefault(pair, book.depth)
+        if not self.depths.get(pair):  # none yet, or NO_DEPTH
+            self.depths[pair] = book.depth
         return book
 
-    def _on_ack(self, msg: dict[str, Any], recv_ns: int) -> None:
-        result = msg.get("result")
-        if type(result) is not dict or result.get("channel") != "book" or not msg.get("success"):
-            return
-        symbol = result.get("symbol")
-        if not isinstance(symbol, str):
-            return
-        if msg.get("method") == "subscribe" and isinstance(result.get("depth"), int):
-            self.depths[symbol] = result["depth"]
+    def _on_ack(self, msg: dict[str, Any], recv_ns: int) -> Outcome:
+        """A book's (un)subscribe answer voids the symbol's books (a new subscription starts
+        with a snapshot); a subscribe answer also says the depth of the frames after it. One
+        that says a depth Kraken does not serve is malformed: counted, and the symbol's
+        snapshots are malformed too until an answer or a checkpoint says a Kraken depth."""
+        answer = book_answer(msg)
+        if answer is None:
+            return Outcome.CONTROL
+        symbol, depth = answer
+        if depth is not None:
+            self.depths[symbol] = depth
         self.void(symbol, recv_ns)
+        if depth == NO_DEPTH:
+            self.malformed_frames += 1
+            return Outcome.MALFORMED
+        return Outcome.CONTROL
 
     def _on_book(self, msg: dict[str, Any], recv_ns: int) -> Outcome:
         kind = msg.get("type")
@@ -159,9 +196,10 @@ class V2BookFeed(BookFeed):
             asks = _levels(entry.get("asks") or ())
             bids = _levels(entry.get("bids") or ())
             if is_snapshot:
-                depth = self.depths.get(symbol) or _inferred_depth(asks, bids)
-                if not 1 <= depth <= max(DEPTHS):  # a hostile ack, or more levels than any book
-                    raise FrameError(f"a snapshot for a book of {depth} levels")
+                depth = self.depths.get(symbol)
+                if depth is None:  # no answer said it
+                    depth = _inferred_depth(asks, bids)
+                depth = book_depth(depth)  # NO_DEPTH, or more levels than any book: malformed
                 key = book_key(symbol, depth)
                 book = self.books.get(key)
                 if book is None:

@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 
 from kbook.captures import read_capture
-from kbook.errors import InputError, SegmentError
+from kbook.errors import FrameError, InputError, SegmentError
+from kbook.feed import channel_depth
 from kbook.segment import SegmentReader, check_segment_file
 from kbook.sim.market import canonical_pair
 
@@ -136,9 +137,11 @@ def _book_frame(recv_ns: int, text: str) -> PlaybackFrame | None:
     channel, pair, payload = msg[-2], msg[-1], msg[1]
     if type(channel) is not str or type(pair) is not str or type(payload) is not dict:
         return None
-    if not channel.startswith("book-") or not channel[5:].isdigit():
+    try:
+        depth = channel_depth(channel)
+    except FrameError:  # another channel, or a book of no Kraken depth: never served
         return None
     comma = text.find(",")
     snapshot = "as" in payload or "bs" in payload
-    key = (canonical_pair(pair), int(channel[5:]))
+    key = (canonical_pair(pair), depth)
     return PlaybackFrame(recv_ns, text[comma:], pair, channel, snapshot, key)
