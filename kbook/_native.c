@@ -853,12 +853,21 @@ static int reserve_bid_text(Route *r, Py_ssize_t n) {
     return 1;
 }
 
+/* One of Kraken's book depths (kbook.api.DEPTHS), the only ones a Book has. */
+static int kraken_depth(int64_t depth) {
+    return depth == 10 || depth == 25 || depth == 100 || depth == 500 || depth == 1000;
+}
+
 /* The book's sides and cached checksum parts, the first time a line of the route is applied. */
 static int load_book(Route *r) {
     PyObject *book = r->book;
     PyObject *crc = NULL, *text = NULL, *sum = NULL;
     int ok = int_attr(book, s_depth, &r->depth) && int_attr(book, s_scale, &r->scale) &&
              load_side(book, s_asks, &r->sides[0], 1) && load_side(book, s_bids, &r->sides[1], -1);
+    if (ok && !kraken_depth(r->depth)) { /* Book refuses any other; truncate_book relies on it */
+        PyErr_Format(PyExc_ValueError, "native core: a book of depth %lld", (long long)r->depth);
+        ok = 0;
+    }
     if (ok) {
         crc = PyObject_GetAttr(book, s_ask_crc);
         text = PyObject_GetAttr(book, s_bid_text);
@@ -1214,15 +1223,9 @@ static int truncate_book(Route *r) {
         for (Py_ssize_t j = r->depth; j < n; j++)
             if (PyDict_DelItem(side->levels, PyList_GET_ITEM(side->keys, j)) < 0)
                 return 0;
+        /* below the checksum's levels (load_book: depth >= 10): top unchanged */
         if (PyList_SetSlice(side->keys, r->depth, n, NULL) < 0)
             return 0;
-        if (r->depth < CHECKSUM_LEVELS) {
-            Py_ssize_t t = PyList_GET_SIZE(side->top);
-            if (t > r->depth && PyList_SetSlice(side->top, r->depth, t, NULL) < 0)
-                return 0;
-            side->dirty = 1;
-            side->dirty_changed = 1;
-        }
     }
     return 1;
 }

@@ -34,6 +34,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 
+from kbook.api import DEPTHS
 from kbook.errors import FrameError
 from kbook.units import rfc3339_ns, seconds_text_ns
 
@@ -162,8 +163,11 @@ class Book:
     )
 
     def __init__(self, depth: int) -> None:
-        if depth < 1:
-            raise ValueError(f"depth must be positive, got {depth}")
+        # Only Kraken's depths (the feeds file nothing else): never fewer levels than the
+        # checksum's 10, so truncating a side never cuts into its checksum text.
+        if depth not in DEPTHS:
+            offered = ", ".join(map(str, DEPTHS))
+            raise ValueError(f"depth {depth} is not one Kraken offers; use one of {offered}")
         self.depth = depth
         self.exch_source: object = None
         """What ``exch_ns`` is read from: ns (or None), or, as the Python feeds leave it, the
@@ -333,10 +337,7 @@ class Book:
                 levels = side.levels
                 for key in keys[depth:]:
                     del levels[key]
-                del keys[depth:]
-                if depth < CHECKSUM_LEVELS:
-                    del side.top[depth:]
-                    side.dirty = True
+                del keys[depth:]  # below the checksum's levels (depth >= 10): top unchanged
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -279,3 +279,11 @@ def test_checkpoint_then_status_change_keeps_the_book() -> None:
     assert feed.books[("XBT/USD", "book-10")].valid
     feed_frames(feed, [status % (8, "online")])
     assert not feed.books[("XBT/USD", "book-10")].valid
+
+
+@pytest.mark.parametrize("depth", [0, 3, 11, 999_999_999])
+def test_a_book_is_only_of_a_kraken_depth(depth: int) -> None:
+    """The feeds file books of Kraken's depths only, and the book holds them to it: a side is
+    never cut shorter than the checksum's 10 levels (the native core relies on that too)."""
+    with pytest.raises(ValueError, match=f"depth {depth} is not one Kraken offers"):
+        Book(depth)

@@ -43,7 +43,7 @@ from kbook.book import CHECKSUM_LEVELS, Book, _Side, checksum_piece
 from kbook.captures import read_capture
 from kbook.errors import FrameError
 from kbook.feed import NO_SIDE, BookFeed
-from kbook.lines import NATIVE_INTERFACE, LineFeed, native_core
+from kbook.lines import NATIVE_INTERFACE, NEVER, LineFeed, native_core
 from kbook.segment import frame_line, is_json_text, meta_line
 from kbook.sim import Market, V2Market
 from kbook.units import SECOND
@@ -1846,3 +1846,20 @@ def test_native_core_is_built() -> None:
     if not compiler or shutil.which(compiler[0]) is None:
         pytest.skip("no C compiler here: the pure-Python loop is the one that runs")
     assert native_core() is not None, "a C compiler is here but kbook._native was not built"
+
+
+@needs_core
+def test_a_book_of_no_kraken_depth_is_refused_not_applied() -> None:
+    """``Book`` refuses depths Kraken does not serve; a book made to hold one all the same is
+    refused by the core too (it never truncates a side into the checksum's levels), the line
+    left unapplied."""
+    market = Market("XBT/USD", 10, 1, clock=fixed_clock)
+    feed = BookFeed()
+    feed.on_message(orjson.loads(market.snapshot_frame(7)), 1)
+    book = feed.books[("XBT/USD", "book-10")]
+    book.depth = 3
+    lines = LineFeed(feed, native=True)
+    lines.follow("XBT/USD", "book-10")
+    with pytest.raises(ValueError, match="native core: a book of depth 3"):
+        lines.run([record_line(2, 1, market.update_frame(7))], 0)
+    assert (lines.clock, feed.stats["XBT/USD"].updates) == (-NEVER, 0)
