@@ -15,10 +15,12 @@ import pytest
 from replay_support import SynthMarket
 
 import replay
+from kbook.errors import InputError
 from kbook.lines import native_core
 from kbook.segment import MAX_LINE_BYTES, frame_line, meta_line, write_segment
 from kbook.sim.market_v2 import V2Market
 from kbook.verify import verify_paths
+from kbook.watch.sources import find_book
 from replay.survey import survey_segment
 
 T0 = 1_763_683_200_000_000_000
@@ -262,3 +264,14 @@ def test_a_v2_checkpoint_of_no_kraken_depth_is_reported_and_skipped(
     assert replay.read_snapshots(tmp_path / "out").equals(clean)
     report = verify_paths([path])
     assert [problem.line for problem in report.problems] == [9]
+
+
+@pytest.mark.parametrize("channel", NO_KRAKEN_DEPTHS)
+def test_watch_from_follows_no_book_of_no_kraken_depth(channel: str, tmp_path: Path) -> None:
+    """``kbook watch --from`` shows the first book recorded of the pair: a frame of a depth
+    Kraken does not serve before it is malformed, not a book to show (nor one to list)."""
+    hostile = [frame_line(T0 - 1, 90, f'[1,{SNAP},"{channel}","XBT/USD"]', True)]
+    path = recording_with(tmp_path, hostile, at=0)
+    assert find_book([path], "XBT/USD", None) == ("book-10", "v1")
+    with pytest.raises(InputError, match=r"holds: BTC/USD book-10\)"):
+        find_book([path], "XBT/USD", channel)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from kbook.dialect import NOT_JSON, dialect_for, spellings
 from kbook.errors import InputError, KbookError
-from kbook.feed import Outcome
+from kbook.feed import Outcome, misnamed
 from kbook.live.config import LiveConfig
 from kbook.live.session import Bulk, Session
 from kbook.live.session import Event as LiveEvent
@@ -238,8 +238,8 @@ def find_book(
         file_api = str(reader.api)
         tag = dialect_for(file_api).tag
         for wire, name in _books(reader):
-            if not name.startswith("book-"):
-                continue
+            if misnamed(wire, name) or not name.startswith("book-"):
+                continue  # not a book, or one of no Kraken depth (a malformed frame)
             wanted = channel is None or name == channel
             if wire in names and wanted and (api is None or file_api == api):
                 return name, file_api
