@@ -15,9 +15,10 @@ from kbook.api import Api
 from kbook.book import Book
 from kbook.dialect import BookEntry, BookNamer, Dialect, FrameKind, V2Dialect, segment_dialect
 from kbook.errors import FrameError
+from kbook.feed import Outcome
 from kbook.sim import Simulator
 from kbook.sim.dialect import dialect_for as sim_dialect_for
-from kbook.v2 import RecordReader
+from kbook.v2 import RecordReader, V2BookFeed
 from recorder.lock import lock_path
 from replay.survey import survey_segment
 
@@ -150,6 +151,38 @@ def test_v2_depth_follows_answers_checkpoints_and_the_configured_depth() -> None
     v1 = BookNamer(Dialect())
     assert v1.on_frame([1, {"a": []}, "book-25", "XBT/USD"]) == [("XBT/USD", "book-25")]
     assert v1.on_frame({"event": "heartbeat"}) == []
+
+
+def test_v2_depths_of_no_kraken_book_name_no_book_as_the_feed_files_none() -> None:
+    """A session's ``--depth``, an answer or a checkpoint saying a depth Kraken does not serve
+    sets none; after such an answer the namer names no book of the symbol, exactly as the feed
+    files none (its snapshot malformed, its updates dropped), until a Kraken depth is said."""
+    namer, feed = BookNamer(V2Dialect()), V2BookFeed()
+    entry = {"symbol": "BTC/USD", "bids": [{"price": "1", "qty": "1"}], "asks": []}
+    snapshot = {"channel": "book", "type": "snapshot", "data": [entry]}
+    update = {"channel": "book", "type": "update", "data": [{**entry, "checksum": 0}]}
+
+    def answer(depth: object) -> dict[str, object]:
+        result = {"channel": "book", "depth": depth, "symbol": "BTC/USD"}
+        return {"method": "subscribe", "result": result, "success": True}
+
+    namer.on_meta({"type": "session_start", "config": {"depth": 3}})
+    namer.on_meta({"type": "checkpoint", "pair": "BTC/USD", "channel": "book-3"})
+    assert namer.on_frame(update) == []  # neither said a depth
+    for depth in (3, 11, 0, 10**30, "10", None):
+        assert namer.on_frame(answer(depth)) == []
+        assert feed.on_message(answer(depth), 1) is Outcome.MALFORMED
+        assert namer.on_frame(snapshot) == namer.on_frame(update) == []
+        assert feed.on_message(snapshot, 2) is Outcome.MALFORMED
+        assert feed.on_message(update, 3) is Outcome.DROPPED
+        assert feed.books == {}
+    namer.on_meta({"type": "checkpoint", "pair": "BTC/USD", "channel": "book-25"})
+    assert namer.on_frame(snapshot) == [("BTC/USD", "book-25")]
+    assert namer.on_frame(answer(10)) == []
+    assert namer.on_frame(snapshot) == [("BTC/USD", "book-10")]
+    assert feed.on_message(answer(10), 4) is Outcome.CONTROL
+    assert feed.on_message(snapshot, 5) is Outcome.SNAPSHOT
+    assert list(feed.books) == [("BTC/USD", "book-10")]
 
 
 def test_recorded_segments_name_their_dialect_and_books_as_the_survey_does(
