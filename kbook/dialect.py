@@ -46,7 +46,7 @@ import orjson
 from kbook import v2
 from kbook.api import DEFAULT, DEPTHS, URLS, Api, Channel
 from kbook.errors import FrameError
-from kbook.feed import BookFeed, channel_depth, misnamed, sane_pair
+from kbook.feed import BookFeed, book_depth, channel_depth, misnamed, sane_pair
 from kbook.pairs import common_name, v1_alias
 
 NOT_JSON = object()
@@ -697,8 +697,8 @@ class BookNamer:
         if kind == "session_start":
             config = meta.get("config")
             depth = config.get("depth") if isinstance(config, Mapping) else None
-            if type(depth) is int and depth in DEPTHS:
-                self.configured = depth
+            with contextlib.suppress(FrameError):  # none, or of no Kraken book: says nothing
+                self.configured = book_depth(depth)
         elif kind == "checkpoint":
             pair, channel = meta.get("pair"), meta.get("channel")
             if isinstance(pair, str) and isinstance(channel, str):
