@@ -141,6 +141,19 @@ def test_segment_msg_text_is_cut_out_byte_for_byte(tmp_path: Path) -> None:
     assert capture.depths == {"XBT/USD": (10,)}
 
 
+def test_playback_serves_no_book_of_a_depth_kraken_does_not(tmp_path: Path) -> None:
+    """A capture's frames of ``book-3`` or ``book-0`` are malformed, never a book to serve: the
+    simulator offers only the Kraken depths the capture holds."""
+    snapshot = '[7,{"as":[["1.10","2.0","1.0"]],"bs":[["1.00","3.0","1.0"]]},"%s","XBT/USD"]'
+    lines = [
+        frame_line(i, i, snapshot % channel, True)
+        for i, channel in enumerate(["book-3", "book-0", "book-10", "book-1001"])
+    ]
+    capture = load_capture(write_segment(tmp_path / "x.jsonl.zst", lines))
+    assert [frame.channel for frame in capture.frames] == ["book-10"]
+    assert capture.depths == {"XBT/USD": (10,)}
+
+
 def test_missing_or_empty_capture_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="nope.json: no such capture file"):
         Simulator(SimulatorConfig(capture=tmp_path / "nope.json"))
