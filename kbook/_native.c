@@ -1170,20 +1170,28 @@ static int out_of_step(void) {
 /* Book.apply_side for one level whose key is known; see kbook/book.py. */
 static int apply_level(Side *side, const Level *level, int64_t key) {
     PyObject *keys = side->keys, *levels = side->levels, *top = side->top;
-    PyObject *k = PyLong_FromLongLong(key);
+    Py_ssize_t index;
+    if (!bisect(side, key, &index))
+        return 0;
+    /* The key is in the side exactly when the mirror has it there (keys and levels hold the same
+     * keys, as Book keeps them); a known key is looked up by the list's own int object. */
+    int present = index < PyList_GET_SIZE(keys) && side->mirror[index] == key;
+    if (level->zero && !present)
+        return 1;
+    PyObject *k = present ? PyList_GET_ITEM(keys, index) : PyLong_FromLongLong(key);
     if (k == NULL)
         return 0;
-    PyObject *old = PyDict_GetItemWithError(levels, k); /* borrowed */
-    Py_ssize_t index;
+    if (present)
+        Py_INCREF(k);
+    PyObject *old = NULL; /* borrowed */
     int ok = 0;
-    if (old == NULL && PyErr_Occurred())
+    if (present && (old = PyDict_GetItemWithError(levels, k)) == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "native core: a key without a level");
         goto done;
+    }
     if (level->zero) {
-        if (old == NULL) {
-            ok = 1;
-            goto done;
-        }
-        if (!bisect(side, key, &index) || PyList_SetSlice(keys, index, index + 1, NULL) < 0)
+        if (PyList_SetSlice(keys, index, index + 1, NULL) < 0)
             goto done;
         mirror_delete(side, index);
         if (PyDict_DelItem(levels, k) < 0)
@@ -1217,8 +1225,6 @@ static int apply_level(Side *side, const Level *level, int64_t key) {
         ok = 1;
         goto done;
     }
-    if (!bisect(side, key, &index))
-        goto done;
     PyObject *price = NULL;
     if (old != NULL && PyTuple_Check(old) && PyTuple_GET_SIZE(old) >= 2) {
         /* Same key, same text: keep the stored price object (equal in every way but identity). */
