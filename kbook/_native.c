@@ -132,6 +132,20 @@ static inline int plain_string(Cursor *c, Span *out) {
     if (c->p >= c->end || *c->p != '"')
         return 0;
     const char *s = ++c->p;
+    /* Eight bytes a step while none of them can end or spoil the string (a quote, a backslash,
+     * a control character, a byte past ASCII); each test below may also fire for a byte past
+     * one that really is such, never miss one, and the loop after it decides byte by byte. */
+    while (c->end - c->p >= 8) {
+        uint64_t w, quote, slash;
+        memcpy(&w, c->p, 8);
+        quote = w ^ 0x2222222222222222u;
+        slash = w ^ 0x5C5C5C5C5C5C5C5Cu;
+        if ((((quote - 0x0101010101010101u) & ~quote) | ((slash - 0x0101010101010101u) & ~slash) |
+             (w - 0x2020202020202020u) | w) &
+            0x8080808080808080u)
+            break;
+        c->p += 8;
+    }
     while (c->p < c->end) {
         unsigned char ch = (unsigned char)*c->p;
         if (ch == '"') {
