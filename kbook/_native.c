@@ -16,7 +16,9 @@
  *
  * Book and stats attributes that only this loop changes during a run (dirty flags, the cached
  * CRC of the asks, the text of the bids, counters) are read once per run and written back before
- * it returns; the containers are changed in place, as kbook.book does.
+ * it returns; the containers are changed in place, as kbook.book does. Each side's keys are also
+ * copied into an int64 array for the run, kept in step with the list on every insert and delete:
+ * bisection and the test "is this price in the book" read the array, not the int objects.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -837,6 +839,11 @@ static int int_attr(PyObject *obj, PyObject *name, int64_t *out) {
 }
 
 static int utf8_span(PyObject *text, Span *out) {
+    if (PyUnicode_Check(text) && PyUnicode_IS_COMPACT_ASCII(text)) { /* the usual case, inline */
+        out->p = (const char *)PyUnicode_1BYTE_DATA(text);
+        out->n = PyUnicode_GET_LENGTH(text);
+        return 1;
+    }
     if (!PyUnicode_Check(text)) {
         PyErr_SetString(PyExc_TypeError, "native core: a route's pair and channel must be str");
         return 0;
