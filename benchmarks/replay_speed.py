@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/replay_speed.py [--frames 1000000] [--repeat 3]
         [--long-frames 8000000] [--api-frames 300000] [--cache DIR]
-        [--only e2e,book,floor,naive,memory,recorder,workers,apis,events]
+        [--only e2e,book,floor,naive,memory,recorder,workers,apis,events,stages]
 
 ``KBOOK_NATIVE=0`` in the environment measures the pure-Python path instead of the native core.
 
@@ -26,7 +26,9 @@ peak RSS of a replay (in a child process); the recorder's writing cost; and the 
 ``workers=2`` over ``workers=1``; and the ``apis`` table: end to end, ``kbook verify``
 (``verify_paths``) and peak RSS for v1 and v2 side by side at each depth, with the ratios v2/v1
 and verify/end to end; and ``events``: the grid replay beside the deltas and the on-change
-snapshots (``--format deltas``, ``--every change``, which run on the Python path). Not a test:
+snapshots (``--format deltas``, ``--every change``, which run on the Python path); and
+``stages``: where an end-to-end replay's CPU goes (the core, replay's reading, the survey, the
+grid rows and Parquet, the rest), timed directly in this process. Not a test:
 figures drift 15-30% between runs on a shared machine, so compare the ratios printed within one
 run.
 """
@@ -317,6 +319,82 @@ def verify_rate(raw: Path) -> int:
     return sum(stats.frames for stats in report.pairs.values())
 
 
+def stage_times(raw: Path, out: Path, repeat: int) -> dict[str, float]:
+    """Median CPU seconds of an end-to-end replay in this process and of its stages: the core's
+    ``LineFeed.run`` calls, the grid rows (``PairSampler.catch_up``, with the Parquet writes it
+    makes) and the Parquet writes alone, timed by wrappers put on those methods for the run;
+    the survey (``survey_segment`` of each segment) and replay's reading (``SegmentReader``'s
+    batches: zstd + line split) timed alone. No profiler: one adds a cost per Python call."""
+    import replay
+    from kbook.lines import LineFeed
+    from replay.parquet import DatasetWriter
+    from replay.sampler import PairSampler
+    from replay.survey import survey_segment
+
+    spent = dict.fromkeys(("core", "rows", "parquet"), 0.0)
+    wrapped: tuple[tuple[type, str, str], ...] = (
+        (LineFeed, "run", "core"),
+        (PairSampler, "catch_up", "rows"),
+        (DatasetWriter, "write", "parquet"),
+    )
+    originals = [(cls, name, getattr(cls, name)) for cls, name, _ in wrapped]
+
+    def timed(method: Callable[..., Any], stage: str) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[stage] += time.process_time() - started
+
+        return run
+
+    runs: dict[str, list[float]] = {}
+    segments = segments_of(raw)
+    try:
+        for cls, name, stage in wrapped:
+            setattr(cls, name, timed(getattr(cls, name), stage))
+        for _ in range(repeat):
+            spent.update(dict.fromkeys(spent, 0.0))
+            shutil.rmtree(out, ignore_errors=True)
+            started = time.process_time()
+            replay.replay_to_dataset(raw, out, every="1s", workers=1)
+            runs.setdefault("total", []).append(time.process_time() - started)
+            for stage, seconds in spent.items():
+                runs.setdefault(stage, []).append(seconds)
+            started = time.process_time()
+            for path in segments:
+                survey_segment(path)
+            runs.setdefault("survey", []).append(time.process_time() - started)
+            started = time.process_time()
+            for path in segments:
+                for _ in SegmentReader(path).batches():
+                    pass
+            runs.setdefault("read", []).append(time.process_time() - started)
+    finally:
+        for cls, name, method in originals:
+            setattr(cls, name, method)
+    return {stage: statistics.median(seconds) for stage, seconds in runs.items()}
+
+
+def print_stages(raw: Path, out: Path, repeat: int, frames: int) -> None:
+    m = stage_times(raw, out, repeat)
+    total = m["total"]
+    rest = total - m["core"] - m["read"] - m["survey"] - m["rows"]
+    print(
+        f"where end to end goes (one process, {frames:,} updates, {total:.2f} CPU s, "
+        f"median of {repeat}):"
+    )
+    for seconds, what in (
+        (m["core"], "native core (LineFeed.run: parse, apply, checksum)"),
+        (m["read"], "replay's reading: zstd + line split (as the floor)"),
+        (m["survey"], "the survey: each segment decompressed and scanned a second time"),
+        (m["rows"], f"grid rows, Parquet included ({m['parquet']:.3f} s of Parquet writes)"),
+        (rest, "the rest: lines handed back to the general path, plan, manifest"),
+    ):
+        print(f"  {seconds:6.3f} s {seconds / total:6.1%}  {what}")
+
+
 def apis_table(args: argparse.Namespace, work: Path) -> None:
     """v1 and v2 of the same market side by side, at depths 10, 100 and 1000: end to end,
     ``kbook verify`` and peak RSS, with the ratios the targets are stated in."""
@@ -536,7 +614,7 @@ def main() -> None:
         help="updates of each recording of the v1/v2 table (one per API and depth)",
     )
     parser.add_argument(
-        "--only", default="e2e,book,floor,naive,memory,recorder,workers,apis,events"
+        "--only", default="e2e,book,floor,naive,memory,recorder,workers,apis,events,stages"
     )
     args = parser.parse_args()
     wanted = set(args.only.split(","))
@@ -577,6 +655,8 @@ def main() -> None:
             )
         if "apis" in wanted:
             apis_table(args, work)
+        if "stages" in wanted:
+            print_stages(single, work / "stages", args.repeat, args.frames)
         if "book" in wanted:
             rate, _ = median_rate(lambda: book_only(single), args.repeat)
             print(f"book alone (decode + BookFeed.on_message): {rate:,.0f} frames/s")
