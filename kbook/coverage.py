@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kbook.errors import UsageError
+from kbook.segment import SegmentPath
 from kbook.units import DAY, utc_day, utc_text
 from replay.options import DurationLike, make_options
 from replay.sampler import Cause, PairSummary
@@ -77,7 +77,7 @@ class PairCoverage:
 
 
 def measure_coverage(
-    paths: Iterable[Path], every: DurationLike = "1s", max_silence: DurationLike = "10s"
+    paths: Iterable[SegmentPath], every: DurationLike = "1s", max_silence: DurationLike = "10s"
 ) -> dict[str, PairCoverage]:
     """Each pair's coverage (common name -> ``PairCoverage``), from replay's timeline on a grid
     of ``every``, stale after ``max_silence`` (both as ``kbook replay`` takes them; a bad value

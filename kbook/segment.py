@@ -38,7 +38,7 @@ import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TypeGuard
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias, TypeGuard, overload
 
 import orjson
 import zstandard
@@ -46,6 +46,15 @@ import zstandard
 from kbook.errors import InputError, OutputError, SegmentError
 from kbook.pairs import file_name
 from kbook.units import utc_day, utc_text
+
+if TYPE_CHECKING:
+    from kbook.storage import ObjectSegment
+
+SegmentPath: TypeAlias = "Path | ObjectSegment"
+"""A segment to read: a local file, or an object in storage read in place
+(``kbook.storage.ObjectSegment``, which answers the few ``Path`` methods readers use: ``name``,
+``open``, ``stat``, ``exists``, ``is_file``, ``is_dir``, ``resolve``). Everything that reads,
+lists, sorts, de-duplicates or surveys segments takes either; ``str`` of it names it to users."""
 
 SUFFIX = ".jsonl.zst"
 PARTIAL_SUFFIX = ".partial"
@@ -324,7 +333,7 @@ def write_segment(path: Path, lines: Iterable[bytes], level: int = 3) -> Path:
 class Problem:
     """Something a reader could not use, with where it was."""
 
-    path: Path
+    path: SegmentPath
     line: int
     """1-based line number; 0 for a problem with the file as a whole."""
     reason: str
@@ -343,7 +352,7 @@ class SegmentReader:
     zstd at all, or is empty, raises ``SegmentError`` naming it before anything is yielded.
     """
 
-    path: Path
+    path: SegmentPath
     problems: list[Problem] = field(default_factory=list)
     lines_read: int = 0
 
@@ -430,13 +439,20 @@ class SegmentReader:
         After corrupt data (a flipped bit, a frame that never ends) reading resumes at the next
         zstd frame magic, so the flushes after the damage are still read; the skipped byte range
         is reported, and a line cut by the damage ends there (and is reported as not JSON).
+        An object in storage fails mid-read (server gone, connection cut) as a ``SegmentError``.
         """
+        try:
+            yield from self._decompress()
+        except OSError as exc:
+            raise SegmentError(f"{self.path}: cannot read: {os_error_text(exc)}") from exc
+
+    def _decompress(self) -> Iterator[bytes]:
         context = zstandard.ZstdDecompressor()
         frame = context.decompressobj()
         in_frame = False
         offset = 0
         frame_start = 0
-        with open(self.path, "rb") as fh:
+        with self.path.open("rb") as fh:
             while True:
                 data = fh.read(_READ_CHUNK)
                 if not data and in_frame and (resume := _next_magic(fh, frame_start + 1)):
@@ -510,17 +526,24 @@ def _next_magic(fh: BinaryIO, start: int) -> int | None:
     return None
 
 
-def check_segment_file(path: Path) -> None:
+def os_error_text(exc: OSError) -> str:
+    """What went wrong, in one line: the system's words for a local file, the first line of
+    pyarrow's message for an object in storage (which has no ``strerror``)."""
+    text = exc.strerror or str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def check_segment_file(path: SegmentPath) -> None:
     """Raise ``InputError``/``SegmentError`` unless ``path`` is a file that starts like zstd."""
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     try:
-        with open(path, "rb") as fh:
+        with path.open("rb") as fh:
             head = fh.read(4)
     except OSError as exc:
-        raise SegmentError(f"{path}: cannot read: {exc.strerror}") from exc
+        raise SegmentError(f"{path}: cannot read: {os_error_text(exc)}") from exc
     if path.name.endswith(PARTIAL_SUFFIX) and ZSTD_MAGIC.startswith(head):
         return  # a recorder killed before (or during) its first flush: a segment, still empty
     if not head:
@@ -529,7 +552,7 @@ def check_segment_file(path: Path) -> None:
         raise SegmentError(f"{path}: not a zstd segment (kbook segments are .jsonl.zst files)")
 
 
-def is_segment_name(path: Path) -> bool:
+def is_segment_name(path: SegmentPath) -> bool:
     return path.name.endswith(SUFFIX) or path.name.endswith(SUFFIX + PARTIAL_SUFFIX)
 
 
@@ -538,7 +561,7 @@ def sane_recv_ns(recv_ns: object) -> TypeGuard[int]:
     return type(recv_ns) is int and RECV_NS_MIN <= recv_ns < RECV_NS_MAX
 
 
-def first_recv_ns(path: Path) -> int | None:
+def first_recv_ns(path: SegmentPath) -> int | None:
     """The receive time of the first line of a segment, or None when it has none."""
     reader = SegmentReader(path)
     for record in reader:
@@ -548,8 +571,22 @@ def first_recv_ns(path: Path) -> int | None:
     return None
 
 
-def find_segments(paths: Iterable[Path], dropped: list[Problem] | None = None) -> list[Path]:
+@overload
+def find_segments(paths: Iterable[Path], dropped: list[Problem] | None = None) -> list[Path]: ...
+
+
+@overload
+def find_segments(
+    paths: Iterable[SegmentPath], dropped: list[Problem] | None = None
+) -> list[SegmentPath]: ...
+
+
+def find_segments(
+    paths: Iterable[SegmentPath], dropped: list[Problem] | None = None
+) -> list[Path] | list[SegmentPath]:
     """Segment files named by ``paths`` (files, or folders searched recursively), in time order.
+    Objects in storage come listed already (``kbook.storage.segment_inputs``) and are taken as
+    files are.
 
     Order is by each file's first receive time, then by name (a recorder's ``-N`` counter read
     as a number); unfinished ``.partial`` segments count too. A named file is taken whatever its
@@ -567,9 +604,9 @@ def find_segments(paths: Iterable[Path], dropped: list[Problem] | None = None) -
     order) and each other one is appended to ``dropped`` as a ``Problem`` naming it and the one
     read, for the caller to warn about.
     """
-    found: list[Path] = []
+    found: list[SegmentPath] = []
     for path in paths:
-        if path.is_dir():
+        if isinstance(path, Path) and path.is_dir():
             inside = sorted(p for p in path.rglob("*") if p.is_file() and is_segment_name(p))
             if not inside:
                 raise InputError(f"{path}: no segments (*{SUFFIX}) in this folder")
@@ -590,20 +627,22 @@ def find_segments(paths: Iterable[Path], dropped: list[Problem] | None = None) -
     return sorted(unique, key=lambda p: (starts[p] is None, starts[p] or 0, *_name_order(p)))
 
 
-def _copies(paths: list[Path], starts: dict[Path, int | None]) -> list[tuple[Path, Path]]:
+def _copies(
+    paths: list[SegmentPath], starts: dict[SegmentPath, int | None]
+) -> list[tuple[SegmentPath, SegmentPath]]:
     """``(copy, kept)`` for each segment left out as a copy (see ``find_segments``). Only
     segments of one stream with the same first receive time are opened again for their first
     frame, so a folder without copies costs nothing more."""
-    alike: dict[tuple[str, int], list[Path]] = {}
+    alike: dict[tuple[str, int], list[SegmentPath]] = {}
     for path in paths:
         start = starts[path]
         if start is not None:
             alike.setdefault((stream_name(path), start), []).append(path)
-    copies: list[tuple[Path, Path]] = []
+    copies: list[tuple[SegmentPath, SegmentPath]] = []
     for group in alike.values():
         if len(group) < 2:
             continue
-        by_frame: dict[tuple[str | None, int, int], list[Path]] = {}
+        by_frame: dict[tuple[str | None, int, int], list[SegmentPath]] = {}
         for path in group:
             frame = _first_frame(path)
             if frame is not None:
@@ -621,7 +660,7 @@ def _copies(paths: list[Path], starts: dict[Path, int | None]) -> list[tuple[Pat
     return copies
 
 
-def _first_frame(path: Path) -> tuple[str | None, int, int] | None:
+def _first_frame(path: SegmentPath) -> tuple[str | None, int, int] | None:
     """``(run id, recv_ns, seq)`` of a segment's first line that has both times, or None; the
     run id is the one a ``session_start`` line before it names (the first segment of a run's
     stream), else None."""
@@ -649,12 +688,12 @@ def segment_path(root: Path, pair: str, start_ns: int, counter: int = 0) -> Path
     return root / "raw" / name / utc_day(start_ns) / f"{name}.{stamp}{suffix}{SUFFIX}"
 
 
-def stream_name(path: Path) -> str:
+def stream_name(path: SegmentPath) -> str:
     """The stream a segment belongs to (``segment_path``'s pair part): ``BTC-USD``."""
     return path.name.split(".", 1)[0]
 
 
-def _name_order(path: Path) -> tuple[str, int, str]:
+def _name_order(path: SegmentPath) -> tuple[str, int, str]:
     """Names in the order the recorder made them: ``X.<start>.jsonl.zst``, then ``X.<start>-1``,
     ``-2``, ... ``-10`` (as plain text ``-1`` sorts before ``.`` and ``-10`` before ``-2``). Ties
     of first receive time are real: while the wall clock is behind, the recorder's stamps hold."""

@@ -8,9 +8,9 @@ credentials (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOK
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``. Requests time out (5 s to connect, 30 s per request)
 and are retried three times, so a stalled server is an error, not a hang.
 
-Reading: ``local_segments`` copies the segments under ``s3://`` inputs into a private local
-folder for the duration of a block (streamed, a megabyte at a time) and hands back local paths, so
-the segment reader reads exactly the bytes it reads from a local copy.
+Reading: ``segment_inputs`` lists the segments under ``s3://`` inputs as ``ObjectSegment``
+references, which every segment reader opens in place, a megabyte per request (bounded memory, no
+local copy), exactly as it opens a local file; Dask workers open them with their own client.
 
 Writing: ``publish_dataset`` moves a finished local dataset to ``s3://``. Object storage has no
 atomic rename of a folder, so the dataset's own manifest is the commit point: the old manifest is
@@ -25,21 +25,20 @@ dataset. Each file is one object written in one piece: no zero-byte
 
 from __future__ import annotations
 
+import io
 import os
-import shutil
-import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeAlias
 
 import orjson
 import pyarrow.fs as pafs
 
 from kbook.errors import InputError, OutputError, UsageError
-from kbook.segment import PARTIAL_SUFFIX, SUFFIX
+from kbook.segment import PARTIAL_SUFFIX, SUFFIX, SegmentPath
 
 SCHEME = "s3://"
 CHUNK = 1 << 20
@@ -127,73 +126,108 @@ def _is_segment_key(relative: str) -> bool:
     return relative.endswith(SUFFIX) or relative.endswith(SUFFIX + PARTIAL_SUFFIX)
 
 
-def copy_object(fs: pafs.FileSystem, source: str, target: Path) -> None:
-    """Stream one object to a local file, a chunk at a time (bounded memory); the copy keeps
-    the object's modification time, so that ``--update`` sees an unchanged object as unchanged."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    mtime_ns = fs.get_file_info(source).mtime_ns
-    with fs.open_input_stream(source) as stream, target.open("wb") as out:
-        while chunk := stream.read(CHUNK):
-            out.write(chunk)
-    if mtime_ns is not None:
-        os.utime(target, ns=(mtime_ns, mtime_ns))
+@dataclass(frozen=True, slots=True)
+class ObjectStat:
+    """What ``ObjectSegment.stat`` answers: the two fields of ``os.stat_result`` readers use."""
+
+    st_size: int
+    st_mtime_ns: int
 
 
-_COPIES: set[Path] = set()
-"""The private folders of the ``local_segments`` blocks under way."""
+@dataclass(frozen=True, slots=True)
+class ObjectSegment:
+    """A segment in object storage, read in place: never copied to a local file.
+
+    Made by ``segment_inputs`` from a listing (so it exists, with this size and modification
+    time, as listed) and read through ``pyarrow.fs`` by whoever holds it: it answers the
+    ``Path`` methods that segment readers use (``kbook.segment.SegmentPath``). It carries its
+    URI, not a client, so it pickles small and a Dask worker on another machine opens it with
+    its own client, configured by its own AWS variables.
+    """
+
+    uri: str
+    """``s3://bucket/key``: how users and manifests name it."""
+    size: int
+    mtime_ns: int
+
+    @property
+    def name(self) -> str:
+        return self.uri.rsplit("/", 1)[-1]
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def open(self, mode: str = "rb") -> BinaryIO:
+        """The object for reading: seekable (``SegmentReader`` resynchronises after damage by
+        seeking), a megabyte per request (each read of a raw S3 file is one ranged GET)."""
+        if mode != "rb":
+            raise ValueError(f"{self.uri}: objects are opened for reading only ('rb')")
+        raw = s3_filesystem().open_input_file(self.uri.removeprefix(SCHEME))
+        return io.BufferedReader(raw, CHUNK)
+
+    def stat(self) -> ObjectStat:
+        return ObjectStat(self.size, self.mtime_ns)
+
+    def exists(self) -> bool:
+        return True  # as listed; a key deleted since fails when opened, naming it
+
+    def is_file(self) -> bool:
+        return True
+
+    def resolve(self) -> ObjectSegment:
+        """Its name for good, as ``Path.resolve`` is a local file's (see ``source_name``)."""
+        return self
 
 
-def source_name(path: Path) -> str:
-    """What a segment is called for good: the ``s3://`` URI of a local copy that
-    ``local_segments`` made, or the path itself (resolved) for a local file."""
-    for folder in _COPIES:
-        if path.is_relative_to(folder):
-            return SCHEME + path.relative_to(folder).as_posix()
+def source_name(path: SegmentPath) -> str:
+    """What a segment is called for good: an object's ``s3://`` URI, a local file's absolute
+    path (resolved)."""
     return str(path.resolve())
 
 
-@contextmanager
-def local_segments(paths: Iterable[str | Path]) -> Iterator[list[Path]]:
-    """``paths`` with every ``s3://`` input replaced by a local copy of its segments.
-
-    A URI naming one object is copied alone; one naming a prefix brings every segment under it,
-    keeping the layout under a private folder removed when the block ends."""
-    given = list(paths)
-    if not any(is_remote(path) for path in given):
-        yield [Path(path) for path in given]
-        return
-    folder = Path(tempfile.mkdtemp(prefix="kbook-s3-"))
-    _COPIES.add(folder)
-    try:
-        local: list[Path] = []
-        for path in given:
-            if not is_remote(path):
-                local.append(Path(path))
-                continue
-            location = open_location(path, "PATH")
-            # Under bucket/prefix, so that problems name the object they were found in.
-            local.append(_fetch(location, folder / location.path))
-        yield local
-    finally:
-        _COPIES.discard(folder)
-        shutil.rmtree(folder, ignore_errors=True)
+Inputs: TypeAlias = Iterable[str | Path | ObjectSegment] | str | Path
+"""Segments as the Python API takes them: paths, ``s3://`` URIs, or segments listed already."""
 
 
-def _fetch(location: Location, into: Path) -> Path:
-    """Copy the object or the segments under ``location`` into ``into``; the local path."""
-    try:
-        info = location.fs.get_file_info(location.path)
+def segment_inputs(paths: Inputs) -> list[SegmentPath]:
+    """``paths`` as ``kbook.segment.find_segments`` takes them: local paths as ``Path``, every
+    ``s3://`` input as the ``ObjectSegment`` it names, or those of every segment under the
+    prefix it names (in key order). Nothing is read or copied here, only listed."""
+    given = [paths] if isinstance(paths, str | Path) else list(paths)
+    found: list[SegmentPath] = []
+    for path in given:
+        if isinstance(path, ObjectSegment | Path):
+            found.append(path)
+            continue
+        if not is_remote(path):
+            found.append(Path(path))
+            continue
+        location = open_location(path, "PATH")
+        try:
+            info = location.fs.get_file_info(location.path)
+        except OSError as exc:
+            raise InputError(f"{location.text}: cannot read: {_first_line(exc)}") from exc
         if info.type == pafs.FileType.File:
-            copy_object(location.fs, location.path, into)
-            return into
-        keys = [key for key in list_files(location) if _is_segment_key(key)]
-        if not keys:
+            found.append(_object_segment(info))
+            continue
+        selector = pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
+        try:
+            infos = location.fs.get_file_info(selector)
+        except OSError as exc:
+            raise InputError(f"{location.text}: cannot list: {_first_line(exc)}") from exc
+        inside = sorted(
+            (_object_segment(item) for item in infos if item.type == pafs.FileType.File),
+            key=lambda segment: segment.uri,
+        )
+        inside = [segment for segment in inside if _is_segment_key(segment.name)]
+        if not inside:
             raise InputError(f"{location.text}: no segments (*{SUFFIX}) under this prefix")
-        for key in keys:
-            copy_object(location.fs, location.join(key), into / key)
-    except OSError as exc:
-        raise InputError(f"{location.text}: cannot read: {_first_line(exc)}") from exc
-    return into
+        found.extend(inside)
+    return found
+
+
+def _object_segment(info: pafs.FileInfo) -> ObjectSegment:
+    return ObjectSegment(SCHEME + info.path, info.size or 0, info.mtime_ns or 0)
 
 
 # -- publishing a dataset ----------------------------------------------------------------------

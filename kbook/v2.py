@@ -24,7 +24,6 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -33,7 +32,7 @@ from kbook.api import DEPTHS, Api
 from kbook.book import Book, Level
 from kbook.errors import FrameError
 from kbook.feed import BookFeed, Outcome, book_depth, sane_pair
-from kbook.segment import Problem, SegmentReader
+from kbook.segment import Problem, SegmentPath, SegmentReader
 
 decode = partial(json.loads, parse_float=str)
 """JSON decoding that keeps each float's exact text (``0.10000000`` stays ``"0.10000000"``)."""
@@ -277,7 +276,7 @@ def feed_for(api: str) -> BookFeed:
     return dialect_for(api).feed()
 
 
-def segment_api(path: Path) -> str:
+def segment_api(path: SegmentPath) -> str:
     """``"v1"`` or ``"v2"``: the API of the frames in the segment at ``path``.
 
     A recorder's segment opens with a ``session_start`` meta line that names its ``api`` (any meta
@@ -326,7 +325,7 @@ class RecordReader:
     ``"0.10000000"`` that the checksum needs.
     """
 
-    path: Path
+    path: SegmentPath
     api: str | None = None
     reader: SegmentReader = field(init=False)
     _decode_line: Callable[[bytes], Any] = field(init=False, repr=False)
@@ -377,7 +376,7 @@ class RecordReader:
 
 
 def iter_records(
-    path: Path, api: str | None = None, problems: list[Problem] | None = None
+    path: SegmentPath, api: str | None = None, problems: list[Problem] | None = None
 ) -> Iterator[dict[str, Any]]:
     """The decoded records of ``path`` (see ``RecordReader``); its problems are appended to
     ``problems`` once the iteration ends (also when the caller stops early)."""

@@ -30,9 +30,7 @@ back, invalid time is measured on that clock, never on one running backwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbook.api import Api
@@ -41,8 +39,15 @@ from kbook.errors import FrameError
 from kbook.feed import BookFeed, Outcome, PairStats
 from kbook.lines import LineFeed
 from kbook.pairs import common_name
-from kbook.segment import RECV_NS_MAX, Problem, find_segments, sane_recv_ns, stream_name
-from kbook.storage import local_segments
+from kbook.segment import (
+    RECV_NS_MAX,
+    Problem,
+    SegmentPath,
+    find_segments,
+    sane_recv_ns,
+    stream_name,
+)
+from kbook.storage import Inputs, segment_inputs
 from kbook.trades import TradeLedger, in_order
 from kbook.v2 import RecordReader, feed_for, segment_api
 
@@ -54,7 +59,7 @@ if TYPE_CHECKING:  # numpy and pyarrow load only when coverage is asked for
 class VerifyReport:
     """What ``verify_paths`` found: counts per pair, totals, and every problem with its place."""
 
-    files: list[Path]
+    files: list[SegmentPath]
     feed: BookFeed
     problems: list[Problem] = field(default_factory=list)
     raw_frames: int = 0
@@ -146,16 +151,15 @@ class VerifyReport:
         ]
 
 
-def verify_paths(paths: Iterable[str | Path]) -> VerifyReport:
+def verify_paths(paths: Inputs) -> VerifyReport:
     """Verify every book frame in the segments under ``paths`` (local, or ``s3://`` URIs read
-    through ``kbook.storage``), each stream in time order."""
-    with local_segments(paths) as local:
-        dropped: list[Problem] = []
-        return _verify_local(find_segments(local, dropped), dropped)
+    in place through ``kbook.storage``), each stream in time order."""
+    dropped: list[Problem] = []
+    return _verify_files(find_segments(segment_inputs(paths), dropped), dropped)
 
 
-def _verify_local(files: list[Path], dropped: list[Problem]) -> VerifyReport:
-    streams: dict[tuple[str, str], list[Path]] = {}
+def _verify_files(files: list[SegmentPath], dropped: list[Problem]) -> VerifyReport:
+    streams: dict[tuple[str, str], list[SegmentPath]] = {}
     for path in files:
         streams.setdefault((stream_name(path), segment_api(path)), []).append(path)
     total = BookFeed()
@@ -185,7 +189,7 @@ MAX_FRAME_PROBLEMS = 20
 """Malformed frames reported one by one per file; the rest are summed up in one more line."""
 
 
-def _verify_file(path: Path, api: str, lines: LineFeed, report: VerifyReport) -> None:
+def _verify_file(path: SegmentPath, api: str, lines: LineFeed, report: VerifyReport) -> None:
     reader = RecordReader(path, api)
     dialect = dialect_for(api)
     run = lines.run

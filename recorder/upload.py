@@ -100,7 +100,7 @@ def _remote_digest(fs: pafs.FileSystem, key: str) -> tuple[int, str] | None:
         return None
     digest = hashlib.sha256()
     size = 0
-    with fs.open_input_stream(key) as stream:
+    with fs.open_input_stream(key, compression=None) as stream:
         while chunk := stream.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -122,7 +122,7 @@ def upload_segment(fs: pafs.FileSystem, base: str, raw: Path, path: Path) -> tup
         parent = key.rsplit("/", 1)[0]
         if isinstance(fs, pafs.LocalFileSystem):
             fs.create_dir(parent, recursive=True)
-        with path.open("rb") as file, fs.open_output_stream(key) as out:
+        with path.open("rb") as file, fs.open_output_stream(key, compression=None) as out:
             while chunk := file.read(CHUNK):
                 out.write(chunk)
         remote = _remote_digest(fs, key)

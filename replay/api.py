@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 import pyarrow as pa
@@ -29,15 +29,16 @@ from kbook import __version__
 from kbook.errors import InputError, UsageError
 from kbook.feed import channel_depth
 from kbook.pairs import common_name, file_name
-from kbook.segment import Problem, find_segments
+from kbook.segment import Problem, SegmentPath, find_segments
 from kbook.storage import (
+    Inputs,
     Location,
     check_remote_output,
     is_remote,
-    local_segments,
     open_location,
     publish_dataset,
     read_remote_manifest,
+    segment_inputs,
     source_name,
 )
 from kbook.units import utc_day, utc_text
@@ -84,7 +85,7 @@ from replay.update import (
     write_manifest_atomically,
 )
 
-PathsLike = Iterable[str | Path] | str | Path
+PathsLike: TypeAlias = Inputs
 Tick = Callable[[int], None]
 ProgressCallback = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)`` of compressed segment data."""
@@ -104,7 +105,7 @@ class ReplaySummary:
     """What a replay did: rows and invalid spans per pair, problems met, where it went."""
 
     options: ReplayOptions
-    segments: list[Path]
+    segments: Sequence[SegmentPath]
     result: StreamResult
     out: Path | str | None = None
     """A local folder, or an ``s3://`` URI."""
@@ -280,42 +281,41 @@ def _update(
     changed pair-days run on ``run.engine`` as a full replay's tasks do."""
     manifest = read_manifest(out / MANIFEST)
     check_options(manifest, options, out)
-    with local_segments(_as_inputs(paths)) as local:  # s3:// objects: a local copy each
-        segments = find_segments(local)
-        known = known_surveys(manifest, segments)
-        infos = [known.get(path) or survey_segment(path) for path in segments]
-        prints = fingerprints(plan_streams(infos, options), options)
-        old: dict[str, str] = manifest[PARTITIONS]
-        todo = set(changed(old, prints)) | (old.keys() - prints.keys())
-        result = StreamResult()
-        replaced: list[str] = []
-        if todo:
-            first_day = min(to_ns(key.split("/")[1], "date") or 0 for key in todo)
-            start = first_day if options.start_ns is None else max(first_day, options.start_ns)
-            pairs = frozenset(common_name(key.split("/")[0].replace("-", "/", 1)) for key in todo)
-            wanted = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
-            folder = temporary_folder(out)
-            try:
-                if wanted.pairs:
-                    known = {info.path: info for info in infos}
-                    _, outcomes = run_replay(
-                        local, wanted, folder, run.progress, known, run.engine, run.scheduler
-                    )
-                    result = merge_results([outcome[0] for outcome in outcomes])
-                replaced = replace_partitions(folder, out, todo)
-            finally:
-                discard(folder)
-        files = [
-            path
-            for key in replaced
-            for path in sorted((out / "pair={}/date={}".format(*key.split("/"))).glob("*.parquet"))
-        ]
-        summary = ReplaySummary(options, segments, result, out, files)
-        summary.updated = len(replaced)
-        summary.unchanged = len(prints) - len(set(replaced) & prints.keys())
-        summary.seconds = time.monotonic() - began
-        kept = {pair: data for pair, data in manifest.get("pairs", {}).items()}
-        write_manifest_atomically(out / MANIFEST, _manifest(summary, infos, kept))
+    segments = find_segments(segment_inputs(paths))
+    known = known_surveys(manifest, segments)
+    infos = [known.get(path) or survey_segment(path) for path in segments]
+    prints = fingerprints(plan_streams(infos, options), options)
+    old: dict[str, str] = manifest[PARTITIONS]
+    todo = set(changed(old, prints)) | (old.keys() - prints.keys())
+    result = StreamResult()
+    replaced: list[str] = []
+    if todo:
+        first_day = min(to_ns(key.split("/")[1], "date") or 0 for key in todo)
+        start = first_day if options.start_ns is None else max(first_day, options.start_ns)
+        pairs = frozenset(common_name(key.split("/")[0].replace("-", "/", 1)) for key in todo)
+        wanted = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
+        folder = temporary_folder(out)
+        try:
+            if wanted.pairs:
+                known = {info.path: info for info in infos}
+                _, outcomes = run_replay(
+                    segments, wanted, folder, run.progress, known, run.engine, run.scheduler
+                )
+                result = merge_results([outcome[0] for outcome in outcomes])
+            replaced = replace_partitions(folder, out, todo)
+        finally:
+            discard(folder)
+    files = [
+        path
+        for key in replaced
+        for path in sorted((out / "pair={}/date={}".format(*key.split("/"))).glob("*.parquet"))
+    ]
+    summary = ReplaySummary(options, segments, result, out, files)
+    summary.updated = len(replaced)
+    summary.unchanged = len(prints) - len(set(replaced) & prints.keys())
+    summary.seconds = time.monotonic() - began
+    kept = {pair: data for pair, data in manifest.get("pairs", {}).items()}
+    write_manifest_atomically(out / MANIFEST, _manifest(summary, infos, kept))
     return summary
 
 
@@ -332,19 +332,17 @@ def _replay_into(
     began: float,
 ) -> ReplaySummary:
     """Replay into the unpublished dataset ``folder`` and write its manifest there; the summary
-    (files under ``folder``). ``s3://`` inputs are read from a local copy (``kbook.storage``),
-    kept until the manifest has taken their fingerprints."""
-    with local_segments(_as_inputs(paths)) as local:
-        infos, outcomes = run_replay(
-            local, options, folder, run.progress, None, run.engine, run.scheduler
-        )
-        result = merge_results([outcome[0] for outcome in outcomes])
-        _require_rows(result, options, infos)
-        segments = [info.path for info in infos]
-        files = sorted(path for _result, rows in outcomes for path in rows.files)
-        summary = ReplaySummary(options, segments, result, out, files)
-        summary.seconds = time.monotonic() - began
-        write_manifest(folder, _manifest(summary, infos))
+    (files under ``folder``)."""
+    infos, outcomes = run_replay(
+        paths, options, folder, run.progress, None, run.engine, run.scheduler
+    )
+    result = merge_results([outcome[0] for outcome in outcomes])
+    _require_rows(result, options, infos)
+    segments = [info.path for info in infos]
+    files = sorted(path for _result, rows in outcomes for path in rows.files)
+    summary = ReplaySummary(options, segments, result, out, files)
+    summary.seconds = time.monotonic() - began
+    write_manifest(folder, _manifest(summary, infos))
     return summary
 
 
@@ -523,7 +521,7 @@ def run_replay(
     options: ReplayOptions,
     folder: Path | None,
     progress: ProgressCallback | None,
-    known: dict[Path, SegmentInfo] | None = None,
+    known: dict[SegmentPath, SegmentInfo] | None = None,
     engine: str = "local",
     scheduler: str | None = None,
 ) -> tuple[list[SegmentInfo], list[tuple[StreamResult, Rows]]]:
@@ -534,21 +532,18 @@ def run_replay(
     into Parquet files under ``folder`` (no manifest; nothing published). Tests call it with
     options ``make_options`` does not expose (``task_bytes``).
     """
-    with local_segments(_as_inputs(paths)) as local:
-        dropped: list[Problem] = []
-        segments = find_segments(local, dropped)
-        return _run_local(
-            segments, dropped, options, folder, progress, known or {}, engine, scheduler
-        )
+    dropped: list[Problem] = []
+    segments = find_segments(segment_inputs(paths), dropped)
+    return _run_local(segments, dropped, options, folder, progress, known or {}, engine, scheduler)
 
 
 def _run_local(
-    segments: list[Path],
+    segments: list[SegmentPath],
     dropped: list[Problem],
     options: ReplayOptions,
     folder: Path | None,
     progress: ProgressCallback | None,
-    known: dict[Path, SegmentInfo],
+    known: dict[SegmentPath, SegmentInfo],
     engine: str,
     scheduler: str | None,
 ) -> tuple[list[SegmentInfo], list[tuple[StreamResult, Rows]]]:
@@ -633,7 +628,7 @@ round trip, which a task per segment would pay hundreds of times over."""
 
 
 def _survey(
-    segments: list[Path], executor: Executor, known: dict[Path, SegmentInfo]
+    segments: list[SegmentPath], executor: Executor, known: dict[SegmentPath, SegmentInfo]
 ) -> list[SegmentInfo]:
     """Survey each segment (``known`` ones were surveyed before, by an ``--update``'s
     manifest); on a pool or cluster, in a few batches per worker."""
@@ -647,12 +642,12 @@ def _survey(
     return [known.get(path) or surveyed[path] for path in segments]
 
 
-def _describe_survey(paths: list[Path]) -> str:
+def _describe_survey(paths: list[SegmentPath]) -> str:
     more = f" to {paths[-1]}" if len(paths) > 1 else ""
     return f"the survey of {paths[0]}{more}"
 
 
-def survey_batch(paths: list[Path]) -> list[SegmentInfo]:
+def survey_batch(paths: list[SegmentPath]) -> list[SegmentInfo]:
     """``survey_segment`` of each path: one task of the survey on a pool or cluster."""
     return [survey_segment(path) for path in paths]
 
@@ -674,9 +669,3 @@ def _require_rows(result: StreamResult, options: ReplayOptions, infos: list[Segm
 def _and(condition: Any, more: Any) -> Any:
     """``condition & more`` for dataset filter expressions (None: no condition yet)."""
     return more if condition is None else condition & more
-
-
-def _as_inputs(paths: PathsLike) -> list[str | Path]:
-    """Local paths as ``Path``; ``s3://`` URIs kept as text (``kbook.storage``)."""
-    given = [paths] if isinstance(paths, str | Path) else list(paths)
-    return [path if is_remote(path) else Path(path) for path in given]

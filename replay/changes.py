@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from kbook.book import Book
 from kbook.feed import channel_depth
+from kbook.storage import Inputs
 from kbook.units import DAY
 from replay.columns import file_schema, level_names, row_group_rows
 from replay.deltas import (
@@ -142,7 +143,7 @@ class ChangeReplay(PythonPathReplay):
 
 
 def replay_changes_to_dataset(
-    paths: Iterable[str | Path] | str | Path,
+    paths: Inputs,
     out: str | Path,
     levels: int = 10,
     pairs: Iterable[str] | str | None = None,

@@ -55,7 +55,7 @@ from kbook.book import Book, Level, _Side, is_zero
 from kbook.errors import UsageError
 from kbook.feed import channel_depth
 from kbook.segment import find_segments
-from kbook.storage import is_remote
+from kbook.storage import Inputs, is_remote, segment_inputs
 from kbook.units import DAY, rfc3339_ns, seconds_text_ns, utc_text
 from kbook.v2 import RecordReader
 from replay.columns import TIMESTAMP
@@ -674,7 +674,7 @@ class EventFormat:
 
 
 def replay_deltas_to_dataset(
-    paths: Iterable[str | Path] | str | Path,
+    paths: Inputs,
     out: str | Path,
     pairs: Iterable[str] | str | None = None,
     start: TimeLike = None,
@@ -699,25 +699,24 @@ def replay_deltas_to_dataset(
 
 
 def write_events(
-    paths: Iterable[str | Path] | str | Path,
+    paths: Inputs,
     out: str | Path,
     options: ReplayOptions,
     force: bool,
     kind: EventFormat,
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
-    """Replay segments into a dataset of ``kind`` at ``out`` (a local folder), atomically (as
-    ``replay.parquet`` says); returns a ``replay.api.ReplaySummary``. One process: the Python
-    path, stream after stream."""
+    """Replay segments (local, or ``s3://`` read in place) into a dataset of ``kind`` at ``out``
+    (a local folder), atomically (as ``replay.parquet`` says); returns a
+    ``replay.api.ReplaySummary``. One process: the Python path, stream after stream."""
     from replay.api import ReplaySummary
 
     began = time.monotonic()
-    given = [paths] if isinstance(paths, str | Path) else list(paths)
-    if is_remote(out) or any(is_remote(path) for path in given):
-        raise UsageError(f"{kind.name} reads and writes local paths; copy the segments first")
+    if is_remote(out):
+        raise UsageError(f"{kind.name} writes a local folder; replay to one, then upload it")
     out = Path(out)
     check_output(out, force)
-    segments = find_segments([Path(path) for path in given])
+    segments = find_segments(segment_inputs(paths))
     infos = [survey_segment(path) for path in segments]
     streams = plan_streams(infos, options)
     folder = temporary_folder(out)

@@ -26,7 +26,6 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,7 +35,13 @@ from kbook.api import Api
 from kbook.dialect import BookNamer, dialect_for
 from kbook.errors import SegmentError
 from kbook.lines import native_core
-from kbook.segment import MAX_LINE_BYTES, SegmentReader, sane_recv_ns
+from kbook.segment import (
+    MAX_LINE_BYTES,
+    SegmentPath,
+    SegmentReader,
+    os_error_text,
+    sane_recv_ns,
+)
 from kbook.v2 import parse_status, segment_api
 
 _CHUNK = 1 << 20
@@ -51,7 +56,7 @@ Book = tuple[str, str]
 class SegmentInfo:
     """What the survey learnt about one segment."""
 
-    path: Path
+    path: SegmentPath
     size: int
     """Compressed size in bytes (progress is measured in these)."""
     first_ns: int | None
@@ -74,7 +79,7 @@ class SegmentInfo:
     first segment of each pair of a run; later segments of the run carry no run id)."""
 
 
-def survey_segment(path: Path) -> SegmentInfo:
+def survey_segment(path: SegmentPath) -> SegmentInfo:
     """Survey one segment (a damaged tail is tolerated here; the replay reports it)."""
     if segment_api(path) == Api.V2:
         return _survey_v2(path)
@@ -173,7 +178,7 @@ class _Scan:
             self.connection_changed, self.connection = True, msg.get("connectionID")
 
 
-def _survey_v2(path: Path) -> SegmentInfo:
+def _survey_v2(path: SegmentPath) -> SegmentInfo:
     """``survey_segment`` for a v2 segment: book updates by their symbol, every other line
     decoded (orjson; the number lexemes do not matter here), books named ``(symbol, "book-N")``
     as ``V2BookFeed`` keys them: the dialect's ``BookNamer`` follows what sets each depth."""
@@ -283,12 +288,12 @@ def _plain_update_symbol(line: bytes) -> str | None:
     return text if type(record) is dict else None
 
 
-def _bodies(path: Path) -> Iterator[bytes]:
+def _bodies(path: SegmentPath) -> Iterator[bytes]:
     """Decompressed text in large pieces that end at a line break (a torn tail is dropped); an
     empty piece means damage was met and the pieces start again from the first line."""
     tail = b""
     try:
-        with open(path, "rb") as fh:
+        with path.open("rb") as fh:
             reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
             skipping = False  # inside a line longer than MAX_LINE_BYTES (the replay reports it)
             while chunk := reader.read(_CHUNK):
@@ -314,10 +319,10 @@ def _bodies(path: Path) -> Iterator[bytes]:
         yield b""
         yield from _resynced_bodies(path)
     except OSError as exc:
-        raise SegmentError(f"{path}: cannot read: {exc.strerror}") from exc
+        raise SegmentError(f"{path}: cannot read: {os_error_text(exc)}") from exc
 
 
-def _resynced_bodies(path: Path) -> Iterator[bytes]:
+def _resynced_bodies(path: SegmentPath) -> Iterator[bytes]:
     """``_bodies`` of a damaged segment: its readable lines, in pieces of about ``_CHUNK``."""
     body: list[bytes] = []
     size = 0

@@ -33,13 +33,14 @@ from kbook.api import Api, parse_api
 from kbook.dialect import Dialect, Trade, dialect_for
 from kbook.errors import FrameError, InputError, OutputError, UsageError
 from kbook.pairs import common_name, file_name
-from kbook.segment import Problem, SegmentReader, find_segments
+from kbook.segment import Problem, SegmentPath, SegmentReader, find_segments
 from kbook.storage import (
+    Inputs,
     check_remote_output,
     is_remote,
-    local_segments,
     open_location,
     publish_dataset,
+    segment_inputs,
 )
 from kbook.trades import TradeLedger, in_order
 from kbook.units import utc_day, utc_text
@@ -84,7 +85,7 @@ _BOOK_MARKS = (b'"book-', b'"channel":"book"', b'"type":"checkpoint"')
 class TradesSummary:
     """What a trades replay did: trades kept and dropped per pair, problems met, files."""
 
-    segments: list[Path]
+    segments: list[SegmentPath]
     ledger: TradeLedger = field(default_factory=TradeLedger)
     problems: list[Problem] = field(default_factory=list)
     out: Path | str | None = None
@@ -116,7 +117,7 @@ class TradesSummary:
 
 
 def replay_trades_to_dataset(
-    paths: Iterable[str | Path] | str | Path,
+    paths: Inputs,
     out: str | Path,
     pairs: Iterable[str] | str | None = None,
     start: TimeLike = None,
@@ -160,7 +161,7 @@ def replay_trades_to_dataset(
 
 
 def _write_trades(
-    paths: Iterable[str | Path] | str | Path,
+    paths: Inputs,
     folder: Path,
     pairs: Iterable[str] | str | None,
     start: TimeLike,
@@ -169,22 +170,19 @@ def _write_trades(
     began: float,
 ) -> TradesSummary:
     """The trades dataset, manifest included, into the unpublished ``folder``; the summary
-    (files under ``folder``). ``s3://`` inputs are read from a local copy (``kbook.storage``)."""
-    given = [paths] if isinstance(paths, str | Path) else list(paths)
-    inputs = [path if is_remote(path) else Path(path) for path in given]
-    with local_segments(inputs) as local:
-        summary = TradesSummary([])
-        writer = _Writer(folder)
-        try:
-            for pair, rows in _trades(local, pairs, start, end, api, summary):
-                writer.add(pair, rows)
-        finally:
-            writer.close()
-        if not summary.rows:
-            raise UsageError(_no_trades(summary, start, end))
-        summary.seconds = time.monotonic() - began
-        summary.files = list(writer.files)
-        write_manifest(folder, summary.to_json())
+    (files under ``folder``). ``s3://`` inputs are read in place (``kbook.storage``)."""
+    summary = TradesSummary([])
+    writer = _Writer(folder)
+    try:
+        for pair, rows in _trades(paths, pairs, start, end, api, summary):
+            writer.add(pair, rows)
+    finally:
+        writer.close()
+    if not summary.rows:
+        raise UsageError(_no_trades(summary, start, end))
+    summary.seconds = time.monotonic() - began
+    summary.files = list(writer.files)
+    write_manifest(folder, summary.to_json())
     return summary
 
 
@@ -235,17 +233,14 @@ def read_trades(
     return table
 
 
-def replay_without_books(
-    paths: Iterable[str | Path] | str | Path, out: str | Path, force: bool = False
-) -> str | None:
+def replay_without_books(paths: Inputs, out: str | Path, force: bool = False) -> str | None:
     """For ``kbook replay`` of a recording with no order book in it (``--channels trade``): an
     empty snapshot dataset at ``out`` (its manifest says why) and the message that says what to
     do, rather than an error; None, touching nothing, when the segments hold a book.
 
     Cheap for a recording of the book: the first book line of the first segment ends the look.
     """
-    listed = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
-    segments = find_segments(listed)
+    segments = find_segments(segment_inputs(paths))
     for path in segments:
         reader = SegmentReader(path)
         if any(any(mark in line for mark in _BOOK_MARKS) for _, line in reader.raw_lines()):
@@ -271,7 +266,7 @@ def replay_without_books(
 
 
 def _trades(
-    paths: Iterable[str | Path] | str | Path,
+    paths: Inputs,
     pairs: Iterable[str] | str | None,
     start: TimeLike,
     end: TimeLike,
@@ -282,8 +277,7 @@ def _trades(
     wanted = parse_pairs(pairs)
     start_ns, end_ns = to_ns(start, "start"), to_ns(end, "end")
     only = parse_api(api) if api is not None else None
-    listed = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
-    segments = find_segments(listed)
+    segments = find_segments(segment_inputs(paths))
     apis: dict[str, set[Api]] = {}
     for path in segments:
         segment_api_ = Api(segment_api(path))
@@ -318,7 +312,7 @@ def _trades(
 
 
 def _segment_trades(
-    path: Path, dialect: Dialect, problems: list[Problem]
+    path: SegmentPath, dialect: Dialect, problems: list[Problem]
 ) -> Iterator[tuple[int, int, Trade]]:
     """``(recv_ns, seq, trade)`` of every trade frame of one segment, in order; a frame that is
     not well formed is a ``Problem`` (named by file and line), never an error."""

@@ -39,6 +39,7 @@ import orjson
 
 from kbook.errors import OutputError, UsageError
 from kbook.pairs import file_name
+from kbook.segment import SegmentPath
 from kbook.storage import source_name
 from kbook.units import DAY, utc_day, utc_text
 from replay.columns import file_schema
@@ -88,7 +89,7 @@ def check_options(manifest: dict[str, Any], options: ReplayOptions, out: Path) -
 
 def fingerprints(streams: Iterable[Stream], options: ReplayOptions) -> dict[str, str]:
     """``"BTC-USD/2026-11-21"`` -> fingerprint of its inputs, for every day with data."""
-    by_pair: dict[str, dict[Path, SegmentInfo]] = {}
+    by_pair: dict[str, dict[SegmentPath, SegmentInfo]] = {}
     for stream in streams:
         for pair in stream.channels:
             by_pair.setdefault(pair, {}).update((info.path, info) for info in stream.segments)
@@ -181,10 +182,12 @@ def segment_json(info: SegmentInfo) -> dict[str, Any]:
     }
 
 
-def known_surveys(manifest: dict[str, Any], segments: Iterable[Path]) -> dict[Path, SegmentInfo]:
+def known_surveys(
+    manifest: dict[str, Any], segments: Iterable[SegmentPath]
+) -> dict[SegmentPath, SegmentInfo]:
     """Surveys the manifest holds of ``segments`` that still match them (same size and time);
-    the manifest names each segment as ``source_name`` does (an ``s3://`` URI for a copy)."""
-    known: dict[Path, SegmentInfo] = {}
+    the manifest names each segment as ``source_name`` does (an ``s3://`` URI for an object)."""
+    known: dict[SegmentPath, SegmentInfo] = {}
     surveyed = manifest.get(SEGMENTS, {})
     for path in segments:
         data = surveyed.get(source_name(path))

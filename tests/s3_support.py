@@ -155,7 +155,7 @@ class S3Server:
         found = {}
         for info in fs.get_file_info(selector):
             if info.type == pafs.FileType.File:
-                with fs.open_input_stream(info.path) as stream:
+                with fs.open_input_stream(info.path, compression=None) as stream:
                     found[info.path.removeprefix(base + "/")] = stream.read()
         return found
 

@@ -51,7 +51,7 @@ def raw(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Path:
     folder = root / "raw"
     fs = s3.filesystem()
     for path in folder.rglob("*.jsonl.zst"):
-        with fs.open_output_stream(f"{BUCKET}/raw/{path.relative_to(folder).as_posix()}") as out:
+        with fs.open_output_stream(f"{BUCKET}/raw/{path.relative_to(folder).as_posix()}", compression=None) as out:
             out.write(path.read_bytes())
     return folder
 
@@ -104,7 +104,7 @@ def test_an_existing_s3_dataset_needs_force_and_is_replaced_whole(
     assert objects == local_files(tmp_path / "one-day"), "the second day's files are gone"
 
     s3.filesystem().create_dir(f"{BUCKET}/other")
-    with s3.filesystem().open_output_stream(f"{BUCKET}/other/notes.txt") as note:
+    with s3.filesystem().open_output_stream(f"{BUCKET}/other/notes.txt", compression=None) as note:
         note.write(b"not a dataset")
     with pytest.raises(OutputError, match="not a kbook snapshot dataset"):
         replay.replay_to_dataset(first_day, f"s3://{BUCKET}/other", levels=5, force=True)
@@ -141,7 +141,7 @@ def test_pandas_polars_and_duckdb_read_the_s3_dataset(raw: Path, s3: S3Server) -
 
 def test_an_unfinished_s3_dataset_is_refused(s3: S3Server) -> None:
     fs = s3.filesystem()
-    with fs.open_output_stream(f"{BUCKET}/torn/pair=BTC-USD/date=2025-11-21/part-0.parquet") as f:
+    with fs.open_output_stream(f"{BUCKET}/torn/pair=BTC-USD/date=2025-11-21/part-0.parquet", compression=None) as f:
         f.write(b"PAR1")
     with pytest.raises(InputError, match="did not finish"):
         replay.read_snapshots(f"s3://{BUCKET}/torn")
@@ -243,7 +243,7 @@ def test_trades_s3_to_s3_are_the_bytes_of_a_local_trades_replay(
     ]
     write_frames(folder / "XBT-USD.jsonl.zst", frames)
     fs = s3.filesystem()
-    with fs.open_output_stream(f"{BUCKET}/trades-raw/XBT-USD.jsonl.zst") as out:
+    with fs.open_output_stream(f"{BUCKET}/trades-raw/XBT-USD.jsonl.zst", compression=None) as out:
         out.write((folder / "XBT-USD.jsonl.zst").read_bytes())
     replay.replay_trades_to_dataset(folder, tmp_path / "trades")
     expected = local_files(tmp_path / "trades")
@@ -273,7 +273,7 @@ def test_update_from_s3_replays_only_what_changed(raw: Path, s3: S3Server, tmp_p
     assert len(segments) == 4
 
     def put(path: Path) -> None:
-        with fs.open_output_stream(f"{BUCKET}/upd/{path.relative_to(raw).as_posix()}") as out:
+        with fs.open_output_stream(f"{BUCKET}/upd/{path.relative_to(raw).as_posix()}", compression=None) as out:
             out.write(path.read_bytes())
 
     for path in segments:
