@@ -43,6 +43,8 @@ from kbook.segment import PARTIAL_SUFFIX, SUFFIX, SegmentPath
 SCHEME = "s3://"
 CHUNK = 1 << 20
 TEMPORARY_PREFIX = "_kbook_tmp-"
+ASIDE = "-aside"
+"""The temporary prefix that keeps an updated dataset's old manifest until the new one is in."""
 
 
 def is_remote(location: str | Path) -> bool:
@@ -288,8 +290,97 @@ def publish_dataset(folder: Path, location: Location, manifest: str, force: bool
     return files
 
 
+def publish_partitions(
+    folder: Path,
+    location: Location,
+    manifest: str,
+    partitions: Iterable[str],
+    record: dict[str, Any],
+) -> list[str]:
+    """``--update`` on object storage: replace each partition (``pair=X/date=D``) of
+    ``partitions`` at ``location`` by its files under ``folder`` (none: the partition is
+    removed), then write ``record`` as the manifest; the partitions replaced. As
+    ``publish_dataset`` does, and with the same commit point: the old manifest is moved aside
+    first (readers refuse the dataset from then on), new files go under a temporary key and are
+    moved to their place, the manifest is written last. A partition whose new files are byte for
+    byte its objects is left alone, and no other object is touched. A run killed on the way
+    leaves the old manifest aside (``unfinished_manifest``): its fingerprints still hold for every
+    partition it did not touch, and those it did have other inputs, so the next ``--update``
+    starts from it and redoes them; it removes the debris once its own manifest is written."""
+    fs = location.fs
+    old = list_files(location)
+    held: dict[str, int] = dict(record.get("files", {}))
+    replaced: list[str] = []
+    for partition in sorted(set(partitions)):
+        prefix = partition + "/"
+        new = sorted(
+            path.relative_to(folder).as_posix()
+            for path in (folder / partition).rglob("*")
+            if path.is_file()
+        )
+        there = [key for key in old if key.startswith(prefix)]
+        if not _same_objects(folder, location, new, there):
+            replaced.append(partition)
+    staging = f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:12]}"
+    try:
+        if replaced and manifest in old:  # from here on: unfinished, the old manifest aside
+            fs.move(location.join(manifest), location.join(f"{staging}{ASIDE}/{manifest}"))
+        for partition in replaced:
+            prefix = partition + "/"
+            new = sorted(
+                path.relative_to(folder).as_posix()
+                for path in (folder / partition).rglob("*")
+                if path.is_file()
+            )
+            for key in new:
+                _upload(fs, folder / key, location.join(f"{staging}/{key}"))
+            for key in new:
+                fs.move(location.join(f"{staging}/{key}"), location.join(key))
+            for key in old:
+                if key.startswith(prefix) and key not in new:
+                    fs.delete_file(location.join(key))
+            held = {key: size for key, size in held.items() if not key.startswith(prefix)}
+            held.update({key: (folder / key).stat().st_size for key in new})
+        record["files"] = dict(sorted(held.items()))
+        with fs.open_output_stream(location.join(manifest), compression=None) as out:
+            out.write(orjson.dumps(record, option=orjson.OPT_INDENT_2))
+        for debris in sorted(
+            {key.split("/", 1)[0] for key in old if key.startswith(TEMPORARY_PREFIX)}
+        ):
+            _remove_prefix(fs, location.join(debris))  # left by a replay killed while publishing
+        _remove_prefix(fs, location.join(f"{staging}{ASIDE}"))
+    except OSError as exc:
+        _remove_prefix(fs, location.join(staging))
+        raise OutputError(
+            f"{location.text}: cannot update the dataset: {_first_line(exc)}"
+        ) from exc
+    except BaseException:
+        _remove_prefix(fs, location.join(staging))
+        raise
+    return replaced
+
+
+def _same_objects(folder: Path, location: Location, new: list[str], there: list[str]) -> bool:
+    """The local files ``new`` (relative keys) are the objects ``there``, byte for byte (read a
+    megabyte at a time)."""
+    if new != there:
+        return False
+    for key in new:
+        with (
+            (folder / key).open("rb") as file,
+            location.fs.open_input_stream(location.join(key), compression=None) as stream,
+        ):
+            while True:
+                mine, theirs = file.read(CHUNK), stream.read(CHUNK)
+                if mine != theirs:
+                    return False
+                if not mine:
+                    break
+    return True
+
+
 def _upload(fs: pafs.FileSystem, source: Path, key: str) -> None:
-    with source.open("rb") as file, fs.open_output_stream(key) as out:
+    with source.open("rb") as file, fs.open_output_stream(key, compression=None) as out:
         while chunk := file.read(CHUNK):
             out.write(chunk)
 
@@ -300,10 +391,21 @@ def _remove_prefix(fs: pafs.FileSystem, path: str) -> None:
         fs.delete_dir(path)
 
 
+def unfinished_manifest(location: Location, manifest: str) -> dict[str, Any] | None:
+    """The manifest an ``--update`` killed while publishing left aside (``publish_partitions``),
+    or None."""
+    for key in list_files(location):
+        first, _, rest = key.partition("/")
+        if first.startswith(TEMPORARY_PREFIX) and first.endswith(ASIDE) and rest == manifest:
+            return read_remote_manifest(location, f"{first}/{manifest}")
+    return None
+
+
 def read_remote_manifest(location: Location, manifest: str) -> dict[str, Any] | None:
-    """The dataset's manifest at ``location``, or None when there is none."""
+    """The dataset's manifest at ``location`` (or at the relative key ``manifest``), or None
+    when there is none."""
     try:
-        with location.fs.open_input_stream(location.join(manifest)) as stream:
+        with location.fs.open_input_stream(location.join(manifest), compression=None) as stream:
             record = orjson.loads(stream.read())
     except FileNotFoundError:
         return None

@@ -37,9 +37,11 @@ from kbook.storage import (
     is_remote,
     open_location,
     publish_dataset,
+    publish_partitions,
     read_remote_manifest,
     segment_inputs,
     source_name,
+    unfinished_manifest,
 )
 from kbook.units import utc_day, utc_text
 from replay.columns import TIMESTAMP, file_schema, row_group_rows, table_schema
@@ -237,15 +239,21 @@ def replay_to_dataset(
     began = time.monotonic()
     options = make_options(every, levels, pairs, start, end, workers, api, max_silence)
     run = Run(progress, parse_engine(engine, scheduler), scheduler)
-    if is_remote(out):
-        if update:
-            raise UsageError("--update works on a local --out; replay to s3:// in full")
-        return _replay_to_remote(paths, open_location(out, "--out"), options, force, run)
-    out = Path(out)
     if update and force:
         raise UsageError("--update keeps what did not change and --force replaces it all: pick one")
+    if is_remote(out):
+        location = open_location(out, "--out")
+        held = None
+        if update:  # a dataset's manifest, or the one an update killed while publishing left
+            held = read_remote_manifest(location, MANIFEST) or unfinished_manifest(
+                location, MANIFEST
+            )
+        if held is not None:
+            return _update(paths, location, held, options, run, began)
+        return _replay_to_remote(paths, location, options, force, run)
+    out = Path(out)
     if update and (out / MANIFEST).is_file():
-        return _update(paths, out, options, run, began)
+        return _update(paths, out, read_manifest(out / MANIFEST), options, run, began)
     check_output(out, force)
     folder: Path | None = None
     done = False
@@ -275,12 +283,18 @@ def _manifest(
 
 
 def _update(
-    paths: PathsLike, out: Path, options: ReplayOptions, run: Run, began: float
+    paths: PathsLike,
+    out: Path | Location,
+    manifest: dict[str, Any],
+    options: ReplayOptions,
+    run: Run,
+    began: float,
 ) -> ReplaySummary:
-    """``replay_to_dataset(update=True)`` on an existing dataset (see ``replay.update``); the
-    changed pair-days run on ``run.engine`` as a full replay's tasks do."""
-    manifest = read_manifest(out / MANIFEST)
-    check_options(manifest, options, out)
+    """``replay_to_dataset(update=True)`` on an existing dataset with its ``manifest`` (see
+    ``replay.update``), a local folder or on object storage (``kbook.storage``); the changed
+    pair-days run on ``run.engine`` as a full replay's tasks do."""
+    name = out.text if isinstance(out, Location) else out
+    check_options(manifest, options, name)
     segments = find_segments(segment_inputs(paths))
     known = known_surveys(manifest, segments)
     infos = [known.get(path) or survey_segment(path) for path in segments]
@@ -288,34 +302,51 @@ def _update(
     old: dict[str, str] = manifest[PARTITIONS]
     todo = set(changed(old, prints)) | (old.keys() - prints.keys())
     result = StreamResult()
-    replaced: list[str] = []
-    if todo:
-        first_day = min(to_ns(key.split("/")[1], "date") or 0 for key in todo)
-        start = first_day if options.start_ns is None else max(first_day, options.start_ns)
-        pairs = frozenset(common_name(key.split("/")[0].replace("-", "/", 1)) for key in todo)
-        wanted = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
-        folder = temporary_folder(out)
-        try:
+    if isinstance(out, Location):
+        folder = Path(tempfile.mkdtemp(prefix="kbook-replay-"))  # published key by key
+    else:
+        folder = temporary_folder(out)  # partitions renamed into place
+    try:
+        if todo:
+            first_day = min(to_ns(key.split("/")[1], "date") or 0 for key in todo)
+            start = first_day if options.start_ns is None else max(first_day, options.start_ns)
+            pairs = frozenset(common_name(key.split("/")[0].replace("-", "/", 1)) for key in todo)
+            wanted = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
             if wanted.pairs:
                 known = {info.path: info for info in infos}
                 _, outcomes = run_replay(
                     segments, wanted, folder, run.progress, known, run.engine, run.scheduler
                 )
                 result = merge_results([outcome[0] for outcome in outcomes])
+        summary = ReplaySummary(options, segments, result, name)
+        kept = {pair: data for pair, data in manifest.get("pairs", {}).items()}
+        if isinstance(out, Location):
+            partitions = ["pair={}/date={}".format(*key.split("/")) for key in todo]
+            record = _manifest(summary, infos, kept) | {"files": manifest.get("files", {})}
+            moved = publish_partitions(folder, out, MANIFEST, partitions, record)
+            replaced = [part.removeprefix("pair=").replace("/date=", "/") for part in moved]
+            summary.files = [
+                out.uri(key) for key in record["files"] if key.startswith(tuple(moved))
+            ]
+        else:
             replaced = replace_partitions(folder, out, todo)
-        finally:
+            summary.files = [
+                path
+                for key in replaced
+                for path in sorted(
+                    (out / "pair={}/date={}".format(*key.split("/"))).glob("*.parquet")
+                )
+            ]
+    finally:
+        if isinstance(out, Location):
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
             discard(folder)
-    files = [
-        path
-        for key in replaced
-        for path in sorted((out / "pair={}/date={}".format(*key.split("/"))).glob("*.parquet"))
-    ]
-    summary = ReplaySummary(options, segments, result, out, files)
     summary.updated = len(replaced)
     summary.unchanged = len(prints) - len(set(replaced) & prints.keys())
     summary.seconds = time.monotonic() - began
-    kept = {pair: data for pair, data in manifest.get("pairs", {}).items()}
-    write_manifest_atomically(out / MANIFEST, _manifest(summary, infos, kept))
+    if not isinstance(out, Location):
+        write_manifest_atomically(out / MANIFEST, _manifest(summary, infos, kept))
     return summary
 
 

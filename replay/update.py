@@ -67,7 +67,7 @@ def options_json(options: ReplayOptions) -> dict[str, Any]:
     }
 
 
-def check_options(manifest: dict[str, Any], options: ReplayOptions, out: Path) -> None:
+def check_options(manifest: dict[str, Any], options: ReplayOptions, out: Path | str) -> None:
     """Refuse an ``--update`` whose options differ from the dataset's, naming the first."""
     if PARTITIONS not in manifest:
         raise UsageError(

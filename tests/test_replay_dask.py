@@ -117,7 +117,9 @@ def test_s3_to_s3_on_a_local_cluster_of_two_writes_the_local_bytes(
 def upload(s3: S3Server, folder: Path) -> None:
     fs = s3.filesystem()
     for path in folder.rglob("*.jsonl.zst"):
-        with fs.open_output_stream(f"{BUCKET}/raw/{path.relative_to(folder).as_posix()}", compression=None) as out:
+        with fs.open_output_stream(
+            f"{BUCKET}/raw/{path.relative_to(folder).as_posix()}", compression=None
+        ) as out:
             out.write(path.read_bytes())
 
 

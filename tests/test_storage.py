@@ -3,6 +3,7 @@ segments and receives the dataset, which must be the very bytes a local replay w
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from s3_support import BUCKET, S3Server, aws_env, s3_server
 import replay
 from kbook.errors import InputError, OutputError
 from kbook.segment import segment_path
-from kbook.storage import open_location
+from kbook.storage import ObjectSegment, open_location
 from kbook.units import SECOND
 from kbook.verify import verify_paths
 
@@ -51,7 +52,9 @@ def raw(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Path:
     folder = root / "raw"
     fs = s3.filesystem()
     for path in folder.rglob("*.jsonl.zst"):
-        with fs.open_output_stream(f"{BUCKET}/raw/{path.relative_to(folder).as_posix()}", compression=None) as out:
+        with fs.open_output_stream(
+            f"{BUCKET}/raw/{path.relative_to(folder).as_posix()}", compression=None
+        ) as out:
             out.write(path.read_bytes())
     return folder
 
@@ -141,7 +144,9 @@ def test_pandas_polars_and_duckdb_read_the_s3_dataset(raw: Path, s3: S3Server) -
 
 def test_an_unfinished_s3_dataset_is_refused(s3: S3Server) -> None:
     fs = s3.filesystem()
-    with fs.open_output_stream(f"{BUCKET}/torn/pair=BTC-USD/date=2025-11-21/part-0.parquet", compression=None) as f:
+    with fs.open_output_stream(
+        f"{BUCKET}/torn/pair=BTC-USD/date=2025-11-21/part-0.parquet", compression=None
+    ) as f:
         f.write(b"PAR1")
     with pytest.raises(InputError, match="did not finish"):
         replay.read_snapshots(f"s3://{BUCKET}/torn")
@@ -266,14 +271,16 @@ def test_trades_s3_to_s3_are_the_bytes_of_a_local_trades_replay(
 
 
 def test_update_from_s3_replays_only_what_changed(raw: Path, s3: S3Server, tmp_path: Path) -> None:
-    """``--update`` with s3:// segments: objects are named by their URI and keep their time in
-    the local copy, so a second run finds nothing changed; new objects give the full bytes."""
+    """``--update`` with s3:// segments: objects are named by their URI and their listed time,
+    so a second run finds nothing changed; new objects give the full bytes."""
     fs = s3.filesystem()
     segments = sorted(raw.rglob("*.jsonl.zst"))
     assert len(segments) == 4
 
     def put(path: Path) -> None:
-        with fs.open_output_stream(f"{BUCKET}/upd/{path.relative_to(raw).as_posix()}", compression=None) as out:
+        with fs.open_output_stream(
+            f"{BUCKET}/upd/{path.relative_to(raw).as_posix()}", compression=None
+        ) as out:
             out.write(path.read_bytes())
 
     for path in segments:
@@ -291,3 +298,83 @@ def test_update_from_s3_replays_only_what_changed(raw: Path, s3: S3Server, tmp_p
     assert (more.updated, more.unchanged) == (2, 2)  # the new day; the old day the same bytes
     replay.replay_to_dataset(raw, tmp_path / "full", levels=5)
     assert local_files(out) == local_files(tmp_path / "full")
+
+
+def test_s3_segments_are_read_in_place_not_copied(raw: Path, s3: S3Server, tmp_path: Path) -> None:
+    """Replay and verify hand the readers references to the objects (no local copy is made),
+    and read the very bytes of the local files."""
+    verified = verify_paths([f"s3://{BUCKET}/raw"])
+    assert len(verified.files) == 4
+    assert all(isinstance(path, ObjectSegment) for path in verified.files)
+    assert {str(path) for path in verified.files} == {
+        f"s3://{BUCKET}/raw/{path.relative_to(raw).as_posix()}" for path in raw.rglob("*.zst")
+    }
+    summary = replay.replay_to_dataset(f"s3://{BUCKET}/raw", tmp_path / "snaps", levels=5)
+    assert all(isinstance(path, ObjectSegment) for path in summary.segments)
+    assert [path.stat().st_size for path in summary.segments] == [
+        (raw / str(path).split("/raw/", 1)[1]).stat().st_size for path in summary.segments
+    ]
+    replay.replay_to_dataset(raw, tmp_path / "local", levels=5)
+    assert local_files(tmp_path / "snaps") == local_files(tmp_path / "local")
+
+
+def test_a_missing_s3_object_is_a_one_line_error(s3: S3Server) -> None:
+    with pytest.raises(InputError, match=f"^s3://{BUCKET}/raw/nothing.jsonl.zst: ") as caught:
+        verify_paths([f"s3://{BUCKET}/raw/nothing.jsonl.zst"])
+    assert "\n" not in str(caught.value)
+
+
+def objects_by_hash(s3: S3Server, prefix: str) -> dict[str, str]:
+    return {key: hashlib.sha256(data).hexdigest() for key, data in s3.objects(prefix).items()}
+
+
+@pytest.mark.slow
+def test_update_to_s3_rewrites_only_the_partitions_that_changed(
+    raw: Path, s3: S3Server, tmp_path: Path
+) -> None:
+    """``--update --out s3://``: after one more day of segments, only that day's objects are
+    written (every other object keeps its bytes) and the dataset equals a full replay."""
+    fs = s3.filesystem()
+
+    def put(path: Path) -> None:
+        key = f"{BUCKET}/upd-in/{path.relative_to(raw).as_posix()}"
+        with fs.open_output_stream(key, compression=None) as out:
+            out.write(path.read_bytes())
+
+    segments = sorted(raw.rglob("*.jsonl.zst"))
+    for path in segments:
+        if path.parent.name == "2025-11-20":
+            put(path)
+    source, out = f"s3://{BUCKET}/upd-in", f"s3://{BUCKET}/upd-out"
+    first = replay.replay_to_dataset(source, out, levels=5, update=True)
+    assert first.updated is None  # no dataset yet: a full replay
+    before = objects_by_hash(s3, "upd-out")
+    assert sorted(before) == [
+        MANIFEST,
+        "pair=BTC-USD/date=2025-11-20/part-0.parquet",
+        "pair=ETH-USD/date=2025-11-20/part-0.parquet",
+    ]
+    same = replay.replay_to_dataset(source, out, levels=5, update=True)
+    assert (same.updated, same.unchanged) == (0, 2)
+    again = objects_by_hash(s3, "upd-out")
+    assert {key: again[key] for key in before if key != MANIFEST} == {
+        key: before[key] for key in before if key != MANIFEST
+    }
+    for path in segments:
+        if path.parent.name == "2025-11-21":
+            put(path)
+    more = replay.replay_to_dataset(source, out, levels=5, update=True)
+    assert (more.updated, more.unchanged) == (2, 2)  # the new day; the old day the same bytes
+    after = objects_by_hash(s3, "upd-out")
+    new_day = {key for key in after if "date=2025-11-21" in key}
+    assert len(new_day) == 2
+    assert {key: after[key] for key in before if key != MANIFEST} == {
+        key: before[key] for key in before if key != MANIFEST
+    }
+    assert set(after) == set(before) | new_day
+    replay.replay_to_dataset(raw, tmp_path / "full", levels=5)
+    objects = s3.objects("upd-out")
+    manifest = orjson.loads(objects.pop(MANIFEST))
+    assert objects == local_files(tmp_path / "full")
+    assert manifest["files"] == {key: len(data) for key, data in objects.items()}
+    assert replay.read_snapshots(out).equals(replay.read_snapshots(tmp_path / "full"))
