@@ -21,6 +21,7 @@ from s3_support import BUCKET, S3Server, aws_env, s3_server
 import replay
 from kbook.errors import TaskError, UsageError
 from kbook.segment import segment_path
+from kbook.storage import ObjectSegment
 from kbook.units import SECOND
 
 distributed = pytest.importorskip("distributed")
@@ -104,11 +105,14 @@ def test_s3_to_s3_on_a_local_cluster_of_two_writes_the_local_bytes(
 ) -> None:
     with s3_server(tmp_path_factory.mktemp("s3")) as s3, aws_env(s3):
         upload(s3, raw)
-        replay.replay_to_dataset(
+        summary = replay.replay_to_dataset(
             f"s3://{BUCKET}/raw", f"s3://{BUCKET}/snaps", every="1s", levels=5, workers=2,
             engine="dask",
         )  # fmt: skip
         objects = s3.objects("snaps")
+    # The tasks carried references to the objects, which the workers read from S3 themselves.
+    assert summary.segments
+    assert all(isinstance(p, ObjectSegment) for p in summary.segments)
     assert MANIFEST in objects
     objects.pop(MANIFEST)
     assert objects == expected

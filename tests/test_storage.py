@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -300,7 +302,9 @@ def test_update_from_s3_replays_only_what_changed(raw: Path, s3: S3Server, tmp_p
     assert local_files(out) == local_files(tmp_path / "full")
 
 
-def test_s3_segments_are_read_in_place_not_copied(raw: Path, s3: S3Server, tmp_path: Path) -> None:
+def test_s3_segments_are_read_in_place_not_copied(
+    raw: Path, s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Replay and verify hand the readers references to the objects (no local copy is made),
     and read the very bytes of the local files."""
     verified = verify_paths([f"s3://{BUCKET}/raw"])
@@ -309,7 +313,19 @@ def test_s3_segments_are_read_in_place_not_copied(raw: Path, s3: S3Server, tmp_p
     assert {str(path) for path in verified.files} == {
         f"s3://{BUCKET}/raw/{path.relative_to(raw).as_posix()}" for path in raw.rglob("*.zst")
     }
-    summary = replay.replay_to_dataset(f"s3://{BUCKET}/raw", tmp_path / "snaps", levels=5)
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))  # where a copy would have gone
+    held: list[list[str]] = []
+
+    def progress(done: int, total: int) -> None:
+        held.append([path.name for path in spool.rglob("*") if path.is_file()])
+
+    summary = replay.replay_to_dataset(
+        f"s3://{BUCKET}/raw", tmp_path / "snaps", levels=5, progress=progress
+    )
+    assert held, "the replay reported progress"
+    assert not any(held), "no local file while the replay ran"
     assert all(isinstance(path, ObjectSegment) for path in summary.segments)
     assert [path.stat().st_size for path in summary.segments] == [
         (raw / str(path).split("/raw/", 1)[1]).stat().st_size for path in summary.segments
@@ -378,3 +394,24 @@ def test_update_to_s3_rewrites_only_the_partitions_that_changed(
     assert objects == local_files(tmp_path / "full")
     assert manifest["files"] == {key: len(data) for key, data in objects.items()}
     assert replay.read_snapshots(out).equals(replay.read_snapshots(tmp_path / "full"))
+
+
+def test_denied_s3_requests_are_one_line_errors(
+    raw: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(InputError, match=f"^s3://{BUCKET}/raw: cannot read: ") as caught:
+        verify_paths([f"s3://{BUCKET}/raw"])
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_an_s3_server_that_does_not_answer_is_a_one_line_error(
+    raw: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{sock.getsockname()[1]}")
+        with pytest.raises(InputError, match=f"^s3://{BUCKET}/raw: cannot read: ") as caught:
+            verify_paths([f"s3://{BUCKET}/raw"])
+    assert "\n" not in str(caught.value)
