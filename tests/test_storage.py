@@ -415,3 +415,53 @@ def test_an_s3_server_that_does_not_answer_is_a_one_line_error(
         with pytest.raises(InputError, match=f"^s3://{BUCKET}/raw: cannot read: ") as caught:
             verify_paths([f"s3://{BUCKET}/raw"])
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_an_update_killed_while_publishing_is_finished_by_the_next_update(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """``--update --out s3://`` killed (SIGKILL) with new partitions half moved in: readers
+    find no manifest and refuse; the next ``--update`` starts from the manifest left aside,
+    publishes the bytes of a full replay and removes the debris."""
+    folder = tmp_path / "raw"
+
+    def record(seeds: tuple[int, int]) -> None:  # 2 x 40 days: 80 partitions
+        for pair, seed in zip(("XBT/USD", "ETH/USD"), seeds, strict=True):
+            frames = SynthMarket(pair, depth=10, seed=seed).frames(160, MIDNIGHT, 6 * 3600 * SECOND)
+            path = folder / f"{pair.replace('/', '-')}.jsonl.zst"
+            path.unlink(missing_ok=True)
+            write_frames(path, frames)
+
+    record((3, 4))
+    out = f"s3://{BUCKET}/killed-update"
+    replay.replay_to_dataset(folder, out, every="1h", levels=5)
+    record((5, 6))  # other markets under the same names: every partition changes
+    fs = s3.filesystem()
+    command = [sys.executable, "-m", "kbook", "replay", str(folder), "--out", out, "--update"]
+    args = [*command, "--every", "1h", "--levels", "5", "--workers", "1"]
+    with subprocess.Popen(args, env={**os.environ, **s3.env}, stderr=subprocess.PIPE) as run:
+        selector = pafs.FileSelector(f"{BUCKET}/killed-update", recursive=True)
+        while not any(
+            "_kbook_tmp-" in info.path and "-aside/" not in info.path
+            for info in fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+        ):
+            assert run.poll() is None, "the update ended before it was killed"
+        run.kill()
+    assert run.returncode == -9
+    objects = s3.objects("killed-update")
+    assert MANIFEST not in objects
+    assert any(key.endswith(f"-aside/{MANIFEST}") for key in objects)
+    with pytest.raises(InputError, match="did not finish"):
+        replay.read_snapshots(out)
+
+    again = replay.replay_to_dataset(folder, out, every="1h", levels=5, update=True)
+    assert again.updated is not None
+    assert again.updated > 0  # the partitions the killed run had moved in whole stay as they are
+    assert again.updated + again.unchanged == 80
+    replay.replay_to_dataset(folder, tmp_path / "whole", every="1h", levels=5)
+    objects = s3.objects("killed-update")
+    objects.pop(MANIFEST)
+    assert objects == local_files(tmp_path / "whole"), "and the killed run's debris is gone"
+    assert replay.read_snapshots(out).equals(replay.read_snapshots(tmp_path / "whole"))
