@@ -540,7 +540,7 @@ def check_segment_file(path: SegmentPath) -> None:
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     try:
-        with path.open("rb") as fh:
+        with path.open("rb", buffering=0) as fh:  # 4 bytes: one small request for an object
             head = fh.read(4)
     except OSError as exc:
         raise SegmentError(f"{path}: cannot read: {os_error_text(exc)}") from exc

@@ -20,11 +20,17 @@ have are deleted, and the manifest, listing every file, is written last (then th
 that killed runs left are removed). A run that dies on the way leaves no manifest, which
 ``read_snapshots`` refuses ("did not finish"); readers that trust the manifest never see half a
 dataset. Each file is one object written in one piece: no zero-byte
-"folder" objects (which break readers going through s3fs).
+"folder" objects (which break readers going through s3fs). ``publish_partitions`` replaces some
+partitions of a published dataset (``--update``) the same way.
+
+Objects are written and read as their very bytes: ``pyarrow.fs`` streams guess a compression from
+the key's extension (a ``.jsonl.zst`` segment would be compressed again), so every stream here
+passes ``compression=None``.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import uuid
@@ -75,13 +81,32 @@ class Location:
         return str(Path(self.path) / relative) if relative else self.path
 
 
+_AWS_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+)
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
-    """An S3 client configured by the standard AWS variables (see the module docstring)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    """An S3 client configured by the standard AWS variables (see the module docstring); one
+    per setting of them in a process, so that the segments a replay opens one after another
+    share its connections (on TLS, a new connection is a handshake)."""
+    return _s3_client(tuple(os.environ.get(name) for name in _AWS_VARIABLES))
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_client(variables: tuple[str | None, ...]) -> pafs.S3FileSystem:
+    """The client for these values of ``_AWS_VARIABLES`` (the SDK reads the credentials from
+    the environment itself: they are in the key so that new ones make a new client)."""
+    endpoint, region, default_region = variables[:3]
     return pafs.S3FileSystem(
-        endpoint_override=endpoint,
-        region=region or "us-east-1",
+        endpoint_override=endpoint or None,
+        region=region or default_region or "us-east-1",
         connect_timeout=5,
         request_timeout=30,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3),
@@ -159,13 +184,15 @@ class ObjectSegment:
     def __str__(self) -> str:
         return self.uri
 
-    def open(self, mode: str = "rb") -> BinaryIO:
+    def open(self, mode: str = "rb", buffering: int = -1) -> BinaryIO:
         """The object for reading: seekable (``SegmentReader`` resynchronises after damage by
-        seeking), a megabyte per request (each read of a raw S3 file is one ranged GET)."""
+        seeking), a megabyte per request (each read of a raw S3 file is one ranged GET), or
+        unbuffered with ``buffering=0`` (a look at the first bytes costs a request that
+        small)."""
         if mode != "rb":
             raise ValueError(f"{self.uri}: objects are opened for reading only ('rb')")
         raw = s3_filesystem().open_input_file(self.uri.removeprefix(SCHEME))
-        return io.BufferedReader(raw, CHUNK)
+        return raw if buffering == 0 else io.BufferedReader(raw, CHUNK)
 
     def stat(self) -> ObjectStat:
         return ObjectStat(self.size, self.mtime_ns)
@@ -273,7 +300,7 @@ def publish_dataset(folder: Path, location: Location, manifest: str, force: bool
                 fs.delete_file(location.join(key))
         record: dict[str, Any] = orjson.loads((folder / manifest).read_bytes())
         record["files"] = {key: (folder / key).stat().st_size for key in files}
-        with fs.open_output_stream(location.join(manifest)) as out:
+        with fs.open_output_stream(location.join(manifest), compression=None) as out:
             out.write(orjson.dumps(record, option=orjson.OPT_INDENT_2))
         for debris in sorted(
             {key.split("/", 1)[0] for key in old if key.startswith(TEMPORARY_PREFIX)}
