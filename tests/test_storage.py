@@ -24,8 +24,8 @@ from s3_support import BUCKET, S3Server, aws_env, s3_server
 
 import replay
 from kbook.errors import InputError, OutputError
-from kbook.segment import segment_path
-from kbook.storage import ObjectSegment, open_location
+from kbook.segment import SegmentReader, SegmentWriter, frame_line, segment_path
+from kbook.storage import ObjectSegment, open_location, segment_inputs
 from kbook.units import SECOND
 from kbook.verify import verify_paths
 
@@ -465,3 +465,34 @@ def test_an_update_killed_while_publishing_is_finished_by_the_next_update(
     objects.pop(MANIFEST)
     assert objects == local_files(tmp_path / "whole"), "and the killed run's debris is gone"
     assert replay.read_snapshots(out).equals(replay.read_snapshots(tmp_path / "whole"))
+
+
+def test_a_damaged_s3_segment_is_read_past_its_damage_as_a_local_one(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """A flipped byte in one zstd frame: the reader seeks to the next frame in the object, as
+    in a local file, and reports the same problems (named by the URI)."""
+    path = tmp_path / "XBT-USD.jsonl.zst"
+    with SegmentWriter(path) as writer:
+        for n in range(200):
+            writer.write(
+                frame_line(MIDNIGHT + n, n, f'[{n},{{"a":[["{n}.5","1.0","1.0"]]}}]', True)
+            )
+            if n % 20 == 19:
+                writer.flush(fsync=False)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with s3.filesystem().open_output_stream(
+        f"{BUCKET}/damaged/{path.name}", compression=None
+    ) as out:
+        out.write(bytes(data))
+    (remote,) = segment_inputs([f"s3://{BUCKET}/damaged"])
+    local_reader, remote_reader = SegmentReader(path), SegmentReader(remote)
+    local_records, remote_records = list(local_reader), list(remote_reader)
+    assert 150 <= len(local_records) < 200
+    assert remote_records == local_records
+    assert [str(p).replace(str(path), "X") for p in local_reader.problems] == [
+        str(p).replace(f"s3://{BUCKET}/damaged/{path.name}", "X") for p in remote_reader.problems
+    ]
+    assert any("skipped" in str(p) for p in remote_reader.problems)
