@@ -496,3 +496,25 @@ def test_a_damaged_s3_segment_is_read_past_its_damage_as_a_local_one(
         str(p).replace(f"s3://{BUCKET}/damaged/{path.name}", "X") for p in remote_reader.problems
     ]
     assert any("skipped" in str(p) for p in remote_reader.problems)
+
+
+def test_a_segment_stored_twice_on_s3_is_read_once_as_locally(
+    raw: Path, s3: S3Server, tmp_path: Path
+) -> None:
+    """Listing, ordering and leaving out copies go as in a local folder holding the same."""
+    first = sorted(raw.rglob("*.jsonl.zst"))[0]
+    fs = s3.filesystem()
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / first.name).write_bytes(first.read_bytes())
+        with fs.open_output_stream(
+            f"{BUCKET}/twice/{folder}/{first.name}", compression=None
+        ) as out:
+            out.write(first.read_bytes())
+    local = verify_paths([tmp_path])
+    remote = verify_paths([f"s3://{BUCKET}/twice"])
+    assert [str(path) for path in remote.files] == [f"s3://{BUCKET}/twice/a/{first.name}"]
+    assert [str(p).replace(str(tmp_path), "X") for p in local.problems] == [
+        str(p).replace(f"s3://{BUCKET}/twice", "X") for p in remote.problems
+    ]
+    assert "a stale copy of the same as" in str(remote.problems[0])
