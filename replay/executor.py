@@ -36,6 +36,33 @@ ENGINES = ("local", "dask")
 RETRIES = 1
 """Times a failed task is submitted again on Dask before the replay fails."""
 
+WORKER_CONFIG: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None},
+}
+"""Dask settings of the workers of kbook's ``LocalCluster``: what made a task 1.2-1.6x slower
+on a worker than in one process (measured task by task: CPU time and wall time inside the task).
+
+A worker's event loop shares the GIL with the thread that replays. Every time the loop wakes
+it must take the GIL from the replay, which gives it up only after the 5 ms switch interval and
+must then wait to be scheduled again: on a busy machine, a few milliseconds each time. By
+default it wakes every 20 ms to measure its own lag (``tick``), every 100 ms to read the
+process's memory, every 500 ms for system metrics, and every 10 ms for the statistical
+profiler (for the dashboard): some 250 GIL handovers a second, which cost a third of the wall
+time under load. Less often suffices for a replay (tasks of seconds to minutes; a worker still
+notices within a second when it runs short of memory): some 15 a second remain.
+
+The nanny also starts each worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which makes the
+allocator give freed memory back to the system at once and fault it in again on the next
+allocation: 50x the page faults, 5-10% more CPU time for the replay's many short-lived
+objects. Left unset, the worker allocates as this process does.
+
+A cluster started elsewhere (``--scheduler``) runs with its own settings: see README, On a
+cluster, for the same settings as environment variables."""
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -171,11 +198,9 @@ def _dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
         return
     # On the loopback interface only, its HTTP server (health, metrics) on a free port rather
     # than 8787; its nannies' warnings (a worker restarted after a crash or a signal) would be
-    # lines beside kbook's own: a task's failure is reported by its future, once. The workers'
-    # statistical profiler (a look at every thread's stack every 10 ms, for the dashboard)
-    # is off: it took the replay's GIL and cost a third of a worker (measured, 4 M frames:
-    # 33.4 s with it, 25.6 s without, 18-22 s in one process).
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
+    # lines beside kbook's own: a task's failure is reported by its future, once. The workers
+    # run with ``WORKER_CONFIG`` (see there).
+    with dask.config.set(WORKER_CONFIG):
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,

@@ -23,6 +23,7 @@ from kbook.errors import TaskError, UsageError
 from kbook.segment import segment_path
 from kbook.storage import ObjectSegment
 from kbook.units import SECOND
+from replay.executor import open_executor
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -153,6 +154,33 @@ def test_a_task_that_fails_twice_is_named_and_nothing_is_published(
     finally:
         (sabotage / "always").unlink()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_kbooks_cluster_workers_leave_the_replay_the_gil_and_the_allocator_as_one_process() -> None:
+    """The settings that made a task 1.2-1.6x slower on a worker (``WORKER_CONFIG``) are off in
+    the worker processes themselves: no ``MALLOC_TRIM_THRESHOLD_``, no profiler, an event loop
+    that wakes about once a second, not every 20 ms."""
+
+    def settings() -> tuple[str | None, bool, float, float, float]:
+        from dask.utils import parse_timedelta
+
+        def seconds(key: str) -> float:
+            return float(parse_timedelta(dask.config.get(key)))
+
+        return (
+            os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            bool(dask.config.get("distributed.worker.profile.enabled")),
+            seconds("distributed.admin.tick.interval"),
+            seconds("distributed.worker.memory.monitor-interval"),
+            seconds("distributed.admin.system-monitor.interval"),
+        )
+
+    with open_executor("dask", 1) as executor:
+        (found,) = executor.client.run(settings).values()
+    trim, profiler, tick, memory, system = found
+    assert (trim, profiler) == (None, False)
+    assert min(tick, memory, system) >= 1.0
 
 
 def test_an_unknown_engine_or_a_scheduler_without_dask_is_refused(
