@@ -58,7 +58,9 @@ notices within a second when it runs short of memory): some 15 a second remain.
 The nanny also starts each worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which makes the
 allocator give freed memory back to the system at once and fault it in again on the next
 allocation: 50x the page faults, 5-10% more CPU time for the replay's many short-lived
-objects. Left unset, the worker allocates as this process does.
+objects. Left unset, the worker allocates as this process does (unless this process's own
+environment sets it: Dask's nannies put it there, so a cluster with Dask's settings started
+earlier in this process leaves it behind).
 
 A cluster started elsewhere (``--scheduler``) runs with its own settings: see README, On a
 cluster, for the same settings as environment variables."""
