@@ -64,7 +64,7 @@ from replay.parquet import (
     discard,
     publish,
     require_snapshots,
-    source_spool,
+    source_spools,
     temporary_folder,
     write_manifest,
 )
@@ -600,7 +600,10 @@ def _run_local(
         outcomes = run_tasks(tasks, len(streams), options, folder, executor, tick)
     if outcomes:  # stale copies left out of the replay, warned about first
         outcomes[0][0].problems[:0] = dropped
-    return infos, outcomes + _timelines(streams, outcomes, options, folder)
+    windows = [0] * len(streams)
+    for task in tasks:
+        windows[task.source] = max(windows[task.source], task.window + 1)
+    return infos, outcomes + _timelines(streams, outcomes, options, folder, windows)
 
 
 def _timelines(
@@ -608,9 +611,11 @@ def _timelines(
     outcomes: list[tuple[StreamResult, Rows]],
     options: ReplayOptions,
     folder: Path | None,
+    windows: list[int],
 ) -> list[tuple[StreamResult, Rows]]:
     """Merge each pair with several sources into one timeline (``replay.timeline``): their
-    rows leave the streams' outcomes, and one more outcome holds the merged rows."""
+    rows leave the streams' outcomes, and one more outcome holds the merged rows. A source's
+    rows are in the spools of its ``windows`` windows, one after another."""
     holders: dict[str, list[int]] = {}
     for index, stream in enumerate(streams):
         for pair in sorted(stream.shared):
@@ -633,8 +638,8 @@ def _timelines(
                     tables = outcomes[index][1].batches.pop(pair, [])
                     sources.append(SourceRows(depth, iter(tables), part.invalid_spans))
                 else:
-                    path = source_spool(folder, pair, stream.rank)
-                    spooled = read_spool(path) if path.exists() else iter(())
+                    paths = source_spools(folder, pair, stream.rank, windows[index])
+                    spooled = (table for path in paths for table in read_spool(path))
                     sources.append(SourceRows(depth, spooled, part.invalid_spans))
             channels = sorted({p.channel for p in parts}, key=channel_depth, reverse=True)
             sink = batches.setdefault(pair, []).append if writer is None else writer.sink(pair)

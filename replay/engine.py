@@ -33,11 +33,12 @@ applies it with the same rules; checkpoints restore, a damaged tail voids; a v2 
 tasks as v1 is.
 
 The same fact lets one stream run as several tasks in parallel (``replay.plan``'s, joined by
-``replay.tasks``): a task after the first starts at such a segment, and a task before another
-stops at the head of the next one's first segment, emitting exactly the rows the whole replay
-emits before each followed book is restored there. What a task cannot know alone (counts pending
-across the boundary, whether its start state was really the one the whole replay reaches) goes
-into its ``TaskResult`` for the join to settle.
+``replay.tasks``): a task after the first starts at such a segment. A day's task starts before
+its midnight and writes from there (``--start``), counting only the segments it owns; a piece
+of a day before another stops at the head of the next one's first segment, emitting exactly the
+rows the whole replay emits before each followed book is restored there. What a task cannot know
+alone (counts pending across the boundary, whether its start state was really the one the whole
+replay reaches) goes into its ``TaskResult`` for the join to settle.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class TaskResult:
     """Every followed book was restored by the first segment's head checkpoints."""
     clean_end: bool = True
     """The head of the next task's first segment restored every followed book."""
+    probe: tuple[int, int | None] | None = None
+    """The clock and the connection id before segment ``Task.probe``, where the next window's
+    task starts reading (None: the task has no probe)."""
 
 
 @dataclass
@@ -173,8 +177,20 @@ class StreamReplay:
         segments = self.stream.segments
         self._skip_to(task.first)
         start_connection = self.feed.connection_id
-        self._heading = task.number > 0
-        for info in segments[task.first : task.stop]:
+        self._heading = task.number > 0 or task.window > 0
+        probe = None
+        malformed = 0  # malformed frames of the segments before the owned ones
+        for index in range(task.first, task.stop):
+            if index == task.probe:
+                probe = (self.clock, self.feed.connection_id)
+            if index == task.owned and index > task.first:
+                # The segments so far were the previous window's: read to reach this window's
+                # start, counted there.
+                self.result = StreamResult()
+                malformed = self.feed.malformed_frames
+                for sampler in self.samplers.values():
+                    sampler.count_from_here()
+            info = segments[index]
             self._replay_segment(info)
             self.result.segments_read += 1
             if progress is not None:
@@ -185,8 +201,9 @@ class StreamReplay:
             end_connection=self.feed.connection_id,
             end_clock=self.clock,
             clean_start=self._clean_start and not self._heading,
+            probe=probe,
         )
-        self.result.malformed_frames = self.feed.malformed_frames
+        self.result.malformed_frames = self.feed.malformed_frames - malformed
         if task.last:
             later = {common_name(wire) for info in segments[task.stop :] for wire, _ in info.books}
             silence = self.options.max_silence_ns

@@ -43,14 +43,23 @@ SOURCES = ".sources"
 several wait for ``replay.timeline``: ``.sources/<pair>/<rank>.arrow``."""
 
 
-def source_spool(root: Path, pair: str, rank: int) -> Path:
-    """Where a source's rows of ``pair`` wait for the timeline (see ``SOURCES``)."""
-    return root / SOURCES / file_name(pair) / f"{rank}.arrow"
+def source_spool(root: Path, pair: str, rank: int, window: int = 0) -> Path:
+    """Where a source's rows of ``pair`` wait for the timeline (see ``SOURCES``): those of
+    its window ``window`` (``replay.plan``) after the first in ``<rank>-<window>.arrow``."""
+    name = f"{rank}-{window}" if window else f"{rank}"
+    return root / SOURCES / file_name(pair) / f"{name}.arrow"
+
+
+def source_spools(root: Path, pair: str, rank: int, windows: int) -> list[Path]:
+    """The spools of a source's ``windows`` windows that hold rows of ``pair``, in order."""
+    paths = [source_spool(root, pair, rank, window) for window in range(windows)]
+    return [path for path in paths if path.exists()]
 
 
 class DatasetWriter:
     """Writes each pair's row batches (one UTC day per batch) to its partition files; the rows
-    of ``spooled`` pairs go to the source spool of source ``rank`` instead (``SOURCES``)."""
+    of ``spooled`` pairs go to the source spool of source ``rank``'s window ``window``
+    instead (``SOURCES``)."""
 
     def __init__(
         self,
@@ -59,6 +68,7 @@ class DatasetWriter:
         spooled: frozenset[str] = frozenset(),
         rank: int = 0,
         schema: pa.Schema | None = None,
+        window: int = 0,
     ) -> None:
         self.root = root
         self.schema = file_schema(levels) if schema is None else schema
@@ -67,6 +77,7 @@ class DatasetWriter:
         self._open: dict[str, tuple[str, pq.ParquetWriter]] = {}
         self.spooled = spooled
         self.rank = rank
+        self.window = window
         self._spools: dict[str, pa.ipc.RecordBatchFileWriter] = {}
 
     def sink(self, pair: str) -> Callable[[pa.Table], None]:
@@ -79,7 +90,7 @@ class DatasetWriter:
         writer = self._spools.get(pair)
         try:
             if writer is None:
-                path = source_spool(self.root, pair, self.rank)
+                path = source_spool(self.root, pair, self.rank, self.window)
                 make_folders(self.root, path.parent)
                 writer = self._spools[pair] = pa.ipc.new_file(path, self.schema)
             writer.write_table(table)

@@ -31,14 +31,18 @@ The *fixed order* of sources, the timeline's last tie-break: v2 before v1, then 
 time, then by first segment path; ``Stream.rank`` is the position in that order.
 
 The *tasks* (``plan_tasks``), the units of work whatever runs them (``replay.executor``): each
-source is cut at the first segment of every UTC day, so that a task is one pair-day (one source
-of one or several pairs, for one day), and a day of more than ``ReplayOptions.task_bytes`` of
-segments is cut again into pieces of about that size. A cut is made only at a segment whose head
-holds checkpoints of every followed book: the recorder rotates at UTC boundaries and writes them
-there, and a checkpoint replaces the book entirely, so the task starting there needs nothing
-earlier but the connection id, which the survey knows. The task list depends on the inputs and
-options only, never on the number of workers, and ``replay.tasks`` joins a source's tasks into
-exactly what one run over it writes.
+source is cut into *windows* of whole UTC days, so that a window is one pair-day (one source of
+one or several pairs, for one day) that writes its own partitions. A window opens at a midnight
+where the source has a segment that opens with checkpoints of every followed book before it (the
+recorder rotates at UTC boundaries and writes them there), at least one grid interval before
+the midnight: the window's task starts reading there (a checkpoint replaces the book entirely,
+so nothing earlier is needed but the connection id, which the survey knows), replays without
+output until the midnight, and writes only the rows of its window, as ``--start``/``--end``
+would. Where no such segment exists, the day stays in the window before. A window of more than
+``ReplayOptions.task_bytes`` of segments is cut again, at checkpointed segments, into pieces of
+about that size, which ``replay.tasks`` joins into the window's rows. The task list depends on
+the inputs and options only, never on the number of workers, and ``replay.tasks`` joins a
+source's tasks into exactly what one run over it writes.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from kbook.api import Api
 from kbook.errors import FrameError, UsageError
 from kbook.feed import channel_depth, sane_pair
 from kbook.pairs import common_name
-from kbook.units import utc_day
+from kbook.units import DAY, utc_day
 from replay.options import ReplayOptions
 from replay.survey import SegmentInfo
 
@@ -102,9 +106,23 @@ class Task:
     first: int
     stop: int
     number: int = 0
-    """Position among the source's tasks."""
+    """Position among its window's tasks."""
     last: bool = True
-    """The source's last task finishes its pairs; the others end at the head of ``stop``."""
+    """The window's last task finishes its pairs; the others end at the head of ``stop``."""
+    window: int = 0
+    """Position among the source's windows."""
+    start_ns: int | None = None
+    """The window's first time (a midnight; None: the replay's ``--start``)."""
+    end_ns: int | None = None
+    """The time the window ends before (the next window's midnight; None: the replay's
+    ``--end``)."""
+    owned: int = 0
+    """The first segment whose counts (frames skipped, problems, ...) are the task's: the
+    segments before it are the previous window's, read again only to reach the midnight."""
+    probe: int | None = None
+    """For a window's last task, the segment where the next window's task starts reading: the
+    task notes the clock and the connection before it (``TaskResult.probe``), which that task
+    assumed (a task that starts there leaves it to the join of its window)."""
 
     @property
     def size(self) -> int:
@@ -112,11 +130,10 @@ class Task:
 
     @property
     def day(self) -> str | None:
-        """The UTC day the task starts in (None for segments without a receive time)."""
-        first_ns = next(
-            (s.first_ns for s in self.stream.segments[self.first : self.stop] if s.first_ns),
-            None,
-        )
+        """The UTC day of the first segment the task owns (None for segments without a
+        receive time)."""
+        owned = self.stream.segments[max(self.first, self.owned) : self.stop]
+        first_ns = next((s.first_ns for s in owned if s.first_ns), None)
         return utc_day(first_ns) if first_ns is not None else None
 
     def describe(self) -> str:
@@ -137,34 +154,103 @@ def plan_tasks(streams: Sequence[Stream], options: ReplayOptions) -> list[Task]:
     tasks: list[Task] = []
     for index, stream in enumerate(streams):
         first, stop = span(stream, options)
-        bounds = [first, *_cuts(stream, first, stop, options.task_bytes), stop]
-        count = len(bounds) - 1
-        tasks += [
-            Task(index, stream, bounds[n], bounds[n + 1], n, n == count - 1) for n in range(count)
-        ]
+        followed = _followed(stream)
+        windows = _windows(stream, first, stop, followed, options.every_ns)
+        for number, (start, owned) in enumerate(windows):
+            window_stop = windows[number + 1][1] if number + 1 < len(windows) else stop
+            probe = windows[number + 1][0] if number + 1 < len(windows) else None
+            bounds = [
+                start,
+                *_cuts(stream, owned, window_stop, followed, options.task_bytes, probe),
+                window_stop,
+            ]
+            count = len(bounds) - 1
+            tasks += [
+                Task(
+                    index,
+                    stream,
+                    bounds[n],
+                    bounds[n + 1],
+                    n,
+                    n == count - 1,
+                    number,
+                    _midnight(stream, owned) if number else None,
+                    _midnight(stream, window_stop) if window_stop < stop else None,
+                    owned if n == 0 else bounds[n],
+                    probe if n == count - 1 else None,
+                )
+                for n in range(count)
+            ]
     return tasks
 
 
-def _cuts(stream: Stream, first: int, stop: int, task_bytes: int) -> list[int]:
-    """Where the tasks of segments ``[first, stop)`` start after the first: at each checkpointed
-    segment that opens a new UTC day, or ends ``task_bytes`` of segments."""
-    segments = stream.segments
-    followed = {
+def _followed(stream: Stream) -> set[tuple[str, str]]:
+    """The (wire pair, channel) books the stream follows."""
+    return {
         (wire, channel)
         for wire, channel in stream.books
         if stream.channels.get(common_name(wire)) == channel
     }
-    cuts: list[int] = []
+
+
+def _windows(
+    stream: Stream, first: int, stop: int, followed: set[tuple[str, str]], every: int
+) -> list[tuple[int, int]]:
+    """The windows of segments ``[first, stop)``: for each, the segment its first task starts
+    at and the first segment it owns (the first of its day; a window's segments end where the
+    next window's owned ones begin). A window opens at the first segment ``k`` of a new UTC day when
+    the segment before it opens with checkpoints of every followed book, at least ``every``
+    before the midnight, and is not the previous window's first."""
+    segments = stream.segments
+    windows = [(first, first)]
     day = _day(segments[first]) if first < stop else None
-    size = 0
     for index in range(first + 1, stop):
+        info = segments[index]
+        if info.first_ns is None or _day(info) == day:
+            continue
+        day = _day(info)
+        before = segments[index - 1]
+        midnight = _midnight(stream, index)
+        if (
+            index - 1 > windows[-1][0]
+            and before.first_ns is not None
+            and before.first_ns <= midnight - every
+            and followed <= before.head_checkpoints
+        ):
+            windows.append((index - 1, index))
+    return windows
+
+
+def _midnight(stream: Stream, index: int) -> int:
+    """The start of the UTC day of segment ``index``'s first receive time."""
+    first_ns = stream.segments[index].first_ns
+    assert first_ns is not None
+    return first_ns // DAY * DAY
+
+
+def _cuts(
+    stream: Stream,
+    first: int,
+    stop: int,
+    followed: set[tuple[str, str]],
+    task_bytes: int,
+    probe: int | None,
+) -> list[int]:
+    """Where the pieces of a window's segments ``[first, stop)`` start after the first: at each
+    checkpointed segment that ends ``task_bytes`` of segments, never after ``probe`` (the next
+    window's first segment: the window's last piece must read it)."""
+    segments = stream.segments
+    cuts: list[int] = []
+    size = 0
+    last = stop if probe is None else min(stop, probe + 1)
+    for index in range(first + 1, last):
         size += segments[index - 1].size
         info = segments[index]
         if info.first_ns is None or not followed <= info.head_checkpoints:
             continue
-        if _day(info) != day or size >= task_bytes:
+        if size >= task_bytes:
             cuts.append(index)
-            day, size = _day(info), 0
+            size = 0
     return cuts
 
 

@@ -324,6 +324,12 @@ class PairSampler:
         self.catch_up(self.end if continues else max(last, self.last_event) + 1)
         self._close()
 
+    def count_from_here(self) -> None:
+        """The summary's frame and checksum counts start now (a window's task, after reading
+        the previous window's last segments to reach its start: those are counted there)."""
+        if self.book is not None:
+            self.first_frames, self.first_failed, _ = self.counts()
+
     def carry(self) -> Carry:
         """End a chunk (its rows are all out): what stays pending for the next one."""
         if self.book is None:

@@ -1,29 +1,43 @@
 """A task's replay, and a source's tasks joined into exactly what one run over it writes.
 
 ``run_task`` is what a worker runs (in this process, a process pool or a Dask cluster: see
-``replay.executor``): one task of ``replay.plan.plan_tasks`` through a ``StreamReplay``. A
-source's only task writes its rows straight to their place (in-memory batches, or the dataset's
-Parquet files). When a source has several, each task's rows wait (in memory, or in a ``Spool``
-file beside the dataset) and ``join_source`` settles them here, in three steps:
+``replay.executor``): one task of ``replay.plan.plan_tasks`` through a ``StreamReplay``, its
+``--start``/``--end`` narrowed to its window (``window_options``). A window's only task (a
+pair-day, usually) writes its rows straight to their place (in-memory batches, or the dataset's
+Parquet files of its days: no other task writes there). The segments it reads before the ones
+it owns (the previous window's last, read to reach its midnight) count nowhere in its result:
+the previous window counted them.
 
-1. **Check each boundary.** The task before must have ended with a clock no later than the next
-   task's first receive time (otherwise the clock max rule would give the next task other
-   times) and no more than ``--max-silence`` before it (a silence there is the whole replay's to
-   see), with the connection id the next task assumed, and its look at the next task's head
-   must have found every checkpoint; the next task's checkpoints must have restored every
-   followed book. If any check fails, the source is replayed again in one piece: still the
-   right output, only not in parallel.
+When a window was cut into several pieces, each piece's rows wait (in memory, or in a ``Spool``
+file beside the dataset: one Parquet file cannot be written by several tasks) and
+``join_source`` settles them here, in three steps:
+
+1. **Check each boundary.** The piece before must have ended with a clock no later than the
+   next piece's first receive time (otherwise the clock max rule would give the next piece
+   other times) and no more than ``--max-silence`` before it (a silence there is the whole
+   replay's to see), with the connection id the next piece assumed, and its look at the next
+   piece's head must have found every checkpoint; the next piece's checkpoints must have
+   restored every followed book. If any check fails, the window is replayed again in one
+   piece: still the right output, only not in parallel.
 2. **Merge the results:** problems in order, counts summed, per-pair summaries with an invalid span
    that crosses a boundary made one.
-3. **Stitch each pair's rows** (``Stitcher``): frames a task counted after its last row belong to
-   the next row the whole replay emits, which is the next task's first row unless rows before
+3. **Stitch each pair's rows** (``Stitcher``): frames a piece counted after its last row belong to
+   the next row the whole replay emits, which is the next piece's first row unless rows before
    ``--start`` dropped them (``Carry``); and rows are regrouped into batches exactly as one
    ``RowBuffer`` cuts them (row-group size, UTC day), so Parquet files are byte for byte those of
    one run, whatever ran the tasks.
+
+Windows meet without stitching: a window's rows start at its midnight, exactly those of one run
+from there (the ``--start`` rule), and the window before ends its rows there. ``join_windows``
+checks that each window's task started from the state the survey promised (the window before
+notes the clock and the connection id where the next one starts reading; the checkpoints there
+must restore every followed book); if not, the windows' files are removed and the source is
+replayed again in one piece here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +53,8 @@ from replay.columns import file_schema, row_group_rows
 from replay.engine import StreamReplay, StreamResult, TaskResult
 from replay.executor import Executor
 from replay.options import ReplayOptions
-from replay.parquet import DatasetWriter, make_folders
-from replay.plan import Task
+from replay.parquet import DatasetWriter, make_folders, source_spools
+from replay.plan import Stream, Task
 from replay.sampler import Carry, PairSummary, note_span
 
 Tick = Callable[[int], None]
@@ -99,17 +113,27 @@ def run_task(
     if folder is None:
         writer = Batches()
     elif alone:
-        writer = DatasetWriter(folder, options.levels, stream.shared, stream.rank)
+        writer = DatasetWriter(
+            folder, options.levels, stream.shared, stream.rank, window=task.window
+        )
     else:
-        writer = Spool(folder, f"{task.source}-{task.number}", options.levels)
+        writer = Spool(folder, f"{task.source}-{task.window}-{task.number}", options.levels)
     try:
-        replay = StreamReplay(stream, options, writer.sink)
+        replay = StreamReplay(stream, window_options(task, options), writer.sink)
         done = replay.run_task(task, tick)
-        if alone:
-            done.result.segments_skipped = len(stream.segments) - (task.stop - task.first)
     finally:
         writer.close()
     return done, _rows(writer)
+
+
+def window_options(task: Task, options: ReplayOptions) -> ReplayOptions:
+    """``options`` with ``--start``/``--end`` narrowed to the task's window."""
+    start, end = options.start_ns, options.end_ns
+    if task.start_ns is not None:
+        start = task.start_ns if start is None else max(start, task.start_ns)
+    if task.end_ns is not None:
+        end = task.end_ns if end is None else min(end, task.end_ns)
+    return dataclasses.replace(options, start_ns=start, end_ns=end)
 
 
 def run_tasks(
@@ -134,17 +158,20 @@ def run_tasks(
         executor.run(
             partial(run_task, options=options, folder=folder, tick=here), tasks, done, Task.describe
         )
-        grouped: list[list[int]] = [[] for _ in range(sources)]
+        grouped: list[list[list[int]]] = [[] for _ in range(sources)]
         for index, task in enumerate(tasks):
-            grouped[task.source].append(index)
+            windows = grouped[task.source]
+            if task.window == len(windows):
+                windows.append([])
+            windows[task.window].append(index)
         return [
-            join_source(
-                [tasks[i] for i in indexes],
-                [outcomes[i] for i in indexes],  # type: ignore[misc]
+            join_windows(
+                [[tasks[i] for i in indexes] for indexes in windows],
+                [[outcomes[i] for i in indexes] for indexes in windows],  # type: ignore[misc]
                 options,
                 folder,
             )
-            for indexes in grouped
+            for windows in grouped
         ]
     finally:
         if folder is not None:
@@ -160,15 +187,93 @@ def _rows(writer: RowSink) -> Rows:
     return Rows(files=writer.files)
 
 
+def join_windows(
+    windows: Sequence[Sequence[Task]],
+    outcomes: Sequence[Sequence[Outcome]],
+    options: ReplayOptions,
+    folder: Path | None,
+) -> tuple[StreamResult, Rows]:
+    """One source's result and rows from its windows' tasks (in order): each window's tasks
+    joined (``join_source``), then the windows checked where they meet and merged. A window's
+    task starts from the state the survey promised at its first segment; when the window
+    before saw another there (a clock that ran past that segment's first receive time, another
+    connection id) or the checkpoints there did not restore every followed book, the windows'
+    rows are removed and the source is replayed again here in one piece."""
+    joined = [
+        join_source(tasks, results, options, folder)
+        for tasks, results in zip(windows, outcomes, strict=True)
+    ]
+    stream = windows[0][0].stream
+    first, stop = windows[0][0].first, windows[-1][-1].stop
+    if not all(
+        _meet(before[0], after[0]) for before, after in zip(joined, joined[1:], strict=False)
+    ):
+        for _ends, (_result, rows) in joined:
+            _remove(rows, stream, folder, len(windows))
+        whole = Task(windows[0][0].source, stream, first, stop)
+        done, rows = run_task(whole, options, folder)
+        done.result.segments_skipped = len(stream.segments) - (stop - first)
+        return done.result, rows
+    result = StreamResult(segments_skipped=len(stream.segments) - (stop - first))
+    rows = Rows()
+    for _ends, (part, part_rows) in joined:
+        _sum_counts(result, part)
+        rows.files.extend(part_rows.files)
+        for pair, tables in part_rows.batches.items():
+            rows.batches.setdefault(pair, []).extend(tables)
+    for pair in stream.channels:
+        parts = [part.pairs[pair] for _ends, (part, _rows) in joined]
+        result.pairs[pair] = merge_summaries(parts, options.every_ns)
+    return result, rows
+
+
+Ends = tuple[Task, TaskResult, Task, TaskResult]
+"""A window's first task and its result, and its last task and its result."""
+
+
+def _meet(before: Ends, after: Ends) -> bool:
+    """True when the window ``after`` started from the state the one ``before`` left at its
+    first segment (see ``join_windows``)."""
+    last, ended, first, started = before[2], before[3], after[0], after[1]
+    if not started.clean_start or first.first == last.first:
+        return started.clean_start  # the window's own join checked the state before it
+    first_ns = first.stream.segments[first.first].first_ns
+    if ended.probe is None or first_ns is None:
+        return False
+    clock, connection = ended.probe
+    return clock <= first_ns and connection == started.start_connection
+
+
+def _remove(rows: Rows, stream: Stream, folder: Path | None, windows: int) -> None:
+    """Remove what a window wrote: its partition files and its shared pairs' spools."""
+    for path in rows.files:
+        path.unlink(missing_ok=True)
+    if folder is None:
+        return
+    for pair in stream.shared:
+        for path in source_spools(folder, pair, stream.rank, windows):
+            path.unlink()
+
+
+def _sum_counts(result: StreamResult, part: StreamResult) -> None:
+    result.problems.extend(part.problems)
+    result.segments_read += part.segments_read
+    result.skipped_frames += part.skipped_frames
+    result.malformed_frames += part.malformed_frames
+    result.raw_frames += part.raw_frames
+
+
 def join_source(
     tasks: Sequence[Task], outcomes: Sequence[Outcome], options: ReplayOptions, folder: Path | None
-) -> tuple[StreamResult, Rows]:
-    """One source's result and rows from its tasks' (in order); when a boundary does not hold,
-    the source is replayed again here in one piece (see the module docstring)."""
+) -> tuple[Ends, tuple[StreamResult, Rows]]:
+    """One window's ends, result and rows from its tasks' (in order); when a boundary does not
+    hold, the window is replayed again here in one piece (see the module docstring)."""
     if len(tasks) == 1:
-        return outcomes[0][0].result, outcomes[0][1]
+        ends = (tasks[0], outcomes[0][0], tasks[0], outcomes[0][0])
+        return ends, (outcomes[0][0].result, outcomes[0][1])
+    ends = (tasks[0], outcomes[0][0], tasks[-1], outcomes[-1][0])
     try:
-        return _join_rows(tasks, outcomes, options, folder)
+        return _join_rows(tasks, outcomes, options, folder, ends)
     finally:
         for outcome in outcomes:
             for path in outcome[1].spools.values():
@@ -176,21 +281,27 @@ def join_source(
 
 
 def _join_rows(
-    tasks: Sequence[Task], outcomes: Sequence[Outcome], options: ReplayOptions, folder: Path | None
-) -> tuple[StreamResult, Rows]:
+    tasks: Sequence[Task],
+    outcomes: Sequence[Outcome],
+    options: ReplayOptions,
+    folder: Path | None,
+    ends: Ends,
+) -> tuple[Ends, tuple[StreamResult, Rows]]:
     joined = join(
         tasks, [outcome[0] for outcome in outcomes], options.every_ns, options.max_silence_ns
     )
     stream = tasks[0].stream
     if joined is None:
-        whole = Task(tasks[0].source, stream, tasks[0].first, tasks[-1].stop)
+        whole = dataclasses.replace(tasks[0], stop=tasks[-1].stop, last=True, probe=tasks[-1].probe)
         done, rows = run_task(whole, options, folder)
-        return done.result, rows
+        return (whole, done, whole, done), (done.result, rows)
     capacity = row_group_rows(options.levels)
     writer: Batches | DatasetWriter = (
         Batches()
         if folder is None
-        else DatasetWriter(folder, options.levels, stream.shared, stream.rank)
+        else DatasetWriter(
+            folder, options.levels, stream.shared, stream.rank, window=tasks[0].window
+        )
     )
     try:
         for pair in sorted(stream.channels):
@@ -204,8 +315,9 @@ def _join_rows(
     finally:
         writer.close()
     if isinstance(writer, Batches):
-        return joined.result, Rows(batches={pair: t for pair, t in writer.tables.items() if t})
-    return joined.result, Rows(files=writer.files)
+        batches = {pair: t for pair, t in writer.tables.items() if t}
+        return ends, (joined.result, Rows(batches=batches))
+    return ends, (joined.result, Rows(files=writer.files))
 
 
 @dataclass
@@ -233,15 +345,9 @@ def join(
         ):
             return None
     stream = tasks[0].stream
-    first, stop = tasks[0].first, tasks[-1].stop
-    result = StreamResult(segments_skipped=len(stream.segments) - (stop - first))
+    result = StreamResult()
     for outcome in outcomes:
-        part = outcome.result
-        result.problems.extend(part.problems)
-        result.segments_read += part.segments_read
-        result.skipped_frames += part.skipped_frames
-        result.malformed_frames += part.malformed_frames
-        result.raw_frames += part.raw_frames
+        _sum_counts(result, outcome.result)
     joined = Joined(result)
     for pair in stream.channels:
         parts = [outcome.result.pairs[pair] for outcome in outcomes]
