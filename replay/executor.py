@@ -63,7 +63,7 @@ environment sets it: Dask's nannies put it there, so a cluster with Dask's setti
 earlier in this process leaves it behind).
 
 A cluster started elsewhere (``--scheduler``) runs with its own settings: see README, On a
-cluster, for the same settings as environment variables."""
+cluster, for the same settings in a Dask config file."""
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
