@@ -193,7 +193,7 @@ class StreamReplay:
             info = segments[index]
             self._replay_segment(info)
             self.result.segments_read += 1
-            if progress is not None:
+            if progress is not None and index >= task.owned:
                 progress(info.size)
         done = TaskResult(
             self.result,

@@ -126,7 +126,11 @@ class Task:
 
     @property
     def size(self) -> int:
-        return sum(info.size for info in self.stream.segments[self.first : self.stop])
+        """Compressed bytes of the segments the task owns (those it reads before are the
+        previous window's: counted there, for progress too)."""
+        return sum(
+            info.size for info in self.stream.segments[max(self.first, self.owned) : self.stop]
+        )
 
     @property
     def day(self) -> str | None:

@@ -150,6 +150,20 @@ def test_each_pair_day_writes_its_own_partition_the_bytes_of_one_piece(
     assert not (out / ".tasks").exists()
 
 
+def test_progress_counts_each_segment_once_though_a_day_reads_the_one_before(
+    raw: Path, tmp_path: Path
+) -> None:
+    total = sum(path.stat().st_size for path in find_segments([raw]))
+    seen: list[tuple[int, int]] = []
+    out = tmp_path / "out"
+    out.mkdir()
+    run_replay([raw], make_options(every="1s"), out, lambda done, whole: seen.append((done, whole)))
+    assert {whole for _done, whole in seen} == {total}
+    done = [done for done, _whole in seen]
+    assert done == sorted(done)
+    assert (done[0], done[-1]) == (0, total)
+
+
 def test_a_window_that_started_from_another_state_is_replayed_in_one_piece(
     raw: Path, tmp_path: Path
 ) -> None:
