@@ -70,7 +70,8 @@ from replay.parquet import (
 )
 from replay.plan import Stream, plan_streams, plan_tasks
 from replay.sampler import PairSummary
-from replay.survey import SegmentInfo, survey_segment
+from replay.survey import SegmentInfo, survey_segments
+from replay.survey_cache import cached_surveys
 from replay.tasks import Rows, read_spool, run_tasks
 from replay.timeline import SourceRows, merge
 from replay.update import (
@@ -297,7 +298,7 @@ def _update(
     check_options(manifest, options, name)
     segments = find_segments(segment_inputs(paths))
     known = known_surveys(manifest, segments)
-    infos = [known.get(path) or survey_segment(path) for path in segments]
+    infos = cached_surveys(segments, survey_segments, known)
     prints = fingerprints(plan_streams(infos, options), options)
     old: dict[str, str] = manifest[PARTITIONS]
     todo = set(changed(old, prints)) | (old.keys() - prints.keys())
@@ -667,25 +668,22 @@ def _survey(
     segments: list[SegmentPath], executor: Executor, known: dict[SegmentPath, SegmentInfo]
 ) -> list[SegmentInfo]:
     """Survey each segment (``known`` ones were surveyed before, by an ``--update``'s
-    manifest); on a pool or cluster, in a few batches per worker."""
-    todo = [path for path in segments if path not in known]
-    size = max(1, -(-len(todo) // (SURVEY_BATCHES * executor.slots)))
-    batches = [todo[first : first + size] for first in range(0, len(todo), size)]
-    found: dict[int, list[SegmentInfo]] = {}
-    executor.run(survey_batch, batches, found.__setitem__, _describe_survey)
-    fresh = [info for index in range(len(batches)) for info in found[index]]
-    surveyed = dict(zip(todo, fresh, strict=True))
-    return [known.get(path) or surveyed[path] for path in segments]
+    manifest; others may be in the survey cache, ``replay.survey_cache``); on a pool or
+    cluster, in a few batches per worker."""
+
+    def survey(todo: list[SegmentPath]) -> list[SegmentInfo]:
+        size = max(1, -(-len(todo) // (SURVEY_BATCHES * executor.slots)))
+        batches = [todo[first : first + size] for first in range(0, len(todo), size)]
+        found: dict[int, list[SegmentInfo]] = {}
+        executor.run(survey_segments, batches, found.__setitem__, _describe_survey)
+        return [info for index in range(len(batches)) for info in found[index]]
+
+    return cached_surveys(segments, survey, known)
 
 
 def _describe_survey(paths: list[SegmentPath]) -> str:
     more = f" to {paths[-1]}" if len(paths) > 1 else ""
     return f"the survey of {paths[0]}{more}"
-
-
-def survey_batch(paths: list[SegmentPath]) -> list[SegmentInfo]:
-    """``survey_segment`` of each path: one task of the survey on a pool or cluster."""
-    return [survey_segment(path) for path in paths]
 
 
 def _require_rows(result: StreamResult, options: ReplayOptions, infos: list[SegmentInfo]) -> None:

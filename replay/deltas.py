@@ -73,7 +73,8 @@ from replay.parquet import (
 )
 from replay.plan import Stream, plan_streams
 from replay.sampler import NEVER, Carry, Cause, PairSampler, PairSummary, Span
-from replay.survey import SegmentInfo, survey_segment
+from replay.survey import SegmentInfo, survey_segments
+from replay.survey_cache import cached_surveys
 from replay.tasks import read_spool
 
 FORMAT = "deltas"
@@ -717,7 +718,7 @@ def write_events(
     out = Path(out)
     check_output(out, force)
     segments = find_segments(segment_inputs(paths))
-    infos = [survey_segment(path) for path in segments]
+    infos = cached_surveys(segments, survey_segments)
     streams = plan_streams(infos, options)
     folder = temporary_folder(out)
     done = False

@@ -79,6 +79,77 @@ class SegmentInfo:
     first segment of each pair of a run; later segments of the run carry no run id)."""
 
 
+def facts_json(info: SegmentInfo) -> dict[str, Any]:
+    """A survey's facts as JSON data (the dataset's manifest and the survey cache keep them)."""
+    return {
+        "first_ns": info.first_ns,
+        "last_ns": info.last_ns,
+        "books": sorted(info.books),
+        "head_checkpoints": sorted(info.head_checkpoints),
+        "connection_changed": info.connection_changed,
+        "connection_at_end": info.connection_at_end,
+        "api": str(info.api),
+        "run_id": info.run_id,
+    }
+
+
+def facts_info(path: SegmentPath, size: int, data: object) -> SegmentInfo | None:
+    """``facts_json``'s data back as the survey of ``path``, or None when it is not of that
+    shape: a stored survey comes from a file anyone may have edited, so each fact is checked to
+    be one the survey could have found (a receive time ``sane_recv_ns`` takes, books of two
+    strings, a known API), never trusted blindly."""
+    if type(data) is not dict:
+        return None
+    first_ns, last_ns = data.get("first_ns"), data.get("last_ns")
+    connection, run_id = data.get("connection_at_end"), data.get("run_id")
+    books, head = _books(data.get("books")), _books(data.get("head_checkpoints"))
+    changed, api = data.get("connection_changed"), data.get("api")
+    if (
+        (first_ns is not None and not sane_recv_ns(first_ns))
+        or (last_ns is not None and not sane_recv_ns(last_ns))
+        or books is None
+        or head is None
+        or not head <= books
+        or type(changed) is not bool
+        or (connection is not None and type(connection) is not int)
+        or (run_id is not None and not (type(run_id) is str and 0 < len(run_id) <= 64))
+        or api not in tuple(Api)
+    ):
+        return None
+    return SegmentInfo(
+        path=path,
+        size=size,
+        first_ns=first_ns,
+        books=books,
+        head_checkpoints=head,
+        connection_changed=changed,
+        connection_at_end=connection,
+        api=Api(api),
+        last_ns=last_ns,
+        run_id=run_id,
+    )
+
+
+def _books(data: object) -> frozenset[Book] | None:
+    """A list of ``[pair, channel]`` string pairs as books, or None when it is not one."""
+    if type(data) is not list:
+        return None
+    books: set[Book] = set()
+    for book in data:
+        if type(book) is not list or len(book) != 2:
+            return None
+        pair, channel = book
+        if type(pair) is not str or type(channel) is not str:
+            return None
+        books.add((pair, channel))
+    return frozenset(books)
+
+
+def survey_segments(paths: list[SegmentPath]) -> list[SegmentInfo]:
+    """``survey_segment`` of each path, in order."""
+    return [survey_segment(path) for path in paths]
+
+
 def survey_segment(path: SegmentPath) -> SegmentInfo:
     """Survey one segment (a damaged tail is tolerated here; the replay reports it)."""
     if segment_api(path) == Api.V2:

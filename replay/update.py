@@ -45,7 +45,7 @@ from kbook.units import DAY, utc_day, utc_text
 from replay.columns import file_schema
 from replay.options import ReplayOptions
 from replay.plan import Stream
-from replay.survey import SegmentInfo
+from replay.survey import SegmentInfo, facts_info, facts_json
 
 PARTITIONS = "partitions"
 SEGMENTS = "surveyed"
@@ -168,49 +168,32 @@ def _same_files(new: Path, old: Path) -> bool:
 
 def segment_json(info: SegmentInfo) -> dict[str, Any]:
     """What the manifest keeps of a segment's survey (``surveyed``), keyed by its stamp."""
-    return {
-        "size": info.size,
-        "mtime_ns": info.path.stat().st_mtime_ns,
-        "first_ns": info.first_ns,
-        "last_ns": info.last_ns,
-        "books": sorted(info.books),
-        "head_checkpoints": sorted(info.head_checkpoints),
-        "connection_changed": info.connection_changed,
-        "connection_at_end": info.connection_at_end,
-        "api": str(info.api),
-        "run_id": info.run_id,
-    }
+    return {"size": info.size, "mtime_ns": info.path.stat().st_mtime_ns} | facts_json(info)
 
 
 def known_surveys(
     manifest: dict[str, Any], segments: Iterable[SegmentPath]
 ) -> dict[SegmentPath, SegmentInfo]:
-    """Surveys the manifest holds of ``segments`` that still match them (same size and time);
-    the manifest names each segment as ``source_name`` does (an ``s3://`` URI for an object)."""
+    """Surveys the manifest holds of ``segments`` that still match them (same size and time,
+    facts of a sane shape: ``replay.survey.facts_info``); the manifest names each segment as
+    ``source_name`` does (an ``s3://`` URI for an object)."""
     known: dict[SegmentPath, SegmentInfo] = {}
-    surveyed = manifest.get(SEGMENTS, {})
+    surveyed = manifest.get(SEGMENTS)
+    if type(surveyed) is not dict:
+        return known
     for path in segments:
         data = surveyed.get(source_name(path))
-        if data is None:
+        if type(data) is not dict:
             continue
         try:
             stat = path.stat()
         except OSError:
             continue
-        if stat.st_size != data["size"] or stat.st_mtime_ns != data["mtime_ns"]:
+        if stat.st_size != data.get("size") or stat.st_mtime_ns != data.get("mtime_ns"):
             continue
-        known[path] = SegmentInfo(
-            path=path,
-            size=data["size"],
-            first_ns=data["first_ns"],
-            books=frozenset(tuple(book) for book in data["books"]),
-            head_checkpoints=frozenset(tuple(book) for book in data["head_checkpoints"]),
-            connection_changed=data["connection_changed"],
-            connection_at_end=data["connection_at_end"],
-            api=data["api"],
-            last_ns=data["last_ns"],
-            run_id=data["run_id"],
-        )
+        info = facts_info(path, stat.st_size, data)
+        if info is not None:
+            known[path] = info
     return known
 
 

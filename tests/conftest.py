@@ -61,3 +61,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def case(request: pytest.FixtureRequest) -> ApiCase:
     """Each of Kraken's APIs in turn, with what differs between them (tests/apis.py)."""
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def survey_cache_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test its own survey cache (``replay.survey_cache``), never the user's: a test that
+    rewrites a segment in place within the file system's clock tick must not meet the facts of
+    the old one."""
+    home = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    monkeypatch.delenv("KBOOK_SURVEY_CACHE", raising=False)
+    return home
