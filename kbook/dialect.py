@@ -7,7 +7,8 @@ questions that readers of segments (verify, replay, watch ``--from``) ask of a f
 a segment's line (``decode_line``), what kind of frame it is (``kind``: book snapshot or update,
 system status, an answer to a request, other control), which books it touches (``BookNamer``,
 which follows what sets a v2 book's depth), its levels as exact text (``entries``) and a status
-frame's connection id (``connection_id``); ``segment_dialect`` picks the dialect of a segment.
+frame's connection id (``connection_id``), the survey's fast scan of a segment's text
+(``survey_scan``); ``segment_dialect`` picks the dialect of a segment.
 No I/O but ``segment_dialect``'s read of a segment's first lines.
 
 | | v1 (``shared/kraken/README.md`` section 1) | v2 (section 5) |
@@ -38,7 +39,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -47,7 +47,9 @@ from kbook import v2
 from kbook.api import DEFAULT, DEPTHS, URLS, Api, Channel
 from kbook.errors import FrameError
 from kbook.feed import BookFeed, book_depth, channel_depth, misnamed, sane_pair
+from kbook.segment import SegmentPath
 from kbook.pairs import common_name, v1_alias
+from kbook.survey_scan import SurveyScan, V1Scan, V2Scan
 
 NOT_JSON = object()
 """What ``decode`` returns for a frame that is not JSON (it is recorded as ``raw``)."""
@@ -270,6 +272,10 @@ class Dialect:
     lock_prefix = ""
     """Before the pairs in a recorder's lock file name: v1's is the name older recorders take."""
 
+    def survey_scan(self) -> SurveyScan:
+        """The survey's fast scan of a segment of this API (``kbook.survey_scan``)."""
+        return V1Scan()
+
     def decode_line(self, line: bytes | str) -> Any:
         """A segment line (or a frame's text) decoded as this API needs; ``ValueError`` (or
         ``RecursionError``) when it is not JSON. orjson is exact for v1, whose numbers are text."""
@@ -477,6 +483,9 @@ class V2Dialect(Dialect):
 
     tag = " (v2)"
     lock_prefix = "v2."
+
+    def survey_scan(self) -> SurveyScan:
+        return V2Scan(BookNamer(self))
 
     def decode_line(self, line: bytes | str) -> Any:
         """``kbook.v2.decode``: each number's exact text kept (orjson would make floats of
@@ -740,7 +749,7 @@ def dialect_for(api: str | None) -> Dialect:
     return DIALECTS[Api(api) if api is not None else DEFAULT]()
 
 
-def segment_dialect(path: Path) -> Dialect:
+def segment_dialect(path: SegmentPath) -> Dialect:
     """The dialect of the frames in the segment at ``path`` (``kbook.v2.segment_api``: the API
     its meta lines name, else the shape of its first frames, else v1)."""
     return dialect_for(v2.segment_api(path))

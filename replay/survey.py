@@ -4,37 +4,23 @@ Replay needs this before it applies a single frame: pairs are grouped into indep
 (``replay.plan``), ``--pair`` and ``--levels`` are checked against what was recorded (so a bad
 option fails before anything is written), and segments wholly outside ``--start``/``--end`` can be
 skipped. It must cost little next to the replay itself, so it never decodes data frames: it
-decompresses and searches the text. Book frames end with ``"book-N","<pair>"]`` (the frame text is
-copied verbatim by the recorder and by ``kbook.captures``; nothing else in a segment looks like
-that). The native core finds those endings and the rare ``meta``/``connectionID`` lines in one
-``memchr`` pass each (``_scan_body``); without it, byte-level regular expressions do, each distinct
-ending found once per chunk and removed with ``bytes.replace``. The rare lines are decoded with
-orjson.
-
-Kraken v2 segments (``kbook.v2.segment_api``) are surveyed line by line (``_survey_v2``), over
-the same decompressed pieces (the native core's ``survey_v2_body`` walks their lines in place): a v2
-book frame names its symbol but not its depth, which comes from the subscribe acknowledgement
-(``result.depth``) or a checkpoint's channel, exactly as ``kbook.v2.V2BookFeed`` files its books,
-so the survey follows the same state, through the dialect's ``kbook.dialect.BookNamer`` (which
-watch and the tests use too). A book update (nearly every line) only says its symbol,
-which is read off the text as v1's endings are; every other line is decoded.
+decompresses each segment in large pieces and hands them to the scan of the segment's dialect
+(``kbook.dialect.Dialect.survey_scan``, per API in ``kbook.survey_scan``), which searches the
+text. A run over segments surveyed before finds their facts in the survey cache
+(``replay.survey_cache``) instead.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import zstandard
 
 from kbook.api import Api
-from kbook.dialect import BookNamer, dialect_for
+from kbook.dialect import segment_dialect
 from kbook.errors import SegmentError
-from kbook.lines import native_core
 from kbook.segment import (
     MAX_LINE_BYTES,
     SegmentPath,
@@ -42,14 +28,9 @@ from kbook.segment import (
     os_error_text,
     sane_recv_ns,
 )
-from kbook.v2 import parse_status, segment_api
+from kbook.survey_scan import Book, line_recv_ns
 
 _CHUNK = 1 << 20
-_BOOK_END = re.compile(rb'"(book-\d+)"\s*,\s*"([^"\n]*)"\s*\]')
-_RARE = re.compile(rb'"meta"\s*:|"connectionID"\s*:')
-
-Book = tuple[str, str]
-"""(wire pair, channel name), as ``BookFeed`` keys its books."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,211 +133,28 @@ def survey_segments(paths: list[SegmentPath]) -> list[SegmentInfo]:
 
 def survey_segment(path: SegmentPath) -> SegmentInfo:
     """Survey one segment (a damaged tail is tolerated here; the replay reports it)."""
-    if segment_api(path) == Api.V2:
-        return _survey_v2(path)
-    scan = _Scan()
-    first_ns: int | None = None
+    dialect = segment_dialect(path)
+    scan = dialect.survey_scan()
     last_body = b""
     for body in _bodies(path):
-        if not body:  # damage: every line is read again, and found again harmlessly
+        if not body:  # damage: the pieces start again from the first line
+            scan.damaged()
             continue
-        if first_ns is None:
-            first_ns = _line_recv_ns(body, first=True)
         last_body = body
-        first_msg = -1 if scan.seen_msg else body.find(b'"msg":')
-        rare, books = _scan_body(body)
-        for start, stop in rare:
-            scan.rare_line(body[start:stop], after_msg=scan.seen_msg or 0 <= first_msg < start)
-        scan.seen_msg = scan.seen_msg or first_msg >= 0
-        scan.books.update((_json_text(pair), channel.decode()) for pair, channel in books)
+        scan.body(body)
+    facts = scan.facts
     return SegmentInfo(
         path=path,
         size=path.stat().st_size,
-        first_ns=first_ns,
-        books=frozenset(scan.books),
-        head_checkpoints=frozenset(scan.head),
-        connection_changed=scan.connection_changed,
-        connection_at_end=scan.connection,
-        last_ns=_line_recv_ns(last_body, first=False),
-        run_id=scan.run_id,
+        first_ns=facts.first_ns,
+        books=frozenset(facts.books),
+        head_checkpoints=frozenset(facts.head),
+        connection_changed=facts.connection_changed,
+        connection_at_end=facts.connection,
+        api=dialect.api,
+        last_ns=line_recv_ns(last_body, first=False),
+        run_id=facts.run_id,
     )
-
-
-def _json_text(raw: bytes) -> str:
-    """A JSON string's text from its raw bytes: ``XBT\\/USD`` is ``XBT/USD`` (JSON may escape any
-    slash), as the feed will read it."""
-    if b"\\" not in raw:
-        return raw.decode(errors="replace")
-    try:
-        text = orjson.loads(b'"' + raw + b'"')
-    except orjson.JSONDecodeError:
-        return raw.decode(errors="replace")
-    return text if isinstance(text, str) else raw.decode(errors="replace")
-
-
-def _line_recv_ns(body: bytes, first: bool) -> int | None:
-    """``recv_ns`` of the first (or last) line of ``body`` that has one, decoded as JSON: the
-    format does not fix the order of keys, so no pattern over the text can be trusted."""
-    lines = body.split(b"\n", 8) if first else body.rsplit(b"\n", 8)
-    for line in lines if first else reversed(lines):
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        recv_ns = record.get("recv_ns") if type(record) is dict else None
-        if sane_recv_ns(recv_ns):
-            return recv_ns
-    return None
-
-
-@dataclass
-class _Scan:
-    """What the survey of one segment has found so far."""
-
-    books: set[Book] = field(default_factory=set)
-    head: set[Book] = field(default_factory=set)
-    seen_msg: bool = False
-    connection_changed: bool = False
-    connection: int | None = None
-    run_id: str | None = None
-
-    def rare_line(self, line: bytes, after_msg: bool) -> None:
-        """A meta or systemStatus line: track checkpoints and connections as ``BookFeed`` will."""
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return
-        if type(record) is dict:
-            self.record(record, after_msg)
-
-    def record(self, record: dict[str, Any], after_msg: bool) -> None:
-        """A decoded meta or status line (v1 ``systemStatus``; v2 status frames go elsewhere)."""
-        meta, msg = record.get("meta"), record.get("msg")
-        if type(meta) is dict:
-            kind = meta.get("type")
-            pair, channel = meta.get("pair"), meta.get("channel")
-            if kind == "checkpoint" and isinstance(pair, str) and isinstance(channel, str):
-                self.books.add((pair, channel))
-                if not after_msg:
-                    self.head.add((pair, channel))
-            elif kind in ("connect", "disconnect"):
-                self.connection_changed, self.connection = True, None
-            elif kind == "session_start" and not after_msg:
-                run_id = meta.get("run_id")
-                if isinstance(run_id, str) and 0 < len(run_id) <= 64:
-                    self.run_id = run_id
-        elif type(msg) is dict and msg.get("event") == "systemStatus":
-            self.connection_changed, self.connection = True, msg.get("connectionID")
-
-
-def _survey_v2(path: SegmentPath) -> SegmentInfo:
-    """``survey_segment`` for a v2 segment: book updates by their symbol, every other line
-    decoded (orjson; the number lexemes do not matter here), books named ``(symbol, "book-N")``
-    as ``V2BookFeed`` keys them: the dialect's ``BookNamer`` follows what sets each depth."""
-    scan = _Scan()
-    first_ns: int | None = None
-    namer = BookNamer(dialect_for(Api.V2))
-
-    def update(symbol: str) -> None:
-        """A book update: its book, at the depth the feed would file it under."""
-        scan.seen_msg = True
-        depth = namer.depths.get(symbol) or namer.configured
-        if depth:
-            scan.books.add((symbol, f"book-{depth}"))
-
-    def other(record: dict[str, Any] | None) -> None:
-        """Any other line, decoded."""
-        nonlocal first_ns
-        if record is None:
-            return
-        recv_ns = record.get("recv_ns")
-        if first_ns is None and sane_recv_ns(recv_ns):
-            first_ns = recv_ns
-        meta, msg = record.get("meta"), record.get("msg")
-        if type(meta) is dict:
-            namer.on_meta(meta)
-            scan.record(record, after_msg=scan.seen_msg)
-        elif type(msg) is dict:
-            scan.seen_msg = True
-            status = parse_status(msg)
-            if status is not None and status[1] is not None:
-                scan.connection_changed, scan.connection = True, status[1]
-            scan.books.update(namer.on_frame(msg))
-        elif msg is not None:
-            scan.seen_msg = True
-
-    core = native_core()
-    last_body = b""
-    for body in _bodies(path):
-        if not body:  # damage: every line is read again from the start, so start afresh
-            scan, first_ns, namer = _Scan(), None, BookNamer(dialect_for(Api.V2))
-            continue
-        last_body = body
-        start = 0
-        while first_ns is None and start < len(body):  # the first receive time: decoded
-            stop = body.index(b"\n", start)  # a body is whole lines
-            if stop > start:
-                other(_decoded(body[start:stop]))
-            start = stop + 1
-        if core is not None:
-            for item in core.survey_v2_body(body, start):
-                if type(item) is tuple:
-                    other(_decoded(body[item[0] : item[1]]))
-                else:
-                    with contextlib.suppress(UnicodeDecodeError):  # such a line is not JSON
-                        update(item.decode())
-            continue
-        for line in body[start:].split(b"\n"):
-            symbol = _plain_update_symbol(line) if line else None
-            if symbol is not None:
-                update(symbol)
-            elif line:
-                other(_decoded(line))
-    return SegmentInfo(
-        path=path,
-        size=path.stat().st_size,
-        first_ns=first_ns,
-        books=frozenset(scan.books),
-        head_checkpoints=frozenset(scan.head),
-        connection_changed=scan.connection_changed,
-        connection_at_end=scan.connection,
-        api=Api.V2,
-        last_ns=_line_recv_ns(last_body, first=False),
-        run_id=scan.run_id,
-    )
-
-
-def _decoded(line: bytes) -> dict[str, Any] | None:
-    """A line as a dict, or None when it is not a JSON object (the replay reports it)."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    return record if type(record) is dict else None
-
-
-_V2_UPDATE = b'"msg":{"channel":"book","type":"update","data":[{"symbol":"'
-"""How a v2 book update opens in a segment line (the recorder keeps Kraken's text verbatim)."""
-
-
-def _plain_update_symbol(line: bytes) -> str | None:
-    """The symbol of a v2 book update line with one entry, read off its text, or None when the
-    line must be decoded (another frame, several entries, an escape in the symbol, not JSON).
-    The native core's ``survey_v2_body`` reads it the same way, and faster."""
-    at = line.find(_V2_UPDATE)
-    if at < 0 or line.count(b'"symbol"') != 1:
-        return None
-    start = at + len(_V2_UPDATE)
-    end = line.find(b'"', start)
-    symbol = line[start:end]
-    if end < 0 or b"\\" in symbol:
-        return None
-    try:
-        text = symbol.decode()
-        record = orjson.loads(line)  # a broken line is decoded (and dropped) instead
-    except (UnicodeDecodeError, orjson.JSONDecodeError):
-        return None
-    return text if type(record) is dict else None
 
 
 def _bodies(path: SegmentPath) -> Iterator[bytes]:
@@ -405,48 +203,3 @@ def _resynced_bodies(path: SegmentPath) -> Iterator[bytes]:
             body, size = [], 0
     if body:
         yield b"\n".join(body) + b"\n"
-
-
-def _scan_body(body: bytes) -> tuple[list[tuple[int, int]], list[tuple[bytes, bytes]]]:
-    """``(start, stop)`` of each rare line (``_rare_lines``) and the ``(pair, channel)`` of each
-    book frame ending, by the native core when it was built (one ``memchr`` pass for each, at
-    memory speed), else by the regular expressions below. The two agree on every segment the
-    recorder writes; ``tests/test_native.py`` holds them together."""
-    core = native_core()
-    if core is not None:
-        return core.survey_body(body)
-    rare = [(start, start + len(line)) for start, line in _rare_lines(body)]
-    books: list[tuple[bytes, bytes]] = []
-    while match := _search(_BOOK_END, (b'"book-',), body):
-        books.append((match.group(2), match.group(1)))
-        body = body.replace(match.group(0), b"\n")
-    return rare, books
-
-
-def _rare_lines(body: bytes) -> Iterator[tuple[int, bytes]]:
-    """``(offset, line)`` of each line holding a meta record or a ``connectionID``."""
-    position = 0
-    while match := _search(_RARE, (b'"meta"', b'"connectionID"'), body, position):
-        start = body.rfind(b"\n", 0, match.start()) + 1
-        end = body.find(b"\n", match.end())
-        yield start, body[start:end]
-        position = end + 1
-
-
-def _search(
-    pattern: re.Pattern[bytes], heads: tuple[bytes, ...], body: bytes, position: int = 0
-) -> re.Match[bytes] | None:
-    """``pattern.search(body, position)`` for a pattern whose matches all begin with one of
-    ``heads``: candidates are found with ``bytes.find`` rather than by the regex engine, which
-    tries a match at every quote of the JSON text (a fifth of the survey's time went there)."""
-    found = [body.find(head, position) for head in heads]
-    while True:
-        at = min((where for where in found if where >= 0), default=-1)
-        if at < 0:
-            return None
-        if match := pattern.match(body, at):
-            return match
-        found = [
-            body.find(head, at + 1) if where == at else where
-            for head, where in zip(heads, found, strict=True)
-        ]
