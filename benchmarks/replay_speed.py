@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/replay_speed.py [--frames 1000000] [--repeat 3]
         [--long-frames 8000000] [--api-frames 300000] [--cache DIR]
-        [--only e2e,book,floor,naive,memory,recorder,workers,apis,events,stages]
+        [--only e2e,survey,book,floor,naive,memory,recorder,workers,apis,events,stages]
 
 ``KBOOK_NATIVE=0`` in the environment measures the pure-Python path instead of the native core.
 
@@ -28,7 +28,10 @@ peak RSS of a replay (in a child process); the recorder's writing cost; and the 
 and verify/end to end; and ``events``: the grid replay beside the deltas and the on-change
 snapshots (``--format deltas``, ``--every change``, which run on the Python path); and
 ``stages``: where an end-to-end replay's CPU goes (the core, replay's reading, the survey, the
-grid rows and Parquet, the rest), timed directly in this process. Not a test:
+grid rows and Parquet, the rest), timed directly in this process; and
+``survey``: the survey's CPU time with an empty survey cache and with a filled one, and the end
+to end replay of a first run beside a run after it. Every replay but the ``survey`` line's
+warm ones starts with an empty survey cache, as a first run does. Not a test:
 figures drift 15-30% between runs on a shared machine, so compare the ratios printed within one
 run.
 """
@@ -511,17 +514,47 @@ print(json.dumps({"seconds": seconds, "cpu": cpu_seconds, "pool_cpu": pool_cpu, 
 """
 
 
-def replay_in_child(raw: Path, out: Path, workers: int, mode: str = "grid") -> dict[str, Any]:
+def replay_in_child(
+    raw: Path, out: Path, workers: int, mode: str = "grid", warm: bool = False
+) -> dict[str, Any]:
     """An end-to-end replay in a fresh interpreter: its time, frames and peak RSS. ``mode``:
-    ``grid`` (1 s snapshots), ``deltas`` or ``change`` (on-change snapshots)."""
+    ``grid`` (1 s snapshots), ``deltas`` or ``change`` (on-change snapshots). The survey cache
+    (``replay.survey_cache``) is a file beside ``out``: emptied first (a first run, every
+    segment surveyed) unless ``warm`` (the run before surveyed them)."""
     shutil.rmtree(out, ignore_errors=True)
+    cache = out.parent / "surveys.sqlite"
+    if not warm:
+        cache.unlink(missing_ok=True)
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(raw), str(out), str(workers), mode],
         capture_output=True,
         text=True,
         check=True,
+        env=os.environ | {"KBOOK_SURVEY_CACHE": str(cache)},
     )
     return json.loads(done.stdout)
+
+
+def survey_cost(raw: Path, cache: Path, repeat: int) -> dict[str, float]:
+    """CPU seconds of the survey of ``raw``'s segments (medians): with an empty survey cache
+    (every segment decompressed and scanned, its facts kept) and with the cache that run left
+    (each segment stamped, its facts read back)."""
+    from replay.survey import survey_segments
+    from replay.survey_cache import cached_surveys
+
+    segments = segments_of(raw)
+    times: dict[str, list[float]] = {"cold": [], "warm": []}
+    os.environ["KBOOK_SURVEY_CACHE"] = str(cache)
+    try:
+        for _ in range(repeat):
+            cache.unlink(missing_ok=True)
+            for name in ("cold", "warm"):
+                began = time.process_time()
+                cached_surveys(segments, survey_segments)
+                times[name].append(time.process_time() - began)
+    finally:
+        del os.environ["KBOOK_SURVEY_CACHE"]
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def recorder_cost(folder: Path, frames: int = 100_000) -> dict[str, float]:
@@ -614,7 +647,7 @@ def main() -> None:
         help="updates of each recording of the v1/v2 table (one per API and depth)",
     )
     parser.add_argument(
-        "--only", default="e2e,book,floor,naive,memory,recorder,workers,apis,events,stages"
+        "--only", default="e2e,survey,book,floor,naive,memory,recorder,workers,apis,events,stages"
     )
     args = parser.parse_args()
     wanted = set(args.only.split(","))
@@ -642,6 +675,21 @@ def main() -> None:
                 f"({wall:,.0f} frames/s wall)"
             )
             print(f"peak RSS of that replay: {rss:,.0f} MB")
+        if "survey" in wanted:
+            cost = survey_cost(single, work / "survey.sqlite", args.repeat)
+            runs = {False: [], True: []}
+            for _ in range(args.repeat):  # alternate, so that load drifts hit both alike
+                for warm in (False, True):
+                    runs[warm].append(replay_in_child(single, work / "survey", 1, warm=warm))
+            cold, warm = (
+                statistics.median(r["frames"] / r["cpu"] for r in runs[w]) for w in (False, True)
+            )
+            print(
+                f"survey of {len(segments_of(single))} segments: {cost['cold']:.3f} CPU s with "
+                f"an empty survey cache, {cost['warm']:.3f} s from the cache; end to end "
+                f"(frames per CPU second) {cold:,.0f} on a first run, {warm:,.0f} on a run "
+                f"after it ({warm / cold:.2f}x)"
+            )
         if "events" in wanted:
             rates = {}
             for mode in ("grid", "deltas", "change"):
