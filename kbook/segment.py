@@ -28,14 +28,22 @@ file cut short by ``kill -9`` holds a run of complete frames plus at most one to
 yields every complete line and reports the torn tail, naming the file. Each frame carries zstd's
 content checksum; a damaged frame is reported with its byte range and skipped, and reading goes on
 at the next frame. A ``.partial`` file that is empty is a recorder killed before its first flush.
+
+A segment the recorder closed ends with a zstd skippable frame, the *trailer*
+(``TRAILER_MAGIC``): the segment's survey facts as JSON (``kbook.survey_scan.facts_json``), then
+the offset where the trailer starts and the facts' length (``<QI``) and ``kbook-survey-1``.
+Every zstd reader skips it; ``read_trailer`` finds it from the file's last bytes, and only when
+it starts where it says (so that two segments joined end to end are not described by the
+second one's facts).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias, TypeGuard, overload
@@ -43,7 +51,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias, TypeGuard, overload
 import orjson
 import zstandard
 
-from kbook.errors import InputError, OutputError, SegmentError
+from kbook.errors import InputError, KbookError, OutputError, SegmentError
 from kbook.pairs import file_name
 from kbook.units import utc_day, utc_text
 
@@ -68,6 +76,15 @@ RECV_NS_MIN = 0
 RECV_NS_MAX = 4_102_444_800_000_000_000
 """2100-01-01T00:00Z: receive times from then on are skipped too (a frame stamped in 2255 would
 otherwise stretch a replay over 230 years)."""
+TRAILER_MAGIC = b"\x5b\x2a\x4d\x18"
+"""A zstd skippable frame (magic 0x184D2A5B) that ends a segment the recorder closed: the
+segment's survey facts (``read_trailer``). Every zstd reader skips it; kbook's readers too."""
+_TRAILER_TAG = b"kbook-survey-1"
+"""Ends a trailer's content, after the JSON facts and the two sizes that find it from the end."""
+_TRAILER_TAIL = struct.Struct("<QI")
+"""(where the trailer starts in the file, bytes of facts), before the tag."""
+MAX_TRAILER_BYTES = 1 << 20
+"""Facts longer than this are not written (a segment of thousands of books), nor read."""
 _READ_CHUNK = 1 << 16
 """Compressed bytes per read: small, because each read is decompressed whole (Kraken text
 inflates 5-20x) and split into lines at once, so this bounds the reader's memory."""
@@ -189,6 +206,9 @@ class SegmentWriter:
         self.bytes_in = 0
         self.pending = 0
         """Lines written since the last flush."""
+        self.on_text: Callable[[bytes], None] | None = None
+        """Called with the text of the lines of each zstd frame as it is compressed (whole lines,
+        in order): the recorder's survey scan, whose facts ``close`` may write as a trailer."""
 
     @property
     def closed(self) -> bool:
@@ -276,6 +296,8 @@ class SegmentWriter:
         self._buffer = []
         self._buffered = 0
         self._sealed.append(_compressor(self._level).compress(data))
+        if self.on_text is not None:
+            self.on_text(data)
 
     def _compress(self) -> None:
         """The lines buffered so far as one zstd frame, written to the file."""
@@ -289,15 +311,24 @@ class SegmentWriter:
         except OSError as exc:
             raise OutputError(f"{self.partial_path}: write failed: {exc.strerror}") from exc
 
-    def close(self) -> Path:
-        """Flush, close and give the segment its final name; returns that name."""
+    def close(self, trailer: Callable[[], bytes | None] | None = None) -> Path:
+        """Flush, close and give the segment its final name; returns that name. ``trailer``
+        gives, once every line is compressed, the JSON facts to end the file with (a skippable
+        frame, ``read_trailer``), or None for none."""
         if self._file is None:
             return self.path
         error: OutputError | None = None
         try:
+            if trailer is not None:
+                self._compress()  # every line through ``on_text`` first
+                facts = trailer()
+                if facts is not None and len(facts) <= MAX_TRAILER_BYTES:
+                    self._file.write(_trailer_frame(self._file.tell(), facts))
             self.flush()
         except OutputError as exc:
             error = exc
+        except OSError as exc:
+            error = OutputError(f"{self.partial_path}: write failed: {exc.strerror}")
         file, self._file = self._file, None
         try:
             file.close()  # after a failed flush this fails again (data still buffered)
@@ -316,6 +347,38 @@ class SegmentWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _trailer_frame(start: int, facts: bytes) -> bytes:
+    """The skippable frame of ``facts`` for a file of ``start`` bytes so far."""
+    content = facts + _TRAILER_TAIL.pack(start, len(facts)) + _TRAILER_TAG
+    return TRAILER_MAGIC + struct.pack("<I", len(content)) + content
+
+
+def read_trailer(path: SegmentPath) -> bytes | None:
+    """The JSON facts a segment's trailer holds, or None when it ends otherwise: only a trailer
+    that ends the file and starts where it says it does counts (so two segments joined by
+    ``cat`` are surveyed, never described by the second one's facts). Reads its last bytes."""
+    end = len(_TRAILER_TAG) + _TRAILER_TAIL.size
+    try:
+        size = path.stat().st_size
+        if size < end + 8:
+            return None
+        with path.open("rb", buffering=0) as fh:  # two small reads (two requests on S3)
+            fh.seek(size - end)
+            tail = fh.read(end)
+            if not tail.endswith(_TRAILER_TAG):
+                return None
+            start, length = _TRAILER_TAIL.unpack_from(tail)
+            if length > MAX_TRAILER_BYTES or start + 8 + length + end != size:
+                return None
+            fh.seek(start)
+            head = fh.read(8 + length)
+    except (OSError, KbookError):
+        return None
+    if head[:4] != TRAILER_MAGIC or struct.unpack_from("<I", head, 4)[0] != length + end:
+        return None
+    return head[8:]
 
 
 def write_segment(path: Path, lines: Iterable[bytes], level: int = 3) -> Path:

@@ -1,10 +1,13 @@
-"""The survey's fast scan of a segment's decompressed text, one per Kraken API.
+"""A segment's survey facts (``SegmentInfo``) and the fast scan that finds them, one per API.
 
 ``replay.survey`` decompresses each segment in large pieces that end at a line break and hands
 them to the scan its dialect makes (``kbook.dialect.Dialect.survey_scan``): which books the
 segment holds, which of them its head checkpoints restore, the connection in force after it,
-the recorder run that wrote it, its first receive time. It never decodes data frames, which
-are nearly every line: it searches the text.
+the recorder run that wrote it, its first and last receive time. The recorder runs the same
+scan over each zstd frame's text as it writes it and ends the segment with the facts
+(``kbook.segment.read_trailer``); ``facts_json``/``facts_info`` are their JSON form there, in the
+survey cache and in a dataset's manifest. The scan never decodes data frames, which are nearly
+every line: it searches the text.
 
 v1 (``V1Scan``): book frames end with ``"book-N","<pair>"]`` (the frame text is copied verbatim by
 the recorder and by ``kbook.captures``; nothing else in a segment looks like that). The native
@@ -30,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from kbook.api import Api
 from kbook.lines import native_core
-from kbook.segment import sane_recv_ns
+from kbook.segment import SegmentPath, sane_recv_ns
 from kbook.v2 import parse_status
 
 if TYPE_CHECKING:
@@ -44,6 +48,99 @@ Book = tuple[str, str]
 """(wire pair, channel name), as ``BookFeed`` keys its books."""
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """What the survey learnt about one segment."""
+
+    path: SegmentPath
+    size: int
+    """Compressed size in bytes (progress is measured in these)."""
+    first_ns: int | None
+    """``recv_ns`` of the first line."""
+    books: frozenset[Book]
+    """Every book with a data frame or a checkpoint in the segment."""
+    head_checkpoints: frozenset[Book]
+    """Books restored by ``checkpoint`` lines before the first ``msg`` line: replay can start here."""
+    connection_changed: bool
+    """True when a ``systemStatus``, ``connect`` or ``disconnect`` line sets the connection."""
+    connection_at_end: int | None
+    """If ``connection_changed``: the ``connectionID`` in force after the last line (None after a
+    connect/disconnect), as ``BookFeed.connection_id`` will hold it."""
+    api: str = Api.V1
+    """The Kraken WebSocket API of its frames (``kbook.v2.segment_api``): ``v1`` or ``v2``."""
+    last_ns: int | None = None
+    """``recv_ns`` of the last whole line (the recorder's stamps never go back within a run)."""
+    run_id: str | None = None
+    """The recorder run that wrote it, when its head holds the run's ``session_start`` line (the
+    first segment of each pair of a run; later segments of the run carry no run id)."""
+
+
+def facts_json(info: SegmentInfo) -> dict[str, Any]:
+    """A survey's facts as JSON data (the dataset's manifest and the survey cache keep them)."""
+    return {
+        "first_ns": info.first_ns,
+        "last_ns": info.last_ns,
+        "books": sorted(info.books),
+        "head_checkpoints": sorted(info.head_checkpoints),
+        "connection_changed": info.connection_changed,
+        "connection_at_end": info.connection_at_end,
+        "api": str(info.api),
+        "run_id": info.run_id,
+    }
+
+
+def facts_info(path: SegmentPath, size: int, data: object) -> SegmentInfo | None:
+    """``facts_json``'s data back as the survey of ``path``, or None when it is not of that
+    shape: a stored survey comes from a file anyone may have edited, so each fact is checked to
+    be one the survey could have found (a receive time ``sane_recv_ns`` takes, books of two
+    strings, a known API), never trusted blindly."""
+    if type(data) is not dict:
+        return None
+    first_ns, last_ns = data.get("first_ns"), data.get("last_ns")
+    connection, run_id = data.get("connection_at_end"), data.get("run_id")
+    books, head = _books(data.get("books")), _books(data.get("head_checkpoints"))
+    changed, api = data.get("connection_changed"), data.get("api")
+    if (
+        (first_ns is not None and not sane_recv_ns(first_ns))
+        or (last_ns is not None and not sane_recv_ns(last_ns))
+        or books is None
+        or head is None
+        or not head <= books
+        or type(changed) is not bool
+        or (connection is not None and type(connection) is not int)
+        or (run_id is not None and not (type(run_id) is str and 0 < len(run_id) <= 64))
+        or api not in tuple(Api)
+    ):
+        return None
+    return SegmentInfo(
+        path=path,
+        size=size,
+        first_ns=first_ns,
+        books=books,
+        head_checkpoints=head,
+        connection_changed=changed,
+        connection_at_end=connection,
+        api=Api(api),
+        last_ns=last_ns,
+        run_id=run_id,
+    )
+
+
+def _books(data: object) -> frozenset[Book] | None:
+    """A list of ``[pair, channel]`` string pairs as books, or None when it is not one."""
+    if type(data) is not list:
+        return None
+    books: set[Book] = set()
+    for book in data:
+        if type(book) is not list or len(book) != 2:
+            return None
+        pair, channel = book
+        if type(pair) is not str or type(channel) is not str:
+            return None
+        books.add((pair, channel))
+    return frozenset(books)
+
+
 class SurveyScan(Protocol):
     """A scan of one segment's pieces: ``body`` each in order, ``damaged`` when the pieces start
     again from the first line (``replay.survey._bodies``); ``facts`` then holds what it found."""
@@ -53,6 +150,8 @@ class SurveyScan(Protocol):
     def body(self, body: bytes) -> None: ...
 
     def damaged(self) -> None: ...
+
+    def info(self, path: SegmentPath, size: int) -> SegmentInfo: ...
 
 
 @dataclass
@@ -97,15 +196,35 @@ class ScanFacts:
         elif type(msg) is dict and msg.get("event") == "systemStatus":
             self.connection_changed, self.connection = True, msg.get("connectionID")
 
+    def info(self, path: SegmentPath, size: int, api: Api, last_ns: int | None) -> SegmentInfo:
+        """These facts as the survey of ``path``, whose last line's receive time is ``last_ns``."""
+        return SegmentInfo(
+            path=path,
+            size=size,
+            first_ns=self.first_ns,
+            books=frozenset(self.books),
+            head_checkpoints=frozenset(self.head),
+            connection_changed=self.connection_changed,
+            connection_at_end=self.connection,
+            api=api,
+            last_ns=last_ns,
+            run_id=self.run_id,
+        )
+
 
 class V1Scan:
     """The v1 scan (see the module docstring): ``body`` each piece in order, ``damaged`` when
     the pieces start again from the first line; ``facts`` then holds what it found."""
 
+    api = Api.V1
+
     def __init__(self) -> None:
         self.facts = ScanFacts()
+        self.last_ns: int | None = None
+        """The last receive time of the last piece (``line_recv_ns``)."""
 
     def body(self, body: bytes) -> None:
+        self.last_ns = line_recv_ns(body, first=False)
         facts = self.facts
         if facts.first_ns is None:
             facts.first_ns = line_recv_ns(body, first=True)
@@ -119,17 +238,26 @@ class V1Scan:
     def damaged(self) -> None:
         """Every line is read again, and found again harmlessly."""
 
+    def info(self, path: SegmentPath, size: int) -> SegmentInfo:
+        """What the scan found, as the survey of ``path``."""
+        return self.facts.info(path, size, self.api, self.last_ns)
+
 
 class V2Scan:
     """The v2 scan (see the module docstring): book updates by their symbol, every other line
     decoded (orjson; the number lexemes do not matter here), books named ``(symbol, "book-N")``
     as ``V2BookFeed`` keys them: ``namer`` follows what sets each depth."""
 
+    api = Api.V2
+
     def __init__(self, namer: BookNamer) -> None:
         self.namer = namer
         self.facts = ScanFacts()
+        self.last_ns: int | None = None
+        """The last receive time of the last piece (``line_recv_ns``)."""
 
     def body(self, body: bytes) -> None:
+        self.last_ns = line_recv_ns(body, first=False)
         start = 0
         while self.facts.first_ns is None and start < len(body):  # first receive time: decoded
             stop = body.index(b"\n", start)  # a body is whole lines
@@ -156,6 +284,10 @@ class V2Scan:
         """Every line is read again from the start: so is the scan."""
         self.facts = ScanFacts()
         self.namer = type(self.namer)(self.namer.dialect)
+
+    def info(self, path: SegmentPath, size: int) -> SegmentInfo:
+        """What the scan found, as the survey of ``path``."""
+        return self.facts.info(path, size, self.api, self.last_ns)
 
     def _update(self, symbol: str) -> None:
         """A book update: its book, at the depth the feed would file it under."""

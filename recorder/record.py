@@ -89,6 +89,7 @@ class Recorder:
             config.max_segment_bytes,
             self._checkpoints,
             config.max_held_frames,
+            config.api,
         )
         stream = stderr if stderr is not None else sys.stderr
         self.reporter = Reporter(stream, config.quiet, config.status_interval_ns)

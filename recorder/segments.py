@@ -6,6 +6,10 @@ on every hour); size rotation starts one when the compressed file reaches the li
 flush (so a segment may pass the limit by up to one flush interval of data, and however small the
 limit, a pair gets at most one new file per flush interval).
 
+A segment the recorder closes ends with its survey facts (``kbook.segment.read_trailer``: a zstd
+skippable frame every reader skips), found by the survey's scan (``kbook.survey_scan``) of each
+zstd frame's text as it is compressed, so that replay need not decompress the segment to plan.
+
 Every segment stands on its own: a rotated segment's first lines are ``checkpoint`` meta lines of
 the pair's books that were valid at that moment, so replay needs no earlier file. Rotation happens
 between two frames in the single recorder thread, so no frame is lost or written twice (frames
@@ -38,8 +42,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from kbook.api import Api
+from kbook.dialect import dialect_for
 from kbook.errors import OutputError
 from kbook.segment import PARTIAL_SUFFIX, SegmentWriter, meta_line, segment_path
+from kbook.survey_scan import SurveyScan, facts_json
 
 MAX_HELD_LINES = 10_000
 """A pending stream that holds more than this commits anyway: memory is not storage."""
@@ -93,9 +102,13 @@ class SegmentStream:
         max_bytes: int | None,
         checkpoints: CheckpointSource,
         max_held: int = MAX_HELD_LINES,
+        api: str | None = Api.V1,
     ) -> None:
         self.root = root
         self.pair = pair
+        self.api = api
+        self.scan: SurveyScan | None = None
+        """The survey scan of the open segment's text, whose facts end it when it closes."""
         self.max_held = max_held
         self.rotate_ns = rotate_ns
         self.max_bytes = max_bytes
@@ -267,19 +280,39 @@ class SegmentStream:
     def _open(self, start_ns: int, first_lines: Iterable[bytes]) -> None:
         self.good_bytes = 0
         self.writer = open_unique(self.root, self.pair, start_ns)
+        self.scan = dialect_for(self.api).survey_scan()
+        self.writer.on_text = self._scan_text
         self.boundary_ns = (start_ns // self.rotate_ns + 1) * self.rotate_ns
         for line in first_lines:
             self.writer.write(line)
         self._head_lines = self.writer.lines
 
+    def _scan_text(self, text: bytes) -> None:
+        """Scan the text of a zstd frame of the open segment. The scan is made for hostile
+        files and should never fail; if it does, the segment ends without facts (replay scans
+        it), and the recording goes on."""
+        if self.scan is None:
+            return
+        try:
+            self.scan.body(text)
+        except Exception:
+            self.scan = None
+
     def _close_writer(self, now_ns: int, reason: str) -> None:
         writer, self.writer = self.writer, None
         if writer is None:
             return
+
+        def trailer() -> bytes | None:
+            """The segment's survey facts, as ``replay.survey`` would find them by reading it."""
+            scan = self.scan
+            return None if scan is None else orjson.dumps(facts_json(scan.info(writer.path, 0)))
+
         try:
             writer.write(meta_line(now_ns, {"type": "segment_end", "reason": reason}))
-            writer.close()
+            writer.close(trailer)
         finally:
+            self.scan = None
             if writer.closed and writer.path.exists():
                 self.finished.append(writer.path)
                 self.bytes_closed += writer.path.stat().st_size
@@ -371,9 +404,10 @@ class SegmentStreams:
         max_bytes: int | None,
         checkpoints: CheckpointSource,
         max_held: int = MAX_HELD_LINES,
+        api: str | None = Api.V1,
     ) -> None:
         self.streams = {
-            pair: SegmentStream(root, pair, rotate_ns, max_bytes, checkpoints, max_held)
+            pair: SegmentStream(root, pair, rotate_ns, max_bytes, checkpoints, max_held, api)
             for pair in pairs
         }
         self.syncer = Syncer()

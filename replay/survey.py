@@ -6,19 +6,23 @@ option fails before anything is written), and segments wholly outside ``--start`
 skipped. It must cost little next to the replay itself, so it never decodes data frames: it
 decompresses each segment in large pieces and hands them to the scan of the segment's dialect
 (``kbook.dialect.Dialect.survey_scan``, per API in ``kbook.survey_scan``), which searches the
-text. A run over segments surveyed before finds their facts in the survey cache
-(``replay.survey_cache``) instead.
+text. A segment the recorder closed needs none of that: its facts end it (the recorder's own
+scan of the text it wrote, ``kbook.segment.read_trailer``), and only its last bytes are read. A
+trailer is the segment's own claim, as trustworthy as its lines (a forged file can lie in
+either): it is believed only when it ends the file where it says it starts and its facts are of
+a shape a scan could find, and the facts tasks are cut by (head checkpoints, the connection)
+are checked again where a task meets them (``replay.tasks``' join). A run over segments
+surveyed before finds their facts in the survey cache (``replay.survey_cache``) instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
+import orjson
 import zstandard
 
-from kbook.api import Api
 from kbook.dialect import segment_dialect
 from kbook.errors import SegmentError
 from kbook.segment import (
@@ -26,104 +30,20 @@ from kbook.segment import (
     SegmentPath,
     SegmentReader,
     os_error_text,
-    sane_recv_ns,
+    read_trailer,
 )
-from kbook.survey_scan import Book, line_recv_ns
+from kbook.survey_scan import SegmentInfo, facts_info, facts_json
+
+__all__ = [
+    "SegmentInfo",
+    "facts_info",
+    "facts_json",
+    "scan_segment",
+    "survey_segment",
+    "survey_segments",
+]
 
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentInfo:
-    """What the survey learnt about one segment."""
-
-    path: SegmentPath
-    size: int
-    """Compressed size in bytes (progress is measured in these)."""
-    first_ns: int | None
-    """``recv_ns`` of the first line."""
-    books: frozenset[Book]
-    """Every book with a data frame or a checkpoint in the segment."""
-    head_checkpoints: frozenset[Book]
-    """Books restored by ``checkpoint`` lines before the first ``msg`` line: replay can start here."""
-    connection_changed: bool
-    """True when a ``systemStatus``, ``connect`` or ``disconnect`` line sets the connection."""
-    connection_at_end: int | None
-    """If ``connection_changed``: the ``connectionID`` in force after the last line (None after a
-    connect/disconnect), as ``BookFeed.connection_id`` will hold it."""
-    api: str = Api.V1
-    """The Kraken WebSocket API of its frames (``kbook.v2.segment_api``): ``v1`` or ``v2``."""
-    last_ns: int | None = None
-    """``recv_ns`` of the last whole line (the recorder's stamps never go back within a run)."""
-    run_id: str | None = None
-    """The recorder run that wrote it, when its head holds the run's ``session_start`` line (the
-    first segment of each pair of a run; later segments of the run carry no run id)."""
-
-
-def facts_json(info: SegmentInfo) -> dict[str, Any]:
-    """A survey's facts as JSON data (the dataset's manifest and the survey cache keep them)."""
-    return {
-        "first_ns": info.first_ns,
-        "last_ns": info.last_ns,
-        "books": sorted(info.books),
-        "head_checkpoints": sorted(info.head_checkpoints),
-        "connection_changed": info.connection_changed,
-        "connection_at_end": info.connection_at_end,
-        "api": str(info.api),
-        "run_id": info.run_id,
-    }
-
-
-def facts_info(path: SegmentPath, size: int, data: object) -> SegmentInfo | None:
-    """``facts_json``'s data back as the survey of ``path``, or None when it is not of that
-    shape: a stored survey comes from a file anyone may have edited, so each fact is checked to
-    be one the survey could have found (a receive time ``sane_recv_ns`` takes, books of two
-    strings, a known API), never trusted blindly."""
-    if type(data) is not dict:
-        return None
-    first_ns, last_ns = data.get("first_ns"), data.get("last_ns")
-    connection, run_id = data.get("connection_at_end"), data.get("run_id")
-    books, head = _books(data.get("books")), _books(data.get("head_checkpoints"))
-    changed, api = data.get("connection_changed"), data.get("api")
-    if (
-        (first_ns is not None and not sane_recv_ns(first_ns))
-        or (last_ns is not None and not sane_recv_ns(last_ns))
-        or books is None
-        or head is None
-        or not head <= books
-        or type(changed) is not bool
-        or (connection is not None and type(connection) is not int)
-        or (run_id is not None and not (type(run_id) is str and 0 < len(run_id) <= 64))
-        or api not in tuple(Api)
-    ):
-        return None
-    return SegmentInfo(
-        path=path,
-        size=size,
-        first_ns=first_ns,
-        books=books,
-        head_checkpoints=head,
-        connection_changed=changed,
-        connection_at_end=connection,
-        api=Api(api),
-        last_ns=last_ns,
-        run_id=run_id,
-    )
-
-
-def _books(data: object) -> frozenset[Book] | None:
-    """A list of ``[pair, channel]`` string pairs as books, or None when it is not one."""
-    if type(data) is not list:
-        return None
-    books: set[Book] = set()
-    for book in data:
-        if type(book) is not list or len(book) != 2:
-            return None
-        pair, channel = book
-        if type(pair) is not str or type(channel) is not str:
-            return None
-        books.add((pair, channel))
-    return frozenset(books)
 
 
 def survey_segments(paths: list[SegmentPath]) -> list[SegmentInfo]:
@@ -132,29 +52,29 @@ def survey_segments(paths: list[SegmentPath]) -> list[SegmentInfo]:
 
 
 def survey_segment(path: SegmentPath) -> SegmentInfo:
-    """Survey one segment (a damaged tail is tolerated here; the replay reports it)."""
+    """Survey one segment: the facts its trailer holds (the recorder wrote them as it closed it,
+    ``kbook.segment.read_trailer``), else those the scan of its text finds (a damaged tail is
+    tolerated here; the replay reports it)."""
+    size = path.stat().st_size
+    trailer = read_trailer(path)
+    if trailer is not None:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            info = facts_info(path, size, orjson.loads(trailer))
+            if info is not None:
+                return info
+    return scan_segment(path)
+
+
+def scan_segment(path: SegmentPath) -> SegmentInfo:
+    """Survey one segment by the scan of its text, whatever its trailer says."""
     dialect = segment_dialect(path)
     scan = dialect.survey_scan()
-    last_body = b""
     for body in _bodies(path):
-        if not body:  # damage: the pieces start again from the first line
+        if body:
+            scan.body(body)
+        else:  # damage: the pieces start again from the first line
             scan.damaged()
-            continue
-        last_body = body
-        scan.body(body)
-    facts = scan.facts
-    return SegmentInfo(
-        path=path,
-        size=path.stat().st_size,
-        first_ns=facts.first_ns,
-        books=frozenset(facts.books),
-        head_checkpoints=frozenset(facts.head),
-        connection_changed=facts.connection_changed,
-        connection_at_end=facts.connection,
-        api=dialect.api,
-        last_ns=line_recv_ns(last_body, first=False),
-        run_id=facts.run_id,
-    )
+    return scan.info(path, path.stat().st_size)
 
 
 def _bodies(path: SegmentPath) -> Iterator[bytes]:
