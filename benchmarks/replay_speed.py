@@ -29,9 +29,10 @@ and verify/end to end; and ``events``: the grid replay beside the deltas and the
 snapshots (``--format deltas``, ``--every change``, which run on the Python path); and
 ``stages``: where an end-to-end replay's CPU goes (the core, replay's reading, the survey, the
 grid rows and Parquet, the rest), timed directly in this process; and
-``survey``: the survey's CPU time with an empty survey cache and with a filled one, and the end
-to end replay of a first run beside a run after it. Every replay but the ``survey`` line's
-warm ones starts with an empty survey cache, as a first run does. Not a test:
+``survey``: the survey's CPU time with an empty survey cache, with a filled one, and over a copy
+whose segments end with the recorder's trailers, and the end to end replay of each. Every
+replay but the ``survey`` line's warm ones starts with an empty survey cache, as a first run
+does. Not a test:
 figures drift 15-30% between runs on a shared machine, so compare the ratios printed within one
 run.
 """
@@ -535,20 +536,46 @@ def replay_in_child(
     return json.loads(done.stdout)
 
 
-def survey_cost(raw: Path, cache: Path, repeat: int) -> dict[str, float]:
+def with_trailers(raw: Path) -> Path:
+    """A copy of the recording ``raw`` whose segments end with their survey facts, as the
+    recorder closes them (``kbook.segment.read_trailer``): the same lines, a zstd frame per
+    reader batch, the recorder's scan of each frame's text. Made once, beside ``raw``."""
+    from kbook.dialect import segment_dialect
+    from kbook.survey_scan import facts_json
+
+    folder = raw.parent.with_name(raw.parent.name + "-trailers")
+    if (folder / "done").exists():
+        return folder / "raw"
+    shutil.rmtree(folder, ignore_errors=True)
+    for path in segments_of(raw):
+        copy = folder / "raw" / path.relative_to(raw)
+        scan = segment_dialect(path).survey_scan()
+        writer = SegmentWriter(copy)
+        writer.on_text = scan.body
+        for _, lines in SegmentReader(path).batches():
+            writer.write_lines([line + b"\n" for line in lines if line])
+            writer.flush(fsync=False)
+        writer.close(lambda copy=copy, scan=scan: orjson.dumps(facts_json(scan.info(copy, 0))))
+    (folder / "done").write_text("ok\n")
+    return folder / "raw"
+
+
+def survey_cost(raw: Path, trailed: Path, cache: Path, repeat: int) -> dict[str, float]:
     """CPU seconds of the survey of ``raw``'s segments (medians): with an empty survey cache
-    (every segment decompressed and scanned, its facts kept) and with the cache that run left
-    (each segment stamped, its facts read back)."""
+    (every segment decompressed and scanned, its facts kept), with the cache that run left
+    (each segment stamped, its facts read back), and of ``trailed``'s with an empty cache (the
+    facts read off each segment's trailer)."""
     from replay.survey import survey_segments
     from replay.survey_cache import cached_surveys
 
-    segments = segments_of(raw)
-    times: dict[str, list[float]] = {"cold": [], "warm": []}
+    times: dict[str, list[float]] = {"cold": [], "warm": [], "trailers": []}
     os.environ["KBOOK_SURVEY_CACHE"] = str(cache)
     try:
         for _ in range(repeat):
-            cache.unlink(missing_ok=True)
-            for name in ("cold", "warm"):
+            for name, folder in (("cold", raw), ("warm", raw), ("trailers", trailed)):
+                if name != "warm":
+                    cache.unlink(missing_ok=True)
+                segments = segments_of(folder)
                 began = time.process_time()
                 cached_surveys(segments, survey_segments)
                 times[name].append(time.process_time() - began)
@@ -676,19 +703,24 @@ def main() -> None:
             )
             print(f"peak RSS of that replay: {rss:,.0f} MB")
         if "survey" in wanted:
-            cost = survey_cost(single, work / "survey.sqlite", args.repeat)
-            runs = {False: [], True: []}
-            for _ in range(args.repeat):  # alternate, so that load drifts hit both alike
-                for warm in (False, True):
-                    runs[warm].append(replay_in_child(single, work / "survey", 1, warm=warm))
-            cold, warm = (
-                statistics.median(r["frames"] / r["cpu"] for r in runs[w]) for w in (False, True)
-            )
+            trailed = with_trailers(single)
+            cost = survey_cost(single, trailed, work / "survey.sqlite", args.repeat)
+            runs: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": [], "trailers": []}
+            for _ in range(args.repeat):  # alternate, so that load drifts hit all alike
+                for name in runs:
+                    raw = trailed if name == "trailers" else single
+                    runs[name].append(replay_in_child(raw, work / "survey", 1, warm=name == "warm"))
+            rate = {
+                name: statistics.median(r["frames"] / r["cpu"] for r in done)
+                for name, done in runs.items()
+            }
             print(
                 f"survey of {len(segments_of(single))} segments: {cost['cold']:.3f} CPU s with "
-                f"an empty survey cache, {cost['warm']:.3f} s from the cache; end to end "
-                f"(frames per CPU second) {cold:,.0f} on a first run, {warm:,.0f} on a run "
-                f"after it ({warm / cold:.2f}x)"
+                f"an empty survey cache, {cost['warm']:.3f} s from the cache, "
+                f"{cost['trailers']:.3f} s from the recorder's trailers; end to end (frames "
+                f"per CPU second) {rate['cold']:,.0f} on a first run, {rate['warm']:,.0f} on a "
+                f"run after it ({rate['warm'] / rate['cold']:.2f}x), {rate['trailers']:,.0f} on "
+                f"a first run over segments with trailers ({rate['trailers'] / rate['cold']:.2f}x)"
             )
         if "events" in wanted:
             rates = {}
