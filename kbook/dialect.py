@@ -47,8 +47,8 @@ from kbook import v2
 from kbook.api import DEFAULT, DEPTHS, URLS, Api, Channel
 from kbook.errors import FrameError
 from kbook.feed import BookFeed, book_depth, channel_depth, misnamed, sane_pair
-from kbook.segment import SegmentPath
 from kbook.pairs import common_name, v1_alias
+from kbook.segment import SegmentPath
 from kbook.survey_scan import SurveyScan, V1Scan, V2Scan
 
 NOT_JSON = object()
