@@ -199,13 +199,14 @@ def test_recorded_segments_name_their_dialect_and_books_as_the_survey_does(
             run.finish()
     segments = sorted(tmp_path.rglob("*.jsonl.zst"))
     assert len(segments) >= 4
+    named: set[tuple[str, str]] = set()
     for path in segments:
         dialect = segment_dialect(path)
         assert dialect.api is case.api
         books = BookNamer(dialect).on_records(RecordReader(path, dialect.api))
         assert books == survey_segment(path).books
-        assert books <= {(case.btc_wire, "book-25"), ("ETH/USD", "book-25")}
-        assert books
+        named |= books  # a segment rotated just before the stop may hold heartbeats only
+    assert named == {(case.btc_wire, "book-25"), ("ETH/USD", "book-25")}
 
 
 def test_names_that_tell_the_apis_apart() -> None:
