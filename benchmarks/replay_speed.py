@@ -690,7 +690,7 @@ def main() -> None:
         f"{len(MULTI)} pairs in {len(segments_of(multi))} segments"
     )
     work = Path(tempfile.mkdtemp(prefix="kbook-bench-out-"))
-    e2e = floor = None
+    e2e = floor = trailed_e2e = None
     try:
         if "e2e" in wanted or "memory" in wanted:
             runs = [replay_in_child(single, work / "e2e", 1) for _ in range(args.repeat)]
@@ -714,6 +714,7 @@ def main() -> None:
                 name: statistics.median(r["frames"] / r["cpu"] for r in done)
                 for name, done in runs.items()
             }
+            trailed_e2e = rate["trailers"]
             print(
                 f"survey of {len(segments_of(single))} segments: {cost['cold']:.3f} CPU s with "
                 f"an empty survey cache, {cost['warm']:.3f} s from the cache, "
@@ -750,6 +751,11 @@ def main() -> None:
             print(f"parse floor (zstd + split + orjson.loads): {floor:,.0f} lines/s")
             if e2e is not None:
                 print(f"  end to end / floor: {e2e / floor:.2f}")
+            if trailed_e2e is not None:
+                print(
+                    "  end to end, first run over segments with the recorder's trailers / floor: "
+                    f"{trailed_e2e / floor:.2f}"
+                )
         if "naive" in wanted:
             rate, n = median_rate(lambda: naive(single, args.naive_frames), 1)
             print(f"naive book (json, dict + sorted, Decimal), {n:,} frames: {rate:,.0f} frames/s")
