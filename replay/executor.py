@@ -199,7 +199,8 @@ def _dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
             yield client
         return
     # On the loopback interface only, its HTTP server (health, metrics) on a free port rather
-    # than 8787; its nannies' warnings (a worker restarted after a crash or a signal) would be
+    # than 8787; its nannies' warnings (a worker restarted after a crash or a signal) and the
+    # errors of connections it closes while a replay stopped by a signal tears it down would be
     # lines beside kbook's own: a task's failure is reported by its future, once. The workers
     # run with ``WORKER_CONFIG`` (see there).
     with dask.config.set(WORKER_CONFIG):
@@ -210,7 +211,7 @@ def _dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
             host="127.0.0.1",
             dashboard_address=None,
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,
         )
     with cluster, Client(cluster) as client:
         yield client
