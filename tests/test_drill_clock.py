@@ -92,7 +92,9 @@ def test_clock_steps_lose_and_reorder_nothing(
         assert stamps == sorted(stamps), f"{pair}: receive times go back"
         steps = [meta for path in files for meta in output.metas("clock_step", path)]
         assert len(steps) == logged
-        assert steps[0]["behind_ns"] >= abs(steps_s[0]) * SECOND * 0.9
+        # The step is measured from the last stamp before it, which a busy recorder may have
+        # taken a few hundred milliseconds earlier: the logged size is the step's, less that.
+        assert steps[0]["behind_ns"] >= abs(steps_s[0]) * SECOND * 0.5
     summary.seconds = time.monotonic() - began
     report(summary, tmp_path_factory.getbasetemp())
     assert summary.frames_lost == 0
