@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import orjson
 import typer
@@ -600,9 +600,7 @@ def replay(
                 scheduler=scheduler,
             )
     except _Interrupted as exc:
-        name = signal.Signals(exc.signum).name
-        typer.echo(f"kbook: replay stopped by {name}: {out} left as it was", err=True)
-        raise typer.Exit(128 + exc.signum) from None
+        _say_stopped(exc, out)
     print_summary(summary)
     if metrics_file is not None:
         from kbook import job_metrics
@@ -656,12 +654,20 @@ def _replay_deltas(
                     bar,
                 )
     except _Interrupted as exc:
-        name = signal.Signals(exc.signum).name
-        typer.echo(f"kbook: replay stopped by {name}: {out} left as it was", err=True)
-        raise typer.Exit(128 + exc.signum) from None
+        _say_stopped(exc, out)
     print_summary(summary)
     for problem in summary.problems:
         typer.echo(f"kbook: warning: {problem}", err=True)
+
+
+def _say_stopped(exc: _Interrupted, out: str) -> NoReturn:
+    """The one line of a replay stopped by a signal: what it left at ``out`` (a publish to
+    object storage stopped past its commit point leaves it unfinished), then exit 128 + N."""
+    from kbook.storage import left_as
+
+    name = signal.Signals(exc.signum).name
+    typer.echo(f"kbook: replay stopped by {name}: {left_as(exc, out)}", err=True)
+    raise typer.Exit(128 + exc.signum) from None
 
 
 def _replay_trades(

@@ -12,16 +12,17 @@ Reading: ``segment_inputs`` lists the segments under ``s3://`` inputs as ``Objec
 references, which every segment reader opens in place, a megabyte per request (bounded memory, no
 local copy), exactly as it opens a local file; Dask workers open them with their own client.
 
-Writing: ``publish_dataset`` moves a finished local dataset to ``s3://``. Object storage has no
-atomic rename of a folder, so the dataset's own manifest is the commit point: the old manifest is
-deleted first, every file is uploaded under a temporary key (``_kbook_tmp-<id>/...``, a prefix
-dataset readers skip) and moved to its place, files of an older dataset that the new one does not
-have are deleted, and the manifest, listing every file, is written last (then the temporary keys
-that killed runs left are removed). A run that dies on the way leaves no manifest, which
-``read_snapshots`` refuses ("did not finish"); readers that trust the manifest never see half a
-dataset. Each file is one object written in one piece: no zero-byte
-"folder" objects (which break readers going through s3fs). ``publish_partitions`` replaces some
-partitions of a published dataset (``--update``) the same way.
+Writing: every output kind reaches object storage through one ``StagedPublish``: the files go
+up under a temporary key (``_kbook_tmp-<id>/...``, a prefix dataset readers skip) while the old
+dataset stays whole; then, at the commit point, the old manifest is deleted (``--update``: set
+aside), the files are copied to their places, old files the new dataset lacks are deleted, and
+the manifest, listing every file, is written last (then the temporary keys are removed, with
+those that killed runs left). A run that dies before the commit point leaves the old dataset as
+it was; one that dies after it leaves no manifest, which ``read_snapshots`` refuses ("did not
+finish"): readers that trust the manifest never see half a dataset. Each file is one object
+written in one piece, and no zero-byte "folder" object is left inside a dataset (they break
+readers going through s3fs). ``publish_dataset`` publishes a whole local dataset,
+``publish_partitions`` replaces some partitions of a published one (``--update``).
 
 Objects are written and read as their very bytes: ``pyarrow.fs`` streams guess a compression from
 the key's extension (a ``.jsonl.zst`` segment would be compressed again), so every stream here
@@ -30,6 +31,7 @@ passes ``compression=None``.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import io
 import os
@@ -261,59 +263,194 @@ def _object_segment(info: pafs.FileInfo) -> ObjectSegment:
 
 # -- publishing a dataset ----------------------------------------------------------------------
 
+DATASET_KEYS: tuple[str, ...] = ("pair=*",)
+"""The keys of a kbook dataset (``fnmatch`` patterns) besides its manifest: its partitions.
+Output kinds with other files (Tardis's and hftbacktest's) name theirs."""
 
-def check_remote_output(location: Location, manifest: str, force: bool) -> None:
+
+def _owned(key: str, owned: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in owned)
+
+
+def check_remote_output(
+    location: Location, manifest: str, force: bool, owned: tuple[str, ...] = DATASET_KEYS
+) -> None:
     """Refuse before any work, as for a local folder: something there already (unless
-    ``force``), or objects that are not a kbook dataset (never replaced)."""
+    ``force``), or objects that are not a kbook dataset (never replaced): no manifest, and a key
+    that is not one of ``owned`` (what a publish killed before its manifest leaves)."""
     keys = [key for key in list_files(location) if not key.startswith(TEMPORARY_PREFIX)]
     if not keys:
         return
     if not force:
         raise OutputError(f"{location.text}: holds objects already; pass --force to replace them")
-    if manifest not in keys and not all(key.startswith("pair=") for key in keys):
+    if manifest not in keys and not all(_owned(key, owned) for key in keys):
         raise OutputError(
             f"{location.text}: is not a kbook snapshot dataset (no {manifest}); not replacing it"
         )
 
 
-def publish_dataset(folder: Path, location: Location, manifest: str, force: bool) -> list[str]:
-    """Upload the finished local dataset ``folder`` to ``location``, manifest last (see the
-    module docstring); the relative keys of its files."""
-    check_remote_output(location, manifest, force)
-    fs = location.fs
-    files = sorted(
+class StagedPublish:
+    """One publish to object storage: the one way every output kind gets there (snapshots,
+    trades, deltas, on-change snapshots, Tardis and hftbacktest files, ``--update``).
+
+    Object storage has no atomic rename of a folder, so the dataset's manifest is the commit
+    point. Files are first written under this publish's temporary prefix (``stage``; or
+    straight to ``staged(key)`` by whoever makes them): the old dataset stays whole and readable
+    meanwhile. ``commit`` then deletes the old manifest (or, for ``--update``, sets it aside:
+    ``unfinished_manifest``), from which moment readers refuse the dataset; copies each staged
+    object to its key, deletes the old objects the new dataset lacks, writes the manifest last,
+    and removes the temporary prefixes (its own, and those that killed runs left).
+
+    Used as a context manager: on an error or an interrupt the staged objects are removed, an
+    ``OSError`` becomes one ``OutputError`` line, and either says in what state the location is
+    left (``left``, also added as a note to an interrupt: ``left_as``).
+
+    pyarrow's S3 filesystem marks the parent of every object it deletes with a zero-byte
+    "folder" object: staged objects are copied rather than moved and removed with their prefix,
+    and stale objects by the highest folder they empty, so that the only such object is the
+    location's own (``OUT/``), never one inside a partition.
+    """
+
+    def __init__(self, location: Location, manifest: str, aside: bool = False) -> None:
+        self.location = location
+        self.manifest = manifest
+        self.aside = aside
+        """Set the old manifest aside rather than delete it (``--update``)."""
+        self.staging = f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.old = list_files(location)
+        """The keys at the location before this publish."""
+        self.unfinished = False
+        """The old dataset is no longer readable and the new one not yet."""
+        self.published = False
+        self.set_aside = False
+
+    def __enter__(self) -> StagedPublish:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        if error is None:
+            return
+        _remove_prefix(self.location.fs, self.location.join(self.staging))
+        if isinstance(error, OSError):
+            raise OutputError(
+                f"{self.location.text}: cannot publish: {_first_line(error)}; {self.left()}"
+            ) from error
+        error.add_note(f"{self.location.text} {self.left()}")
+
+    def left(self) -> str:
+        """The state of the location, said to a user whose publish stopped here."""
+        if self.published:
+            return "published whole (a later replay removes its temporary objects)"
+        if not self.unfinished:
+            return "left as it was"
+        again = "the next --update finishes it" if self.aside else "replay again with --force"
+        return f"left unfinished (no {self.manifest}: readers refuse it); {again}"
+
+    def staged(self, key: str) -> str:
+        """The path under which the file ``key`` (relative) is staged."""
+        return self.location.join(f"{self.staging}/{key}")
+
+    def stage(self, folder: Path, keys: Iterable[str]) -> None:
+        """Upload each local file ``folder/key`` under the temporary prefix."""
+        for key in keys:
+            _upload(self.location.fs, folder / key, self.staged(key))
+
+    def commit(self, keys: Iterable[str], stale: Iterable[str], record: dict[str, Any]) -> None:
+        """Put the staged ``keys`` in place, delete the objects ``stale``, and write ``record``
+        as the manifest, last (the class docstring says in what order, and why)."""
+        fs, location = self.location.fs, self.location
+        keys = sorted(keys)
+        stale = set(stale) - set(keys)
+        aside = f"{self.staging}{ASIDE}"
+        if (keys or stale) and self.manifest in self.old:
+            self.unfinished = True  # from here on: readers refuse the dataset
+            if self.aside:
+                fs.move(location.join(self.manifest), location.join(f"{aside}/{self.manifest}"))
+                self.set_aside = True
+            else:
+                fs.delete_file(location.join(self.manifest))
+        elif keys or stale:
+            self.unfinished = True
+        for key in keys:
+            fs.copy_file(self.staged(key), location.join(key))
+        kept = (set(self.old) - stale) | set(keys)
+        for target in _highest_emptied(stale, kept):
+            if target.endswith("/"):
+                fs.delete_dir(location.join(target.rstrip("/")))
+            else:
+                fs.delete_file(location.join(target))
+        with fs.open_output_stream(location.join(self.manifest), compression=None) as out:
+            out.write(orjson.dumps(record, option=orjson.OPT_INDENT_2))
+        self.unfinished, self.published = False, True
+        debris = {key.split("/", 1)[0] for key in self.old if key.startswith(TEMPORARY_PREFIX)}
+        ours = {self.staging} if keys else set()
+        if self.set_aside:
+            ours.add(aside)
+        for prefix in sorted(debris | ours):
+            _remove_prefix(fs, location.join(prefix))  # ours, and those killed runs left
+
+
+def _highest_emptied(stale: set[str], kept: set[str]) -> list[str]:
+    """The fewest keys and folders (ending in ``/``) whose removal removes ``stale`` and
+    nothing of ``kept``: the highest folder of each stale key that holds nothing kept."""
+    holding = {key.rsplit("/", depth)[0] for key in kept for depth in range(1, key.count("/") + 1)}
+    targets: set[str] = set()
+    for key in stale:
+        parts = key.split("/")
+        target = key
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder not in holding:
+                target = folder + "/"
+                break
+        targets.add(target)
+    return sorted(targets)
+
+
+def left_as(error: BaseException, out: str) -> str:
+    """What a replay to ``out`` stopped by ``error`` (an interrupt) left there: what its
+    ``StagedPublish`` noted, else that ``out`` is as it was (nothing was published yet)."""
+    for note in reversed(getattr(error, "__notes__", None) or []):
+        if note.startswith(f"{out} "):
+            return str(note)
+    return f"{out} left as it was"
+
+
+def _local_files(folder: Path, manifest: str) -> list[str]:
+    """The files of the local dataset ``folder`` but its manifest, as relative keys."""
+    return sorted(
         path.relative_to(folder).as_posix()
         for path in folder.rglob("*")
         if path.is_file() and path.name != manifest
     )
-    staging = f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:12]}"
-    old = set(list_files(location))
-    try:
-        if manifest in old:
-            fs.delete_file(location.join(manifest))  # from here on: unfinished
-        for key in files:
-            _upload(fs, folder / key, location.join(f"{staging}/{key}"))
-        for key in files:
-            fs.move(location.join(f"{staging}/{key}"), location.join(key))
-        for key in sorted(old - set(files) - {manifest}):
-            if key.startswith("pair="):
-                fs.delete_file(location.join(key))
-        record: dict[str, Any] = orjson.loads((folder / manifest).read_bytes())
-        record["files"] = {key: (folder / key).stat().st_size for key in files}
-        with fs.open_output_stream(location.join(manifest), compression=None) as out:
-            out.write(orjson.dumps(record, option=orjson.OPT_INDENT_2))
-        for debris in sorted(
-            {key.split("/", 1)[0] for key in old if key.startswith(TEMPORARY_PREFIX)}
-        ):
-            _remove_prefix(fs, location.join(debris))  # left by a replay killed while publishing
-    except OSError as exc:
-        _remove_prefix(fs, location.join(staging))
-        raise OutputError(
-            f"{location.text}: cannot publish the dataset: {_first_line(exc)}"
-        ) from exc
-    except BaseException:
-        _remove_prefix(fs, location.join(staging))
-        raise
+
+
+def publish_dataset(
+    folder: Path,
+    location: Location,
+    manifest: str,
+    force: bool,
+    owned: tuple[str, ...] = DATASET_KEYS,
+) -> list[str]:
+    """Publish the finished local dataset ``folder`` (its manifest included) at ``location``,
+    replacing what is there (``--force``: the old dataset's files and those ``owned``); the
+    relative keys of its files. The manifest gets ``files``: every file and its size."""
+    check_remote_output(location, manifest, force, owned)
+    files = _local_files(folder, manifest)
+    record: dict[str, Any] = orjson.loads((folder / manifest).read_bytes())
+    record["files"] = {key: (folder / key).stat().st_size for key in files}
+    with StagedPublish(location, manifest) as staged:
+        held = read_remote_manifest(location, manifest) if manifest in staged.old else None
+        listed = set(held.get("files") or {}) if isinstance(held, dict) else set()
+        stale = [
+            key
+            for key in staged.old
+            if not key.startswith(TEMPORARY_PREFIX)
+            and key != manifest
+            and (key in listed or _owned(key, owned))
+        ]
+        staged.stage(folder, files)
+        staged.commit(files, stale, record)
     return files
 
 
@@ -326,64 +463,31 @@ def publish_partitions(
 ) -> list[str]:
     """``--update`` on object storage: replace each partition (``pair=X/date=D``) of
     ``partitions`` at ``location`` by its files under ``folder`` (none: the partition is
-    removed), then write ``record`` as the manifest; the partitions replaced. As
-    ``publish_dataset`` does, and with the same commit point: the old manifest is moved aside
-    first (readers refuse the dataset from then on), new files go under a temporary key and are
-    moved to their place, the manifest is written last. A partition whose new files are byte for
-    byte its objects is left alone, and no other object is touched. A run killed on the way
-    leaves the old manifest aside (``unfinished_manifest``): its fingerprints still hold for every
-    partition it did not touch, and those it did have other inputs, so the next ``--update``
-    starts from it and redoes them; it removes the debris once its own manifest is written."""
-    fs = location.fs
-    old = list_files(location)
+    removed), then write ``record`` as the manifest; the partitions replaced. A partition whose
+    new files are byte for byte its objects is left alone, and no other object is touched. The
+    old manifest is set aside at the commit point (``StagedPublish``): an update killed after it
+    leaves it there (``unfinished_manifest``), its fingerprints still hold for every partition
+    it did not touch, and those it did have other inputs, so the next ``--update`` starts from it
+    and redoes them; it removes the debris once its own manifest is written."""
     held: dict[str, int] = dict(record.get("files", {}))
     replaced: list[str] = []
-    for partition in sorted(set(partitions)):
-        prefix = partition + "/"
-        new = sorted(
-            path.relative_to(folder).as_posix()
-            for path in (folder / partition).rglob("*")
-            if path.is_file()
-        )
-        there = [key for key in old if key.startswith(prefix)]
-        if not _same_objects(folder, location, new, there):
-            replaced.append(partition)
-    staging = f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:12]}"
-    try:
-        if replaced and manifest in old:  # from here on: unfinished, the old manifest aside
-            fs.move(location.join(manifest), location.join(f"{staging}{ASIDE}/{manifest}"))
-        for partition in replaced:
+    new_keys: list[str] = []
+    stale: set[str] = set()
+    with StagedPublish(location, manifest, aside=True) as staged:
+        for partition in sorted(set(partitions)):
             prefix = partition + "/"
-            new = sorted(
-                path.relative_to(folder).as_posix()
-                for path in (folder / partition).rglob("*")
-                if path.is_file()
-            )
-            for key in new:
-                _upload(fs, folder / key, location.join(f"{staging}/{key}"))
-            for key in new:
-                fs.move(location.join(f"{staging}/{key}"), location.join(key))
-            for key in old:
-                if key.startswith(prefix) and key not in new:
-                    fs.delete_file(location.join(key))
+            new = [prefix + key for key in _local_files(folder / partition, manifest)]
+            there = [key for key in staged.old if key.startswith(prefix)]
+            if _same_objects(folder, location, new, there):
+                continue
+            replaced.append(partition)
+            new_keys += new
+            stale |= set(there) - set(new)
             held = {key: size for key, size in held.items() if not key.startswith(prefix)}
             held.update({key: (folder / key).stat().st_size for key in new})
+        staged.stage(folder, new_keys)
         record["files"] = dict(sorted(held.items()))
-        with fs.open_output_stream(location.join(manifest), compression=None) as out:
-            out.write(orjson.dumps(record, option=orjson.OPT_INDENT_2))
-        for debris in sorted(
-            {key.split("/", 1)[0] for key in old if key.startswith(TEMPORARY_PREFIX)}
-        ):
-            _remove_prefix(fs, location.join(debris))  # left by a replay killed while publishing
-        _remove_prefix(fs, location.join(f"{staging}{ASIDE}"))
-    except OSError as exc:
-        _remove_prefix(fs, location.join(staging))
-        raise OutputError(
-            f"{location.text}: cannot update the dataset: {_first_line(exc)}"
-        ) from exc
-    except BaseException:
-        _remove_prefix(fs, location.join(staging))
-        raise
+        staged.commit(new_keys, stale, record)
     return replaced
 
 
@@ -413,7 +517,7 @@ def _upload(fs: pafs.FileSystem, source: Path, key: str) -> None:
 
 
 def _remove_prefix(fs: pafs.FileSystem, path: str) -> None:
-    """Best effort: the temporary keys of a failed publish."""
+    """Best effort: the temporary keys of a publish."""
     with suppress(OSError):
         fs.delete_dir(path)
 

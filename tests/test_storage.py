@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -192,35 +194,80 @@ def test_the_cli_verifies_replays_and_plots_on_s3(raw: Path, s3: S3Server, tmp_p
     assert missing.stderr.startswith("kbook: error: s3://kbook/nothing-here: no segments")
 
 
+def two_pairs_of_40_days(folder: Path, seeds: tuple[int, int] = (3, 4)) -> None:
+    """2 x 40 days: 80 partitions to publish."""
+    for pair, seed in zip(("XBT/USD", "ETH/USD"), seeds, strict=True):
+        frames = SynthMarket(pair, depth=10, seed=seed).frames(160, MIDNIGHT, 6 * 3600 * SECOND)
+        path = folder / f"{pair.replace('/', '-')}.jsonl.zst"
+        path.unlink(missing_ok=True)
+        write_frames(path, frames)
+
+
+def await_key(fs: pafs.FileSystem, run: subprocess.Popen[bytes], prefix: str, found: Any) -> None:
+    """Poll the objects under ``prefix`` until ``found(keys)`` (the run must still be going)."""
+    selector = pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True)
+    while True:
+        keys = [
+            info.path.removeprefix(f"{BUCKET}/{prefix}/")
+            for info in fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+        ]
+        if found(keys):
+            return
+        assert run.poll() is None, "the replay ended before it was stopped"
+
+
+@pytest.mark.slow
+def test_a_replay_killed_while_uploading_leaves_the_old_dataset_whole(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """Killed (SIGKILL) while the new files go up under the temporary prefix: the old dataset
+    is as it was, manifest included, and readable; the next replay publishes whole."""
+    folder = tmp_path / "raw"
+    two_pairs_of_40_days(folder)
+    out = f"s3://{BUCKET}/killed-early"
+    replay.replay_to_dataset(folder, out, every="1h", levels=5)
+    old = s3.objects("killed-early")
+    command = [sys.executable, "-m", "kbook", "replay", str(folder), "--out", out]
+    args = [*command, "--every", "30m", "--levels", "5", "--force", "--workers", "1"]
+    with subprocess.Popen(args, env={**os.environ, **s3.env}, stderr=subprocess.PIPE) as run:
+        await_key(s3.filesystem(), run, "killed-early", lambda keys: any(
+            key.startswith("_kbook_tmp-") for key in keys
+        ))  # fmt: skip
+        run.kill()
+    assert run.returncode == -9
+    objects = s3.objects("killed-early")
+    assert {key: data for key, data in objects.items() if key in old} == old
+    replay.replay_to_dataset(folder, tmp_path / "old", every="1h", levels=5)
+    assert replay.read_snapshots(out).equals(replay.read_snapshots(tmp_path / "old"))
+
+    replay.replay_to_dataset(folder, out, every="30m", levels=5, force=True)
+    replay.replay_to_dataset(folder, tmp_path / "whole", every="30m", levels=5)
+    objects = s3.objects("killed-early")
+    objects.pop(MANIFEST)
+    assert objects == local_files(tmp_path / "whole"), "and the killed run's debris is gone"
+
+
 @pytest.mark.slow
 def test_a_replay_killed_while_publishing_leaves_no_dataset_to_read(
     s3: S3Server, tmp_path: Path
 ) -> None:
-    """Killed (SIGKILL) with the new files half uploaded over an old dataset: readers find no
-    manifest and refuse, rather than a mix; the next replay with --force publishes whole."""
+    """Killed (SIGKILL) past the commit point, the old manifest deleted and the new files half
+    copied in place: readers find no manifest and refuse, rather than a mix; the next replay
+    with --force publishes whole."""
     folder = tmp_path / "raw"
-    for pair, seed in (("XBT/USD", 3), ("ETH/USD", 4)):  # 2 x 40 days: 80 partitions to publish
-        frames = SynthMarket(pair, depth=10, seed=seed).frames(160, MIDNIGHT, 6 * 3600 * SECOND)
-        write_frames(folder / f"{pair.replace('/', '-')}.jsonl.zst", frames)
+    two_pairs_of_40_days(folder)
     out = f"s3://{BUCKET}/killed"
     replay.replay_to_dataset(folder, out, every="1h", levels=5)
-    old = s3.objects("killed")
-    fs = s3.filesystem()
     command = [sys.executable, "-m", "kbook", "replay", str(folder), "--out", out]
     args = [*command, "--every", "30m", "--levels", "5", "--force", "--workers", "1"]
     with subprocess.Popen(args, env={**os.environ, **s3.env}, stderr=subprocess.PIPE) as run:
-        selector = pafs.FileSelector(f"{BUCKET}/killed", recursive=True)
-        while not any(
-            "_kbook_tmp-" in info.path and info.type == pafs.FileType.File
-            for info in fs.get_file_info(selector)
-        ):
-            assert run.poll() is None, "the replay ended before it was killed"
+        await_key(s3.filesystem(), run, "killed", lambda keys: MANIFEST not in keys)
         run.kill()
     assert run.returncode == -9
     objects = s3.objects("killed")
     assert MANIFEST not in objects
     assert any(key.startswith("_kbook_tmp-") for key in objects)
-    assert all(objects.get(key) == data for key, data in old.items() if key != MANIFEST)
     with pytest.raises(InputError, match="did not finish"):
         replay.read_snapshots(out)
 
@@ -230,6 +277,29 @@ def test_a_replay_killed_while_publishing_leaves_no_dataset_to_read(
     objects.pop(MANIFEST)
     assert objects == local_files(tmp_path / "whole"), "and the killed run's debris is gone"
     assert replay.read_snapshots(out).equals(replay.read_snapshots(tmp_path / "whole"))
+
+
+@pytest.mark.slow
+def test_a_replay_stopped_past_the_commit_point_says_the_dataset_is_unfinished(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """SIGTERM once the old manifest is gone: the one line says so (not "left as it was")."""
+    folder = tmp_path / "raw"
+    two_pairs_of_40_days(folder)
+    out = f"s3://{BUCKET}/stopped"
+    replay.replay_to_dataset(folder, out, every="1h", levels=5)
+    command = [sys.executable, "-m", "kbook", "replay", str(folder), "--out", out]
+    args = [*command, "--every", "30m", "--levels", "5", "--force", "--workers", "1"]
+    with subprocess.Popen(args, env={**os.environ, **s3.env}, stderr=subprocess.PIPE) as run:
+        await_key(s3.filesystem(), run, "stopped", lambda keys: MANIFEST not in keys)
+        run.terminate()
+        _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 128 + signal.SIGTERM
+    assert stderr.decode().splitlines()[-1] == (
+        f"kbook: replay stopped by SIGTERM: {out} left unfinished (no {MANIFEST}: readers "
+        "refuse it); replay again with --force"
+    )
+    assert MANIFEST not in s3.objects("stopped")
 
 
 @pytest.mark.slow
@@ -425,29 +495,15 @@ def test_an_update_killed_while_publishing_is_finished_by_the_next_update(
     find no manifest and refuse; the next ``--update`` starts from the manifest left aside,
     publishes the bytes of a full replay and removes the debris."""
     folder = tmp_path / "raw"
-
-    def record(seeds: tuple[int, int]) -> None:  # 2 x 40 days: 80 partitions
-        for pair, seed in zip(("XBT/USD", "ETH/USD"), seeds, strict=True):
-            frames = SynthMarket(pair, depth=10, seed=seed).frames(160, MIDNIGHT, 6 * 3600 * SECOND)
-            path = folder / f"{pair.replace('/', '-')}.jsonl.zst"
-            path.unlink(missing_ok=True)
-            write_frames(path, frames)
-
-    record((3, 4))
+    two_pairs_of_40_days(folder)
     out = f"s3://{BUCKET}/killed-update"
     replay.replay_to_dataset(folder, out, every="1h", levels=5)
-    record((5, 6))  # other markets under the same names: every partition changes
+    two_pairs_of_40_days(folder, (5, 6))  # other markets, same names: every partition changes
     fs = s3.filesystem()
     command = [sys.executable, "-m", "kbook", "replay", str(folder), "--out", out, "--update"]
     args = [*command, "--every", "1h", "--levels", "5", "--workers", "1"]
     with subprocess.Popen(args, env={**os.environ, **s3.env}, stderr=subprocess.PIPE) as run:
-        selector = pafs.FileSelector(f"{BUCKET}/killed-update", recursive=True)
-        while not any(
-            "_kbook_tmp-" in info.path and "-aside/" not in info.path
-            for info in fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
-        ):
-            assert run.poll() is None, "the update ended before it was killed"
+        await_key(fs, run, "killed-update", lambda keys: MANIFEST not in keys)
         run.kill()
     assert run.returncode == -9
     objects = s3.objects("killed-update")
