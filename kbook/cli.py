@@ -948,9 +948,10 @@ def _stopped_by_signals() -> Iterator[_Stopped]:
 def _snapshot_pairs(snapshots: str) -> list[str]:
     """The pairs (``BTC-USD``) of a snapshot dataset, local or on object storage."""
     from kbook.storage import is_remote, open_location
-    from replay.api import snapshot_keys
+    from replay.api import require_kind, snapshot_keys
     from replay.parquet import require_snapshots
 
+    require_kind(snapshots, "snapshots")  # deltas, Tardis or hftbacktest files: say so
     if is_remote(snapshots):
         keys = snapshot_keys(open_location(snapshots, "SNAPSHOTS"))
         names = {key.split("/", 1)[0] for key in keys}

@@ -432,7 +432,7 @@ def read_dataset(
         pa.schema([("pair", pa.string()), ("date", pa.string())]), flavor="hive"
     )
     noun = kind.removesuffix("s")
-    _require_kind(out, kind)
+    require_kind(out, kind)
     _require_pairs(out, pair, noun)
     condition, wanted = _filter(pair, start, end), _wanted(columns)
     try:  # a stray file that is not Parquet, a damaged one, a column it does not hold
@@ -462,18 +462,23 @@ def read_dataset(
     return table.select(order)
 
 
-def _require_kind(out: str | Path, kind: str) -> None:
+def require_kind(out: str | Path, kind: str) -> None:
     """A dataset of another kind (deltas read as snapshots) is a ``UsageError`` naming the
-    function that reads it, rather than columns that do not match."""
+    function that reads it, rather than columns that do not match (local or on object
+    storage)."""
     if is_remote(out):
-        return
-    manifest = Path(out) / MANIFEST
-    if not manifest.is_file():
-        return
-    try:
-        held = orjson.loads(manifest.read_bytes()).get("format", "snapshots")
-    except (orjson.JSONDecodeError, AttributeError, OSError) as exc:
-        raise InputError(f"{manifest}: not a kbook manifest: {exc}") from None
+        record = read_remote_manifest(open_location(out, "SNAPSHOTS"), MANIFEST)
+        if record is None:
+            return  # no dataset: its reader says so
+        held = record.get("format", "snapshots")
+    else:
+        manifest = Path(out) / MANIFEST
+        if not manifest.is_file():
+            return
+        try:
+            held = orjson.loads(manifest.read_bytes()).get("format", "snapshots")
+        except (orjson.JSONDecodeError, AttributeError, OSError) as exc:
+            raise InputError(f"{manifest}: not a kbook manifest: {exc}") from None
     if held != kind:
         advice = (
             f"read it with replay.read_{held}"

@@ -41,22 +41,33 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import io
 import itertools
 import math
 import os
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import numpy as np
 import pyarrow as pa
 
 from kbook.errors import InputError, OutputError, UsageError
 from kbook.pairs import common_name, file_name, v1_alias
-from kbook.storage import is_remote
+from kbook.storage import check_remote_output, is_remote, open_location, publish_dataset
 from replay.options import MAX_SILENCE_NS, DurationLike, TimeLike
-from replay.parquet import check_output, discard, publish, temporary_folder, write_manifest
+from replay.parquet import (
+    MANIFEST,
+    check_output,
+    discard,
+    publish,
+    temporary_folder,
+    write_manifest,
+)
 
 if TYPE_CHECKING:
     from replay.api import ReplaySummary
@@ -104,6 +115,11 @@ BUY_EVENT = 1 << 29
 SELL_EVENT = 1 << 28
 
 FORMATS = ("tardis", "hftbacktest")
+FILE_PATTERNS = {
+    "tardis": (f"{TARDIS_EXCHANGE}_*.csv.gz",),
+    "hftbacktest": ("*.npz",),
+}
+"""The files each format writes (``fnmatch``): what ``--force`` replaces on object storage."""
 DELTA_COLUMNS = ["ts", "exch_ts", "side", "price", "size", "is_snapshot", "seq"]
 """The delta columns the conversion reads."""
 
@@ -120,38 +136,70 @@ def replay_to_backtest_files(
     max_silence: DurationLike = MAX_SILENCE_NS,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplaySummary:
-    """Replay segments into Tardis CSV or hftbacktest files in the folder ``out``, atomically
-    (a failed or interrupted run leaves ``out`` as it was): the delta dataset is written to a
-    private folder first (``replay.deltas``), then converted (``convert_deltas``). Returns the
-    deltas' ``replay.api.ReplaySummary`` with ``out`` and ``files`` of the new folder."""
-    from replay.deltas import replay_deltas_to_dataset
-
+    """Replay segments (local, or ``s3://`` read in place) into Tardis CSV or hftbacktest files
+    in the folder ``out``, or at an ``s3://`` URI, atomically (a failed or interrupted run
+    leaves ``out`` as it was; on object storage, published as the snapshots are:
+    ``kbook.storage.publish_dataset``): the delta dataset is written to a private folder first
+    (``replay.deltas``), then converted (``convert_deltas``). Returns the deltas'
+    ``replay.api.ReplaySummary`` with ``out`` and ``files`` of the new files."""
     _check_format(output_format)
     given = [paths] if isinstance(paths, str | Path) else list(paths)
-    if is_remote(out) or any(is_remote(path) for path in given):
-        raise UsageError(
-            f"--format {output_format} reads and writes local paths; copy the segments first"
-        )
+    owned = FILE_PATTERNS[output_format]
+    if is_remote(out):
+        location = open_location(out, "--out")
+        check_remote_output(location, MANIFEST, force, owned)
+        folder = Path(tempfile.mkdtemp(prefix="kbook-replay-"))
+        try:
+            summary, _ = _write_files(
+                given, folder, output_format, pairs, start, end, api, max_silence, progress
+            )
+            keys = publish_dataset(folder / output_format, location, MANIFEST, force, owned)
+            summary.out = location.text
+            summary.files = [location.uri(key) for key in keys]
+            return summary
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     out = Path(out)
     check_output(out, force)
     folder = temporary_folder(out)
     try:
-        summary = replay_deltas_to_dataset(
-            given, folder / "deltas", pairs, start, end, False, api, max_silence, False, progress
+        summary, files = _write_files(
+            given, folder, output_format, pairs, start, end, api, max_silence, progress
         )
-        files_folder = folder / output_format
-        files_folder.mkdir()
-        files = convert_deltas(folder / "deltas", files_folder, output_format)
-        manifest = summary.to_json() | {"format": output_format}
-        manifest.pop("every_ns", None)
-        manifest.pop("levels", None)
-        write_manifest(files_folder, manifest)
-        publish(files_folder, out, force)
+        publish(folder / output_format, out, force)
         summary.out = out
         summary.files = [out / path.name for path in files]
         return summary
     finally:
         discard(folder)
+
+
+def _write_files(
+    paths: list[str | Path],
+    folder: Path,
+    output_format: str,
+    pairs: Iterable[str] | str | None,
+    start: TimeLike,
+    end: TimeLike,
+    api: str | None,
+    max_silence: DurationLike,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[ReplaySummary, list[Path]]:
+    """The deltas into ``folder/deltas``, then the files and their manifest into the
+    unpublished ``folder/<output_format>``; the summary and the files."""
+    from replay.deltas import replay_deltas_to_dataset
+
+    summary = replay_deltas_to_dataset(
+        paths, folder / "deltas", pairs, start, end, False, api, max_silence, False, progress
+    )
+    files_folder = folder / output_format
+    files_folder.mkdir()
+    files = convert_deltas(folder / "deltas", files_folder, output_format)
+    manifest = summary.to_json() | {"format": output_format}
+    manifest.pop("every_ns", None)
+    manifest.pop("levels", None)
+    write_manifest(files_folder, manifest)
+    return summary, files
 
 
 def convert_deltas(deltas: str | Path, target: str | Path, output_format: str) -> list[Path]:
@@ -442,24 +490,31 @@ def _number(value: float) -> str:
 
 
 class _AtomicText:
-    """A gzip text file written under a temporary name and renamed once complete."""
+    """A gzip text file written under a temporary name and renamed once complete. Its gzip
+    header holds the file's own name and no time, so the same rows give the same bytes
+    (a replay to object storage is checked against a local one byte for byte)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.partial = path.with_name(f".{path.name}.partial")
+        self.raw: BinaryIO | None = None
         self.file: TextIO | None = None
 
     def __enter__(self) -> TextIO:
         try:
-            self.file = gzip.open(self.partial, "wt", encoding="ascii", newline="", compresslevel=6)
+            self.raw = open(self.partial, "wb")  # noqa: SIM115 (closed in __exit__)
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot write: {exc}") from None
+        packed = gzip.GzipFile(self.path.name, "wb", 6, self.raw, mtime=0)
+        self.file = io.TextIOWrapper(packed, encoding="ascii", newline="")
         return self.file
 
     def __exit__(self, kind: object, error: object, trace: object) -> None:
         assert self.file is not None
+        assert self.raw is not None
         try:
             self.file.close()
+            self.raw.close()
             if kind is None:
                 os.replace(self.partial, self.path)
         except OSError as exc:
@@ -572,8 +627,12 @@ def write_hftbacktest_day(
     path = folder / hftbacktest_name(pair, day)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        with open(partial, "wb") as file:
-            np.savez_compressed(file, data=data)
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+            # np.savez_compressed's layout, with a fixed time: the same events, the same bytes
+            member = zipfile.ZipInfo("data.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(member, "w", force_zip64=True) as file:
+                np.lib.format.write_array(file, data, allow_pickle=False)
         os.replace(partial, path)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {exc}") from None

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import heapq
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,13 +56,21 @@ from kbook.book import Book, Level, _Side, is_zero
 from kbook.errors import UsageError
 from kbook.feed import channel_depth
 from kbook.segment import find_segments
-from kbook.storage import Inputs, is_remote, segment_inputs
+from kbook.storage import (
+    Inputs,
+    check_remote_output,
+    is_remote,
+    open_location,
+    publish_dataset,
+    segment_inputs,
+)
 from kbook.units import DAY, rfc3339_ns, seconds_text_ns, utc_text
 from kbook.v2 import RecordReader
 from replay.columns import TIMESTAMP
 from replay.engine import StreamReplay, StreamResult, merge_results
 from replay.options import MAX_SILENCE_NS, DurationLike, ReplayOptions, TimeLike, make_options
 from replay.parquet import (
+    MANIFEST,
     SOURCES,
     DatasetWriter,
     check_output,
@@ -686,7 +695,7 @@ def replay_deltas_to_dataset(
     exact_text: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
-    """Replay segments into a delta dataset at ``out`` (a local folder), atomically, as
+    """Replay segments into a delta dataset at ``out`` (a folder or ``s3://`` URI), atomically, as
     ``replay_to_dataset`` writes snapshots; returns a ``replay.api.ReplaySummary``."""
     options = make_options("1s", 1, pairs, start, end, 1, api, max_silence)
     kind = EventFormat(
@@ -708,34 +717,59 @@ def write_events(
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """Replay segments (local, or ``s3://`` read in place) into a dataset of ``kind`` at ``out``
-    (a local folder), atomically (as ``replay.parquet`` says); returns a
+    (a local folder, or ``s3://`` where it is published as the snapshots are:
+    ``kbook.storage.publish_dataset``), atomically (as ``replay.parquet`` says); returns a
     ``replay.api.ReplaySummary``. One process: the Python path, stream after stream."""
-    from replay.api import ReplaySummary
-
     began = time.monotonic()
     if is_remote(out):
-        raise UsageError(f"{kind.name} writes a local folder; replay to one, then upload it")
+        location = open_location(out, "--out")
+        check_remote_output(location, MANIFEST, force)
+        folder = Path(tempfile.mkdtemp(prefix="kbook-replay-"))
+        try:
+            summary = _write_into(folder, paths, options, kind, progress, location.text, began)
+            keys = publish_dataset(folder, location, MANIFEST, force)
+            summary.files = [location.uri(key) for key in keys]
+            return summary
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     out = Path(out)
     check_output(out, force)
-    segments = find_segments(segment_inputs(paths))
-    infos = cached_surveys(segments, survey_segments)
-    streams = plan_streams(infos, options)
     folder = temporary_folder(out)
     done = False
     try:
-        result, files = _replay_into(folder, streams, options, kind, infos, progress)
-        summary = ReplaySummary(options, segments, result, out, files)
-        if not summary.rows:
-            raise UsageError(_no_rows(options, infos))
-        summary.seconds = time.monotonic() - began
-        write_manifest(folder, summary.to_json() | kind.manifest)
+        summary = _write_into(folder, paths, options, kind, progress, out, began)
         publish(folder, out, force)
         done = True
-        summary.files = [out / Path(path).relative_to(folder) for path in files]
+        summary.files = [out / Path(path).relative_to(folder) for path in summary.files]
         return summary
     finally:
         if not done:
             discard(folder)
+
+
+def _write_into(
+    folder: Path,
+    paths: Inputs,
+    options: ReplayOptions,
+    kind: EventFormat,
+    progress: Callable[[int, int], None] | None,
+    out: Path | str,
+    began: float,
+) -> Any:
+    """The dataset of ``kind``, manifest included, into the unpublished ``folder``; the
+    summary (files under ``folder``)."""
+    from replay.api import ReplaySummary
+
+    segments = find_segments(segment_inputs(paths))
+    infos = cached_surveys(segments, survey_segments)
+    streams = plan_streams(infos, options)
+    result, files = _replay_into(folder, streams, options, kind, infos, progress)
+    summary = ReplaySummary(options, segments, result, out, files)
+    if not summary.rows:
+        raise UsageError(_no_rows(options, infos))
+    summary.seconds = time.monotonic() - began
+    write_manifest(folder, summary.to_json() | kind.manifest)
+    return summary
 
 
 def _replay_into(

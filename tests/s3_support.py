@@ -8,6 +8,10 @@ are chosen here by binding each pair first. Telemetry is off and every listener 
 
 from __future__ import annotations
 
+import datetime
+import functools
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -16,6 +20,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,6 +165,53 @@ class S3Server:
                 with fs.open_input_stream(info.path, compression=None) as stream:
                     found[info.path.removeprefix(base + "/")] = stream.read()
         return found
+
+    def keys(self, prefix: str) -> dict[str, int]:
+        """Every key under ``bucket/prefix/`` and its size, as S3's ListObjectsV2 answers (so
+        with the zero-byte "folder" objects, ``.../``, that ``pyarrow.fs`` shows as folders)."""
+        found: dict[str, int] = {}
+        token: str | None = None
+        while True:
+            params = {"list-type": "2", "prefix": f"{prefix.rstrip('/')}/"}
+            if token is not None:
+                params["continuation-token"] = token
+            root = ET.fromstring(self._signed_get(f"/{BUCKET}", params))
+            ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
+            for item in root.findall(f"{ns}Contents"):
+                found[item.findtext(f"{ns}Key") or ""] = int(item.findtext(f"{ns}Size") or 0)
+            if root.findtext(f"{ns}IsTruncated") != "true":
+                return found
+            token = root.findtext(f"{ns}NextContinuationToken")
+
+    def _signed_get(self, path: str, params: dict[str, str]) -> bytes:
+        """A GET signed with AWS Signature Version 4 (pyarrow.fs has no raw listing)."""
+        quote = functools.partial(urllib.parse.quote, safe="-_.~")
+        query = "&".join(f"{quote(k)}={quote(v)}" for k, v in sorted(params.items()))
+        now = datetime.datetime.now(datetime.UTC)
+        stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        payload = hashlib.sha256(b"").hexdigest()
+        host = urllib.parse.urlsplit(self.endpoint).netloc
+        names = "host;x-amz-content-sha256;x-amz-date"
+        canonical = (
+            f"GET\n{path}\n{query}\nhost:{host}\nx-amz-content-sha256:{payload}\n"
+            f"x-amz-date:{stamp}\n\n{names}\n{payload}"
+        )
+        scope = f"{day}/us-east-1/s3/aws4_request"
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{digest}"
+        key = ("AWS4" + SECRET_KEY).encode()
+        for part in (day, "us-east-1", "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers = {
+            "x-amz-date": stamp,
+            "x-amz-content-sha256": payload,
+            "Authorization": f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, "
+            f"SignedHeaders={names}, Signature={signature}",
+        }
+        request = urllib.request.Request(f"{self.endpoint}{path}?{query}", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return bytes(response.read())
 
 
 @contextmanager

@@ -4,6 +4,7 @@ segments and receives the dataset, which must be the very bytes a local replay w
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pandas as pd
 import polars as pl
@@ -574,3 +576,168 @@ def test_a_segment_stored_twice_on_s3_is_read_once_as_locally(
         str(p).replace(f"s3://{BUCKET}/twice", "X") for p in remote.problems
     ]
     assert "a stale copy of the same as" in str(remote.problems[0])
+
+
+# -- every output kind on object storage ----------------------------------------------------------
+
+
+def replay_kind(kind: str, paths: Any, out: str | Path, force: bool = False) -> Any:
+    """``kbook replay`` of ``kind``: on-change snapshots, deltas, Tardis or hftbacktest files."""
+    if kind == "change":
+        return replay.replay_to_dataset(paths, out, every="change", levels=5, force=force)
+    if kind == "deltas":
+        return replay.replay_deltas_to_dataset(paths, out, force=force)
+    return replay.replay_to_backtest_files(paths, out, kind, force=force)
+
+
+KINDS = ("change", "deltas", "tardis", "hftbacktest")
+
+
+def no_folder_objects(s3: S3Server, prefix: str) -> None:
+    """No zero-byte "folder" object inside the dataset (its own ``prefix/`` aside)."""
+    inside = {key: size for key, size in s3.keys(prefix).items() if key != f"{prefix}/"}
+    assert inside
+    assert [key for key, size in inside.items() if key.endswith("/") or size == 0] == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_replays_s3_to_s3_as_the_bytes_of_a_local_replay(
+    kind: str, raw: Path, s3: S3Server, tmp_path: Path
+) -> None:
+    """On-change snapshots, deltas, Tardis and hftbacktest files: from s3:// (read in place) or
+    local segments to s3://, the objects are the files of a local replay, listed by the
+    manifest; local out from s3:// in gives them too; no folder objects."""
+    local = replay_kind(kind, raw, tmp_path / "local")
+    expected = local_files(tmp_path / "local")
+    assert expected
+    for source, prefix in ((f"s3://{BUCKET}/raw", f"{kind}-s3"), (raw, f"{kind}-local")):
+        summary = replay_kind(kind, source, f"s3://{BUCKET}/{prefix}")
+        objects = s3.objects(prefix)
+        manifest = orjson.loads(objects.pop(MANIFEST))
+        assert objects == expected
+        assert manifest["files"] == {key: len(data) for key, data in expected.items()}
+        assert manifest["pairs"] == orjson.loads(orjson.dumps(local.to_json()))["pairs"]
+        assert sorted(summary.files) == sorted(f"s3://{BUCKET}/{prefix}/{key}" for key in expected)
+        no_folder_objects(s3, prefix)
+    replay_kind(kind, f"s3://{BUCKET}/raw", tmp_path / "back")
+    assert local_files(tmp_path / "back") == expected
+
+
+@pytest.mark.slow
+def test_pandas_and_pyarrow_read_every_kind_on_s3(raw: Path, s3: S3Server, tmp_path: Path) -> None:
+    """Each kind's dataset is read straight from S3 as from the local folder."""
+    location = {kind: open_location(f"s3://{BUCKET}/read-{kind}", "test") for kind in KINDS}
+    for kind in KINDS:
+        replay_kind(kind, f"s3://{BUCKET}/raw", location[kind].text)
+        replay_kind(kind, raw, tmp_path / kind)
+    fs = location["change"].fs
+    for kind in ("change", "deltas"):
+        frame = pd.read_parquet(location[kind].path, filesystem=fs)
+        assert frame.equals(pd.read_parquet(tmp_path / kind))
+        assert len(frame) > 0
+    assert replay.read_snapshots(location["change"].text).equals(
+        replay.read_snapshots(tmp_path / "change")
+    )
+    assert replay.read_deltas(location["deltas"].text).equals(
+        replay.read_deltas(tmp_path / "deltas")
+    )
+    for name in local_files(tmp_path / "tardis"):
+        with fs.open_input_file(location["tardis"].join(name)) as stream:
+            frame = pd.read_csv(stream, compression="gzip")
+        assert frame.equals(pd.read_csv(tmp_path / "tardis" / name))
+    for name in local_files(tmp_path / "hftbacktest"):
+        with fs.open_input_file(location["hftbacktest"].join(name)) as stream:
+            data = np.load(io.BytesIO(stream.read()))["data"]
+        held = np.load(tmp_path / "hftbacktest" / name)["data"]
+        assert len(data) > 0
+        assert data.tobytes() == held.tobytes()  # NaN prices (the clears) compare unequal
+
+
+@pytest.mark.parametrize("kind", ["tardis", "hftbacktest"])
+def test_force_replaces_the_files_of_an_s3_backtest_dataset_whole(
+    kind: str, raw: Path, s3: S3Server, tmp_path: Path
+) -> None:
+    """``--force`` over files of the same format (the second day's are gone after), and over
+    files a run killed before its manifest left; other objects are never replaced."""
+    out = f"s3://{BUCKET}/forced-{kind}"
+    replay_kind(kind, f"s3://{BUCKET}/raw", out)
+    with pytest.raises(OutputError, match="pass --force"):
+        replay_kind(kind, f"s3://{BUCKET}/raw", out)
+    first_day = [path for path in raw.rglob("*.jsonl.zst") if "2025-11-20" in str(path)]
+    replay_kind(kind, first_day, tmp_path / "one-day")
+    s3.filesystem().delete_file(f"{BUCKET}/forced-{kind}/{MANIFEST}")  # as a killed run leaves it
+    replay_kind(kind, first_day, out, force=True)
+    objects = s3.objects(f"forced-{kind}")
+    objects.pop(MANIFEST)
+    assert objects == local_files(tmp_path / "one-day"), "the second day's files are gone"
+    with s3.filesystem().open_output_stream(f"{BUCKET}/forced-{kind}/notes.txt") as note:
+        note.write(b"mine")
+    replay_kind(kind, first_day, out, force=True)  # the manifest names what is kbook's
+    assert s3.objects(f"forced-{kind}")["notes.txt"] == b"mine"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["deltas", "tardis"])
+def test_a_replay_of_any_kind_killed_while_publishing_leaves_nothing_to_read(
+    kind: str, s3: S3Server, tmp_path: Path
+) -> None:
+    """Killed (SIGKILL) past the commit point over an old dataset of its kind: no manifest, so
+    kbook's readers refuse it; the next replay with --force publishes the whole dataset."""
+    folder = tmp_path / "raw"
+    two_pairs_of_40_days(folder)
+    out = f"s3://{BUCKET}/killed-{kind}"
+    replay_kind(kind, folder, out)
+    command = [sys.executable, "-m", "kbook", "replay", str(folder), "--out", out]
+    args = [*command, "--format", kind, "--force"]
+    with subprocess.Popen(args, env={**os.environ, **s3.env}, stderr=subprocess.PIPE) as run:
+        await_key(s3.filesystem(), run, f"killed-{kind}", lambda keys: MANIFEST not in keys)
+        run.kill()
+    assert run.returncode == -9
+    assert MANIFEST not in s3.objects(f"killed-{kind}")
+    if kind == "deltas":
+        with pytest.raises(InputError, match="did not finish"):
+            replay.read_deltas(out)
+    else:
+        drawn = subprocess.run(
+            [sys.executable, "-m", "kbook", "plot", out, "--out", str(tmp_path / "p.png")],
+            capture_output=True, text=True, timeout=120, env={**os.environ, **s3.env}, check=False,
+        )  # fmt: skip
+        assert drawn.returncode != 0
+        assert "did not finish" in drawn.stderr
+    replay_kind(kind, folder, out, force=True)
+    replay_kind(kind, folder, tmp_path / "whole")
+    objects = s3.objects(f"killed-{kind}")
+    objects.pop(MANIFEST)
+    assert objects == local_files(tmp_path / "whole"), "and the killed run's debris is gone"
+    no_folder_objects(s3, f"killed-{kind}")
+
+
+@pytest.mark.slow
+def test_plot_on_s3_draws_on_change_snapshots_and_names_the_other_kinds(
+    raw: Path, s3: S3Server, tmp_path: Path
+) -> None:
+    """``kbook plot`` of each kind on s3:// says what a local dataset of it says."""
+
+    def plot(dataset: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kbook", "plot", str(dataset), "--pair", "BTC/USD"]
+            + ["--out", str(tmp_path / "b.png")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **s3.env},
+            check=False,
+        )
+
+    for kind in KINDS:
+        replay_kind(kind, f"s3://{BUCKET}/raw", f"s3://{BUCKET}/plot-{kind}")
+        replay_kind(kind, raw, tmp_path / kind)
+        remote, local = plot(f"s3://{BUCKET}/plot-{kind}"), plot(tmp_path / kind)
+        assert remote.returncode == local.returncode, (kind, remote.stderr, local.stderr)
+        if kind == "change":
+            assert remote.returncode == 0, remote.stderr
+            assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
+        else:
+            assert remote.stderr.startswith(f"kbook: error: s3://{BUCKET}/plot-{kind}: is a {kind}")
+            assert remote.stderr.count("\n") == 1
+            assert remote.stderr.split(": is a ")[1] == local.stderr.split(": is a ")[1]
