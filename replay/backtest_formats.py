@@ -11,7 +11,7 @@ converts them (``convert_deltas``, also usable on an existing delta dataset) int
   and the reset rule exactly as Tardis documents them); ``SYMBOL`` is Kraken's v1 name with
   ``-`` for ``/`` (``XBT-USD``), the ``symbol`` column holds it as Kraken spells it
   (``XBT/USD``), as Tardis's Kraken data does.
-- ``<PAIR>_<date>.npz``: hftbacktest's event array (``np.savez_compressed(path, data=...)``,
+- ``<PAIR>_<date>.npz``: hftbacktest's event array (``np.savez_compressed``'s layout, ``data``,
   ``hftbacktest.types.event_dtype``), loadable by ``BacktestAsset().data(path)``.
 
 Semantics, shared by both (``BookWalker``):

@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import io
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -341,3 +342,22 @@ def test_a_second_run_needs_force_and_replaces_the_files(
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([Path(segment).name, "npz"])
     with pytest.raises(UsageError, match="is a hftbacktest dataset, not deltas; its files are"):
         replay.read_deltas(out)
+
+
+def test_the_same_rows_give_the_same_file_bytes(
+    capture_segment: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """No time of writing in the files: the gzip header's time is 0 and names the file, the
+    .npz member's time is fixed; so two runs (or a run to s3://) give the same bytes."""
+    segment = capture_segment("orderbook-v1.json")
+    tardis = replay.replay_to_backtest_files(segment, tmp_path / "tardis", "tardis").files
+    for path in tardis:
+        header = Path(path).read_bytes()[:64]
+        assert header[4:8] == b"\0\0\0\0"  # MTIME
+        assert header[10:].split(b"\0", 1)[0] == Path(path).name.removesuffix(".gz").encode()
+    (npz,) = replay.replay_to_backtest_files(segment, tmp_path / "npz", "hftbacktest").files
+    with zipfile.ZipFile(npz) as archive:
+        assert [(m.filename, m.date_time) for m in archive.infolist()] == [
+            ("data.npy", (1980, 1, 1, 0, 0, 0))
+        ]
+    assert np.load(npz)["data"].dtype == bf.EVENT_DTYPE
