@@ -29,7 +29,7 @@ from s3_support import BUCKET, S3Server, aws_env, s3_server
 import replay
 from kbook.errors import InputError, OutputError
 from kbook.segment import SegmentReader, SegmentWriter, frame_line, segment_path
-from kbook.storage import ObjectSegment, open_location, segment_inputs
+from kbook.storage import ObjectSegment, StagedPublish, open_location, segment_inputs
 from kbook.units import SECOND
 from kbook.verify import verify_paths
 
@@ -741,3 +741,36 @@ def test_plot_on_s3_draws_on_change_snapshots_and_names_the_other_kinds(
             assert remote.stderr.startswith(f"kbook: error: s3://{BUCKET}/plot-{kind}: is a {kind}")
             assert remote.stderr.count("\n") == 1
             assert remote.stderr.split(": is a ")[1] == local.stderr.split(": is a ")[1]
+
+
+def test_a_publish_that_fails_past_its_commit_point_says_the_dataset_is_unfinished(
+    raw: Path, s3: S3Server
+) -> None:
+    """A staged object missing when it is put in place (the server answers an error): one line
+    that says the old manifest is gone, the staged objects are removed, and readers refuse."""
+    out = f"s3://{BUCKET}/failed"
+    replay.replay_to_dataset(f"s3://{BUCKET}/raw", out, levels=5)
+    location = open_location(out, "--out")
+
+    def publish() -> None:
+        with StagedPublish(location, MANIFEST) as staged:
+            with s3.filesystem().open_output_stream(
+                staged.staged("pair=XBT-USD/a.parquet")
+            ) as stream:
+                stream.write(b"PAR1")
+            staged.commit(
+                ["pair=XBT-USD/a.parquet", "pair=XBT-USD/never-staged.parquet"], [], {"files": {}}
+            )
+
+    with pytest.raises(OutputError) as caught:
+        publish()
+    assert str(caught.value).startswith(f"{out}: cannot publish: ")
+    assert str(caught.value).endswith(
+        f"; left unfinished (no {MANIFEST}: readers refuse it); replay again with --force"
+    )
+    assert not any(key.startswith("_kbook_tmp-") for key in s3.objects("failed"))
+    with pytest.raises(InputError, match="did not finish"):
+        replay.read_snapshots(out)
+    replay.replay_to_dataset(f"s3://{BUCKET}/raw", out, levels=5, force=True)
+    assert len(replay.read_snapshots(out)) > 0
+    assert not any(key.startswith("pair=XBT-USD/") for key in s3.objects("failed"))
