@@ -14,15 +14,18 @@ local copy), exactly as it opens a local file; Dask workers open them with their
 
 Writing: every output kind reaches object storage through one ``StagedPublish``: the files go
 up under a temporary key (``_kbook_tmp-<id>/...``, a prefix dataset readers skip) while the old
-dataset stays whole; then, at the commit point, the old manifest is deleted (``--update``: set
-aside), the files are copied to their places, old files the new dataset lacks are deleted, and
+dataset stays whole (a replay's tasks write theirs there themselves, through ``ObjectPath``,
+on whichever machine they run, so that no machine needs another's file system); then, at the
+commit point, the old manifest is deleted (``--update``: set aside), the files are copied to
+their places, old files the new dataset lacks are deleted, and
 the manifest, listing every file, is written last (then the temporary keys are removed, with
 those that killed runs left). A run that dies before the commit point leaves the old dataset as
 it was; one that dies after it leaves no manifest, which ``read_snapshots`` refuses ("did not
 finish"): readers that trust the manifest never see half a dataset. Each file is one object
 written in one piece, and no zero-byte "folder" object is left inside a dataset (they break
 readers going through s3fs). ``publish_dataset`` publishes a whole local dataset,
-``publish_partitions`` replaces some partitions of a published one (``--update``).
+``publish_staged`` one its tasks wrote under the temporary prefix, ``publish_partitions``
+replaces some partitions of a published one (``--update``) by those its tasks wrote there.
 
 Objects are written and read as their very bytes: ``pyarrow.fs`` streams guess a compression from
 the key's extension (a ``.jsonl.zst`` segment would be compressed again), so every stream here
@@ -35,14 +38,16 @@ import fnmatch
 import functools
 import io
 import os
+import shutil
 import uuid
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, TypeAlias
 
 import orjson
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from kbook.errors import InputError, OutputError, UsageError
@@ -261,6 +266,91 @@ def _object_segment(info: pafs.FileInfo) -> ObjectSegment:
     return ObjectSegment(SCHEME + info.path, info.size or 0, info.mtime_ns or 0)
 
 
+# -- writing under a staging prefix ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ObjectPath:
+    """A key under a publish's temporary prefix in object storage, which a replay's tasks write
+    and read as they would a file under a local folder (``replay.parquet``, ``replay.tasks``):
+    the few ``Path`` operations they use, a request each at most. Like ``ObjectSegment`` it
+    carries no client, so it pickles small and a Dask worker on another machine reaches it with
+    its own. Object storage has no folders: ``mkdir`` makes nothing (no zero-byte "folder"
+    objects), and ``remove_tree`` removes every key under a prefix."""
+
+    key: str
+    """``bucket/prefix/...``, no scheme."""
+
+    def __truediv__(self, name: str) -> ObjectPath:
+        return ObjectPath(f"{self.key}/{name}")
+
+    def __str__(self) -> str:
+        return SCHEME + self.key
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> ObjectPath:
+        return ObjectPath(self.key.rsplit("/", 1)[0])
+
+    def relative_to(self, other: ObjectPath) -> PurePosixPath:
+        if not self.key.startswith(other.key + "/"):
+            raise ValueError(f"{self} is not under {other}")
+        return PurePosixPath(self.key.removeprefix(other.key + "/"))
+
+    def exists(self) -> bool:
+        return s3_filesystem().get_file_info(self.key).type != pafs.FileType.NotFound
+
+    def mkdir(self, exist_ok: bool = False) -> None:
+        """Nothing to make: a key needs no folder."""
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            s3_filesystem().delete_file(self.key)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+
+Place: TypeAlias = Path | ObjectPath
+"""Where a replay writes a file before it is published: under a local folder, or under a
+publish's temporary prefix in object storage."""
+
+
+def parquet_target(path: Place) -> tuple[str, pafs.FileSystem | None]:
+    """``path`` as ``pyarrow.parquet.ParquetWriter`` takes it (``where``, ``filesystem``)."""
+    if isinstance(path, ObjectPath):
+        return path.key, s3_filesystem()
+    return str(path), None
+
+
+def open_output(path: Place) -> pa.NativeFile:
+    """``path`` for writing from its start: one object on object storage, written in one
+    piece when closed (a task that dies on the way leaves no object)."""
+    if isinstance(path, ObjectPath):
+        return s3_filesystem().open_output_stream(path.key, compression=None)
+    return pa.OSFile(str(path), "wb")
+
+
+def open_input(path: Place) -> pa.NativeFile:
+    """``path`` for reading at any offset: a local file memory-mapped (nothing copied), an
+    object read range by range (what is asked for, when it is asked for)."""
+    if isinstance(path, ObjectPath):
+        return s3_filesystem().open_input_file(path.key)
+    return pa.memory_map(str(path))
+
+
+def remove_tree(path: Place) -> None:
+    """Remove ``path`` and all under it, if there (best effort: a publish removes its
+    temporary prefix, and the next one into the same place what killed runs left)."""
+    if isinstance(path, ObjectPath):
+        _remove_prefix(s3_filesystem(), path.key)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 # -- publishing a dataset ----------------------------------------------------------------------
 
 DATASET_KEYS: tuple[str, ...] = ("pair=*",)
@@ -350,6 +440,41 @@ class StagedPublish:
         """The path under which the file ``key`` (relative) is staged."""
         return self.location.join(f"{self.staging}/{key}")
 
+    @property
+    def root(self) -> ObjectPath:
+        """The temporary prefix, where a replay's tasks write the dataset themselves."""
+        return ObjectPath(self.location.join(self.staging))
+
+    def staged_files(self) -> dict[str, int]:
+        """The partition files under the temporary prefix (relative keys, sorted) and their
+        sizes: what a replay's tasks wrote there (their spools are gone by then)."""
+        fs, prefix = self.location.fs, self.root.key + "/"
+        selector = pafs.FileSelector(self.root.key, recursive=True, allow_not_found=True)
+        return dict(
+            sorted(
+                (info.path.removeprefix(prefix), info.size or 0)
+                for info in fs.get_file_info(selector)
+                if info.type == pafs.FileType.File and info.path.startswith(prefix + "pair=")
+            )
+        )
+
+    def stale(self, owned: tuple[str, ...]) -> list[str]:
+        """The objects a new whole dataset replaces: the old dataset's files (those its
+        manifest lists, and those ``owned``), whatever the new one holds."""
+        held = read_remote_manifest(self.location, self.manifest) if self.old_manifest else None
+        listed = set(held.get("files") or {}) if isinstance(held, dict) else set()
+        return [
+            key
+            for key in self.old
+            if not key.startswith(TEMPORARY_PREFIX)
+            and key != self.manifest
+            and (key in listed or _owned(key, owned))
+        ]
+
+    @property
+    def old_manifest(self) -> bool:
+        return self.manifest in self.old
+
     def stage(self, folder: Path, keys: Iterable[str]) -> None:
         """Upload each local file ``folder/key`` under the temporary prefix."""
         for key in keys:
@@ -383,7 +508,7 @@ class StagedPublish:
             out.write(orjson.dumps(record, option=orjson.OPT_INDENT_2))
         self.unfinished, self.published = False, True
         debris = {key.split("/", 1)[0] for key in self.old if key.startswith(TEMPORARY_PREFIX)}
-        ours = {self.staging} if keys else set()
+        ours = {self.staging}  # even with no keys: a replay's tasks may have written there
         if self.set_aside:
             ours.add(aside)
         for prefix in sorted(debris | ours):
@@ -440,72 +565,71 @@ def publish_dataset(
     record: dict[str, Any] = orjson.loads((folder / manifest).read_bytes())
     record["files"] = {key: (folder / key).stat().st_size for key in files}
     with StagedPublish(location, manifest) as staged:
-        held = read_remote_manifest(location, manifest) if manifest in staged.old else None
-        listed = set(held.get("files") or {}) if isinstance(held, dict) else set()
-        stale = [
-            key
-            for key in staged.old
-            if not key.startswith(TEMPORARY_PREFIX)
-            and key != manifest
-            and (key in listed or _owned(key, owned))
-        ]
         staged.stage(folder, files)
-        staged.commit(files, stale, record)
+        staged.commit(files, staged.stale(owned), record)
     return files
 
 
+def publish_staged(staged: StagedPublish, record: dict[str, Any]) -> list[str]:
+    """Publish the whole dataset a replay's tasks wrote under ``staged.root``, with ``record``
+    as its manifest (which gets ``files``: every file and its size), replacing the old one;
+    the relative keys of its files. Inside the ``StagedPublish``'s block, which checked the
+    location first (``check_remote_output``)."""
+    files = staged.staged_files()
+    record["files"] = files
+    staged.commit(list(files), staged.stale(DATASET_KEYS), record)
+    return list(files)
+
+
 def publish_partitions(
-    folder: Path,
-    location: Location,
-    manifest: str,
-    partitions: Iterable[str],
-    record: dict[str, Any],
+    staged: StagedPublish, partitions: Iterable[str], record: dict[str, Any]
 ) -> list[str]:
     """``--update`` on object storage: replace each partition (``pair=X/date=D``) of
-    ``partitions`` at ``location`` by its files under ``folder`` (none: the partition is
-    removed), then write ``record`` as the manifest; the partitions replaced. A partition whose
-    new files are byte for byte its objects is left alone, and no other object is touched. The
-    old manifest is set aside at the commit point (``StagedPublish``): an update killed after it
-    leaves it there (``unfinished_manifest``), its fingerprints still hold for every partition
-    it did not touch, and those it did have other inputs, so the next ``--update`` starts from it
-    and redoes them; it removes the debris once its own manifest is written."""
+    ``partitions`` at ``staged.location`` by the files an update's tasks wrote under
+    ``staged.root`` (none: the partition is removed), then write ``record`` as the manifest; the
+    partitions replaced. A partition whose new files are byte for byte its objects is left
+    alone, and no other object is touched. ``staged`` sets the old manifest aside at the commit
+    point: an update killed after it leaves it there (``unfinished_manifest``), its fingerprints
+    still hold for every partition it did not touch, and those it did have other inputs, so the
+    next ``--update`` starts from it and redoes them; it removes the debris once its own
+    manifest is written."""
+    files = staged.staged_files()
     held: dict[str, int] = dict(record.get("files", {}))
     replaced: list[str] = []
     new_keys: list[str] = []
     stale: set[str] = set()
-    with StagedPublish(location, manifest, aside=True) as staged:
-        for partition in sorted(set(partitions)):
-            prefix = partition + "/"
-            new = [prefix + key for key in _local_files(folder / partition, manifest)]
-            there = [key for key in staged.old if key.startswith(prefix)]
-            if _same_objects(folder, location, new, there):
-                continue
-            replaced.append(partition)
-            new_keys += new
-            stale |= set(there) - set(new)
-            held = {key: size for key, size in held.items() if not key.startswith(prefix)}
-            held.update({key: (folder / key).stat().st_size for key in new})
-        staged.stage(folder, new_keys)
-        record["files"] = dict(sorted(held.items()))
-        staged.commit(new_keys, stale, record)
+    for partition in sorted(set(partitions)):
+        prefix = partition + "/"
+        new = [key for key in files if key.startswith(prefix)]
+        there = [key for key in staged.old if key.startswith(prefix)]
+        if _same_objects(staged, new, there):
+            continue
+        replaced.append(partition)
+        new_keys += new
+        stale |= set(there) - set(new)
+        held = {key: size for key, size in held.items() if not key.startswith(prefix)}
+        held.update({key: files[key] for key in new})
+    record["files"] = dict(sorted(held.items()))
+    staged.commit(new_keys, stale, record)
     return replaced
 
 
-def _same_objects(folder: Path, location: Location, new: list[str], there: list[str]) -> bool:
-    """The local files ``new`` (relative keys) are the objects ``there``, byte for byte (read a
-    megabyte at a time)."""
+def _same_objects(staged: StagedPublish, new: list[str], there: list[str]) -> bool:
+    """The staged objects ``new`` (relative keys) are the objects ``there``, byte for byte (read
+    a megabyte at a time)."""
     if new != there:
         return False
+    fs = staged.location.fs
     for key in new:
         with (
-            (folder / key).open("rb") as file,
-            location.fs.open_input_stream(location.join(key), compression=None) as stream,
+            fs.open_input_stream(staged.staged(key), compression=None) as mine,
+            fs.open_input_stream(staged.location.join(key), compression=None) as stream,
         ):
             while True:
-                mine, theirs = file.read(CHUNK), stream.read(CHUNK)
-                if mine != theirs:
+                ours, theirs = mine.read(CHUNK), stream.read(CHUNK)
+                if ours != theirs:
                     return False
-                if not mine:
+                if not ours:
                     break
     return True
 

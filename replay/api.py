@@ -13,10 +13,9 @@ and the output is the same byte for byte as in this process.
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -33,12 +32,15 @@ from kbook.segment import Problem, SegmentPath, find_segments
 from kbook.storage import (
     Inputs,
     Location,
+    Place,
+    StagedPublish,
     check_remote_output,
     is_remote,
     open_location,
-    publish_dataset,
     publish_partitions,
+    publish_staged,
     read_remote_manifest,
+    remove_tree,
     segment_inputs,
     source_name,
     unfinished_manifest,
@@ -260,10 +262,11 @@ def replay_to_dataset(
     done = False
     try:
         folder = temporary_folder(out)
-        summary = _replay_into(paths, options, folder, run, out, began)
+        summary, manifest, files = _replay_into(paths, options, folder, run, out, began)
+        write_manifest(folder, manifest)
         publish(folder, out, force)
         done = True
-        summary.files = [out / Path(path).relative_to(folder) for path in summary.files]
+        summary.files = [out / Path(str(path)).relative_to(folder) for path in files]
         return summary
     finally:
         if folder is not None and not done:
@@ -302,53 +305,78 @@ def _update(
     prints = fingerprints(plan_streams(infos, options), options)
     old: dict[str, str] = manifest[PARTITIONS]
     todo = set(changed(old, prints)) | (old.keys() - prints.keys())
-    result = StreamResult()
+    # On object storage the tasks write under the publish's temporary prefix, published
+    # partition by partition; locally, into a temporary folder whose partitions are renamed
+    # into place.
+    staged: StagedPublish | None = None
+    folder: Place
     if isinstance(out, Location):
-        folder = Path(tempfile.mkdtemp(prefix="kbook-replay-"))  # published key by key
+        staged = StagedPublish(out, MANIFEST, aside=True)
+        folder = staged.root
     else:
-        folder = temporary_folder(out)  # partitions renamed into place
+        folder = temporary_folder(out)
     try:
-        if todo:
-            first_day = min(to_ns(key.split("/")[1], "date") or 0 for key in todo)
-            start = first_day if options.start_ns is None else max(first_day, options.start_ns)
-            pairs = frozenset(common_name(key.split("/")[0].replace("-", "/", 1)) for key in todo)
-            wanted = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
-            if wanted.pairs:
-                known = {info.path: info for info in infos}
-                _, outcomes = run_replay(
-                    segments, wanted, folder, run.progress, known, run.engine, run.scheduler
-                )
-                result = merge_results([outcome[0] for outcome in outcomes])
-        summary = ReplaySummary(options, segments, result, name)
-        kept = {pair: data for pair, data in manifest.get("pairs", {}).items()}
-        if isinstance(out, Location):
-            partitions = ["pair={}/date={}".format(*key.split("/")) for key in todo]
-            record = _manifest(summary, infos, kept) | {"files": manifest.get("files", {})}
-            moved = publish_partitions(folder, out, MANIFEST, partitions, record)
-            replaced = [part.removeprefix("pair=").replace("/date=", "/") for part in moved]
-            summary.files = [
-                out.uri(key) for key in record["files"] if key.startswith(tuple(moved))
-            ]
-        else:
-            replaced = replace_partitions(folder, out, todo)
-            summary.files = [
-                path
-                for key in replaced
-                for path in sorted(
-                    (out / "pair={}/date={}".format(*key.split("/"))).glob("*.parquet")
-                )
-            ]
+        with ExitStack() as publishing:
+            if staged is not None:
+                publishing.enter_context(staged)
+            replaced, kept, summary = _update_tasks(
+                segments, infos, manifest, todo, options, run, folder, out, staged
+            )
     finally:
-        if isinstance(out, Location):
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            discard(folder)
+        remove_tree(folder)
     summary.updated = len(replaced)
     summary.unchanged = len(prints) - len(set(replaced) & prints.keys())
     summary.seconds = time.monotonic() - began
     if not isinstance(out, Location):
         write_manifest_atomically(out / MANIFEST, _manifest(summary, infos, kept))
     return summary
+
+
+def _update_tasks(
+    segments: list[SegmentPath],
+    infos: list[SegmentInfo],
+    manifest: dict[str, Any],
+    todo: set[str],
+    options: ReplayOptions,
+    run: Run,
+    folder: Place,
+    out: Path | Location,
+    staged: StagedPublish | None,
+) -> tuple[list[str], dict[str, Any], ReplaySummary]:
+    """``_update``'s work: the pair-days ``todo`` replayed into ``folder`` and put in place
+    (on object storage through ``staged``); the pair-days replaced, the manifest's ``pairs``
+    kept, and the summary."""
+    result = StreamResult()
+    name = out.text if isinstance(out, Location) else out
+    if todo:
+        first_day = min(to_ns(key.split("/")[1], "date") or 0 for key in todo)
+        start = first_day if options.start_ns is None else max(first_day, options.start_ns)
+        pairs = frozenset(common_name(key.split("/")[0].replace("-", "/", 1)) for key in todo)
+        wanted = dataclasses.replace(options, pairs=pairs & _recorded(infos), start_ns=start)
+        if wanted.pairs:
+            known = {info.path: info for info in infos}
+            _, outcomes = run_replay(
+                segments, wanted, folder, run.progress, known, run.engine, run.scheduler
+            )
+            result = merge_results([outcome[0] for outcome in outcomes])
+    summary = ReplaySummary(options, segments, result, name)
+    kept = {pair: data for pair, data in manifest.get("pairs", {}).items()}
+    if isinstance(out, Location):
+        assert staged is not None
+        partitions = ["pair={}/date={}".format(*key.split("/")) for key in todo]
+        record = _manifest(summary, infos, kept) | {"files": manifest.get("files", {})}
+        moved = publish_partitions(staged, partitions, record)
+        replaced = [part.removeprefix("pair=").replace("/date=", "/") for part in moved]
+        summary.files = [out.uri(key) for key in record["files"] if key.startswith(tuple(moved))]
+    else:
+        assert isinstance(folder, Path)
+        replaced = replace_partitions(folder, out, todo)
+        summary.files = [
+            path
+            for key in replaced
+            for path in sorted((out / "pair={}/date={}".format(*key.split("/"))).glob("*.parquet"))
+        ]
+    return replaced, kept, summary
 
 
 def _recorded(infos: list[SegmentInfo]) -> frozenset[str]:
@@ -358,13 +386,14 @@ def _recorded(infos: list[SegmentInfo]) -> frozenset[str]:
 def _replay_into(
     paths: PathsLike,
     options: ReplayOptions,
-    folder: Path,
+    folder: Place,
     run: Run,
     out: Path | str,
     began: float,
-) -> ReplaySummary:
-    """Replay into the unpublished dataset ``folder`` and write its manifest there; the summary
-    (files under ``folder``)."""
+) -> tuple[ReplaySummary, dict[str, Any], list[Place]]:
+    """Replay into the unpublished dataset ``folder`` (a local folder or a staging prefix);
+    the summary, the dataset's manifest (to write when publishing) and its files under
+    ``folder``."""
     infos, outcomes = run_replay(
         paths, options, folder, run.progress, None, run.engine, run.scheduler
     )
@@ -372,10 +401,9 @@ def _replay_into(
     _require_rows(result, options, infos)
     segments = [info.path for info in infos]
     files = sorted(path for _result, rows in outcomes for path in rows.files)
-    summary = ReplaySummary(options, segments, result, out, files)
+    summary = ReplaySummary(options, segments, result, out)
     summary.seconds = time.monotonic() - began
-    write_manifest(folder, _manifest(summary, infos))
-    return summary
+    return summary, _manifest(summary, infos), files
 
 
 def _replay_to_remote(
@@ -385,18 +413,20 @@ def _replay_to_remote(
     force: bool,
     run: Run,
 ) -> ReplaySummary:
-    """``replay_to_dataset`` into object storage: the dataset is made in a private local folder,
-    then published object by object, its manifest last (``kbook.storage.publish_dataset``)."""
+    """``replay_to_dataset`` into object storage: the tasks write the dataset under the
+    publish's temporary prefix at ``location`` themselves, wherever they run (no local folder,
+    no shared file system), and it is published from there, its manifest last
+    (``kbook.storage.publish_staged``). A run that fails or is stopped removes the temporary
+    prefix; one killed outright leaves it to the next replay into ``location``."""
     began = time.monotonic()
     check_remote_output(location, MANIFEST, force)
-    folder = Path(tempfile.mkdtemp(prefix="kbook-replay-"))
-    try:
-        summary = _replay_into(paths, options, folder, run, location.text, began)
-        keys = publish_dataset(folder, location, MANIFEST, force)
-        summary.files = [location.uri(key) for key in keys]
-        return summary
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with StagedPublish(location, MANIFEST) as staged:
+        summary, manifest, _files = _replay_into(
+            paths, options, staged.root, run, location.text, began
+        )
+        keys = publish_staged(staged, manifest)
+    summary.files = [location.uri(key) for key in keys]
+    return summary
 
 
 def read_snapshots(
@@ -556,7 +586,7 @@ def table_schema_names(table: pa.Table) -> list[str]:
 def run_replay(
     paths: PathsLike,
     options: ReplayOptions,
-    folder: Path | None,
+    folder: Place | None,
     progress: ProgressCallback | None,
     known: dict[SegmentPath, SegmentInfo] | None = None,
     engine: str = "local",
@@ -566,7 +596,8 @@ def run_replay(
     of ``engine`` (``replay.executor``); one outcome per source, in the plan's order.
 
     What both public functions share. Rows go to in-memory batches when ``folder`` is None, else
-    into Parquet files under ``folder`` (no manifest; nothing published). Tests call it with
+    into Parquet files under ``folder``, a local folder or a staging prefix on object storage
+    (no manifest; nothing published). Tests call it with
     options ``make_options`` does not expose (``task_bytes``).
     """
     dropped: list[Problem] = []
@@ -578,7 +609,7 @@ def _run_local(
     segments: list[SegmentPath],
     dropped: list[Problem],
     options: ReplayOptions,
-    folder: Path | None,
+    folder: Place | None,
     progress: ProgressCallback | None,
     known: dict[SegmentPath, SegmentInfo],
     engine: str,
@@ -616,7 +647,7 @@ def _timelines(
     streams: list[Stream],
     outcomes: list[tuple[StreamResult, Rows]],
     options: ReplayOptions,
-    folder: Path | None,
+    folder: Place | None,
     windows: list[int],
 ) -> list[tuple[StreamResult, Rows]]:
     """Merge each pair with several sources into one timeline (``replay.timeline``): their
@@ -659,7 +690,7 @@ def _timelines(
     finally:
         if writer is not None:
             writer.close()
-            shutil.rmtree(folder / SOURCES, ignore_errors=True)  # type: ignore[operator]
+            remove_tree(folder / SOURCES)  # type: ignore[operator]
     rows = Rows(batches=batches) if writer is None else Rows(files=writer.files)
     return [(merged, rows)]
 

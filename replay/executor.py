@@ -16,9 +16,11 @@ file, too many rows) pass as they are. The tasks not started are cancelled, and 
 publishes nothing. Dask is an optional extra (``pip install 'kbook[dask]'``), imported only here
 and only for ``engine="dask"``.
 
-A cluster's workers must see the same paths as this process: the segments (or their local copy
-made by ``kbook.storage``) and the dataset's temporary folder. On one machine they do; across
-machines, put both on a shared file system (see README, On a cluster).
+A cluster's workers must reach what this process names: ``s3://`` segments and an ``s3://``
+dataset's staging prefix they reach with their own client (``kbook.storage``: no shared file
+system); local segments and a local dataset's temporary folder they reach at the same paths,
+which on one machine they do, and across machines only on a shared file system (see README,
+On a cluster).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ named like a partition, so the files hold ``ts, valid, levels..., extras`` and e
 ``pair`` (as ``BTC-USD``) and ``date`` from the path.
 
 Atomicity: everything is written into a hidden sibling folder (``.<out>.tmp-*``) and renamed to
-``--out`` once complete, so a crash or an error leaves either the old dataset or the new one,
+``--out`` once complete (into a staging prefix of an ``s3://`` ``--out``, then published:
+``kbook.storage``), so a crash or an error leaves either the old dataset or the new one,
 never a mix. An error, Ctrl+C or SIGTERM removes the hidden folder; one left by ``kill -9`` is
 removed by the next replay into the same ``--out``. Replacing an existing dataset needs
 ``force`` and is refused for a folder that does not look like one (so ``--out ~`` cannot delete
@@ -24,9 +25,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import orjson
 import pyarrow as pa
@@ -34,6 +35,7 @@ import pyarrow.parquet as pq
 
 from kbook.errors import InputError, OutputError
 from kbook.pairs import file_name
+from kbook.storage import ObjectPath, Place, open_input, open_output, parquet_target
 from kbook.units import utc_day
 from replay.columns import file_schema
 
@@ -43,27 +45,31 @@ SOURCES = ".sources"
 several wait for ``replay.timeline``: ``.sources/<pair>/<rank>.arrow``."""
 
 
-def source_spool(root: Path, pair: str, rank: int, window: int = 0) -> Path:
+def source_spool(root: Place, pair: str, rank: int, window: int = 0) -> Place:
     """Where a source's rows of ``pair`` wait for the timeline (see ``SOURCES``): those of
     its window ``window`` (``replay.plan``) after the first in ``<rank>-<window>.arrow``."""
     name = f"{rank}-{window}" if window else f"{rank}"
     return root / SOURCES / file_name(pair) / f"{name}.arrow"
 
 
-def source_spools(root: Path, pair: str, rank: int, windows: int) -> list[Path]:
+def source_spools(root: Place, pair: str, rank: int, windows: int) -> list[Place]:
     """The spools of a source's ``windows`` windows that hold rows of ``pair``, in order."""
     paths = [source_spool(root, pair, rank, window) for window in range(windows)]
     return [path for path in paths if path.exists()]
 
 
-class DatasetWriter:
-    """Writes each pair's row batches (one UTC day per batch) to its partition files; the rows
-    of ``spooled`` pairs go to the source spool of source ``rank``'s window ``window``
-    instead (``SOURCES``)."""
+Root = TypeVar("Root", bound=Place)
+"""A ``DatasetWriter``'s root: its files are of the same kind (local paths, or keys)."""
+
+
+class DatasetWriter(Generic[Root]):
+    """Writes each pair's row batches (one UTC day per batch) to its partition files under
+    ``root`` (a local folder, or a staging prefix on object storage); the rows of ``spooled``
+    pairs go to the source spool of source ``rank``'s window ``window`` instead (``SOURCES``)."""
 
     def __init__(
         self,
-        root: Path,
+        root: Root,
         levels: int,
         spooled: frozenset[str] = frozenset(),
         rank: int = 0,
@@ -73,12 +79,12 @@ class DatasetWriter:
         self.root = root
         self.schema = file_schema(levels) if schema is None else schema
         """The snapshot columns, or another table's (``replay.deltas``): same layout, same rules."""
-        self.files: list[Path] = []
+        self.files: list[Root] = []
         self._open: dict[str, tuple[str, pq.ParquetWriter]] = {}
         self.spooled = spooled
         self.rank = rank
         self.window = window
-        self._spools: dict[str, pa.ipc.RecordBatchFileWriter] = {}
+        self._spools: dict[str, IpcFile] = {}
 
     def sink(self, pair: str) -> Callable[[pa.Table], None]:
         """Where ``pair``'s batches go (batches arrive in time order, never spanning a day)."""
@@ -92,7 +98,7 @@ class DatasetWriter:
             if writer is None:
                 path = source_spool(self.root, pair, self.rank, self.window)
                 make_folders(self.root, path.parent)
-                writer = self._spools[pair] = pa.ipc.new_file(path, self.schema)
+                writer = self._spools[pair] = IpcFile(path, self.schema)
             writer.write_table(table)
         except OSError as exc:
             raise OutputError(f"{self.root}: cannot write snapshots: {exc}") from exc
@@ -119,10 +125,12 @@ class DatasetWriter:
 
     def _writer(self, pair: str, day: str) -> pq.ParquetWriter:
         path = new_part(self.root, pair, day)
+        where, filesystem = parquet_target(path)
         try:
             writer = pq.ParquetWriter(
-                path,
+                where,
                 self.schema,
+                filesystem=filesystem,
                 compression="zstd",
                 use_dictionary=[name for name in ("source", "side") if name in self.schema.names],
                 write_statistics=True,
@@ -133,7 +141,7 @@ class DatasetWriter:
         return writer
 
 
-def new_part(root: Path, pair: str, day: str) -> Path:
+def new_part(root: Root, pair: str, day: str) -> Root:
     """The next free ``part-N.parquet`` of the (pair, UTC day) partition under ``root``, whose
     folder this creates: the one hive layout every kbook dataset shares. ``root`` must exist."""
     folder = root / f"pair={file_name(pair)}" / f"date={day}"
@@ -144,13 +152,47 @@ def new_part(root: Path, pair: str, day: str) -> Path:
         make_folders(root, folder)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot create: {exc}") from exc
-    return folder / f"part-{number}.parquet"
+    return cast(Root, folder / f"part-{number}.parquet")  # of its root's kind
 
 
-def make_folders(root: Path, folder: Path) -> None:
+class IpcFile:
+    """An Arrow IPC file being written (a spool of rows waiting for a join): its writer, and
+    the stream under it, both closed by ``close``."""
+
+    def __init__(self, path: Place, schema: pa.Schema) -> None:
+        self.sink = open_output(path)
+        try:
+            self.writer = pa.ipc.new_file(self.sink, schema)
+        except BaseException:
+            self.sink.close()
+            raise
+
+    def write_table(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        finally:
+            self.sink.close()
+
+
+def read_ipc(path: Place) -> Iterator[pa.Table]:
+    """The batches an ``IpcFile`` wrote, in order, one at a time (bounded memory)."""
+    with open_input(path) as source:
+        reader = pa.ipc.open_file(source)
+        for index in range(reader.num_record_batches):
+            yield pa.Table.from_batches([reader.get_batch(index)])
+
+
+def make_folders(root: Place, folder: Place) -> None:
     """Create ``folder`` and the folders between it and ``root``, but never ``root`` itself: a
     task still running on a cluster after its replay failed and removed the unfinished dataset
-    cannot bring it back (its write fails instead)."""
+    cannot bring it back (its write fails instead). Object storage has no folders to make: a
+    task there that outlives its replay leaves keys under the staging prefix, which the next
+    replay into the same ``--out`` removes."""
+    if isinstance(root, ObjectPath) or isinstance(folder, ObjectPath):
+        return
     current = root
     for name in folder.relative_to(root).parts:
         current = current / name

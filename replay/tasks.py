@@ -9,7 +9,8 @@ it owns (the previous window's last, read to reach its midnight) count nowhere i
 the previous window counted them.
 
 When a window was cut into several pieces, each piece's rows wait (in memory, or in a ``Spool``
-file beside the dataset: one Parquet file cannot be written by several tasks) and
+file beside the dataset, in its temporary folder or staging prefix: one Parquet file cannot be
+written by several tasks) and
 ``join_source`` settles them here, in three steps:
 
 1. **Check each boundary.** The piece before must have ended with a clock no later than the
@@ -38,22 +39,21 @@ replayed again in one piece here.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
 
 from kbook.errors import OutputError
+from kbook.storage import Place, remove_tree
 from kbook.units import DAY
 from replay.columns import file_schema, row_group_rows
 from replay.engine import StreamReplay, StreamResult, TaskResult
 from replay.executor import Executor
 from replay.options import ReplayOptions
-from replay.parquet import DatasetWriter, make_folders, source_spools
+from replay.parquet import DatasetWriter, IpcFile, make_folders, read_ipc, source_spools
 from replay.plan import Stream, Task
 from replay.sampler import Carry, PairSummary, note_span
 
@@ -91,9 +91,10 @@ class Rows:
 
     batches: dict[str, list[pa.Table]] = field(default_factory=dict)
     """In memory, per pair (no dataset folder)."""
-    files: list[Path] = field(default_factory=list)
-    """Parquet files written into the dataset's folder (a source's only task)."""
-    spools: dict[str, Path] = field(default_factory=dict)
+    files: list[Place] = field(default_factory=list)
+    """Parquet files written into the dataset's folder or staging prefix (a source's only
+    task)."""
+    spools: dict[str, Place] = field(default_factory=dict)
     """Spool files per pair (a task's rows, waiting for the join)."""
 
 
@@ -102,10 +103,11 @@ Outcome = tuple[TaskResult, Rows]
 
 
 def run_task(
-    task: Task, options: ReplayOptions, folder: Path | None, tick: Tick | None = None
+    task: Task, options: ReplayOptions, folder: Place | None, tick: Tick | None = None
 ) -> Outcome:
-    """Replay one task; its rows go to ``folder`` (the dataset's temporary folder; None: into
-    memory), straight to the dataset when it is its source's only task. ``tick`` is called
+    """Replay one task; its rows go to ``folder`` (the dataset's temporary folder, or its
+    staging prefix on object storage; None: into memory), straight to the dataset when it is
+    its source's only task. ``tick`` is called
     with each segment's compressed bytes as it is done."""
     stream = task.stream
     alone = task.number == 0 and task.last
@@ -140,7 +142,7 @@ def run_tasks(
     tasks: Sequence[Task],
     sources: int,
     options: ReplayOptions,
-    folder: Path | None,
+    folder: Place | None,
     executor: Executor,
     tick: Tick,
 ) -> list[tuple[StreamResult, Rows]]:
@@ -175,7 +177,7 @@ def run_tasks(
         ]
     finally:
         if folder is not None:
-            shutil.rmtree(folder / SPOOL, ignore_errors=True)
+            remove_tree(folder / SPOOL)
 
 
 def _rows(writer: RowSink) -> Rows:
@@ -191,7 +193,7 @@ def join_windows(
     windows: Sequence[Sequence[Task]],
     outcomes: Sequence[Sequence[Outcome]],
     options: ReplayOptions,
-    folder: Path | None,
+    folder: Place | None,
 ) -> tuple[StreamResult, Rows]:
     """One source's result and rows from its windows' tasks (in order): each window's tasks
     joined (``join_source``), then the windows checked where they meet and merged. A window's
@@ -244,7 +246,7 @@ def _meet(before: Ends, after: Ends) -> bool:
     return clock <= first_ns and connection == started.start_connection
 
 
-def _remove(rows: Rows, stream: Stream, folder: Path | None, windows: int) -> None:
+def _remove(rows: Rows, stream: Stream, folder: Place | None, windows: int) -> None:
     """Remove what a window wrote: its partition files and its shared pairs' spools."""
     for path in rows.files:
         path.unlink(missing_ok=True)
@@ -264,7 +266,7 @@ def _sum_counts(result: StreamResult, part: StreamResult) -> None:
 
 
 def join_source(
-    tasks: Sequence[Task], outcomes: Sequence[Outcome], options: ReplayOptions, folder: Path | None
+    tasks: Sequence[Task], outcomes: Sequence[Outcome], options: ReplayOptions, folder: Place | None
 ) -> tuple[Ends, tuple[StreamResult, Rows]]:
     """One window's ends, result and rows from its tasks' (in order); when a boundary does not
     hold, the window is replayed again here in one piece (see the module docstring)."""
@@ -274,17 +276,17 @@ def join_source(
     ends = (tasks[0], outcomes[0][0], tasks[-1], outcomes[-1][0])
     try:
         return _join_rows(tasks, outcomes, options, folder, ends)
-    finally:
-        for outcome in outcomes:
-            for path in outcome[1].spools.values():
-                shutil.rmtree(path.parent, ignore_errors=True)
+    finally:  # each task's spool folder, once (on object storage: a listing and a delete)
+        spools = {path.parent for _, rows in outcomes for path in rows.spools.values()}
+        for spool in spools:
+            remove_tree(spool)
 
 
 def _join_rows(
     tasks: Sequence[Task],
     outcomes: Sequence[Outcome],
     options: ReplayOptions,
-    folder: Path | None,
+    folder: Place | None,
     ends: Ends,
 ) -> tuple[Ends, tuple[StreamResult, Rows]]:
     joined = join(
@@ -458,13 +460,13 @@ class Spool:
     """Where a task's rows wait for the join when they go to a dataset: one Arrow IPC file per
     pair (uncompressed and memory-mapped when read back, so the join stays cheap and flat)."""
 
-    def __init__(self, root: Path, name: str, levels: int) -> None:
+    def __init__(self, root: Place, name: str, levels: int) -> None:
         self.root = root
-        """The dataset's temporary folder; the spool is ``root/.tasks/name``."""
+        """The dataset's temporary folder or staging prefix; the spool is ``root/.tasks/name``."""
         self.folder = root / SPOOL / name
         self.schema = file_schema(levels)
-        self.files: dict[str, Path] = {}
-        self._writers: dict[str, pa.ipc.RecordBatchFileWriter] = {}
+        self.files: dict[str, Place] = {}
+        self._writers: dict[str, IpcFile] = {}
 
     def sink(self, pair: str) -> Callable[[pa.Table], None]:
         return lambda table: self.write(pair, table)
@@ -476,7 +478,7 @@ class Spool:
                 make_folders(self.root, self.folder)
                 path = self.folder / f"{len(self.files)}.arrow"
                 self.files[pair] = path
-                writer = self._writers[pair] = pa.ipc.new_file(path, self.schema)
+                writer = self._writers[pair] = IpcFile(path, self.schema)
             writer.write_table(table)
         except OSError as exc:
             raise OutputError(f"{self.root}: cannot write snapshots: {exc}") from exc
@@ -487,9 +489,6 @@ class Spool:
         self._writers.clear()
 
 
-def read_spool(path: Path) -> Iterator[pa.Table]:
+def read_spool(path: Place) -> Iterator[pa.Table]:
     """The batches a ``Spool`` wrote for one pair, in order."""
-    with pa.memory_map(str(path)) as source:
-        reader = pa.ipc.open_file(source)
-        for index in range(reader.num_record_batches):
-            yield pa.Table.from_batches([reader.get_batch(index)])
+    return read_ipc(path)

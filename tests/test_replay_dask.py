@@ -5,25 +5,34 @@ A cluster of processes takes seconds to start: those tests are slow ones."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import pytest
+from perf_support import write_recording
 from record_support import wait_until
 from replay_support import SynthMarket, write_frames
 from s3_support import BUCKET, S3Server, aws_env, s3_server
 
 import replay
 from kbook.errors import TaskError, UsageError
-from kbook.segment import segment_path
-from kbook.storage import ObjectSegment
+from kbook.segment import find_segments, segment_path
+from kbook.storage import ObjectSegment, open_location
 from kbook.units import SECOND
+from replay.api import Run, _replay_to_remote
 from replay.executor import open_executor
+from replay.options import make_options
+from replay.plan import plan_streams, plan_tasks
+from replay.survey import survey_segment
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -34,13 +43,20 @@ MANIFEST = "_kbook_replay.json"
 
 class Sabotage(distributed.WorkerPlugin):  # type: ignore[misc]
     """Ends its worker process (as a crash or an OOM kill would) when a replay task starts and a
-    file says so: ``once`` (the file is removed first) or ``always``."""
+    file says so: ``once`` (the file is removed first) or ``always``; or, with ``after``, once
+    when a task has run (its files written) before its result leaves the worker."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if finish != "executing" or not str(key).startswith("run_task-"):
+        if not str(key).startswith("run_task-"):
+            return
+        after = os.path.join(self.folder, "after")
+        if (start, finish) == ("executing", "memory") and os.path.exists(after):
+            os.remove(after)
+            os._exit(1)
+        if finish != "executing":
             return
         once = os.path.join(self.folder, "once")
         if os.path.exists(once):
@@ -80,9 +96,16 @@ def files_under(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A LocalCluster of two workers that a unit's worker dies on when told (``Sabotage``);
-    a task may be on two workers that died before it fails."""
-    folder = tmp_path_factory.mktemp("sabotage")
+    """A LocalCluster of two workers that a unit's worker dies on when told (``Sabotage``)."""
+    with sabotaged_cluster(tmp_path_factory.mktemp("sabotage")) as started:
+        yield started
+
+
+@contextmanager
+def sabotaged_cluster(folder: Path) -> Iterator[tuple[str, Path]]:
+    """A LocalCluster of two workers (with this process's environment as it is now) that a
+    task's worker dies on when a file in ``folder`` says so (``Sabotage``); a task may be on two
+    workers that died before it fails. Its scheduler's address, and ``folder``."""
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 1}),
         distributed.LocalCluster(
@@ -117,6 +140,52 @@ def test_s3_to_s3_on_a_local_cluster_of_two_writes_the_local_bytes(
     assert MANIFEST in objects
     objects.pop(MANIFEST)
     assert objects == expected
+
+
+@pytest.mark.slow
+def test_s3_to_s3_on_a_cluster_writes_the_local_bytes_with_nothing_on_the_submitting_machine(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workers write the dataset, and the spools their joins read, straight to object
+    storage and the submitting process only moves objects there: with its temporary folder
+    gone (any file it made there would fail the replay) the dataset is the bytes of a replay
+    in one process, for days cut into pieces and a pair from two recorders, though the
+    worker of the first task died under it. (``_replay_to_remote`` with tasks of one segment:
+    ``task_bytes`` is no public option.)"""
+    root = tmp_path_factory.mktemp("pieces")
+    write_recording(root / "a", ("XBT/USD", "ETH/USD"), 2_400, seed=11, gap_ns=50_000_000)
+    write_recording(root / "b", ("XBT/USD",), 1_200, seed=12, gap_ns=50_000_000)
+    options = dataclasses.replace(make_options(every="100ms", levels=5), task_bytes=0)
+    streams = plan_streams([survey_segment(p) for p in find_segments([root])], options)
+    tasks = plan_tasks(streams, options)
+    assert any(stream.shared for stream in streams), "a pair with two sources"
+    assert any(task.number > 0 for task in tasks), "days cut into pieces"
+    assert len({task.window for task in tasks}) > 1, "and into UTC days"
+    local = tmp_path_factory.mktemp("whole") / "snaps"
+    replay.replay_to_dataset(root, local, every="100ms", levels=5)
+    expected = files_under(local)
+
+    with (
+        s3_server(tmp_path_factory.mktemp("s3")) as s3,
+        aws_env(s3),
+        sabotaged_cluster(tmp_path_factory.mktemp("sabotage")) as (address, sabotage),
+    ):
+        upload(s3, root)
+        gone = tmp_path_factory.mktemp("submitter") / "gone"
+        monkeypatch.setattr(tempfile, "tempdir", str(gone))
+        monkeypatch.setenv("TMPDIR", str(gone))
+        (sabotage / "once").touch()
+        location = open_location(f"s3://{BUCKET}/snaps", "--out")
+        _replay_to_remote(
+            f"s3://{BUCKET}/raw", location, options, False, Run(None, "dask", address)
+        )
+        objects = s3.objects("snaps")
+    assert not (sabotage / "once").exists(), "a worker died"
+    assert not gone.exists()
+    assert MANIFEST in objects
+    objects.pop(MANIFEST)
+    assert objects == expected, "no staging keys left either"
 
 
 def upload(s3: S3Server, folder: Path) -> None:
@@ -249,3 +318,47 @@ def test_a_dask_replay_stopped_mid_run_publishes_nothing(tmp_path: Path) -> None
     assert process.returncode == 128 + signal.SIGTERM
     assert stderr.splitlines() == [f"kbook: replay stopped by SIGTERM: {out} left as it was"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+@pytest.mark.slow
+def test_a_dask_replay_to_s3_stopped_mid_run_publishes_nothing(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """SIGTERM while the cluster's workers write partitions under the staging prefix: one
+    line, exit 143, and not an object left under ``--out`` (the cluster is closed before the
+    staging prefix is removed, so no task writes there afterwards)."""
+    market = SynthMarket("XBT/USD", depth=10, seed=3)
+    raw = tmp_path_factory.mktemp("long") / "raw"
+    for hour in range(2):  # two hours at 1 ms: 7.2 M rows, seconds of work
+        frames = market.frames(20, MIDNIGHT + hour * 3_600_000_000_000, 180_000_000_000)
+        write_frames(raw / f"{hour}.jsonl.zst", frames)
+    out = f"s3://{BUCKET}/snaps"
+    kbook = Path(sys.executable).with_name("kbook")
+    command = [str(kbook), "replay", f"s3://{BUCKET}/raw", "--every", "1ms", "--out", out]
+    with s3_server(tmp_path_factory.mktemp("s3")) as s3:
+        upload(s3, raw)
+        fs = s3.filesystem()
+        selector = pafs.FileSelector(f"{BUCKET}/snaps", recursive=True, allow_not_found=True)
+        process = subprocess.Popen(
+            [*command, "--engine", "dask", "--workers", "2"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **s3.env},
+        )
+        try:
+            wait_until(
+                lambda: any(info.path.endswith(".parquet") for info in fs.get_file_info(selector)),
+                120,
+                "a partition being written",
+            )
+            assert process.poll() is None, "the replay ended before the signal: make it longer"
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        left = s3.objects("snaps")
+    assert process.returncode == 128 + signal.SIGTERM
+    assert stderr.splitlines() == [f"kbook: replay stopped by SIGTERM: {out} left as it was"]
+    assert left == {}
