@@ -663,7 +663,7 @@ def _timelines(
     capacity = row_group_rows(options.levels)
     schema = file_schema(options.levels)
     batches: dict[str, list[pa.Table]] = {}
-    writer = None if folder is None else DatasetWriter(folder, options.levels)
+    writer = None if folder is None else DatasetWriter(folder, options.levels, own=True)
     try:
         for pair, indexes in sorted(holders.items()):
             parts = [outcomes[index][0].pairs.pop(pair) for index in indexes]

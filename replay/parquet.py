@@ -75,8 +75,14 @@ class DatasetWriter(Generic[Root]):
         rank: int = 0,
         schema: pa.Schema | None = None,
         window: int = 0,
+        own: bool = False,
     ) -> None:
         self.root = root
+        self.own = own
+        """Every partition it writes is its alone in the run (a replay task's, ``replay.tasks``):
+        it writes ``part-0`` over what an earlier attempt of the same task left, so a task run
+        again after its worker died once it had written them gives the same files, not a
+        second part (``new_part``)."""
         self.schema = file_schema(levels) if schema is None else schema
         """The snapshot columns, or another table's (``replay.deltas``): same layout, same rules."""
         self.files: list[Root] = []
@@ -124,7 +130,7 @@ class DatasetWriter(Generic[Root]):
         self._spools.clear()
 
     def _writer(self, pair: str, day: str) -> pq.ParquetWriter:
-        path = new_part(self.root, pair, day)
+        path = new_part(self.root, pair, day, own=self.own)
         where, filesystem = parquet_target(path)
         try:
             writer = pq.ParquetWriter(
@@ -141,12 +147,13 @@ class DatasetWriter(Generic[Root]):
         return writer
 
 
-def new_part(root: Root, pair: str, day: str) -> Root:
+def new_part(root: Root, pair: str, day: str, own: bool = False) -> Root:
     """The next free ``part-N.parquet`` of the (pair, UTC day) partition under ``root``, whose
-    folder this creates: the one hive layout every kbook dataset shares. ``root`` must exist."""
+    folder this creates: the one hive layout every kbook dataset shares. ``root`` must exist.
+    With ``own``, ``part-0`` whatever is there (a partition one writer owns)."""
     folder = root / f"pair={file_name(pair)}" / f"date={day}"
     number = 0
-    while (folder / f"part-{number}.parquet").exists():
+    while not own and (folder / f"part-{number}.parquet").exists():
         number += 1
     try:
         make_folders(root, folder)

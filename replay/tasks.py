@@ -116,7 +116,7 @@ def run_task(
         writer = Batches()
     elif alone:
         writer = DatasetWriter(
-            folder, options.levels, stream.shared, stream.rank, window=task.window
+            folder, options.levels, stream.shared, stream.rank, window=task.window, own=True
         )
     else:
         writer = Spool(folder, f"{task.source}-{task.window}-{task.number}", options.levels)
@@ -302,7 +302,7 @@ def _join_rows(
         Batches()
         if folder is None
         else DatasetWriter(
-            folder, options.levels, stream.shared, stream.rank, window=tasks[0].window
+            folder, options.levels, stream.shared, stream.rank, window=tasks[0].window, own=True
         )
     )
     try:

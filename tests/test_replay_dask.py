@@ -176,12 +176,14 @@ def test_s3_to_s3_on_a_cluster_writes_the_local_bytes_with_nothing_on_the_submit
         monkeypatch.setattr(tempfile, "tempdir", str(gone))
         monkeypatch.setenv("TMPDIR", str(gone))
         (sabotage / "once").touch()
+        (sabotage / "after").touch()
         location = open_location(f"s3://{BUCKET}/snaps", "--out")
         _replay_to_remote(
             f"s3://{BUCKET}/raw", location, options, False, Run(None, "dask", address)
         )
         objects = s3.objects("snaps")
     assert not (sabotage / "once").exists(), "a worker died"
+    assert not (sabotage / "after").exists(), "and another after its task wrote its files"
     assert not gone.exists()
     assert MANIFEST in objects
     objects.pop(MANIFEST)
@@ -206,6 +208,20 @@ def test_a_worker_that_dies_mid_run_changes_nothing(
     out = tmp_path / "snaps"
     replay.replay_to_dataset(raw, out, every="1s", levels=5, engine="dask", scheduler=address)
     assert not (sabotage / "once").exists(), "a worker died"
+    assert files_under(out) == expected
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_after_its_task_wrote_its_partition_changes_nothing(
+    raw: Path, expected: dict[str, bytes], cluster: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The task runs again elsewhere and writes its partition over the one it wrote before,
+    rather than a second part of it beside."""
+    address, sabotage = cluster
+    (sabotage / "after").touch()
+    out = tmp_path / "snaps"
+    replay.replay_to_dataset(raw, out, every="1s", levels=5, engine="dask", scheduler=address)
+    assert not (sabotage / "after").exists(), "a worker died"
     assert files_under(out) == expected
 
 
