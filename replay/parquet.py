@@ -262,6 +262,11 @@ def temporary_folder(out: Path) -> Path:
         folder.mkdir(parents=True)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot create: {exc.strerror}") from exc
+    except BaseException:
+        # A signal handled as the folder was made (Ctrl+C, SIGTERM: see kbook.cli) raises here,
+        # before the caller holds the folder to remove it.
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return folder
 
 
