@@ -266,7 +266,7 @@ def _object_segment(info: pafs.FileInfo) -> ObjectSegment:
     return ObjectSegment(SCHEME + info.path, info.size or 0, info.mtime_ns or 0)
 
 
-# -- writing under a staging prefix ----------------------------------------------------------------
+# -- writing under a temporary prefix ----------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, order=True)

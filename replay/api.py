@@ -391,7 +391,7 @@ def _replay_into(
     out: Path | str,
     began: float,
 ) -> tuple[ReplaySummary, dict[str, Any], list[Place]]:
-    """Replay into the unpublished dataset ``folder`` (a local folder or a staging prefix);
+    """Replay into the unpublished dataset ``folder`` (a local folder or a temporary prefix);
     the summary, the dataset's manifest (to write when publishing) and its files under
     ``folder``."""
     infos, outcomes = run_replay(
@@ -596,7 +596,7 @@ def run_replay(
     of ``engine`` (``replay.executor``); one outcome per source, in the plan's order.
 
     What both public functions share. Rows go to in-memory batches when ``folder`` is None, else
-    into Parquet files under ``folder``, a local folder or a staging prefix on object storage
+    into Parquet files under ``folder``, a local folder or a temporary prefix on object storage
     (no manifest; nothing published). Tests call it with
     options ``make_options`` does not expose (``task_bytes``).
     """

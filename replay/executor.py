@@ -17,7 +17,7 @@ publishes nothing. Dask is an optional extra (``pip install 'kbook[dask]'``), im
 and only for ``engine="dask"``.
 
 A cluster's workers must reach what this process names: ``s3://`` segments and an ``s3://``
-dataset's staging prefix they reach with their own client (``kbook.storage``: no shared file
+dataset's temporary prefix they reach with their own client (``kbook.storage``: no shared file
 system); local segments and a local dataset's temporary folder they reach at the same paths,
 which on one machine they do, and across machines only on a shared file system (see README,
 On a cluster).

@@ -12,7 +12,7 @@ named like a partition, so the files hold ``ts, valid, levels..., extras`` and e
 ``pair`` (as ``BTC-USD``) and ``date`` from the path.
 
 Atomicity: everything is written into a hidden sibling folder (``.<out>.tmp-*``) and renamed to
-``--out`` once complete (into a staging prefix of an ``s3://`` ``--out``, then published:
+``--out`` once complete (into a temporary prefix of an ``s3://`` ``--out``, then published:
 ``kbook.storage``), so a crash or an error leaves either the old dataset or the new one,
 never a mix. An error, Ctrl+C or SIGTERM removes the hidden folder; one left by ``kill -9`` is
 removed by the next replay into the same ``--out``. Replacing an existing dataset needs
@@ -64,7 +64,7 @@ Root = TypeVar("Root", bound=Place)
 
 class DatasetWriter(Generic[Root]):
     """Writes each pair's row batches (one UTC day per batch) to its partition files under
-    ``root`` (a local folder, or a staging prefix on object storage); the rows of ``spooled``
+    ``root`` (a local folder, or a temporary prefix on object storage); the rows of ``spooled``
     pairs go to the source spool of source ``rank``'s window ``window`` instead (``SOURCES``)."""
 
     def __init__(
@@ -196,7 +196,7 @@ def make_folders(root: Place, folder: Place) -> None:
     """Create ``folder`` and the folders between it and ``root``, but never ``root`` itself: a
     task still running on a cluster after its replay failed and removed the unfinished dataset
     cannot bring it back (its write fails instead). Object storage has no folders to make: a
-    task there that outlives its replay leaves keys under the staging prefix, which the next
+    task there that outlives its replay leaves keys under the temporary prefix, which the next
     replay into the same ``--out`` removes."""
     if isinstance(root, ObjectPath) or isinstance(folder, ObjectPath):
         return

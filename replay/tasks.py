@@ -9,9 +9,8 @@ it owns (the previous window's last, read to reach its midnight) count nowhere i
 the previous window counted them.
 
 When a window was cut into several pieces, each piece's rows wait (in memory, or in a ``Spool``
-file beside the dataset, in its temporary folder or staging prefix: one Parquet file cannot be
-written by several tasks) and
-``join_source`` settles them here, in three steps:
+file beside the dataset, in its temporary folder or prefix: one Parquet file cannot be written
+by several tasks) and ``join_source`` settles them here, in three steps:
 
 1. **Check each boundary.** The piece before must have ended with a clock no later than the
    next piece's first receive time (otherwise the clock max rule would give the next piece
@@ -92,7 +91,7 @@ class Rows:
     batches: dict[str, list[pa.Table]] = field(default_factory=dict)
     """In memory, per pair (no dataset folder)."""
     files: list[Place] = field(default_factory=list)
-    """Parquet files written into the dataset's folder or staging prefix (a source's only
+    """Parquet files written into the dataset's temporary folder or prefix (a source's only
     task)."""
     spools: dict[str, Place] = field(default_factory=dict)
     """Spool files per pair (a task's rows, waiting for the join)."""
@@ -106,9 +105,9 @@ def run_task(
     task: Task, options: ReplayOptions, folder: Place | None, tick: Tick | None = None
 ) -> Outcome:
     """Replay one task; its rows go to ``folder`` (the dataset's temporary folder, or its
-    staging prefix on object storage; None: into memory), straight to the dataset when it is
-    its source's only task. ``tick`` is called
-    with each segment's compressed bytes as it is done."""
+    temporary prefix on object storage; None: into memory), straight to the dataset when it is
+    its source's only task. ``tick`` is called with each segment's compressed bytes as it is
+    done."""
     stream = task.stream
     alone = task.number == 0 and task.last
     writer: RowSink
@@ -462,7 +461,7 @@ class Spool:
 
     def __init__(self, root: Place, name: str, levels: int) -> None:
         self.root = root
-        """The dataset's temporary folder or staging prefix; the spool is ``root/.tasks/name``."""
+        """The dataset's temporary folder or prefix; the spool is ``root/.tasks/name``."""
         self.folder = root / SPOOL / name
         self.schema = file_schema(levels)
         self.files: dict[str, Place] = {}
