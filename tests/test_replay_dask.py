@@ -151,8 +151,9 @@ def test_s3_to_s3_on_a_cluster_writes_the_local_bytes_with_nothing_on_the_submit
     storage and the submitting process only moves objects there: with its temporary folder
     gone (any file it made there would fail the replay) the dataset is the bytes of a replay
     in one process, for days cut into pieces and a pair from two recorders, though the
-    worker of the first task died under it. (``_replay_to_remote`` with tasks of one segment:
-    ``task_bytes`` is no public option.)"""
+    worker of the first task died under it; and ``--update`` after a second recorder of a pair
+    arrived gives the bytes of a full replay too. (``_replay_to_remote`` with tasks of one
+    segment: ``task_bytes`` is no public option.)"""
     root = tmp_path_factory.mktemp("pieces")
     write_recording(root / "a", ("XBT/USD", "ETH/USD"), 2_400, seed=11, gap_ns=50_000_000)
     write_recording(root / "b", ("XBT/USD",), 1_200, seed=12, gap_ns=50_000_000)
@@ -182,12 +183,26 @@ def test_s3_to_s3_on_a_cluster_writes_the_local_bytes_with_nothing_on_the_submit
             f"s3://{BUCKET}/raw", location, options, False, Run(None, "dask", address)
         )
         objects = s3.objects("snaps")
+
+        write_recording(root / "c", ("ETH/USD",), 1_200, seed=13, gap_ns=50_000_000)
+        upload(s3, root)
+        updated = replay.replay_to_dataset(
+            f"s3://{BUCKET}/raw", location.text, every="100ms", levels=5, update=True,
+            engine="dask", scheduler=address,
+        )  # fmt: skip
+        after = s3.objects("snaps")
     assert not (sabotage / "once").exists(), "a worker died"
     assert not (sabotage / "after").exists(), "and another after its task wrote its files"
     assert not gone.exists()
     assert MANIFEST in objects
     objects.pop(MANIFEST)
     assert objects == expected, "no staging keys left either"
+
+    assert updated.updated, "ETH/USD's days, now from two recorders"
+    monkeypatch.undo()
+    replay.replay_to_dataset(root, local, every="100ms", levels=5, force=True)
+    after.pop(MANIFEST)
+    assert after == files_under(local)
 
 
 def upload(s3: S3Server, folder: Path) -> None:
