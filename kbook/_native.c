@@ -103,6 +103,7 @@ typedef struct {
 typedef struct {
     int64_t recv_ns;
     int64_t exch_ns; /* Kraken's time of the message (kbook.book.exchange_time); -1: none */
+    int want_exch;   /* compute exch_ns (else its text is only checked): see store_route */
     int ndicts;
     Dict dicts[2];
     Span channel, pair;
@@ -115,6 +116,8 @@ typedef struct {
 } Cursor;
 
 static inline void skip_ws(Cursor *c) {
+    if (c->p < c->end && (unsigned char)*c->p > ' ') /* the usual case: no white space */
+        return;
     while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
         c->p++;
 }
@@ -356,9 +359,11 @@ static int levels_value(Cursor *c, Line *line, Group *group) {
             if (c->p < c->end && *c->p == '"') {
                 if (!plain_string(c, &stamp))
                     return 0;
-                int64_t ns = seconds_ns(stamp);
-                if (ns > line->exch_ns)
-                    line->exch_ns = ns;
+                if (line->want_exch) {
+                    int64_t ns = seconds_ns(stamp);
+                    if (ns > line->exch_ns)
+                        line->exch_ns = ns;
+                }
             } else if (!skip_value(c, 1)) {
                 return 0;
             }
@@ -623,7 +628,8 @@ static int entry_v2(Cursor *c, Line *line, Dict *dict) {
             Span stamp;
             if (seen_time++ || !plain_string(c, &stamp))
                 return 0; /* not text: the general path says it is none */
-            line->exch_ns = rfc3339_ns(stamp);
+            if (line->want_exch)
+                line->exch_ns = rfc3339_ns(stamp);
         } else if (!skip_value(c, 1)) {
             return 0;
         }
@@ -811,8 +817,9 @@ typedef struct {
     Text ask_text, bid_text; /* the joined pieces of each side's top (the bids' is Book._bid_text) */
     int crc_changed;
     int64_t frames, ok, failed, last_ns;
-    int64_t exch_ns; /* the latest applied line's (-1: none) */
-    int exch_changed;
+    /* The latest applied line (a new reference): Book.exch_ns is taken from it when the run
+     * stores the route, so that the time of each level is parsed once a run, not once a line. */
+    PyObject *exch_line;
     int loaded; /* sides and caches read from the book */
     int shared; /* v2: another valid book of the symbol is there (its lines are handed back) */
 } Route;
@@ -1016,8 +1023,10 @@ static int set_int_attr(PyObject *obj, PyObject *name, int64_t v) {
     return ok;
 }
 
-/* Write what the run kept in C back to the book and the stats. */
-static int store_route(Route *r) {
+static int parse_line(const char *text, Py_ssize_t n, Line *line, int v2);
+
+/* Write what the run kept in C back to the book and the stats (``line``: scratch space). */
+static int store_route(Route *r, Line *line, int v2) {
     int ok = 1;
     if (r->frames) {
         ok = ok && add_to_attr(r->stats, s_frames, r->frames) &&
@@ -1048,12 +1057,21 @@ static int store_route(Route *r) {
         ok = ok && PyObject_SetAttr(r->book, s_valid, r->valid ? Py_True : Py_False) == 0;
         r->valid_changed = 0;
     }
-    if (r->exch_changed) {
-        if (r->exch_ns < 0)
+    if (r->exch_line != NULL && line != NULL) {
+        /* The line parsed as it was when applied (bytes do not change), its time computed. */
+        line->want_exch = 1;
+        if (!parse_line(PyBytes_AS_STRING(r->exch_line), PyBytes_GET_SIZE(r->exch_line), line,
+                        v2)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "native core: an applied line reads otherwise");
+            ok = 0;
+        } else if (line->exch_ns < 0) {
             ok = ok && PyObject_SetAttr(r->book, s_exch_ns, Py_None) == 0;
-        else
-            ok = ok && set_int_attr(r->book, s_exch_ns, r->exch_ns);
-        r->exch_changed = 0;
+        } else {
+            ok = ok && set_int_attr(r->book, s_exch_ns, line->exch_ns);
+        }
+        line->want_exch = 0;
+        Py_CLEAR(r->exch_line);
     }
     return ok;
 }
@@ -1271,6 +1289,9 @@ static int apply_level(Side *side, const Level *level, int64_t key) {
     }
     PyTuple_SET_ITEM(pair, 0, price);
     PyTuple_SET_ITEM(pair, 1, volume);
+    /* Two str can make no reference cycle: the collector need never visit the level (CPython
+     * untracks such tuples itself, but only once a collection has visited them). */
+    PyObject_GC_UnTrack(pair);
     if (index < CHECKSUM_LEVELS) {
         PyObject *piece =
             piece_of(level->price.p, level->price.n, level->volume.p, level->volume.n);
@@ -1468,6 +1489,7 @@ static int mark_shared(PyObject *feed, Routes *routes) {
 
 static void free_routes(Routes *routes) {
     for (Py_ssize_t i = 0; i < routes->count; i++) {
+        Py_CLEAR(routes->routes[i].exch_line);
         PyMem_Free(routes->routes[i].bid_text.p);
         PyMem_Free(routes->routes[i].ask_text.p);
         PyMem_Free(routes->routes[i].sides[0].mirror);
@@ -1561,11 +1583,11 @@ static PyObject *native_run(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_ssize_t index = start;
     int failed = 1;
     Route *last = NULL;
-    int clock_changed = 0;
+    int clock_changed = 0, v2 = 0;
     if (routes_dict == NULL || feed == NULL || !int_attr(self, s_clock, &clock))
         goto finish;
     PyObject *v2_flag = PyObject_GetAttr(self, s_v2);
-    int v2 = v2_flag ? PyObject_IsTrue(v2_flag) : -1;
+    v2 = v2_flag ? PyObject_IsTrue(v2_flag) : -1;
     Py_XDECREF(v2_flag);
     if (v2 < 0)
         goto finish;
@@ -1585,6 +1607,7 @@ static PyObject *native_run(PyObject *module, PyObject *const *args, Py_ssize_t 
         goto finish;
     }
     Line *line = &scratch->line;
+    line->want_exch = 0;
     for (; index < count; index++) {
         PyObject *item = PyList_GET_ITEM(lines, index);
         if (!PyBytes_CheckExact(item) ||
@@ -1614,8 +1637,8 @@ static PyObject *native_run(PyObject *module, PyObject *const *args, Py_ssize_t 
         clock = now;
         r->frames++;
         r->last_ns = now;
-        r->exch_ns = line->exch_ns;
-        r->exch_changed = 1;
+        Py_INCREF(item);
+        Py_XSETREF(r->exch_line, item);
         last = r;
         if (ok) {
             r->ok++;
@@ -1638,7 +1661,7 @@ finish:
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
         for (Py_ssize_t i = 0; i < routes.count; i++)
-            if (!store_route(&routes.routes[i]))
+            if (!store_route(&routes.routes[i], scratch ? &scratch->line : NULL, v2))
                 failed = 1;
         if (last != NULL && PyObject_SetAttr(feed, s_last_key, last->key) < 0)
             failed = 1;
