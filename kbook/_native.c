@@ -791,6 +791,11 @@ failed:
 }
 
 typedef struct {
+    unsigned char *p; /* never NULL once reserved, even for 0 bytes */
+    Py_ssize_t len, cap;
+} Text;
+
+typedef struct {
     PyObject *keys, *levels, *top; /* borrowed from the side object, which the book holds */
     PyObject *side;
     int dirty, dirty_changed;
@@ -799,12 +804,13 @@ typedef struct {
      * list for the run: bisection reads these instead of converting an int object per probe. */
     int64_t *mirror;
     Py_ssize_t mirror_cap;
+    /* ``top`` as C text for the run, kept in step with the keys on every change: the pieces of
+     * keys[:10] in ``slots[:ntop]`` (one more slot is spare, so an insert never allocates one);
+     * written back to the list once, when the run stores the route (``top_changed``). */
+    Text slots[CHECKSUM_LEVELS + 1];
+    Py_ssize_t ntop;
+    int top_changed;
 } Side;
-
-typedef struct {
-    unsigned char *p; /* never NULL once reserved, even for 0 bytes */
-    Py_ssize_t len, cap;
-} Text;
 
 typedef struct {
     PyObject *book, *stats, *key; /* borrowed (the route, in the routes dict, holds them) */
@@ -859,6 +865,20 @@ static int utf8_span(PyObject *text, Span *out) {
     return out->p != NULL;
 }
 
+static int reserve(Text *t, Py_ssize_t n) {
+    if (n <= t->cap && t->p != NULL)
+        return 1;
+    Py_ssize_t cap = n < 256 ? 256 : n * 2;
+    unsigned char *buffer = PyMem_Realloc(t->p, cap);
+    if (buffer == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    t->p = buffer;
+    t->cap = cap;
+    return 1;
+}
+
 /* Room for ``n`` keys in the side's mirror. */
 static int reserve_mirror(Side *side, Py_ssize_t n) {
     if (n <= side->mirror_cap && side->mirror != NULL)
@@ -908,6 +928,22 @@ static int load_side(PyObject *book, PyObject *name, Side *side, int64_t sign) {
     side->dirty_changed = 0;
     if (ok && !load_mirror(side))
         ok = 0;
+    if (ok && PyList_GET_SIZE(top) > CHECKSUM_LEVELS) {
+        PyErr_SetString(PyExc_RuntimeError, "native core: a side holds more than 10 pieces");
+        ok = 0;
+    }
+    side->ntop = 0;
+    side->top_changed = 0;
+    for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(top); i++) {
+        Span piece;
+        Text *slot = &side->slots[i];
+        ok = utf8_span(PyList_GET_ITEM(top, i), &piece) && reserve(slot, piece.n);
+        if (ok) {
+            memcpy(slot->p, piece.p, piece.n);
+            slot->len = piece.n;
+            side->ntop++;
+        }
+    }
     Py_XDECREF(keys);
     Py_XDECREF(levels);
     Py_XDECREF(top);
@@ -917,20 +953,6 @@ static int load_side(PyObject *book, PyObject *name, Side *side, int64_t sign) {
     if (!ok && !PyErr_Occurred())
         PyErr_SetString(PyExc_TypeError, "native core: a book side is not a kbook.book side");
     return ok;
-}
-
-static int reserve(Text *t, Py_ssize_t n) {
-    if (n <= t->cap && t->p != NULL)
-        return 1;
-    Py_ssize_t cap = n < 256 ? 256 : n * 2;
-    unsigned char *buffer = PyMem_Realloc(t->p, cap);
-    if (buffer == NULL) {
-        PyErr_NoMemory();
-        return 0;
-    }
-    t->p = buffer;
-    t->cap = cap;
-    return 1;
 }
 
 /* One of Kraken's book depths (kbook.api.DEPTHS), the only ones a Book has. */
@@ -1024,6 +1046,7 @@ static int set_int_attr(PyObject *obj, PyObject *name, int64_t v) {
 }
 
 static int parse_line(const char *text, Py_ssize_t n, Line *line, int v2);
+static PyObject *text_str(const unsigned char *p, Py_ssize_t n);
 
 /* Write what the run kept in C back to the book and the stats (``line``: scratch space). */
 static int store_route(Route *r, Line *line, int v2) {
@@ -1040,6 +1063,20 @@ static int store_route(Route *r, Line *line, int v2) {
         return ok;
     for (int i = 0; i < 2; i++) {
         Side *side = &r->sides[i];
+        if (side->top_changed) {
+            PyObject *pieces = PyList_New(side->ntop);
+            for (Py_ssize_t j = 0; pieces != NULL && j < side->ntop; j++) {
+                PyObject *piece = text_str(side->slots[j].p, side->slots[j].len);
+                if (piece == NULL)
+                    Py_CLEAR(pieces);
+                else
+                    PyList_SET_ITEM(pieces, j, piece);
+            }
+            ok = ok && pieces != NULL &&
+                 PyList_SetSlice(side->top, 0, PyList_GET_SIZE(side->top), pieces) == 0;
+            Py_XDECREF(pieces);
+            side->top_changed = 0;
+        }
         if (side->dirty_changed) {
             ok = ok && PyObject_SetAttr(side->side, s_dirty, side->dirty ? Py_True : Py_False) == 0;
             side->dirty_changed = 0;
@@ -1129,38 +1166,59 @@ static Py_ssize_t piece_into(char *at, const char *p, Py_ssize_t n) {
     return w;
 }
 
-/* The checksum piece of a level: f(price) + f(volume), as a str. */
-static PyObject *piece_of(const char *price, Py_ssize_t pn, const char *volume, Py_ssize_t vn) {
-    char stack[256];
-    char *buffer = pn + vn <= (Py_ssize_t)sizeof(stack) ? stack : PyMem_Malloc(pn + vn);
-    if (buffer == NULL)
-        return PyErr_NoMemory();
-    Py_ssize_t n = piece_into(buffer, price, pn);
-    n += piece_into(buffer + n, volume, vn);
+/* A str of ASCII or UTF-8 bytes (a piece of a line is ASCII; one of a level the Python path
+ * stored may hold other digits, which int() takes, and is decoded back as it was). */
+static PyObject *text_str(const unsigned char *p, Py_ssize_t n) {
     unsigned char high = 0;
     for (Py_ssize_t i = 0; i < n; i++)
-        high |= (unsigned char)buffer[i];
-    PyObject *piece; /* ASCII (always, from a line) is copied; other text decoded as UTF-8 */
-    if (high < 0x80 && (piece = PyUnicode_New(n, 127)) != NULL)
-        memcpy(PyUnicode_1BYTE_DATA(piece), buffer, n);
-    else
-        piece = high < 0x80 ? NULL : PyUnicode_DecodeUTF8(buffer, n, "strict");
-    if (buffer != stack)
-        PyMem_Free(buffer);
-    return piece;
+        high |= p[i];
+    if (high >= 0x80)
+        return PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+    PyObject *text = PyUnicode_New(n, 127);
+    if (text != NULL)
+        memcpy(PyUnicode_1BYTE_DATA(text), p, n);
+    return text;
 }
 
-/* The piece of a stored level (a ``(price, volume)`` tuple of str). */
-static PyObject *stored_piece(PyObject *level) {
+/* The checksum piece of a level, f(price) + f(volume), into a slot of Side.slots. */
+static int fill_slot(Text *slot, Span price, Span volume) {
+    if (!reserve(slot, price.n + volume.n))
+        return 0;
+    Py_ssize_t n = piece_into((char *)slot->p, price.p, price.n);
+    slot->len = n + piece_into((char *)slot->p + n, volume.p, volume.n);
+    return 1;
+}
+
+/* The slot of a piece inserted at ``index`` of the side's top (the 11th, if any, drops out). */
+static Text *insert_slot(Side *side, Py_ssize_t index) {
+    Text spare = side->slots[side->ntop];
+    memmove(&side->slots[index + 1], &side->slots[index],
+            (size_t)(side->ntop - index) * sizeof(Text));
+    side->slots[index] = spare;
+    if (side->ntop < CHECKSUM_LEVELS)
+        side->ntop++;
+    side->top_changed = 1;
+    return &side->slots[index];
+}
+
+/* The top without its piece ``index`` (its buffer becomes a spare). */
+static void delete_slot(Side *side, Py_ssize_t index) {
+    Text gone = side->slots[index];
+    memmove(&side->slots[index], &side->slots[index + 1],
+            (size_t)(side->ntop - 1 - index) * sizeof(Text));
+    side->slots[--side->ntop] = gone;
+    side->top_changed = 1;
+}
+
+/* The piece of a stored level (a ``(price, volume)`` tuple of str) into ``slot``. */
+static int stored_piece(PyObject *level, Text *slot) {
     if (!PyTuple_Check(level) || PyTuple_GET_SIZE(level) < 2) {
         PyErr_SetString(PyExc_TypeError, "native core: a stored level is not (price, volume)");
-        return NULL;
+        return 0;
     }
     Span price, volume;
-    if (!utf8_span(PyTuple_GET_ITEM(level, 0), &price) ||
-        !utf8_span(PyTuple_GET_ITEM(level, 1), &volume))
-        return NULL;
-    return piece_of(price.p, price.n, volume.p, volume.n);
+    return utf8_span(PyTuple_GET_ITEM(level, 0), &price) &&
+           utf8_span(PyTuple_GET_ITEM(level, 1), &volume) && fill_slot(slot, price, volume);
 }
 
 /* bisect_left over a side's keys, by its mirror (which must be in step with the list). */
@@ -1208,7 +1266,7 @@ static int out_of_step(void) {
 
 /* Book.apply_side for one level whose key is known; see kbook/book.py. */
 static int apply_level(Side *side, const Level *level, int64_t key) {
-    PyObject *keys = side->keys, *levels = side->levels, *top = side->top;
+    PyObject *keys = side->keys, *levels = side->levels;
     Py_ssize_t index;
     if (!bisect(side, key, &index))
         return 0;
@@ -1236,12 +1294,11 @@ static int apply_level(Side *side, const Level *level, int64_t key) {
         if (PyDict_DelItem(levels, k) < 0)
             goto done;
         if (index < CHECKSUM_LEVELS) {
-            if (index >= PyList_GET_SIZE(top)) {
+            if (index >= side->ntop) {
                 out_of_step();
                 goto done;
             }
-            if (PyList_SetSlice(top, index, index + 1, NULL) < 0)
-                goto done;
+            delete_slot(side, index);
             if (PyList_GET_SIZE(keys) >= CHECKSUM_LEVELS) {
                 PyObject *entering = PyDict_GetItemWithError(
                     levels, PyList_GET_ITEM(keys, CHECKSUM_LEVELS - 1));
@@ -1250,12 +1307,7 @@ static int apply_level(Side *side, const Level *level, int64_t key) {
                         PyErr_SetString(PyExc_KeyError, "native core: a key without a level");
                     goto done;
                 }
-                PyObject *piece = stored_piece(entering);
-                if (piece == NULL)
-                    goto done;
-                int appended = PyList_Append(top, piece);
-                Py_DECREF(piece);
-                if (appended < 0)
+                if (!stored_piece(entering, insert_slot(side, side->ntop)))
                     goto done;
             }
             side->dirty = 1;
@@ -1293,30 +1345,22 @@ static int apply_level(Side *side, const Level *level, int64_t key) {
      * untracks such tuples itself, but only once a collection has visited them). */
     PyObject_GC_UnTrack(pair);
     if (index < CHECKSUM_LEVELS) {
-        PyObject *piece =
-            piece_of(level->price.p, level->price.n, level->volume.p, level->volume.n);
-        int changed;
-        if (piece == NULL) {
-            Py_DECREF(pair);
-            goto done;
-        }
+        Text *slot;
         if (old != NULL) {
-            if (index >= PyList_GET_SIZE(top)) {
-                Py_DECREF(piece);
+            if (index >= side->ntop) {
                 Py_DECREF(pair);
                 out_of_step();
                 goto done;
             }
-            changed = PyList_SetItem(top, index, piece); /* steals piece */
+            slot = &side->slots[index];
+            side->top_changed = 1;
+        } else if (PyList_Insert(keys, index, k) < 0 || !mirror_insert(side, index, key)) {
+            Py_DECREF(pair);
+            goto done;
         } else {
-            changed = PyList_Insert(keys, index, k) < 0 || !mirror_insert(side, index, key)
-                          ? -1
-                          : PyList_Insert(top, index, piece);
-            Py_DECREF(piece);
-            if (changed == 0 && PyList_GET_SIZE(top) > CHECKSUM_LEVELS)
-                changed = PyList_SetSlice(top, CHECKSUM_LEVELS, CHECKSUM_LEVELS + 1, NULL);
+            slot = insert_slot(side, index);
         }
-        if (changed < 0) {
+        if (!fill_slot(slot, level->price, level->volume)) {
             Py_DECREF(pair);
             goto done;
         }
@@ -1352,16 +1396,16 @@ static int truncate_book(Route *r) {
 }
 
 /* The pieces of a side's top joined into *t: the text its part of the checksum is taken over. */
-static int join_top(PyObject *top, Text *t) {
-    t->len = 0;
-    if (!reserve(t, 0))
+static int join_top(const Side *side, Text *t) {
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < side->ntop; i++)
+        n += side->slots[i].len;
+    if (!reserve(t, n))
         return 0;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(top); i++) {
-        Span piece;
-        if (!utf8_span(PyList_GET_ITEM(top, i), &piece) || !reserve(t, t->len + piece.n))
-            return 0;
-        memcpy(t->p + t->len, piece.p, piece.n);
-        t->len += piece.n;
+    t->len = 0;
+    for (Py_ssize_t i = 0; i < side->ntop; i++) {
+        memcpy(t->p + t->len, side->slots[i].p, side->slots[i].len);
+        t->len += side->slots[i].len;
     }
     return 1;
 }
@@ -1373,14 +1417,14 @@ static int book_checksum(Route *r, uint32_t *out) {
     Side *asks = &r->sides[0], *bids = &r->sides[1];
     if (asks->dirty || bids->dirty) {
         if (asks->dirty) {
-            if (!join_top(asks->top, &r->ask_text))
+            if (!join_top(asks, &r->ask_text))
                 return 0;
             r->ask_crc = crc_update(0, r->ask_text.p, r->ask_text.len);
             asks->dirty = 0;
             asks->dirty_changed = 1;
         }
         if (bids->dirty) {
-            if (!join_top(bids->top, &r->bid_text))
+            if (!join_top(bids, &r->bid_text))
                 return 0;
             bids->dirty = 0;
             bids->dirty_changed = 1;
@@ -1492,8 +1536,12 @@ static void free_routes(Routes *routes) {
         Py_CLEAR(routes->routes[i].exch_line);
         PyMem_Free(routes->routes[i].bid_text.p);
         PyMem_Free(routes->routes[i].ask_text.p);
-        PyMem_Free(routes->routes[i].sides[0].mirror);
-        PyMem_Free(routes->routes[i].sides[1].mirror);
+        for (int j = 0; j < 2; j++) {
+            Side *side = &routes->routes[i].sides[j];
+            PyMem_Free(side->mirror);
+            for (int k = 0; k <= CHECKSUM_LEVELS; k++)
+                PyMem_Free(side->slots[k].p);
+        }
     }
     PyMem_Free(routes->routes);
 }
