@@ -32,11 +32,20 @@
 #define MAX_KEY_DIGITS 18
 #define MAX_INT_DIGITS 19 /* receive times in ns have 19 */
 
-/* -- CRC-32 (IEEE, as zlib.crc32), slicing by 16 ----------------------------------------------- */
+/* -- CRC-32 (IEEE, as zlib.crc32): folding where the processor can, else slicing by 16 --------- */
 
-/* Sixteen bytes a step: a checksum runs over some 360 bytes of level text (the top 10 asks and
- * bids), and this takes about 0.7x the time of slicing by 8 there. */
+/* A checksum runs over some 360 bytes of level text (the top 10 asks and bids). Slicing by 16
+ * takes about 0.7x the time of slicing by 8 there; folding with PCLMULQDQ (crc_fold, x86-64) a
+ * quarter of slicing's instructions, the table taking only the last 15 bytes or fewer. */
 static uint32_t crc_table[16][256];
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CRC_FOLDING 1
+
+/* Whether this processor has PCLMULQDQ (and SSE4.1): set by crc_init. */
+static int crc_clmul;
+#endif
 
 static void crc_init(void) {
     for (uint32_t i = 0; i < 256; i++) {
@@ -48,15 +57,94 @@ static void crc_init(void) {
     for (uint32_t i = 0; i < 256; i++)
         for (int t = 1; t < 16; t++)
             crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
+#ifdef CRC_FOLDING
+    __builtin_cpu_init();
+    crc_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#endif
 }
 
 static inline uint32_t le32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+#ifdef CRC_FOLDING
+/* The CRC register (not inverted) after ``n`` bytes at ``p``, ``n`` at least 64 and a multiple
+ * of 16, folding 64 then 16 bytes a step with carry-less multiplication and reducing to 32 bits
+ * by Barrett's method (Gopal, Ozturk et al., "Fast CRC Computation for Generic Polynomials Using
+ * PCLMULQDQ Instruction", Intel, 2009; the constants are theirs for the reflected polynomial
+ * 0xEDB88320). A checksum's 200-odd bytes take a fraction of the table's time this way. */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t crc_fold(uint32_t crc,
+                                                                   const unsigned char *p,
+                                                                   Py_ssize_t n) {
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596, 0x0154442bd4);
+    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009e, 0x01751997d0);
+    const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124);
+    const __m128i poly = _mm_set_epi64x(0x01f7011641, 0x01db710641);
+    const __m128i mask = _mm_setr_epi32(~0, 0, ~0, 0);
+    __m128i x1 = _mm_loadu_si128((const __m128i *)p), x2 = _mm_loadu_si128((const __m128i *)(p + 16)),
+            x3 = _mm_loadu_si128((const __m128i *)(p + 32)),
+            x4 = _mm_loadu_si128((const __m128i *)(p + 48)), x5;
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    p += 64;
+    n -= 64;
+    while (n >= 64) {
+        __m128i x6, x7, x8;
+        x5 = _mm_clmulepi64_si128(x1, k1k2, 0x00);
+        x6 = _mm_clmulepi64_si128(x2, k1k2, 0x00);
+        x7 = _mm_clmulepi64_si128(x3, k1k2, 0x00);
+        x8 = _mm_clmulepi64_si128(x4, k1k2, 0x00);
+        x1 = _mm_xor_si128(_mm_clmulepi64_si128(x1, k1k2, 0x11), x5);
+        x2 = _mm_xor_si128(_mm_clmulepi64_si128(x2, k1k2, 0x11), x6);
+        x3 = _mm_xor_si128(_mm_clmulepi64_si128(x3, k1k2, 0x11), x7);
+        x4 = _mm_xor_si128(_mm_clmulepi64_si128(x4, k1k2, 0x11), x8);
+        x1 = _mm_xor_si128(x1, _mm_loadu_si128((const __m128i *)p));
+        x2 = _mm_xor_si128(x2, _mm_loadu_si128((const __m128i *)(p + 16)));
+        x3 = _mm_xor_si128(x3, _mm_loadu_si128((const __m128i *)(p + 32)));
+        x4 = _mm_xor_si128(x4, _mm_loadu_si128((const __m128i *)(p + 48)));
+        p += 64;
+        n -= 64;
+    }
+    /* Four lanes into one, then the rest 16 bytes a step. */
+    x5 = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), x2), x5);
+    x5 = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), x3), x5);
+    x5 = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), x4), x5);
+    while (n >= 16) {
+        x5 = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+        x1 = _mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11),
+                           _mm_loadu_si128((const __m128i *)p));
+        x1 = _mm_xor_si128(x1, x5);
+        p += 16;
+        n -= 16;
+    }
+    /* 128 bits to 64, then Barrett's reduction to 32. */
+    x2 = _mm_clmulepi64_si128(x1, k3k4, 0x10);
+    x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), x2);
+    x2 = _mm_srli_si128(x1, 4);
+    x1 = _mm_and_si128(x1, mask);
+    x1 = _mm_xor_si128(_mm_clmulepi64_si128(x1, k5k0, 0x00), x2);
+    x2 = _mm_and_si128(x1, mask);
+    x2 = _mm_clmulepi64_si128(x2, poly, 0x10);
+    x2 = _mm_and_si128(x2, mask);
+    x2 = _mm_clmulepi64_si128(x2, poly, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+#endif
+
 static uint32_t crc_update(uint32_t crc, const unsigned char *p, Py_ssize_t n) {
     const uint32_t(*t)[256] = crc_table;
     crc = ~crc;
+#ifdef CRC_FOLDING
+    if (crc_clmul && n >= 64) {
+        Py_ssize_t folded = n & ~(Py_ssize_t)15;
+        crc = crc_fold(crc, p, folded);
+        p += folded;
+        n -= folded;
+    }
+#endif
     while (n >= 16) {
         uint32_t a = crc ^ le32(p), b = le32(p + 4), c = le32(p + 8), d = le32(p + 12);
         crc = t[15][a & 0xFF] ^ t[14][(a >> 8) & 0xFF] ^ t[13][(a >> 16) & 0xFF] ^ t[12][a >> 24] ^

@@ -1308,6 +1308,37 @@ def test_odd_levels_the_general_path_stored_enter_the_top_natively() -> None:
     assert native.feed.stats["X/Y"].checksums_ok == 12
 
 
+@needs_core
+def test_checksums_over_texts_of_every_length_match_zlib() -> None:
+    """The core takes a checksum's CRC 64 and 16 bytes a step by carry-less multiplication where
+    the processor has it, and the rest by table: books whose top-10 text runs from a few dozen
+    bytes to over a kilobyte stay valid natively, with the checksum ``zlib.crc32`` gives."""
+    asks = [[f"{21 + i}.0", "1"] for i in range(10)]
+    bids = [[f"{10 - i}.0", "1"] for i in range(10)]
+    snapshot = orjson.dumps([1, {"as": asks, "bs": bids}, "book-10", "X/Y"]).decode()
+    feed = BookFeed()
+    feed.on_message(orjson.loads(snapshot), 1)
+    book = feed.books[("X/Y", "book-10")]
+    texts = [snapshot]
+    lengths = set()
+    for i in range(400):
+        volume = "9" * (1 + (i * 37) % 400)
+        side, price = ("a", asks[i % 10][0]) if i % 2 else ("b", bids[(i // 2) % 10][0])
+        msg = [1, {side: [[price, volume, "1700000000.000000"]]}, "book-10", "X/Y"]
+        checksum = right_checksum(book, msg)
+        assert checksum is not None
+        msg[1]["c"] = str(checksum)  # type: ignore[index]
+        feed.on_message(msg, 2 + i)
+        texts.append(orjson.dumps(msg).decode())
+        lengths.add(len("".join(book.asks.top)))
+    assert book.valid
+    assert min(lengths) < 64 < 1000 < max(lengths)
+    lines = [record_line(1 + i, i, text) for i, text in enumerate(texts)]
+    native, python = drive_both(lines, [("X/Y", "book-10")], (1, 3), strict=True)
+    assert native.handed_back == python.handed_back == [0]
+    assert native.feed.stats["X/Y"].checksums_ok == 400
+
+
 # -- Kraken v2 lines ------------------------------------------------------------------------------
 
 V2_PAIRS = {"BTC/USD": 10, "DOGE/USD": 25}
