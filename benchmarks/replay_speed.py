@@ -18,23 +18,26 @@ heartbeats and a flush every second, about 1,000 frames a second (exponential ga
 - for the ``apis`` table: ``single`` with ``--api-frames`` updates at depths 10, 100 and 1000,
   each once as Kraken v1 frames and once as v2 frames of the same market (BTC/USD).
 
-Then prints, as the median of ``--repeat`` runs, frames per second of: the end-to-end replay
-(segments -> books with every checksum verified -> 1 s snapshots -> Parquet), the book alone
-(decode + ``BookFeed``), the parse floor (zstd + line split + ``orjson.loads``, no book) and a
+Then prints, as the median of ``--repeat`` runs, frames per CPU second of: the end-to-end
+replay (segments -> books with every checksum verified -> 1 s snapshots -> Parquet) side by
+side with the parse floor (zstd + line split + ``orjson.loads``, no book): ``--repeat`` rounds,
+each of the floor and three replays, each in a child process measured alike (CPU seconds of
+that process after its imports), with the median of each round's ratio to its floor. The
+replays: a first run over a copy of ``single`` whose segments end with the recorder's survey
+trailers, as ``kbook record`` writes them (the headline figure), a run after it (facts from the
+survey cache) and a first run over the benchmark's own segments, which have no trailer (the
+survey decompresses and scans each). Then the book alone (decode + ``BookFeed``) and a
 deliberately naive book (dicts, ``sorted()`` per checksum, ``Decimal``, stdlib ``json``); the
-peak RSS of a replay (in a child process); the recorder's writing cost; and the speed-up of
-``workers=2`` over ``workers=1``; and the ``apis`` table: end to end, ``kbook verify``
-(``verify_paths``) and peak RSS for v1 and v2 side by side at each depth, with the ratios v2/v1
-and verify/end to end; and ``events``: the grid replay beside the deltas and the on-change
-snapshots (``--format deltas``, ``--every change``, which run on the Python path); and
-``stages``: where an end-to-end replay's CPU goes (the core, replay's reading, the survey, the
-grid rows and Parquet, the rest), timed directly in this process; and
-``survey``: the survey's CPU time with an empty survey cache, with a filled one, and over a copy
-whose segments end with the recorder's trailers, and the end to end replay of each. Every
-replay but the ``survey`` line's warm ones starts with an empty survey cache, as a first run
-does. Not a test:
-figures drift 15-30% between runs on a shared machine, so compare the ratios printed within one
-run.
+peak RSS of a replay; the recorder's writing cost; the speed-up of ``workers=2`` over
+``workers=1``; and the ``apis`` table: end to end, ``kbook verify`` (``verify_paths``) and peak
+RSS for v1 and v2 side by side at each depth, with the ratios v2/v1 and verify/end to end;
+``events``: the grid replay beside the deltas and the on-change snapshots (``--format deltas``,
+``--every change``, which run on the Python path); ``stages``: where a first end-to-end
+replay's CPU goes (the survey, replay's reading, the core, the grid rows and Parquet, the rest),
+timed inside one replay in this process, over the segments with trailers and over those
+without; and ``survey``: the survey's CPU time with an empty survey cache, with a filled one,
+and over the copy with trailers. Not a test: figures drift 15-30% between runs on a shared
+machine, so compare the ratios printed within one run.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
-import zstandard
+from parse_floor import chunks
 
 from kbook.api import URLS, Api
 from kbook.feed import BookFeed
@@ -254,30 +257,6 @@ def segments_of(raw: Path) -> list[Path]:
 # -- what is measured -----------------------------------------------------------------------------
 
 
-def chunks(path: Path) -> Iterator[list[bytes]]:
-    """Decompressed lines of a segment, a read buffer at a time (the floor's reader)."""
-    decompressor = zstandard.ZstdDecompressor()
-    with open(path, "rb") as fh:
-        reader = decompressor.stream_reader(fh, read_across_frames=True)
-        tail = b""
-        while block := reader.read(1 << 16):
-            lines = (tail + block).split(b"\n")
-            tail = lines.pop()
-            yield lines
-
-
-def parse_floor(raw: Path) -> int:
-    """zstd + line split + orjson.loads of every line; returns the lines parsed."""
-    loads = orjson.loads
-    count = 0
-    for path in segments_of(raw):
-        for lines in chunks(path):
-            for line in lines:
-                loads(line)
-            count += len(lines)
-    return count
-
-
 def book_only(raw: Path) -> int:
     """Decode + ``BookFeed.on_message`` (as ``kbook verify`` does); returns the book frames."""
     feed = BookFeed()
@@ -324,24 +303,28 @@ def verify_rate(raw: Path) -> int:
 
 
 def stage_times(raw: Path, out: Path, repeat: int) -> dict[str, float]:
-    """Median CPU seconds of an end-to-end replay in this process and of its stages: the core's
+    """Median CPU seconds of a first end-to-end replay in this process (an empty survey cache)
+    and of its stages, each timed where the replay spends it by a wrapper put on it for the run:
+    the survey (``cached_surveys`` as replay calls it: the cache, the trailers or the scan),
+    replay's reading (inside ``SegmentReader.batches``: zstd + line split), the core's
     ``LineFeed.run`` calls, the grid rows (``PairSampler.catch_up``, with the Parquet writes it
-    makes) and the Parquet writes alone, timed by wrappers put on those methods for the run;
-    the survey (``survey_segment`` of each segment) and replay's reading (``SegmentReader``'s
-    batches: zstd + line split) timed alone. No profiler: one adds a cost per Python call."""
+    makes) and the Parquet writes alone. No profiler: one adds a cost per Python call."""
     import replay
+    import replay.api
     from kbook.lines import LineFeed
+    from kbook.segment import SegmentReader
     from replay.parquet import DatasetWriter
     from replay.sampler import PairSampler
-    from replay.survey import survey_segment
 
-    spent = dict.fromkeys(("core", "rows", "parquet"), 0.0)
-    wrapped: tuple[tuple[type, str, str], ...] = (
+    spent = dict.fromkeys(("survey", "read", "core", "rows", "parquet"), 0.0)
+    wrapped: tuple[tuple[Any, str, str], ...] = (
+        (replay.api, "cached_surveys", "survey"),
         (LineFeed, "run", "core"),
         (PairSampler, "catch_up", "rows"),
         (DatasetWriter, "write", "parquet"),
     )
-    originals = [(cls, name, getattr(cls, name)) for cls, name, _ in wrapped]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in wrapped]
+    originals.append((SegmentReader, "batches", SegmentReader.batches))
 
     def timed(method: Callable[..., Any], stage: str) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -353,50 +336,60 @@ def stage_times(raw: Path, out: Path, repeat: int) -> dict[str, float]:
 
         return run
 
+    def timed_batches(method: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        def batches(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            items = method(*args, **kwargs)
+            while True:
+                started = time.process_time()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                finally:
+                    spent["read"] += time.process_time() - started
+                yield item
+
+        return batches
+
     runs: dict[str, list[float]] = {}
-    segments = segments_of(raw)
+    cache = out.parent / "stages.sqlite"
+    os.environ["KBOOK_SURVEY_CACHE"] = str(cache)
     try:
-        for cls, name, stage in wrapped:
-            setattr(cls, name, timed(getattr(cls, name), stage))
+        for owner, name, stage in wrapped:
+            setattr(owner, name, timed(getattr(owner, name), stage))
+        SegmentReader.batches = timed_batches(SegmentReader.batches)  # type: ignore[method-assign]
         for _ in range(repeat):
             spent.update(dict.fromkeys(spent, 0.0))
             shutil.rmtree(out, ignore_errors=True)
+            cache.unlink(missing_ok=True)
             started = time.process_time()
             replay.replay_to_dataset(raw, out, every="1s", workers=1)
             runs.setdefault("total", []).append(time.process_time() - started)
             for stage, seconds in spent.items():
                 runs.setdefault(stage, []).append(seconds)
-            started = time.process_time()
-            for path in segments:
-                survey_segment(path)
-            runs.setdefault("survey", []).append(time.process_time() - started)
-            started = time.process_time()
-            for path in segments:
-                for _ in SegmentReader(path).batches():
-                    pass
-            runs.setdefault("read", []).append(time.process_time() - started)
     finally:
-        for cls, name, method in originals:
-            setattr(cls, name, method)
+        del os.environ["KBOOK_SURVEY_CACHE"]
+        for owner, name, method in originals:
+            setattr(owner, name, method)
     return {stage: statistics.median(seconds) for stage, seconds in runs.items()}
 
 
-def print_stages(raw: Path, out: Path, repeat: int, frames: int) -> None:
+def print_stages(raw: Path, out: Path, repeat: int, frames: int, what: str) -> None:
     m = stage_times(raw, out, repeat)
     total = m["total"]
-    rest = total - m["core"] - m["read"] - m["survey"] - m["rows"]
+    rest = total - m["survey"] - m["read"] - m["core"] - m["rows"]
     print(
-        f"where end to end goes (one process, {frames:,} updates, {total:.2f} CPU s, "
-        f"median of {repeat}):"
+        f"where end to end goes (a first run in one process over {what}, {frames:,} updates, "
+        f"{total:.2f} CPU s, median of {repeat}):"
     )
-    for seconds, what in (
+    for seconds, stage in (
         (m["core"], "native core (LineFeed.run: parse, apply, checksum)"),
-        (m["read"], "replay's reading: zstd + line split (as the floor)"),
-        (m["survey"], "the survey: each segment decompressed and scanned a second time"),
+        (m["read"], "replay's reading: zstd + line split (as the floor's)"),
+        (m["survey"], "the survey (cache, trailers or a scan of each segment)"),
         (m["rows"], f"grid rows, Parquet included ({m['parquet']:.3f} s of Parquet writes)"),
         (rest, "the rest: lines handed back to the general path, plan, manifest"),
     ):
-        print(f"  {seconds:6.3f} s {seconds / total:6.1%}  {what}")
+        print(f"  {seconds:6.3f} s {seconds / total:6.1%}  {stage}")
 
 
 def apis_table(args: argparse.Namespace, work: Path) -> None:
@@ -534,6 +527,49 @@ def replay_in_child(
         env=os.environ | {"KBOOK_SURVEY_CACHE": str(cache)},
     )
     return json.loads(done.stdout)
+
+
+def floor_in_child(raw: Path) -> dict[str, Any]:
+    """The parse floor over ``raw`` in a fresh interpreter (``parse_floor.py``): its lines and
+    CPU seconds, imports left out, as ``replay_in_child`` measures a replay."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("parse_floor.py")), str(raw)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+SIDE_BY_SIDE = {
+    "trailers": "end to end, first run over segments as `kbook record` writes them (trailers)",
+    "cache": "end to end, a run after it (facts from the survey cache)",
+    "bare": "end to end, first run over segments without trailers (each surveyed by a scan)",
+}
+"""The end-to-end replays measured beside the parse floor, by name."""
+
+
+def side_by_side(single: Path, trailed: Path, work: Path, repeat: int) -> dict[str, Any]:
+    """``repeat`` rounds, each of the parse floor and the replays of ``SIDE_BY_SIDE`` in turn,
+    each in a child process (CPU seconds of that process alone, after its imports). Returns
+    per name the median rate (lines or frames per CPU second), the median over rounds of each
+    round's rate against that round's floor (so that the load of the shared machine, which
+    drifts over minutes, weighs on both sides of each ratio alike), and the runs."""
+    runs: dict[str, list[dict[str, Any]]] = {"floor": [], **{name: [] for name in SIDE_BY_SIDE}}
+    for _ in range(repeat):
+        runs["floor"].append(floor_in_child(single))
+        runs["trailers"].append(replay_in_child(trailed, work / "trailers", 1))
+        runs["cache"].append(replay_in_child(trailed, work / "trailers", 1, warm=True))
+        runs["bare"].append(replay_in_child(single, work / "bare", 1))
+    floors = [r["lines"] / r["cpu"] for r in runs["floor"]]
+    result: dict[str, Any] = {"floor": statistics.median(floors), "runs": runs}
+    for name in SIDE_BY_SIDE:
+        rates = [r["frames"] / r["cpu"] for r in runs[name]]
+        result[name] = statistics.median(rates)
+        result[name + "/floor"] = statistics.median(
+            rate / floor for rate, floor in zip(rates, floors, strict=True)
+        )
+    return result
 
 
 def with_trailers(raw: Path) -> Path:
@@ -690,38 +726,30 @@ def main() -> None:
         f"{len(MULTI)} pairs in {len(segments_of(multi))} segments"
     )
     work = Path(tempfile.mkdtemp(prefix="kbook-bench-out-"))
-    e2e = floor = trailed_e2e = None
+    e2e = floor = None
+    trailed = with_trailers(single)
     try:
         if "e2e" in wanted or "memory" in wanted:
-            runs = [replay_in_child(single, work / "e2e", 1) for _ in range(args.repeat)]
-            e2e = statistics.median(r["frames"] / r["cpu"] for r in runs)
-            wall = statistics.median(r["frames"] / r["seconds"] for r in runs)
-            rss = max(r["rss_kib"] for r in runs) / 1024
+            both = side_by_side(single, trailed, work / "e2e", args.repeat)
+            e2e, floor = both["trailers"], both["floor"]
             print(
-                f"end to end (1 worker, 1 s grid, Parquet): {e2e:,.0f} frames per CPU second "
-                f"({wall:,.0f} frames/s wall)"
+                f"side by side, {args.repeat} rounds of a parse floor then three replays (1 worker, "
+                "1 s grid, Parquet), each in a child process; medians of rates per CPU second of "
+                "that process after its imports, and of each round's ratio to its floor:"
             )
-            print(f"peak RSS of that replay: {rss:,.0f} MB")
+            print(f"  parse floor (zstd + split + orjson.loads): {floor:,.0f} lines/s")
+            for name, what in SIDE_BY_SIDE.items():
+                print(
+                    f"  {what}: {both[name]:,.0f} frames/s, {both[name + '/floor']:.2f}x the floor"
+                )
+            rss = max(r["rss_kib"] for name in SIDE_BY_SIDE for r in both["runs"][name]) / 1024
+            print(f"peak RSS of those replays: {rss:,.0f} MB")
         if "survey" in wanted:
-            trailed = with_trailers(single)
             cost = survey_cost(single, trailed, work / "survey.sqlite", args.repeat)
-            runs: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": [], "trailers": []}
-            for _ in range(args.repeat):  # alternate, so that load drifts hit all alike
-                for name in runs:
-                    raw = trailed if name == "trailers" else single
-                    runs[name].append(replay_in_child(raw, work / "survey", 1, warm=name == "warm"))
-            rate = {
-                name: statistics.median(r["frames"] / r["cpu"] for r in done)
-                for name, done in runs.items()
-            }
-            trailed_e2e = rate["trailers"]
             print(
-                f"survey of {len(segments_of(single))} segments: {cost['cold']:.3f} CPU s with "
-                f"an empty survey cache, {cost['warm']:.3f} s from the cache, "
-                f"{cost['trailers']:.3f} s from the recorder's trailers; end to end (frames "
-                f"per CPU second) {rate['cold']:,.0f} on a first run, {rate['warm']:,.0f} on a "
-                f"run after it ({rate['warm'] / rate['cold']:.2f}x), {rate['trailers']:,.0f} on "
-                f"a first run over segments with trailers ({rate['trailers'] / rate['cold']:.2f}x)"
+                f"survey of {len(segments_of(single))} segments (CPU s, medians): "
+                f"{cost['cold']:.3f} with an empty survey cache, {cost['warm']:.3f} from the "
+                f"cache, {cost['trailers']:.3f} from the recorder's trailers"
             )
         if "events" in wanted:
             rates = {}
@@ -737,7 +765,8 @@ def main() -> None:
         if "apis" in wanted:
             apis_table(args, work)
         if "stages" in wanted:
-            print_stages(single, work / "stages", args.repeat, args.frames)
+            for raw, what in ((trailed, "segments with trailers"), (single, "bare segments")):
+                print_stages(raw, work / "stages", args.repeat, args.frames, what)
         if "book" in wanted:
             rate, _ = median_rate(lambda: book_only(single), args.repeat)
             print(f"book alone (decode + BookFeed.on_message): {rate:,.0f} frames/s")
@@ -746,16 +775,10 @@ def main() -> None:
                 print(f"replay's hot path alone (raw lines -> LineFeed): {rate:,.0f} frames/s")
             except (ImportError, AttributeError):
                 print("replay's hot path alone: not in this version of kbook")
-        if "floor" in wanted:
-            floor, _ = median_rate(lambda: parse_floor(single), args.repeat)
+        if "floor" in wanted and floor is None:
+            runs = [floor_in_child(single) for _ in range(args.repeat)]
+            floor = statistics.median(r["lines"] / r["cpu"] for r in runs)
             print(f"parse floor (zstd + split + orjson.loads): {floor:,.0f} lines/s")
-            if e2e is not None:
-                print(f"  end to end / floor: {e2e / floor:.2f}")
-            if trailed_e2e is not None:
-                print(
-                    "  end to end, first run over segments with the recorder's trailers / floor: "
-                    f"{trailed_e2e / floor:.2f}"
-                )
         if "naive" in wanted:
             rate, n = median_rate(lambda: naive(single, args.naive_frames), 1)
             print(f"naive book (json, dict + sorted, Decimal), {n:,} frames: {rate:,.0f} frames/s")
