@@ -1144,8 +1144,21 @@ def watch(
     typer.echo(summary.line(), err=True)
 
 
+BLAS_THREADS = "OPENBLAS_NUM_THREADS"
+"""numpy's OpenBLAS starts a thread per core when numpy loads (pyarrow loads numpy), and each
+spins for a while waiting for work kbook never gives it: some 0.2 CPU s per process for
+nothing, in every worker too. kbook does no linear algebra."""
+
+
+def single_threaded_blas() -> None:
+    """Keep OpenBLAS to the calling thread in this process and the ones it starts (replay's
+    workers, Dask's), unless the user chose otherwise; before numpy loads, or it has no effect."""
+    os.environ.setdefault(BLAS_THREADS, "1")
+
+
 def main() -> None:
     """Console entry point: run the app, mapping kbook's errors to one-line messages."""
+    single_threaded_blas()
     try:
         # Outside standalone mode click returns the code of a ``typer.Exit`` instead of exiting.
         result = app(standalone_mode=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -208,3 +209,36 @@ def test_replay_has_help() -> None:
     assert done.returncode == 0
     for option in ("--pair", "--start", "--end", "--every", "--levels", "--out", "--force"):
         assert option in done.stdout
+
+
+BLAS_PROBE = """
+import os, sys
+sys.argv = ["kbook", "--version"]
+from kbook.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+import numpy  # as pyarrow loads it in a replay
+print(os.environ.get("OPENBLAS_NUM_THREADS"), len(os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("2", "2")])
+def test_kbook_keeps_openblas_to_its_own_thread_unless_told(
+    given: str | None, expected: str
+) -> None:
+    """numpy's OpenBLAS starts a thread per core when numpy loads, which spins for a while on
+    work kbook never gives it: the command line keeps it to the calling thread before anything
+    loads numpy (its workers inherit that), unless the user set the number."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", BLAS_PROBE], env=env, capture_output=True, text=True, timeout=60
+    )
+    setting, threads = done.stdout.split()[-2:]
+    assert setting == expected
+    if expected == "1":
+        assert threads == "1"
