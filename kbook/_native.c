@@ -229,14 +229,29 @@ static inline int plain_string(Cursor *c, Span *out) {
      * a control character, a byte past ASCII); each test below may also fire for a byte past
      * one that really is such, never miss one, and the loop after it decides byte by byte. */
     while (c->end - c->p >= 8) {
-        uint64_t w, quote, slash;
+        uint64_t w, quote, slash, stop;
         memcpy(&w, c->p, 8);
         quote = w ^ 0x2222222222222222u;
         slash = w ^ 0x5C5C5C5C5C5C5C5Cu;
-        if ((((quote - 0x0101010101010101u) & ~quote) | ((slash - 0x0101010101010101u) & ~slash) |
-             (w - 0x2020202020202020u) | w) &
-            0x8080808080808080u)
+        stop = (((quote - 0x0101010101010101u) & ~quote) | ((slash - 0x0101010101010101u) & ~slash) |
+                (w - 0x2020202020202020u) | w) &
+               0x8080808080808080u;
+        if (stop) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* A test fires wrongly only for a byte past one that really is such (a borrow runs
+             * towards the later bytes): the first byte flagged is the one that ends the string,
+             * or spoils it. */
+            c->p += __builtin_ctzll(stop) >> 3;
+            if (*c->p != '"')
+                return 0;
+            out->p = s;
+            out->n = c->p - s;
+            c->p++;
+            return 1;
+#else
             break;
+#endif
+        }
         c->p += 8;
     }
     while (c->p < c->end) {
@@ -373,20 +388,28 @@ static int skip_value(Cursor *c, int nesting) {
     return 0;
 }
 
+/* An integer as ``number`` takes it with no fraction and no exponent, its value read in the
+ * same pass. */
 static int int64_value(Cursor *c, int64_t *out) {
     skip_ws(c);
-    const char *s = c->p;
-    int integral;
-    if (!number(c, &integral) || !integral)
-        return 0;
-    int negative = *s == '-';
+    const char *p = c->p, *end = c->end, *s;
+    int negative = p < end && *p == '-';
     if (negative)
-        s++;
+        p++;
+    if (p >= end || !is_digit(*p))
+        return 0;
+    s = p;
     uint64_t v = 0;
-    for (; s < c->p; s++)
-        v = v * 10 + (uint64_t)(*s - '0'); /* at most 19 digits: no wrap in 64 bits */
+    if (*p == '0')
+        p++;
+    else
+        for (; p < end && is_digit(*p) && p - s < MAX_INT_DIGITS; p++)
+            v = v * 10 + (uint64_t)(*p - '0'); /* at most 19 digits: no wrap in 64 bits */
+    if (p < end && (is_digit(*p) || *p == '.' || *p == 'e' || *p == 'E'))
+        return 0; /* more digits than an int64 holds, or not an integer */
     if (v > (uint64_t)INT64_MAX)
         return 0;
+    c->p = p;
     *out = negative ? -(int64_t)v : (int64_t)v;
     return 1;
 }
@@ -756,11 +779,158 @@ static int msg_v2(Cursor *c, Line *line) {
     }
 }
 
+/* -- the recorder's own v1 lines, read in one pass ----------------------------------------------
+ *
+ * The recorder writes every line alike: ``{"recv_ns":N,"seq":N,"msg":[N,{...},"book-N","PAIR"]}``,
+ * no white space, keys in that order. fast_v1_line reads exactly that layout with fixed byte
+ * strings where the general parser below takes a key, a colon and white space at a time, and
+ * gives up (0) at the first byte of any other; parse_line then reads the line the general way.
+ * It accepts only text the general parser accepts, and fills the Line as that does. */
+
+/* The ``n`` bytes of ``text`` at the cursor, skipped. */
+static inline int literal(Cursor *c, const char *text, Py_ssize_t n) {
+    if (c->end - c->p < n || memcmp(c->p, text, n))
+        return 0;
+    c->p += n;
+    return 1;
+}
+
+/* 1 to 19 digits, without a leading zero unless the only one, and no digit after them. */
+static inline int plain_digits(Cursor *c, uint64_t *out) {
+    const char *p = c->p, *s = p;
+    uint64_t v = 0;
+    for (; p < c->end && is_digit(*p) && p - s < MAX_INT_DIGITS; p++)
+        v = v * 10 + (uint64_t)(*p - '0'); /* at most 19 digits: no wrap in 64 bits */
+    if (p == s || (*s == '0' && p - s > 1) || (p < c->end && is_digit(*p)))
+        return 0;
+    c->p = p;
+    *out = v;
+    return 1;
+}
+
+static inline int next_is(const Cursor *c, char ch) { return c->p < c->end && *c->p == ch; }
+
+/* levels_value's ``[[price, volume, time, ...], ...]``, every item a plain string. */
+static int fast_levels(Cursor *c, Line *line, Group *group) {
+    if (!literal(c, "[", 1))
+        return 0;
+    group->used = 1;
+    group->start = line->nlevels;
+    group->count = 0;
+    if (literal(c, "]", 1))
+        return 1;
+    for (;;) {
+        if (line->nlevels >= MAX_LEVELS || !literal(c, "[", 1))
+            return 0;
+        Level *level = &line->levels[line->nlevels++];
+        group->count++;
+        if (!plain_string(c, &level->price) || !literal(c, ",", 1) ||
+            !plain_string(c, &level->volume))
+            return 0;
+        if (literal(c, ",", 1)) { /* the level's time */
+            Span stamp;
+            if (!plain_string(c, &stamp))
+                return 0;
+            if (line->want_exch) {
+                int64_t ns = seconds_ns(stamp);
+                if (ns > line->exch_ns)
+                    line->exch_ns = ns;
+            }
+        }
+        while (literal(c, ",", 1)) { /* anything after it ("r"), as skip_value would */
+            Span more;
+            if (!plain_string(c, &more))
+                return 0;
+        }
+        if (!literal(c, "]", 1))
+            return 0;
+        int zero = 1;
+        for (Py_ssize_t i = 0; i < level->volume.n; i++) {
+            char ch = level->volume.p[i];
+            if (ch >= '1' && ch <= '9')
+                zero = 0;
+            else if (ch != '0' && ch != '.')
+                return 0;
+        }
+        level->zero = zero;
+        if (literal(c, ",", 1))
+            continue;
+        return literal(c, "]", 1);
+    }
+}
+
+/* dict_value's book data object, its keys ``a``, ``b`` and ``c`` only. */
+static int fast_dict(Cursor *c, Line *line, Dict *dict) {
+    memset(dict, 0, sizeof(*dict));
+    if (!literal(c, "{", 1))
+        return 0;
+    if (literal(c, "}", 1))
+        return 1;
+    for (;;) {
+        if (c->end - c->p < 4 || c->p[0] != '"' || c->p[2] != '"' || c->p[3] != ':')
+            return 0;
+        char key = c->p[1];
+        c->p += 4;
+        if (key == 'a') {
+            if (dict->a.used || !fast_levels(c, line, &dict->a))
+                return 0;
+        } else if (key == 'b') {
+            if (dict->b.used || !fast_levels(c, line, &dict->b))
+                return 0;
+        } else if (key == 'c') {
+            Span text;
+            if (dict->has_c || !plain_string(c, &text) || text.n < 1 || text.n > 19)
+                return 0;
+            dict->has_c = 1;
+            uint64_t v = 0;
+            for (Py_ssize_t i = 0; i < text.n; i++) {
+                if (!is_digit(text.p[i]))
+                    return 0;
+                v = v * 10 + (uint64_t)(text.p[i] - '0');
+            }
+            dict->c = v;
+        } else {
+            return 0;
+        }
+        if (literal(c, ",", 1))
+            continue;
+        return literal(c, "}", 1);
+    }
+}
+
+static int fast_v1_line(const char *text, Py_ssize_t n, Line *line) {
+    Cursor c = {text, text + n};
+    uint64_t recv_ns, number;
+    line->nlevels = 0;
+    line->exch_ns = -1;
+    line->ndicts = 0;
+    if (!literal(&c, "{\"recv_ns\":", 11) || !plain_digits(&c, &recv_ns) ||
+        recv_ns > (uint64_t)INT64_MAX || !literal(&c, ",\"seq\":", 7) ||
+        !plain_digits(&c, &number) || !literal(&c, ",\"msg\":[", 8) ||
+        !plain_digits(&c, &number))
+        return 0;
+    line->recv_ns = (int64_t)recv_ns;
+    if (!literal(&c, ",", 1))
+        return 0;
+    while (next_is(&c, '{')) { /* each object, and the comma after it */
+        if (line->ndicts == 2 || !fast_dict(&c, line, &line->dicts[line->ndicts]) ||
+            !literal(&c, ",", 1))
+            return 0;
+        line->ndicts++;
+    }
+    if (line->ndicts == 0 || !plain_string(&c, &line->channel) || !literal(&c, ",", 1) ||
+        !plain_string(&c, &line->pair) || !literal(&c, "]}", 2))
+        return 0;
+    return c.p == c.end;
+}
+
 /* ``{"recv_ns": int, "msg": ..., ...}`` and nothing after it; ``msg`` a v1 array or, with
  * ``v2``, a v2 object. */
 static int parse_line(const char *text, Py_ssize_t n, Line *line, int v2) {
     Cursor c = {text, text + n};
     int seen_recv = 0, seen_msg = 0;
+    if (!v2 && fast_v1_line(text, n, line))
+        return 1;
     line->nlevels = 0;
     line->exch_ns = -1;
     if (!expect(&c, '{'))
