@@ -487,6 +487,8 @@ def naive(raw: Path, limit: int) -> int:
 
 CHILD = """
 import json, resource, sys, time
+from kbook.cli import single_threaded_blas
+single_threaded_blas()  # as `kbook replay` runs
 import replay
 def cpu(who=resource.RUSAGE_SELF):
     usage = resource.getrusage(who)
