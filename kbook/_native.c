@@ -1436,13 +1436,12 @@ static int price_key(Span price, int64_t scale, int64_t sign, int64_t *out) {
 
 /* ``text.replace(".", "").lstrip("0")`` of ASCII or UTF-8 bytes, appended at *at. */
 static Py_ssize_t piece_into(char *at, const char *p, Py_ssize_t n) {
-    Py_ssize_t w = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        char ch = p[i];
-        if (ch == '.' || (ch == '0' && w == 0))
-            continue;
-        at[w++] = ch;
-    }
+    Py_ssize_t i = 0, w = 0;
+    while (i < n && (p[i] == '0' || p[i] == '.')) /* the zeros that lead once dots are gone */
+        i++;
+    for (; i < n; i++)
+        if (p[i] != '.')
+            at[w++] = p[i];
     return w;
 }
 
