@@ -81,9 +81,10 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t crc_fold(uint32_t crc,
     const __m128i k5k0 = _mm_set_epi64x(0, 0x0163cd6124);
     const __m128i poly = _mm_set_epi64x(0x01f7011641, 0x01db710641);
     const __m128i mask = _mm_setr_epi32(~0, 0, ~0, 0);
-    __m128i x1 = _mm_loadu_si128((const __m128i *)p), x2 = _mm_loadu_si128((const __m128i *)(p + 16)),
-            x3 = _mm_loadu_si128((const __m128i *)(p + 32)),
-            x4 = _mm_loadu_si128((const __m128i *)(p + 48)), x5;
+    __m128i x1 = _mm_loadu_si128((const __m128i *)p);
+    __m128i x2 = _mm_loadu_si128((const __m128i *)(p + 16));
+    __m128i x3 = _mm_loadu_si128((const __m128i *)(p + 32));
+    __m128i x4 = _mm_loadu_si128((const __m128i *)(p + 48)), x5;
     x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
     p += 64;
     n -= 64;
@@ -233,8 +234,8 @@ static inline int plain_string(Cursor *c, Span *out) {
         memcpy(&w, c->p, 8);
         quote = w ^ 0x2222222222222222u;
         slash = w ^ 0x5C5C5C5C5C5C5C5Cu;
-        stop = (((quote - 0x0101010101010101u) & ~quote) | ((slash - 0x0101010101010101u) & ~slash) |
-                (w - 0x2020202020202020u) | w) &
+        stop = (((quote - 0x0101010101010101u) & ~quote) |
+                ((slash - 0x0101010101010101u) & ~slash) | (w - 0x2020202020202020u) | w) &
                0x8080808080808080u;
         if (stop) {
 #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
