@@ -1613,46 +1613,62 @@ static int apply_level(Side *side, const Level *level, int64_t key) {
     if (price == NULL && (price = ascii_str(level->price)) == NULL)
         goto done;
     PyObject *volume = ascii_str(level->volume);
-    PyObject *pair = volume ? PyTuple_New(2) : NULL;
-    if (pair == NULL) {
+    if (volume == NULL) {
         Py_DECREF(price);
-        Py_XDECREF(volume);
         goto done;
     }
-    PyTuple_SET_ITEM(pair, 0, price);
-    PyTuple_SET_ITEM(pair, 1, volume);
-    /* Two str can make no reference cycle: the collector need never visit the level (CPython
-     * untracks such tuples itself, but only once a collection has visited them). */
-    PyObject_GC_UnTrack(pair);
+    PyObject *pair = NULL; /* a new level for the dict, or NULL: the old one changed in place */
+    if (old != NULL && PyTuple_CheckExact(old) && PyTuple_GET_SIZE(old) == 2 &&
+        Py_REFCNT(old) == 1) {
+        /* Only the side's dict holds the level: it takes the new text in place (as CPython's
+         * own iterators reuse a result tuple no one else holds), which no reader can tell from
+         * a new tuple; a level someone holds (a row being built) is replaced instead. */
+        PyObject *was_price = PyTuple_GET_ITEM(old, 0), *was_volume = PyTuple_GET_ITEM(old, 1);
+        PyTuple_SET_ITEM(old, 0, price);
+        PyTuple_SET_ITEM(old, 1, volume);
+        Py_DECREF(was_price);
+        Py_DECREF(was_volume);
+    } else {
+        if ((pair = PyTuple_New(2)) == NULL) {
+            Py_DECREF(price);
+            Py_DECREF(volume);
+            goto done;
+        }
+        PyTuple_SET_ITEM(pair, 0, price);
+        PyTuple_SET_ITEM(pair, 1, volume);
+        /* Two str can make no reference cycle: the collector need never visit the level
+         * (CPython untracks such tuples itself, but only once a collection has visited them). */
+        PyObject_GC_UnTrack(pair);
+    }
     if (index < CHECKSUM_LEVELS) {
         Text *slot;
         if (old != NULL) {
             if (index >= side->ntop) {
-                Py_DECREF(pair);
+                Py_XDECREF(pair);
                 out_of_step();
                 goto done;
             }
             slot = &side->slots[index];
             side->top_changed = 1;
         } else if (PyList_Insert(keys, index, k) < 0 || !mirror_insert(side, index, key)) {
-            Py_DECREF(pair);
+            Py_XDECREF(pair);
             goto done;
         } else {
             slot = insert_slot(side, index);
         }
         if (!fill_slot(slot, level->price, level->volume)) {
-            Py_DECREF(pair);
+            Py_XDECREF(pair);
             goto done;
         }
         side->dirty = 1;
         side->dirty_changed = 1;
     } else if (old == NULL &&
                (PyList_Insert(keys, index, k) < 0 || !mirror_insert(side, index, key))) {
-        Py_DECREF(pair);
+        Py_XDECREF(pair);
         goto done;
     }
-    ok = PyDict_SetItem(levels, k, pair) == 0;
-    Py_DECREF(pair);
+    ok = pair == NULL || PyDict_SetItem(levels, k, pair) == 0;
+    Py_XDECREF(pair);
 done:
     Py_DECREF(k);
     return ok;

@@ -1339,6 +1339,33 @@ def test_checksums_over_texts_of_every_length_match_zlib() -> None:
     assert native.feed.stats["X/Y"].checksums_ok == 400
 
 
+@needs_core
+def test_a_level_someone_holds_is_replaced_not_changed() -> None:
+    """The core gives a level its new text in place only when the side's dict alone holds its
+    tuple; a tuple a reader holds (a row being built, ``top_asks``' list) keeps its text."""
+    asks = [[f"{21 + i}.0", "1.5"] for i in range(10)]
+    bids = [[f"{10 - i}.0", "1.5"] for i in range(10)]
+    snapshot = orjson.dumps([1, {"as": asks, "bs": bids}, "book-10", "X/Y"]).decode()
+    feed = BookFeed()
+    feed.on_message(orjson.loads(snapshot), 1)
+    book = feed.books[("X/Y", "book-10")]
+    held = book.top_asks(1)
+    reference = copy.deepcopy(book)  # where each update's checksum comes from
+    lines = []
+    for seq, side, level in ((1, "a", ["21.0", "2.5"]), (2, "b", ["10.0", "3.5"])):
+        msg = [1, {side: [level]}, "book-10", "X/Y"]
+        msg[1]["c"] = str(right_checksum(reference, msg))  # type: ignore[index]
+        reference.apply_side(reference.asks if side == "a" else reference.bids, [level])
+        lines.append(record_line(2 + seq, seq, orjson.dumps(msg).decode()))
+    fast = LineFeed(feed, native=True)
+    fast.follow("X/Y", "book-10")
+    assert fast.run(lines, 0) == 2
+    assert book.valid
+    assert held == [("21.0", "1.5")]
+    assert book.top_asks(1) == [("21.0", "2.5")]
+    assert book.top_bids(1) == [("10.0", "3.5")]
+
+
 # -- Kraken v2 lines ------------------------------------------------------------------------------
 
 V2_PAIRS = {"BTC/USD": 10, "DOGE/USD": 25}
