@@ -72,7 +72,7 @@ from replay.parquet import (
 )
 from replay.plan import Stream, plan_streams, plan_tasks
 from replay.sampler import PairSummary
-from replay.survey import SegmentInfo, survey_segments
+from replay.survey import SegmentInfo, survey_segments, trailer_survey
 from replay.survey_cache import cached_surveys
 from replay.tasks import Rows, read_spool, run_tasks
 from replay.timeline import SourceRows, merge
@@ -620,6 +620,7 @@ def _run_local(
     # segments (16 MB by default, half a second of replay with the native core) this process
     # alone is as fast.
     workers = options.workers if engine == "dask" or total > options.task_bytes else 1
+    # kbook's own LocalCluster starts in the background while this process surveys and plans.
     with open_executor(engine, workers, scheduler) as executor:
         infos = _survey(segments, executor, known)
         streams = plan_streams(infos, options)
@@ -705,14 +706,24 @@ def _survey(
 ) -> list[SegmentInfo]:
     """Survey each segment (``known`` ones were surveyed before, by an ``--update``'s
     manifest; others may be in the survey cache, ``replay.survey_cache``); on a pool or
-    cluster, in a few batches per worker."""
+    cluster, in a few batches per worker.
+
+    While kbook's own ``LocalCluster`` starts (``Executor.starting``), the segments that end
+    with the recorder's trailer are surveyed here, two small reads each, hiding the cluster's
+    start rather than waiting for it; only those that must be scanned go to its workers."""
 
     def survey(todo: list[SegmentPath]) -> list[SegmentInfo]:
-        size = max(1, -(-len(todo) // (SURVEY_BATCHES * executor.slots)))
-        batches = [todo[first : first + size] for first in range(0, len(todo), size)]
+        here: dict[SegmentPath, SegmentInfo] = {}
+        if executor.starting is not None:
+            here = {path: info for path in todo if (info := trailer_survey(path)) is not None}
+        scans = [path for path in todo if path not in here]
+        size = max(1, -(-len(scans) // (SURVEY_BATCHES * executor.slots))) if scans else 1
+        batches = [scans[first : first + size] for first in range(0, len(scans), size)]
         found: dict[int, list[SegmentInfo]] = {}
         executor.run(survey_segments, batches, found.__setitem__, _describe_survey)
-        return [info for index in range(len(batches)) for info in found[index]]
+        scanned = [info for index in range(len(batches)) for info in found[index]]
+        here.update(zip(scans, scanned, strict=True))
+        return [here[path] for path in todo]
 
     return cached_surveys(segments, survey, known)
 

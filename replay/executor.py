@@ -10,6 +10,11 @@ several: a ``concurrent.futures.ProcessPoolExecutor`` of ``workers`` fresh inter
 (``spawn``: a worker shares no state with this process). ``dask``: a ``distributed.Client`` on a
 ``LocalCluster`` of ``workers`` processes (one thread each, no dashboard, on 127.0.0.1), or on the cluster
 whose scheduler is ``scheduler`` (``tcp://host:8786``); each task is submitted with one retry.
+
+A ``LocalCluster`` costs about a second of wall time to start (a process per worker, each
+importing Dask, then kbook and pyarrow): it starts in the background (``Executor.starting``)
+while this process finds, surveys and plans, and its workers import what a task needs as they
+start (this module is their ``preload``, ``WORKER_CONFIG``), not on their first task.
 A task that fails (raises, or its worker dies) on a pool, or fails twice on Dask, stops the run
 with a ``TaskError`` naming it (``describe``); errors of kbook's own (a ``KbookError``: a bad
 file, too many rows) pass as they are. The tasks not started are cancelled, and the caller
@@ -28,8 +33,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 
 from kbook.errors import KbookError, TaskError, UsageError
@@ -44,6 +49,7 @@ WORKER_CONFIG: dict[str, Any] = {
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
     "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None},
+    "distributed.worker.preload": ["replay.executor"],
 }
 """Dask settings of the workers of kbook's ``LocalCluster``: what made a task 1.2-1.6x slower
 on a worker than in one process (measured task by task: CPU time and wall time inside the task).
@@ -64,6 +70,10 @@ objects. Left unset, the worker allocates as this process does (unless this proc
 environment sets it: Dask's nannies put it there, so a cluster with Dask's settings started
 earlier in this process leaves it behind).
 
+The ``preload`` has each worker import this module as it starts, before it joins the cluster:
+with it ``replay`` (the engine, the native core, pyarrow: what unpickling a task would import),
+some 0.4 s of CPU that the first task would otherwise wait for while the cluster is already up.
+
 A cluster started elsewhere (``--scheduler``) runs with its own settings: see README, On a
 cluster, for the same settings in a Dask config file."""
 
@@ -82,20 +92,34 @@ def parse_engine(engine: str, scheduler: str | None = None) -> str:
 
 class Executor:
     """Runs tasks here (no ``pool``, no ``client``), on a process ``pool``, or on a Dask
-    ``client`` (see the module docstring)."""
+    ``client``, given or still ``starting`` (see the module docstring)."""
 
     def __init__(
-        self, pool: ProcessPoolExecutor | None = None, client: Any = None, workers: int = 1
+        self,
+        pool: ProcessPoolExecutor | None = None,
+        client: Any = None,
+        workers: int = 1,
+        starting: Future[Any] | None = None,
     ) -> None:
         self.pool = pool
-        self.client = client
+        self._client = client
         self.workers = workers
         """The pool's size."""
+        self.starting = starting
+        """The client of kbook's own ``LocalCluster``, started in the background for this run
+        (None for a pool, or a cluster started elsewhere)."""
+
+    @property
+    def client(self) -> Any:
+        """The Dask client (None without Dask); waits for a ``LocalCluster`` still starting."""
+        if self._client is None and self.starting is not None:
+            self._client = self.starting.result()
+        return self._client
 
     @property
     def inline(self) -> bool:
         """True when tasks run in this process, one after another."""
-        return self.pool is None and self.client is None
+        return self.pool is None and self._client is None and self.starting is None
 
     @property
     def slots(self) -> int:
@@ -111,7 +135,10 @@ class Executor:
         done: Callable[[int, Result], None],
         describe: Callable[[Item], str],
     ) -> None:
-        """``fn`` on every item; ``done(index, result)`` here for each, as results come."""
+        """``fn`` on every item; ``done(index, result)`` here for each, as results come (none:
+        a cluster still starting is not waited for)."""
+        if not items:
+            return
         if self.inline:
             for index, item in enumerate(items):
                 done(index, fn(item))
@@ -179,27 +206,45 @@ def open_executor(engine: str, workers: int, scheduler: str | None = None) -> It
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             yield Executor(pool=pool, workers=workers)
         return
-    with _dask_client(workers, scheduler) as client:
-        yield Executor(client=client)
-
-
-@contextmanager
-def _dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
     try:
-        import dask
-        from distributed import Client, LocalCluster
+        import distributed  # noqa: F401 - here, to say what to install before anything starts
     except ImportError:
         raise UsageError(
             "--engine dask needs Dask distributed: pip install 'kbook[dask]'"
         ) from None
     if scheduler is not None:
-        try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise UsageError(f"--scheduler {scheduler}: cannot reach it ({exc})") from None
-        with client:
-            yield client
+        with _join_cluster(scheduler) as client:
+            yield Executor(client=client)
         return
+    with ThreadPoolExecutor(1, thread_name_prefix="kbook-cluster") as starter, ExitStack() as stop:
+        starting = starter.submit(_start_local_cluster, workers, stop)
+        try:
+            yield Executor(starting=starting)
+        finally:
+            # A run that ended before it needed the cluster (an error in the plan, a signal)
+            # waits for it to be up, to stop it: ``stop`` then closes what it opened.
+            starting.exception()
+
+
+@contextmanager
+def _join_cluster(scheduler: str) -> Iterator[Any]:
+    """A client of the cluster whose scheduler is at ``scheduler``."""
+    from distributed import Client
+
+    try:
+        client = Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise UsageError(f"--scheduler {scheduler}: cannot reach it ({exc})") from None
+    with client:
+        yield client
+
+
+def _start_local_cluster(workers: int, stop: ExitStack) -> Any:
+    """A client of a new ``LocalCluster`` of ``workers`` (run in the background: see the module
+    docstring); ``stop`` closes both."""
+    import dask
+    from distributed import Client, LocalCluster
+
     # On the loopback interface only, its HTTP server (health, metrics) on a free port rather
     # than 8787; its nannies' warnings (a worker restarted after a crash or a signal) and the
     # errors of connections it closes while a replay stopped by a signal tears it down would be
@@ -215,5 +260,7 @@ def _dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.CRITICAL,
         )
-    with cluster, Client(cluster) as client:
-        yield client
+    stop.callback(cluster.close)
+    client = Client(cluster)
+    stop.callback(client.close)  # not ``with client``: that is for the thread that entered it
+    return client

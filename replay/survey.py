@@ -41,6 +41,7 @@ __all__ = [
     "scan_segment",
     "survey_segment",
     "survey_segments",
+    "trailer_survey",
 ]
 
 _CHUNK = 1 << 20
@@ -55,14 +56,20 @@ def survey_segment(path: SegmentPath) -> SegmentInfo:
     """Survey one segment: the facts its trailer holds (the recorder wrote them as it closed it,
     ``kbook.segment.read_trailer``), else those the scan of its text finds (a damaged tail is
     tolerated here; the replay reports it)."""
+    info = trailer_survey(path)
+    return info if info is not None else scan_segment(path)
+
+
+def trailer_survey(path: SegmentPath) -> SegmentInfo | None:
+    """The facts the segment's trailer holds, or None when it has none to believe (the segment
+    must then be scanned): two small reads of its end."""
     size = path.stat().st_size
     trailer = read_trailer(path)
-    if trailer is not None:
-        with contextlib.suppress(orjson.JSONDecodeError):
-            info = facts_info(path, size, orjson.loads(trailer))
-            if info is not None:
-                return info
-    return scan_segment(path)
+    if trailer is None:
+        return None
+    with contextlib.suppress(orjson.JSONDecodeError):
+        return facts_info(path, size, orjson.loads(trailer))
+    return None
 
 
 def scan_segment(path: SegmentPath) -> SegmentInfo:

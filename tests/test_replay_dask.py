@@ -1,7 +1,8 @@
 """Replay on Dask: the work runs on a LocalCluster of real worker processes and the dataset is
 the very bytes a replay in this process writes, S3 to S3 included; a worker that dies mid-run
-changes nothing; a task that kills its worker every time fails the replay, named, unpublished.
-A cluster of processes takes seconds to start: those tests are slow ones."""
+changes nothing; a task that kills its worker every time fails the replay, named, unpublished;
+kbook's own cluster starts while this process surveys, and its workers are ready for a task
+when it is up. A cluster of processes takes seconds to start: those tests are slow ones."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow.fs as pafs
 import pytest
 from perf_support import write_recording
@@ -24,9 +26,11 @@ from replay_support import SynthMarket, write_frames
 from s3_support import BUCKET, S3Server, aws_env, s3_server
 
 import replay
+from kbook.dialect import segment_dialect
 from kbook.errors import TaskError, UsageError
-from kbook.segment import find_segments, segment_path
+from kbook.segment import SegmentReader, SegmentWriter, find_segments, read_trailer, segment_path
 from kbook.storage import ObjectSegment, open_location
+from kbook.survey_scan import facts_json
 from kbook.units import SECOND
 from replay.api import Run, _replay_to_remote
 from replay.executor import open_executor
@@ -251,6 +255,10 @@ def test_a_task_that_fails_twice_is_named_and_nothing_is_published(
             )
     finally:
         (sabotage / "always").unlink()
+        with distributed.Client(address) as client:
+            # Its nannies restart the workers now, not during a later test: a nanny with Dask's
+            # settings puts MALLOC_TRIM_THRESHOLD_ into this process's environment as it does.
+            client.wait_for_workers(2, timeout=60)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -283,6 +291,75 @@ def test_kbooks_cluster_workers_leave_the_replay_the_gil_and_the_allocator_as_on
     trim, profiler, tick, memory, system = found
     assert (trim, profiler) == (None, False)
     assert min(tick, memory, system) >= 1.0
+
+
+@pytest.mark.slow
+def test_kbooks_cluster_workers_import_the_replay_as_they_start() -> None:
+    """Before any task, each worker holds what a task needs (the engine, the native core,
+    pyarrow's Parquet writer), as this process does: its first task does not wait for them."""
+
+    def loaded() -> list[str]:
+        names = ("replay.tasks", "replay.engine", "kbook._native", "pyarrow.parquet")
+        return [name for name in names if name in sys.modules]
+
+    assert "replay.tasks" in loaded()
+    with open_executor("dask", 1) as executor:
+        (found,) = executor.client.run(loaded).values()
+    assert found == loaded()
+
+
+SEEN_KEYS = """
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+
+class SeenKeys(SchedulerPlugin):
+    def update_graph(self, scheduler, *, keys, **kwargs):
+        with open({path!r}, "a") as out:
+            out.writelines(f"{{key}}\\n" for key in keys)
+
+
+def dask_setup(scheduler):
+    scheduler.add_plugin(SeenKeys())
+"""
+"""A scheduler preload that notes the key of every task submitted to it."""
+
+
+@pytest.mark.slow
+def test_segments_with_trailers_are_surveyed_here_while_the_cluster_starts(
+    raw: Path, tmp_path: Path
+) -> None:
+    """No survey task reaches kbook's own LocalCluster when every segment ends with the
+    recorder's trailer: this process reads them while the cluster starts. Same bytes."""
+    copy = with_trailers(raw, tmp_path / "raw")
+    seen = tmp_path / "keys.txt"
+    preload = tmp_path / "seen_keys.py"
+    preload.write_text(SEEN_KEYS.format(path=str(seen)))
+    with dask.config.set({"distributed.scheduler.preload": [str(preload)]}):
+        replay.replay_to_dataset(copy, tmp_path / "dask", levels=5, engine="dask", workers=1)
+    keys = seen.read_text().split()
+    assert any(key.startswith("run_task-") for key in keys), keys
+    assert not [key for key in keys if key.startswith("survey_segments-")]
+    replay.replay_to_dataset(copy, tmp_path / "here", levels=5)
+    assert files_under(tmp_path / "dask") == files_under(tmp_path / "here")
+
+
+def with_trailers(raw: Path, into: Path) -> Path:
+    """A copy of ``raw`` whose segments end with their survey facts, as the recorder's do."""
+    for path in raw.rglob("*.jsonl.zst"):
+        copy = into / path.relative_to(raw)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy_with_trailer(path, copy)
+        assert read_trailer(copy) is not None
+    return into
+
+
+def copy_with_trailer(path: Path, copy: Path) -> None:
+    scan = segment_dialect(path).survey_scan()
+    writer = SegmentWriter(copy)
+    writer.on_text = scan.body
+    for _, line in SegmentReader(path).raw_lines():
+        writer.write(line + b"\n")
+    writer.close(lambda: orjson.dumps(facts_json(scan.info(copy, 0))))
 
 
 def test_an_unknown_engine_or_a_scheduler_without_dask_is_refused(
