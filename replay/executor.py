@@ -13,8 +13,10 @@ whose scheduler is ``scheduler`` (``tcp://host:8786``); each task is submitted w
 
 A ``LocalCluster`` costs about a second of wall time to start (a process per worker, each
 importing Dask, then kbook and pyarrow): it starts in the background (``Executor.starting``)
-while this process finds, surveys and plans, and its workers import what a task needs as they
-start (this module is their ``preload``, ``WORKER_CONFIG``), not on their first task.
+while this process surveys and plans, then runs the first task itself, and the next ones until
+the cluster is up, when the rest go to it at once. Its workers import what a task needs as they
+start (this module is their ``preload``, ``WORKER_CONFIG``), not on their first task. A task
+run here fails as one on a worker does (a ``TaskError`` naming it), without the retry.
 A task that fails (raises, or its worker dies) on a pool, or fails twice on Dask, stops the run
 with a ``TaskError`` naming it (``describe``); errors of kbook's own (a ``KbookError``: a bad
 file, too many rows) pass as they are. The tasks not started are cancelled, and the caller
@@ -30,8 +32,10 @@ On a cluster).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager
@@ -143,8 +147,11 @@ class Executor:
             for index, item in enumerate(items):
                 done(index, fn(item))
             return
+        if self._client is None and self.starting is not None:
+            self._run_while_starting(fn, items, done, describe)
+            return
         if self.client is not None:
-            self._run_dask(fn, items, done, describe)
+            self._collect(self._submit(fn, items, 0), items, 0, done, describe)
             return
         assert self.pool is not None
         futures: dict[Future[Result], int] = {
@@ -158,24 +165,84 @@ class Executor:
             for future in futures:
                 future.cancel()
 
-    def _run_dask(
+    def _run_while_starting(
         self,
         fn: Callable[[Item], Result],
         items: Sequence[Item],
         done: Callable[[int, Result], None],
         describe: Callable[[Item], str],
     ) -> None:
+        """``run`` while kbook's own cluster starts: this process runs the first item, and the
+        next ones until the cluster is up; then a thread that waited for it hands it the rest
+        at once (no worker waits for the item this process is running to end)."""
+        assert self.starting is not None
+        starting = self.starting
+        lock = threading.Lock()
+        taken = 1
+        """Items ``[:taken]`` are this process's (the first one always)."""
+
+        def hand_over() -> tuple[int, list[Any]]:
+            nonlocal taken
+            client = starting.result()
+            with lock:
+                first, taken = taken, len(items)
+            return first, self._submit(fn, items, first, client)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="kbook-hand-over") as mover:
+            moved = mover.submit(hand_over)
+            try:
+                index = 0
+                while True:
+                    done(index, _run_here(fn, items[index], describe))
+                    with lock:
+                        if taken == len(items):
+                            break
+                        index, taken = taken, taken + 1
+            except BaseException:
+                with lock:
+                    taken = len(items)  # the cluster gets none, or cancels what it got
+                with contextlib.suppress(Exception):
+                    starting.result().cancel(moved.result()[1])
+                raise
+            first, futures = moved.result()
+        self._client = starting.result()
+        self._collect(futures, items, first, done, describe)
+
+    def _submit(
+        self, fn: Callable[[Item], Result], items: Sequence[Item], first: int, client: Any = None
+    ) -> list[Any]:
+        """Dask futures of ``fn`` on ``items[first:]``."""
+        client = client if client is not None else self.client
+        return [client.submit(fn, item, retries=RETRIES, pure=False) for item in items[first:]]
+
+    def _collect(
+        self,
+        futures: list[Any],
+        items: Sequence[Item],
+        first: int,
+        done: Callable[[int, Result], None],
+        describe: Callable[[Item], str],
+    ) -> None:
+        """``done`` for each of the ``futures`` of ``items[first:]``, as they finish."""
         from distributed import as_completed as dask_completed
 
-        client = self.client
-        futures = [client.submit(fn, item, retries=RETRIES, pure=False) for item in items]
-        index_of = {future.key: index for index, future in enumerate(futures)}
+        index_of = {future.key: index for index, future in enumerate(futures, first)}
         try:
             for future in dask_completed(futures):
                 index = index_of[future.key]
                 done(index, _result(future, items[index], describe))
         finally:
-            client.cancel(futures)
+            self.client.cancel(futures)
+
+
+def _run_here(fn: Callable[[Item], Result], item: Item, describe: Callable[[Item], str]) -> Result:
+    """``fn(item)`` in this process; its failure as a ``TaskError`` naming it, as a worker's."""
+    try:
+        return fn(item)
+    except KbookError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of a task is reported the same way
+        raise TaskError(f"{describe(item)} failed: {_why(exc)}") from exc
 
 
 def _result(future: Any, item: Item, describe: Callable[[Item], str]) -> Any:
