@@ -17,6 +17,7 @@ while this process surveys and plans, then runs the first task itself, and the n
 the cluster is up, when the rest go to it at once. Its workers import what a task needs as they
 start (this module is their ``preload``, ``WORKER_CONFIG``), not on their first task. A task
 run here fails as one on a worker does (a ``TaskError`` naming it), without the retry.
+
 A task that fails (raises, or its worker dies) on a pool, or fails twice on Dask, stops the run
 with a ``TaskError`` naming it (``describe``); errors of kbook's own (a ``KbookError``: a bad
 file, too many rows) pass as they are. The tasks not started are cancelled, and the caller
