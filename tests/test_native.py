@@ -1811,6 +1811,89 @@ def test_clean_v2_updates_stay_native() -> None:
     native, python, scenario = run_v2_scenario(steps, 0, (), None)
     expected = [index for index, line in enumerate(scenario.lines) if b'"update"' not in line]
     assert native.handed_back == python.handed_back == expected
+    updates = [line for line in scenario.lines if b'"update"' in line]
+    assert all(_native.one_pass(line, True) for line in updates)
+
+
+@needs_core
+def test_recorder_lines_are_read_in_one_pass(captures_dir: Path) -> None:
+    """Book updates as the recorder keeps them (simulated, ``0E-8`` deletes, and the real v2
+    capture) take the one-pass reader of their API; any other layout is left to the general
+    parser."""
+    v1 = Market("XBT/USD", 10, 1, clock=fixed_clock)
+    v1_lines = [record_line(BASE_NS, 7, v1.update_frame(336)) for _ in range(50)]
+    assert all(_native.one_pass(line, False) for line in v1_lines)
+    assert not any(_native.one_pass(line, True) for line in v1_lines)
+    v2 = V2Market("BTC/USD", 10, 1, clock=fixed_clock)
+    v2_lines = [record_line(BASE_NS, 7, v2.update_frame()) for _ in range(200)]
+    assert any(b"0E-8" in line for line in v2_lines)
+    assert all(_native.one_pass(line, True) for line in v2_lines)
+    assert not any(_native.one_pass(line, False) for line in v2_lines)
+    capture = v2_capture_lines(captures_dir)
+    assert all(_native.one_pass(line, True) for line in capture[1:])
+    line = v2_lines[0]
+    others = [
+        record_line(BASE_NS, 7, v2.snapshot_frame()),
+        record_line(BASE_NS, 7, '{"channel":"heartbeat"}'),
+        line.replace(b',"qty":', b', "qty":'),
+        line.replace(b'"seq":7,', b""),
+        line.replace(b'{"price":', b'{"qty":1,"price":', 1),
+        line.replace(b'"bids"', b'"bids2"'),
+        line + b" ",
+    ]
+    assert not any(_native.one_pass(other, True) for other in others)
+    no_time = line[: line.index(b',"timestamp"')] + b"}]}}"
+    assert _native.one_pass(no_time, True)
+
+
+V2_FLIP_BYTES = b'",]}'
+"""What replaces each byte of a v2 recorder line in the quick byte-flip test (``FLIP_BYTES`` in
+the slow one): structure (a space and a digit are inserted before each byte)."""
+
+
+def byte_flips(line: bytes, at: int, replacements: bytes) -> list[bytes]:
+    """``line`` with its byte ``at`` replaced by each of ``replacements``, deleted, or preceded
+    by a space or a digit."""
+    flipped = [line[:at] + bytes([byte]) + line[at + 1 :] for byte in replacements]
+    flipped.append(line[:at] + line[at + 1 :])
+    flipped += [line[:at] + extra + line[at:] for extra in (b" ", b"0")]
+    return [each for each in flipped if each != line]
+
+
+def check_byte_flips(replacements: bytes) -> None:
+    """A v2 update as the recorder keeps it (the one-pass reader's layout), every one-byte change
+    of it after the snapshot it follows: the core and the Python loop leave the same state. One
+    drive per place, so that flips of the symbol do not pile up pairs to compare."""
+    market = V2Market("BTC/USD", 10, 5, clock=fixed_clock)
+    for _ in range(1000):  # an update that deletes with 0E-8 and changes both sides
+        snapshot = record_line(BASE_NS, 0, market.snapshot_frame())
+        line = record_line(BASE_NS + STEP_NS, 1, market.update_frame())
+        if b"0E-8" in line and b'"bids":[]' not in line and b'"asks":[]' not in line:
+            break
+    assert b"0E-8" in line
+    assert _native.one_pass(line, True)
+    ok = failed = 0
+    for at in range(len(line)):
+        lines = [snapshot, line]
+        for flipped in byte_flips(line, at, replacements):
+            lines += [snapshot, flipped]
+        native, _ = drive_both(lines, [("BTC/USD", "book-10")], (2,), v2=True)
+        stats = native.feed.stats["BTC/USD"]
+        ok += stats.checksums_ok
+        failed += stats.checksums_failed
+    assert ok > len(line) * 2
+    assert failed > 0
+
+
+@needs_core
+def test_every_byte_flip_of_a_v2_recorder_line_reads_alike() -> None:
+    check_byte_flips(V2_FLIP_BYTES)
+
+
+@pytest.mark.slow
+@needs_core
+def test_every_byte_flip_of_a_v2_recorder_line_reads_alike_over_all_flip_bytes() -> None:
+    check_byte_flips(FLIP_BYTES)
 
 
 @needs_core
