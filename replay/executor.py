@@ -312,16 +312,18 @@ def _start_local_cluster(workers: int, stop: ExitStack) -> Any:
     docstring); ``stop`` closes both."""
     import dask
     from distributed import Client, LocalCluster
-    from distributed.utils import silence_logging_cmgr
 
     # On the loopback interface only, its HTTP server (health, metrics) on a free port rather
     # than 8787; its nannies' warnings (a worker restarted after a crash or a signal) and the
     # errors of connections it closes while a replay stopped by a signal tears it down would be
     # lines beside kbook's own: a task's failure is reported by its future, once. Dask's own
-    # silence ends as the cluster's close ends, before its event loop stops (a connection to a
-    # worker the signal ended may still say so then): this one ends after. The workers run
-    # with ``WORKER_CONFIG`` (see there).
-    stop.enter_context(silence_logging_cmgr(logging.CRITICAL))
+    # silence ends as the cluster's close ends; a close cut short by a signal leaves its event
+    # loop closing the nannies after that, and they say so. So this silence lasts as long as
+    # the process: Dask's log lines below CRITICAL stay quiet once kbook has run a cluster of
+    # its own. The workers run with ``WORKER_CONFIG`` (see there).
+    for handler in logging.getLogger("distributed").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.CRITICAL)
     with dask.config.set(WORKER_CONFIG):
         cluster = LocalCluster(
             n_workers=workers,
